@@ -1,0 +1,1 @@
+//! trunkline-agent (work in progress).

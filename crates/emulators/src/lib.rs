@@ -1,0 +1,1 @@
+//! trunkline-emulators (work in progress).

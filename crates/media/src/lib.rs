@@ -1,0 +1,1 @@
+//! trunkline-media (work in progress).
