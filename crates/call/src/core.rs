@@ -1,0 +1,1207 @@
+//! One call as a sans-IO state machine (ARCHITECTURE.md, "One outbound call, end to end").
+//!
+//! The [`Call`] glues three sessions together without touching a socket or a clock:
+//! - the SIP dialog, as outcomes in ([`SipEvent`]) and commands out ([`SipAction`]) — the SIP
+//!   stack (transactions, dialogs, digest auth, SDP) lives below, in the runner;
+//! - the RTP media session ([`MediaSession`]), owned here: datagrams in, paced datagrams out;
+//! - the agent conversation, as [`AgentEvent`]s in and [`AgentAction`]s out.
+//!
+//! Inputs: [`Call::handle_sip`], [`Call::handle_agent`], [`Call::handle_agent_connect_failed`],
+//! [`Call::handle_rtp`], [`Call::handle_rtcp`], [`Call::handle_timeout`], [`Call::hangup`].
+//! Outputs: [`Call::poll_action`], [`Call::poll_transmit`], [`Call::poll_timeout`],
+//! [`Call::record`]. After every input, drain `poll_action` and `poll_transmit`, then sleep until
+//! `poll_timeout`.
+//!
+//! Rules implemented here:
+//! - Uplink: one 20 ms frame pulled from the jitter buffer per tick, converted to the agent's input
+//!   format (µ-law passthrough when possible) and sent in chunks of `uplink_chunk`, silence
+//!   included, for the whole call. Up to one second of the callee's first words is kept while the
+//!   agent is still connecting.
+//! - Downlink: agent audio converted to the trunk's law and queued on the pacer (20 ms RTP on an
+//!   absolute schedule). `interruption{N}` flushes queued audio with `event_id <= N` at once (the
+//!   agent client already drops later audio at or below `N`, ELEVENLABS.md §2.7).
+//! - Hang-up ordering: phone BYE → agent closed; agent ends (`end_call` or close 1000) → the mic is
+//!   muted, queued audio is played out (bounded by `drain_timeout`), then BYE; agent failure, RTP
+//!   timeout, max duration, API hang-up → BYE (or CANCEL / a final error before answer) at once.
+//! - Client tools executed by the gateway: `end_call`, `send_dtmf {digits}` (RFC 4733),
+//!   `transfer_call {destination}` (SIP REFER, off unless allowed by policy); anything else is
+//!   answered with `is_error: true`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use trunkline_agent::protocol::ClientToolCall;
+use trunkline_agent::{AgentEvent, AudioFormat, CloseReason, Closed};
+use trunkline_media::g711::G711;
+use trunkline_media::jitter::{FRAME, FrameKind};
+use trunkline_media::rtcp::WallClock;
+use trunkline_media::session::{MediaConfig, MediaEvent, MediaSession, PayloadMap, Transmit};
+
+use crate::convert::{Downlink, Uplink};
+use crate::record::{CallRecord, DtmfRecord, EndCause, ToolCallRecord, TranscriptEntry};
+
+/// One frame of audio time.
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// Longest caller audio kept while the agent connects (frames of 20 ms).
+const PREROLL_FRAMES: usize = 50;
+/// Longest agent audio kept before the media session exists (bytes of G.711, 30 s).
+const MAX_PENDING_DOWNLINK: usize = 30 * 8000;
+/// Longest `send_dtmf` request.
+const MAX_DTMF_DIGITS: usize = 32;
+
+/// Who placed the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We called the phone (HTTP trigger → INVITE to the trunk).
+    Outbound,
+    /// The phone called us (INVITE from the trunk).
+    Inbound,
+}
+
+impl Direction {
+    /// `outbound` / `inbound`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// When an outbound call connects to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AgentConnectAt {
+    /// When the callee answers (nothing is billed while it rings).
+    #[default]
+    Answer,
+    /// At the first 180/183, so the greeting is ready the moment the callee answers.
+    Ringing,
+}
+
+/// How DTMF from the phone reaches the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DtmfMode {
+    /// As a `user_message` with the digit (starts a turn).
+    #[default]
+    UserMessage,
+    /// As a non-interrupting `contextual_update` listing the keys pressed so far.
+    ContextualUpdate,
+    /// Not forwarded (still recorded).
+    Off,
+}
+
+/// Per-call behaviour.
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    /// CANCEL an unanswered outbound call after this long.
+    pub ring_timeout: Duration,
+    /// When to connect the agent on outbound calls.
+    pub agent_connect: AgentConnectAt,
+    /// Give up on the agent connection after this long.
+    pub agent_connect_timeout: Duration,
+    /// Size of each `user_audio_chunk` (20–100 ms, rounded to 20 ms frames).
+    pub uplink_chunk: Duration,
+    /// Hang up after this long in conversation.
+    pub max_duration: Duration,
+    /// After the agent ends, wait at most this long for queued audio to play out before BYE.
+    pub drain_timeout: Duration,
+    /// DTMF from the phone → agent.
+    pub dtmf_mode: DtmfMode,
+    /// Duration of each digit sent by `send_dtmf`.
+    pub dtmf_digit_duration: Duration,
+    /// Whether the agent's `transfer_call` tool may send REFER.
+    pub transfer_enabled: bool,
+    /// Destinations `transfer_call` may reach (prefix match on the normalised target; empty =
+    /// any, when enabled).
+    pub transfer_allow_prefixes: Vec<String>,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            ring_timeout: Duration::from_secs(30),
+            agent_connect: AgentConnectAt::Answer,
+            agent_connect_timeout: Duration::from_secs(10),
+            uplink_chunk: Duration::from_millis(40),
+            max_duration: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(15),
+            dtmf_mode: DtmfMode::UserMessage,
+            dtmf_digit_duration: Duration::from_millis(120),
+            transfer_enabled: false,
+            transfer_allow_prefixes: Vec::new(),
+        }
+    }
+}
+
+impl CallConfig {
+    fn uplink_frames(&self) -> usize {
+        let ms = self.uplink_chunk.as_millis().clamp(20, 100) as usize;
+        ms.div_ceil(20)
+    }
+}
+
+/// What SDP negotiation settled for the phone leg (from the offer/answer, see `trunkline-sip`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NegotiatedMedia {
+    /// Where the phone side wants RTP.
+    pub remote_rtp: SocketAddr,
+    /// Where it wants RTCP (`a=rtcp`, else port + 1).
+    pub remote_rtcp: Option<SocketAddr>,
+    /// The G.711 law in use.
+    pub law: G711,
+    /// Payload types (PCMU/PCMA/telephone-event/CN) as negotiated.
+    pub payload_types: PayloadMap,
+    /// Whether the remote side put us on hold (sendonly / inactive).
+    pub on_hold: bool,
+}
+
+/// SIP outcomes reported by the runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SipEvent {
+    /// Outbound: a provisional response (180/183), with its SDP when it carries early media.
+    Progress {
+        /// 180, 183, …
+        status: u16,
+        /// Early media.
+        media: Option<NegotiatedMedia>,
+    },
+    /// Outbound: 200 OK (ACK is the SIP layer's job).
+    Answered {
+        /// The answer's media (absent only if early media already gave it).
+        media: Option<NegotiatedMedia>,
+    },
+    /// Outbound: a final failure to the INVITE (including a transaction timeout as 408).
+    Failed {
+        /// Status code.
+        status: u16,
+        /// Reason phrase (plus `X-Twilio-Error`, if any).
+        reason: String,
+        /// True if we had already answered a digest challenge on this INVITE.
+        after_auth: bool,
+    },
+    /// The phone side hung up (BYE received; the SIP layer answered 200).
+    RemoteBye,
+    /// Inbound: the caller cancelled before we answered.
+    RemoteCancel,
+    /// A re-INVITE/UPDATE changed the media (new address, hold/unhold).
+    MediaChanged(NegotiatedMedia),
+    /// The outcome of a REFER we sent for `transfer_call`.
+    TransferResult {
+        /// The tool call being answered.
+        tool_call_id: String,
+        /// True when the transfer target answered (NOTIFY `SIP/2.0 200`).
+        ok: bool,
+        /// What happened.
+        detail: String,
+    },
+}
+
+/// Commands for the SIP layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SipAction {
+    /// Outbound: send the INVITE (with our SDP offer).
+    Invite,
+    /// Inbound: send 180 Ringing.
+    Ringing,
+    /// Inbound: send 200 OK with our SDP answer.
+    Accept,
+    /// Inbound: reject with a final response.
+    Reject {
+        /// Status code.
+        status: u16,
+    },
+    /// Outbound: CANCEL the pending INVITE.
+    Cancel,
+    /// Hang up the established dialog.
+    Bye,
+    /// Send REFER to transfer the call.
+    Refer {
+        /// Refer-To target (`tel:+…` or a `sip:` URI).
+        target: String,
+        /// The tool call to answer when the outcome is known.
+        tool_call_id: String,
+    },
+}
+
+/// Commands for the agent connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentAction {
+    /// Open the conversation (the runner reports back with `AgentEvent::Metadata` or
+    /// [`Call::handle_agent_connect_failed`]).
+    Connect,
+    /// A `user_audio_chunk` (bytes in the agent's input format).
+    Audio(Bytes),
+    /// A `user_message`.
+    UserMessage(String),
+    /// A `contextual_update`.
+    ContextualUpdate {
+        /// Text.
+        text: String,
+        /// Dedup id.
+        context_id: String,
+    },
+    /// A `client_tool_result`.
+    ToolResult {
+        /// Echoed id.
+        tool_call_id: String,
+        /// Result text.
+        result: String,
+        /// Error flag.
+        is_error: bool,
+    },
+    /// Close the conversation (normal closure).
+    Close,
+}
+
+/// Everything the call asks of its runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallAction {
+    /// A SIP command.
+    Sip(SipAction),
+    /// An agent command.
+    Agent(AgentAction),
+    /// The record changed in a way worth persisting (state, milestone, end).
+    RecordChanged,
+}
+
+/// Where the call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    /// Created, nothing sent yet.
+    Initiated,
+    /// Outbound: INVITE sent, no provisional with a tag yet. Inbound: waiting for the agent.
+    Dialing,
+    /// Outbound: 180/183 received. Inbound: 180 sent.
+    Ringing,
+    /// In conversation.
+    Answered,
+    /// The agent has finished: playing out its last words before BYE.
+    Draining,
+    /// Over; the record is final.
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentState {
+    Idle,
+    Connecting,
+    Connected,
+    Closed,
+}
+
+/// One call.
+#[derive(Debug)]
+pub struct Call {
+    cfg: CallConfig,
+    direction: Direction,
+    wallclock: WallClock,
+    media_template: MediaConfig,
+    media: Option<MediaSession>,
+    state: CallState,
+    agent: AgentState,
+    uplink: Option<Uplink>,
+    downlink: Option<Downlink>,
+    preroll: VecDeque<[u8; FRAME]>,
+    pending_downlink: Vec<(u64, Vec<u8>)>,
+    pending_downlink_bytes: usize,
+    downlink_scratch: Vec<u8>,
+    next_uplink: Option<Instant>,
+    ring_deadline: Option<Instant>,
+    agent_deadline: Option<Instant>,
+    max_deadline: Option<Instant>,
+    drain_deadline: Option<Instant>,
+    drain_cause: Option<EndCause>,
+    answered: bool,
+    dtmf_received: String,
+    transfer_pending: Option<String>,
+    actions: VecDeque<CallAction>,
+    record: CallRecord,
+}
+
+impl Call {
+    /// An outbound call: the first action is [`SipAction::Invite`].
+    pub fn outbound(
+        cfg: CallConfig,
+        media_template: MediaConfig,
+        record: CallRecord,
+        now: Instant,
+    ) -> Self {
+        let mut call = Call::new(cfg, Direction::Outbound, media_template, record, now);
+        call.state = CallState::Dialing;
+        call.record.timestamps.invite_ms = Some(call.wall_ms(now));
+        call.ring_deadline = Some(now + call.cfg.ring_timeout);
+        call.push_sip(SipAction::Invite);
+        call.actions.push_back(CallAction::RecordChanged);
+        call
+    }
+
+    /// An inbound call whose offer was negotiated into `media`: the agent is connected first,
+    /// and the INVITE answered (200) once the conversation has started.
+    pub fn inbound(
+        cfg: CallConfig,
+        media_template: MediaConfig,
+        media: NegotiatedMedia,
+        record: CallRecord,
+        now: Instant,
+    ) -> Self {
+        let mut call = Call::new(cfg, Direction::Inbound, media_template, record, now);
+        call.state = CallState::Ringing;
+        call.record.status = "ringing".into();
+        call.record.timestamps.ringing_ms = Some(call.wall_ms(now));
+        if let Err(detail) = call.ensure_media(&media) {
+            call.end(EndCause::MediaFailed { detail }, now);
+            return call;
+        }
+        call.push_sip(SipAction::Ringing);
+        call.connect_agent(now);
+        call.actions.push_back(CallAction::RecordChanged);
+        call
+    }
+
+    fn new(
+        cfg: CallConfig,
+        direction: Direction,
+        media_template: MediaConfig,
+        mut record: CallRecord,
+        now: Instant,
+    ) -> Self {
+        let wallclock = media_template.wallclock;
+        record.direction = direction.as_str().to_owned();
+        let mut call = Call {
+            cfg,
+            direction,
+            wallclock,
+            media_template,
+            media: None,
+            state: CallState::Initiated,
+            agent: AgentState::Idle,
+            uplink: None,
+            downlink: None,
+            preroll: VecDeque::new(),
+            pending_downlink: Vec::new(),
+            pending_downlink_bytes: 0,
+            downlink_scratch: Vec::with_capacity(2 * FRAME),
+            next_uplink: None,
+            ring_deadline: None,
+            agent_deadline: None,
+            max_deadline: None,
+            drain_deadline: None,
+            drain_cause: None,
+            answered: false,
+            dtmf_received: String::new(),
+            transfer_pending: None,
+            actions: VecDeque::new(),
+            record,
+        };
+        call.record.timestamps.created_ms = Some(call.wall_ms(now));
+        call
+    }
+
+    // ---- getters ----
+
+    /// Where the call is.
+    pub fn state(&self) -> CallState {
+        self.state
+    }
+
+    /// Who placed it.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// The record as it stands (statistics refreshed by [`Call::refresh_stats`]).
+    pub fn record(&self) -> &CallRecord {
+        &self.record
+    }
+
+    /// The media session, once SDP has been negotiated.
+    pub fn media(&self) -> Option<&MediaSession> {
+        self.media.as_ref()
+    }
+
+    /// True once the call is over and every action has been drained.
+    pub fn is_done(&self) -> bool {
+        self.state == CallState::Ended && self.actions.is_empty()
+    }
+
+    // ---- inputs ----
+
+    /// A SIP outcome.
+    pub fn handle_sip(&mut self, event: SipEvent, now: Instant) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        match event {
+            SipEvent::Progress { status, media } => self.on_progress(status, media, now),
+            SipEvent::Answered { media } => self.on_answered(media, now),
+            SipEvent::Failed {
+                status,
+                reason,
+                after_auth,
+            } => {
+                self.record.sip_status = Some(status);
+                let cause = match status {
+                    486 | 600 => EndCause::Busy { status },
+                    408 | 480 | 487 => EndCause::NoAnswer {
+                        status: Some(status),
+                    },
+                    401 | 407 if after_auth => EndCause::AuthFailed { status },
+                    403 => EndCause::AuthFailed { status },
+                    488 | 606 => EndCause::MediaFailed {
+                        detail: format!("{status} {reason}"),
+                    },
+                    _ => EndCause::Rejected { status, reason },
+                };
+                // The INVITE transaction is over: nothing to cancel.
+                self.ring_deadline = None;
+                self.state = CallState::Ended;
+                self.finish(cause, now);
+            }
+            SipEvent::RemoteBye => {
+                self.state = CallState::Ended;
+                self.finish(EndCause::RemoteHangup, now);
+            }
+            SipEvent::RemoteCancel => {
+                self.state = CallState::Ended;
+                self.finish(EndCause::RemoteCancel, now);
+            }
+            SipEvent::MediaChanged(m) => {
+                if let Err(detail) = self.ensure_media(&m) {
+                    tracing::warn!(%detail, "re-negotiated media unusable");
+                }
+            }
+            SipEvent::TransferResult {
+                tool_call_id,
+                ok,
+                detail,
+            } => {
+                if self.transfer_pending.as_deref() != Some(tool_call_id.as_str()) {
+                    return;
+                }
+                self.transfer_pending = None;
+                if ok {
+                    self.tool_result("transfer_call", tool_call_id, detail, false);
+                    self.end(EndCause::Transferred, now);
+                } else {
+                    self.tool_result(
+                        "transfer_call",
+                        tool_call_id,
+                        format!("transfer failed: {detail}"),
+                        true,
+                    );
+                }
+            }
+        }
+    }
+
+    /// An event from the agent conversation.
+    pub fn handle_agent(&mut self, event: AgentEvent, now: Instant) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        match event {
+            AgentEvent::Metadata {
+                conversation_id,
+                input_format,
+                output_format,
+            } => self.on_agent_connected(conversation_id, input_format, output_format, now),
+            AgentEvent::Audio { event_id, audio } => self.on_agent_audio(event_id, &audio, now),
+            AgentEvent::Interruption { event_id } => {
+                let n = event_id.max(0) as u64;
+                self.record.interruptions += 1;
+                if let Some(m) = self.media.as_mut() {
+                    m.flush_agent_audio_up_to(n);
+                }
+                self.pending_downlink.retain(|(id, _)| *id > n);
+                self.pending_downlink_bytes =
+                    self.pending_downlink.iter().map(|(_, b)| b.len()).sum();
+            }
+            AgentEvent::AgentResponse { text, event_id } => {
+                self.transcript("agent", text, event_id, now);
+            }
+            AgentEvent::AgentResponseCorrection {
+                corrected,
+                event_id,
+                ..
+            } => {
+                let entry = self
+                    .record
+                    .transcript
+                    .iter_mut()
+                    .rev()
+                    .find(|e| e.role == "agent" && e.event_id == event_id);
+                match entry {
+                    Some(e) => e.text = corrected,
+                    None => self.transcript("agent", corrected, event_id, now),
+                }
+            }
+            AgentEvent::UserTranscript { text, event_id } => {
+                self.transcript("user", text, event_id, now);
+            }
+            AgentEvent::ToolCall { call, handled } => {
+                if !handled {
+                    self.on_tool_call(call, now);
+                }
+            }
+            AgentEvent::AgentToolResponse(resp) => {
+                if resp.tool_name == "end_call" && resp.is_error != Some(true) {
+                    self.begin_drain(EndCause::AgentEnded, now);
+                }
+            }
+            AgentEvent::Closed(closed) => self.on_agent_closed(closed, now),
+            AgentEvent::TentativeUserTranscript { .. }
+            | AgentEvent::Ping { .. }
+            | AgentEvent::Error(_)
+            | AgentEvent::Other(_) => {}
+        }
+    }
+
+    /// The agent connection could not be opened.
+    pub fn handle_agent_connect_failed(&mut self, detail: String, now: Instant) {
+        if self.agent != AgentState::Connecting {
+            return;
+        }
+        self.agent = AgentState::Closed;
+        self.agent_deadline = None;
+        self.record.agent_close = Some(format!("connect failed: {detail}"));
+        self.end(EndCause::AgentConnectFailed { detail }, now);
+    }
+
+    /// An RTP datagram from the phone side.
+    pub fn handle_rtp(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
+        if let Some(m) = self.media.as_mut() {
+            m.handle_rtp(datagram, from, now);
+            self.drain_media_events(now);
+        }
+    }
+
+    /// An RTCP datagram from the phone side.
+    pub fn handle_rtcp(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
+        if let Some(m) = self.media.as_mut() {
+            m.handle_rtcp(datagram, from, now);
+            self.drain_media_events(now);
+        }
+    }
+
+    /// Hang up from our side (API, shutdown).
+    pub fn hangup(&mut self, cause: EndCause, now: Instant) {
+        self.end(cause, now);
+    }
+
+    /// Timers: uplink ticks, ring/agent/max-duration deadlines, media timers, drain.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        if let Some(m) = self.media.as_mut() {
+            m.handle_timeout(now);
+            self.drain_media_events(now);
+        }
+        while let Some(t) = self.next_uplink {
+            if t > now || self.state == CallState::Ended {
+                break;
+            }
+            self.next_uplink = Some(t + TICK);
+            self.uplink_tick(now);
+        }
+        if self.ring_deadline.is_some_and(|t| now >= t) {
+            self.ring_deadline = None;
+            self.end(EndCause::NoAnswer { status: None }, now);
+        }
+        if self.agent_deadline.is_some_and(|t| now >= t) {
+            self.agent_deadline = None;
+            if self.agent == AgentState::Connecting {
+                self.handle_agent_connect_failed("timed out".into(), now);
+                self.push_agent(AgentAction::Close);
+            }
+        }
+        if self.max_deadline.is_some_and(|t| now >= t) {
+            self.max_deadline = None;
+            self.end(EndCause::MaxDuration, now);
+        }
+        self.check_drained(now);
+    }
+
+    // ---- outputs ----
+
+    /// The next command for the runner.
+    pub fn poll_action(&mut self) -> Option<CallAction> {
+        self.actions.pop_front()
+    }
+
+    /// The next RTP/RTCP datagram due at `now`, written into `buf`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let t = self.media.as_mut()?.poll_transmit(now, buf);
+        if self.record.timestamps.first_agent_audio_ms.is_none()
+            && let Some(m) = self.media.as_ref()
+            && m.stats().pacer.audio_frames > 0
+        {
+            self.record.timestamps.first_agent_audio_ms = Some(self.wall_ms(now));
+            self.actions.push_back(CallAction::RecordChanged);
+        }
+        if t.is_none() {
+            self.check_drained(now);
+        }
+        t
+    }
+
+    /// When to call [`Call::handle_timeout`] / [`Call::poll_transmit`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == CallState::Ended {
+            return None;
+        }
+        [
+            self.media.as_ref().and_then(|m| m.poll_timeout()),
+            self.next_uplink,
+            self.ring_deadline,
+            self.agent_deadline,
+            self.max_deadline,
+            self.drain_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Copy the media counters into the record.
+    pub fn refresh_stats(&mut self) {
+        let Some(m) = self.media.as_ref() else { return };
+        let s = m.stats();
+        let up = &mut self.record.uplink;
+        up.packets = s.rtp_received;
+        up.lost = s.packets_lost;
+        up.jitter_ms = s.jitter_ms;
+        up.late = s.jitter_buffer.late;
+        up.underruns = s.jitter_buffer.underruns;
+        up.audio_frames = s.jitter_buffer.frames_audio;
+        let down = &mut self.record.downlink;
+        down.packets = s.rtp_sent;
+        down.audio_frames = s.pacer.audio_frames;
+        down.silence_frames = s.pacer.silence_frames;
+        down.flushed_bytes = s.pacer.flushed_bytes;
+    }
+
+    // ---- internals ----
+
+    fn wall_ms(&self, now: Instant) -> u64 {
+        let t = self.wallclock.system + now.saturating_duration_since(self.wallclock.instant);
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn push_sip(&mut self, a: SipAction) {
+        self.actions.push_back(CallAction::Sip(a));
+    }
+
+    fn push_agent(&mut self, a: AgentAction) {
+        self.actions.push_back(CallAction::Agent(a));
+    }
+
+    fn transcript(&mut self, role: &str, text: String, event_id: Option<i64>, now: Instant) {
+        let at_ms = self.wall_ms(now);
+        self.record.transcript.push(TranscriptEntry {
+            role: role.to_owned(),
+            text,
+            event_id,
+            at_ms,
+        });
+    }
+
+    fn connect_agent(&mut self, now: Instant) {
+        if self.agent == AgentState::Idle {
+            self.agent = AgentState::Connecting;
+            self.agent_deadline = Some(now + self.cfg.agent_connect_timeout);
+            self.push_agent(AgentAction::Connect);
+        }
+    }
+
+    /// Create the media session on first negotiation, or follow a change of address.
+    fn ensure_media(&mut self, neg: &NegotiatedMedia) -> Result<(), String> {
+        if let Some(m) = self.media.as_mut() {
+            if m.law() != neg.law {
+                // A codec switch mid-call (rare with trunks): keep the law we run with; the
+                // session transcodes the other law on arrival.
+                tracing::info!(from = ?m.law(), to = ?neg.law, "remote switched G.711 law");
+            }
+            m.set_remote(Some(neg.remote_rtp), neg.remote_rtcp);
+            return Ok(());
+        }
+        let mut cfg = self.media_template.clone();
+        cfg.law = neg.law;
+        cfg.payload_types = neg.payload_types;
+        cfg.remote_rtp = Some(neg.remote_rtp);
+        cfg.remote_rtcp = neg.remote_rtcp;
+        let mut media = MediaSession::new(cfg).map_err(|e| e.to_string())?;
+        for (id, codes) in self.pending_downlink.drain(..) {
+            media.push_agent_audio(id, &codes);
+        }
+        self.pending_downlink_bytes = 0;
+        self.media = Some(media);
+        if let Some(d) = self.downlink.as_mut() {
+            d.set_law(neg.law);
+        }
+        if let Some(u) = self.uplink.as_mut() {
+            u.set_law(neg.law);
+        }
+        Ok(())
+    }
+
+    fn on_progress(&mut self, status: u16, media: Option<NegotiatedMedia>, now: Instant) {
+        if self.direction != Direction::Outbound || self.answered {
+            return;
+        }
+        if (180..=183).contains(&status) && self.state == CallState::Dialing {
+            self.state = CallState::Ringing;
+            self.record.status = "ringing".into();
+            self.record.timestamps.ringing_ms = Some(self.wall_ms(now));
+            self.actions.push_back(CallAction::RecordChanged);
+            if self.cfg.agent_connect == AgentConnectAt::Ringing {
+                self.connect_agent(now);
+            }
+        }
+        if let Some(m) = media
+            && let Err(detail) = self.ensure_media(&m)
+        {
+            tracing::warn!(%detail, "early media unusable");
+        }
+    }
+
+    fn on_answered(&mut self, media: Option<NegotiatedMedia>, now: Instant) {
+        if self.direction != Direction::Outbound || self.answered {
+            return;
+        }
+        if let Some(m) = media
+            && let Err(detail) = self.ensure_media(&m)
+        {
+            self.mark_answered(now);
+            self.end(EndCause::MediaFailed { detail }, now);
+            return;
+        }
+        if self.media.is_none() {
+            self.mark_answered(now);
+            self.end(
+                EndCause::MediaFailed {
+                    detail: "200 OK without usable SDP".into(),
+                },
+                now,
+            );
+            return;
+        }
+        self.mark_answered(now);
+        self.connect_agent(now);
+        if self.agent == AgentState::Closed && self.drain_cause.is_none() {
+            // The agent (connected at ringing) is already gone.
+            self.end(
+                EndCause::AgentError {
+                    detail: "agent closed before answer".into(),
+                },
+                now,
+            );
+        }
+    }
+
+    fn mark_answered(&mut self, now: Instant) {
+        self.answered = true;
+        self.ring_deadline = None;
+        self.state = CallState::Answered;
+        self.record.sip_status = Some(200);
+        self.record.status = "in-progress".into();
+        self.record.timestamps.answered_ms = Some(self.wall_ms(now));
+        self.max_deadline = Some(now + self.cfg.max_duration);
+        if let Some(m) = self.media.as_mut() {
+            m.start(now);
+        }
+        self.next_uplink = Some(now + TICK);
+        self.actions.push_back(CallAction::RecordChanged);
+    }
+
+    fn on_agent_connected(
+        &mut self,
+        conversation_id: String,
+        input: AudioFormat,
+        output: AudioFormat,
+        now: Instant,
+    ) {
+        if self.agent != AgentState::Connecting {
+            return;
+        }
+        self.agent = AgentState::Connected;
+        self.agent_deadline = None;
+        self.record.conversation_id = Some(conversation_id);
+        self.record.timestamps.agent_connected_ms = Some(self.wall_ms(now));
+        let law = self.media.as_ref().map_or(G711::Ulaw, |m| m.law());
+        let mut up = Uplink::new(input, law);
+        for frame in self.preroll.drain(..) {
+            up.push_frame(&frame);
+        }
+        self.uplink = Some(up);
+        self.downlink = Some(Downlink::new(output, law));
+        if self.direction == Direction::Inbound && !self.answered {
+            self.push_sip(SipAction::Accept);
+            self.mark_answered(now);
+        }
+        self.flush_uplink(false);
+        self.actions.push_back(CallAction::RecordChanged);
+    }
+
+    fn on_agent_audio(&mut self, event_id: i64, audio: &[u8], now: Instant) {
+        if self.agent != AgentState::Connected {
+            return;
+        }
+        self.record.downlink.agent_messages += 1;
+        let Some(down) = self.downlink.as_mut() else {
+            return;
+        };
+        let id = event_id.max(0) as u64;
+        self.downlink_scratch.clear();
+        down.convert(audio, &mut self.downlink_scratch);
+        if let Some(m) = self.media.as_mut() {
+            m.push_agent_audio(id, &self.downlink_scratch);
+        } else if self.pending_downlink_bytes + self.downlink_scratch.len() <= MAX_PENDING_DOWNLINK
+        {
+            self.pending_downlink_bytes += self.downlink_scratch.len();
+            self.pending_downlink
+                .push((id, self.downlink_scratch.clone()));
+        }
+        self.check_drained(now);
+    }
+
+    fn on_agent_closed(&mut self, closed: Closed, now: Instant) {
+        let was = self.agent;
+        self.agent = AgentState::Closed;
+        self.agent_deadline = None;
+        let code = closed
+            .code
+            .map_or_else(|| "none".to_owned(), |c| c.to_string());
+        self.record.agent_close = Some(format!("{code} {:?}", closed.reason));
+        if self.state == CallState::Draining {
+            return;
+        }
+        if was == AgentState::Connecting {
+            self.end(
+                EndCause::AgentConnectFailed {
+                    detail: format!("{:?}", closed.reason),
+                },
+                now,
+            );
+            return;
+        }
+        match closed.reason {
+            CloseReason::AgentEnded | CloseReason::MaxDuration => {
+                self.begin_drain(EndCause::AgentEnded, now)
+            }
+            CloseReason::ClientClosed => {}
+            reason => self.end(
+                EndCause::AgentError {
+                    detail: format!("{reason:?}"),
+                },
+                now,
+            ),
+        }
+    }
+
+    fn on_tool_call(&mut self, call: ClientToolCall, now: Instant) {
+        let ClientToolCall {
+            tool_name,
+            tool_call_id,
+            parameters,
+            ..
+        } = call;
+        match tool_name.as_str() {
+            "end_call" => {
+                self.tool_result(&tool_name, tool_call_id, "ending the call".into(), false);
+                self.begin_drain(EndCause::AgentEnded, now);
+            }
+            "send_dtmf" => {
+                let digits = parameters
+                    .get("digits")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let (text, err) = self.send_dtmf(&digits, now);
+                self.tool_result(&tool_name, tool_call_id, text, err);
+            }
+            "transfer_call" => {
+                let dest = parameters
+                    .get("destination")
+                    .or_else(|| parameters.get("transfer_number"))
+                    .and_then(|d| d.as_str())
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                match self.transfer_target(&dest) {
+                    Ok(target) if self.transfer_pending.is_none() && self.answered => {
+                        self.transfer_pending = Some(tool_call_id.clone());
+                        self.push_sip(SipAction::Refer {
+                            target,
+                            tool_call_id,
+                        });
+                    }
+                    Ok(_) => self.tool_result(
+                        &tool_name,
+                        tool_call_id,
+                        "a transfer is already in progress".into(),
+                        true,
+                    ),
+                    Err(e) => self.tool_result(&tool_name, tool_call_id, e, true),
+                }
+            }
+            _ => self.tool_result(
+                &tool_name,
+                tool_call_id,
+                format!("unknown tool: {tool_name}"),
+                true,
+            ),
+        }
+    }
+
+    fn tool_result(&mut self, name: &str, tool_call_id: String, result: String, is_error: bool) {
+        self.record.tool_calls.push(ToolCallRecord {
+            name: name.to_owned(),
+            result: result.clone(),
+            is_error,
+        });
+        if self.agent == AgentState::Connected {
+            self.push_agent(AgentAction::ToolResult {
+                tool_call_id,
+                result,
+                is_error,
+            });
+        }
+    }
+
+    fn send_dtmf(&mut self, digits: &str, now: Instant) -> (String, bool) {
+        if digits.is_empty() {
+            return ("no digits given".into(), true);
+        }
+        if digits.chars().count() > MAX_DTMF_DIGITS {
+            return (format!("at most {MAX_DTMF_DIGITS} digits"), true);
+        }
+        if let Some(bad) = digits
+            .chars()
+            .find(|c| !matches!(c, '0'..='9' | '*' | '#' | 'A'..='D' | 'w' | 'W'))
+        {
+            return (format!("invalid DTMF character {bad:?}"), true);
+        }
+        let Some(media) = self.media.as_mut() else {
+            return ("no media session".into(), true);
+        };
+        let ms = self.cfg.dtmf_digit_duration.as_millis().min(5000) as u16;
+        let mut sent = 0;
+        for c in digits.chars().filter(|c| !matches!(c, 'w' | 'W')) {
+            if !media.send_dtmf(c, ms) {
+                return (
+                    "the phone side did not negotiate telephone-event (RFC 4733)".into(),
+                    true,
+                );
+            }
+            sent += 1;
+        }
+        let at_ms = self.wall_ms(now);
+        for c in digits.chars().filter(|c| !matches!(c, 'w' | 'W')) {
+            self.record.dtmf.push(DtmfRecord {
+                digit: c,
+                at_ms,
+                direction: "sent".into(),
+            });
+        }
+        (format!("sent {sent} DTMF digits"), false)
+    }
+
+    fn transfer_target(&self, dest: &str) -> Result<String, String> {
+        if !self.cfg.transfer_enabled {
+            return Err("call transfer is not enabled on this gateway".into());
+        }
+        if dest.is_empty() {
+            return Err("no destination given".into());
+        }
+        let target = if let Some(rest) = dest.strip_prefix("tel:") {
+            format!("tel:{rest}")
+        } else if dest.starts_with("sip:") || dest.starts_with("sips:") {
+            dest.to_owned()
+        } else {
+            let digits: String = dest
+                .chars()
+                .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
+                .collect();
+            let ok = digits.strip_prefix('+').is_some_and(|d| {
+                (8..=15).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit())
+            });
+            if !ok {
+                return Err(format!("not an E.164 number: {dest}"));
+            }
+            format!("tel:{digits}")
+        };
+        let bare = target
+            .trim_start_matches("tel:")
+            .trim_start_matches("sips:")
+            .trim_start_matches("sip:");
+        if !self.cfg.transfer_allow_prefixes.is_empty()
+            && !self
+                .cfg
+                .transfer_allow_prefixes
+                .iter()
+                .any(|p| bare.starts_with(p.as_str()))
+        {
+            return Err("destination not allowed".into());
+        }
+        Ok(target)
+    }
+
+    fn drain_media_events(&mut self, now: Instant) {
+        while let Some(ev) = self.media.as_mut().and_then(|m| m.poll_event()) {
+            match ev {
+                MediaEvent::Dtmf(d) => self.on_dtmf(d.digit, now),
+                MediaEvent::RtpTimeout => {
+                    if self.answered {
+                        self.end(EndCause::RtpTimeout, now);
+                    }
+                }
+                MediaEvent::RemoteLatched(addr) => tracing::debug!(%addr, "rtp latched"),
+                MediaEvent::SsrcChanged { old, new } => {
+                    tracing::debug!(old, new, "remote ssrc changed")
+                }
+                MediaEvent::Bye(ssrc) => tracing::debug!(ssrc, "rtcp bye"),
+            }
+        }
+    }
+
+    fn on_dtmf(&mut self, digit: char, now: Instant) {
+        let at_ms = self.wall_ms(now);
+        self.record.dtmf.push(DtmfRecord {
+            digit,
+            at_ms,
+            direction: "received".into(),
+        });
+        if self.agent != AgentState::Connected || self.state != CallState::Answered {
+            return;
+        }
+        match self.cfg.dtmf_mode {
+            DtmfMode::UserMessage => self.push_agent(AgentAction::UserMessage(digit.to_string())),
+            DtmfMode::ContextualUpdate => {
+                self.dtmf_received.push(digit);
+                let text = format!("The caller pressed keys: {}", self.dtmf_received);
+                self.push_agent(AgentAction::ContextualUpdate {
+                    text,
+                    context_id: "dtmf".into(),
+                });
+            }
+            DtmfMode::Off => {}
+        }
+    }
+
+    fn uplink_tick(&mut self, now: Instant) {
+        let Some(media) = self.media.as_mut() else {
+            return;
+        };
+        let frame = media.pop_audio(now);
+        if self.state != CallState::Answered {
+            return; // draining: the mic is muted
+        }
+        match (self.agent, self.uplink.as_mut()) {
+            (AgentState::Connected, Some(up)) => {
+                up.push_frame(&frame.data);
+                self.flush_uplink(false);
+            }
+            (AgentState::Connecting, _) => {
+                if frame.kind == FrameKind::Silence && self.preroll.is_empty() {
+                    return;
+                }
+                if self.preroll.len() == PREROLL_FRAMES {
+                    self.preroll.pop_front();
+                }
+                self.preroll.push_back(frame.data);
+            }
+            _ => {}
+        }
+    }
+
+    fn flush_uplink(&mut self, all: bool) {
+        let frames = self.cfg.uplink_frames();
+        let Some(up) = self.uplink.as_mut() else {
+            return;
+        };
+        while let Some(chunk) = up.take_chunk(frames, all) {
+            self.record.uplink.agent_messages += 1;
+            self.actions
+                .push_back(CallAction::Agent(AgentAction::Audio(chunk)));
+        }
+    }
+
+    fn begin_drain(&mut self, cause: EndCause, now: Instant) {
+        match self.state {
+            CallState::Answered => {
+                self.state = CallState::Draining;
+                self.record.status = "ending".into();
+                self.drain_cause = Some(cause);
+                self.drain_deadline = Some(now + self.cfg.drain_timeout);
+                self.next_uplink = None;
+                self.actions.push_back(CallAction::RecordChanged);
+                self.check_drained(now);
+            }
+            CallState::Draining | CallState::Ended => {}
+            _ => self.end(cause, now),
+        }
+    }
+
+    fn check_drained(&mut self, now: Instant) {
+        if self.state != CallState::Draining {
+            return;
+        }
+        let drained = self.media.as_ref().is_none_or(|m| m.is_playout_drained());
+        if drained || self.drain_deadline.is_some_and(|t| now >= t) {
+            let cause = self.drain_cause.take().unwrap_or(EndCause::AgentEnded);
+            self.end(cause, now);
+        }
+    }
+
+    /// End the call from our side: the right SIP command for the state, the agent closed.
+    fn end(&mut self, cause: EndCause, now: Instant) {
+        let sip = match (self.state, self.direction) {
+            (CallState::Ended, _) => return,
+            (CallState::Answered | CallState::Draining, _) => Some(SipAction::Bye),
+            (CallState::Initiated, _) => None,
+            (_, Direction::Outbound) => Some(SipAction::Cancel),
+            (_, Direction::Inbound) => Some(SipAction::Reject {
+                status: match cause {
+                    EndCause::MediaFailed { .. } => 488,
+                    EndCause::Shutdown | EndCause::AgentConnectFailed { .. } => 503,
+                    _ => 480,
+                },
+            }),
+        };
+        if let Some(a) = sip {
+            self.push_sip(a);
+        }
+        self.state = CallState::Ended;
+        self.finish(cause, now);
+    }
+
+    /// Common end of a call: agent closed, media closed, record final.
+    fn finish(&mut self, cause: EndCause, now: Instant) {
+        if self.agent == AgentState::Connected {
+            self.flush_uplink(true);
+        }
+        if matches!(self.agent, AgentState::Connecting | AgentState::Connected) {
+            self.agent = AgentState::Closed;
+            self.push_agent(AgentAction::Close);
+        }
+        if let Some(m) = self.media.as_mut() {
+            m.close();
+        }
+        self.next_uplink = None;
+        self.ring_deadline = None;
+        self.agent_deadline = None;
+        self.max_deadline = None;
+        self.drain_deadline = None;
+        self.refresh_stats();
+        self.record.status = cause.status(self.answered).to_owned();
+        self.record.timestamps.ended_ms = Some(self.wall_ms(now));
+        self.record.end_cause = Some(cause);
+        self.actions.push_back(CallAction::RecordChanged);
+    }
+}

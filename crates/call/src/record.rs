@@ -1,0 +1,288 @@
+//! The call record: everything known about a call, kept up to date at every state change so the
+//! service can persist it as it goes (a crash loses nothing already known).
+//!
+//! Times are wall-clock milliseconds since the Unix epoch, derived from the call's injected
+//! [`WallClock`](trunkline_media::rtcp::WallClock) — the record is built without reading a clock.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a call ended. Stable snake_case names: they are stored, exported as metric labels and
+/// shown by the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EndCause {
+    /// The phone side sent BYE.
+    RemoteHangup,
+    /// Inbound: the caller cancelled before we answered.
+    RemoteCancel,
+    /// The agent ended the conversation (`end_call`, close 1000) and its last words were played.
+    AgentEnded,
+    /// The agent conversation failed (error, close code other than 1000, socket lost).
+    AgentError {
+        /// The typed reason, as text.
+        detail: String,
+    },
+    /// The agent could not be reached at all.
+    AgentConnectFailed {
+        /// What failed.
+        detail: String,
+    },
+    /// No RTP from the phone side for the configured time.
+    RtpTimeout,
+    /// The configured maximum call duration was reached.
+    MaxDuration,
+    /// Hung up through the API.
+    ApiHangup,
+    /// The gateway shut down.
+    Shutdown,
+    /// The callee was busy (486, 600).
+    Busy {
+        /// SIP status.
+        status: u16,
+    },
+    /// Nobody answered: we cancelled after the ring timeout, or the trunk said 408/480/487.
+    NoAnswer {
+        /// SIP status, if the trunk sent one.
+        status: Option<u16>,
+    },
+    /// The trunk rejected our credentials (401/407 after we authenticated, or 403).
+    AuthFailed {
+        /// SIP status.
+        status: u16,
+    },
+    /// Any other final failure from the trunk.
+    Rejected {
+        /// SIP status.
+        status: u16,
+        /// Reason phrase (and `X-Twilio-Error` when present).
+        reason: String,
+    },
+    /// The call was handed to another destination with REFER.
+    Transferred,
+    /// The SDP could not be negotiated (488) or media could not be set up.
+    MediaFailed {
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl EndCause {
+    /// The Twilio-style final status of the call: `completed`, `busy`, `no-answer`, `failed`,
+    /// `canceled`.
+    pub fn status(&self, answered: bool) -> &'static str {
+        match self {
+            EndCause::Busy { .. } => "busy",
+            EndCause::NoAnswer { .. } => "no-answer",
+            EndCause::RemoteCancel => "canceled",
+            EndCause::ApiHangup | EndCause::Shutdown if !answered => "canceled",
+            _ if answered => "completed",
+            _ => "failed",
+        }
+    }
+
+    /// A short stable label (for metrics).
+    pub fn label(&self) -> &'static str {
+        match self {
+            EndCause::RemoteHangup => "remote_hangup",
+            EndCause::RemoteCancel => "remote_cancel",
+            EndCause::AgentEnded => "agent_ended",
+            EndCause::AgentError { .. } => "agent_error",
+            EndCause::AgentConnectFailed { .. } => "agent_connect_failed",
+            EndCause::RtpTimeout => "rtp_timeout",
+            EndCause::MaxDuration => "max_duration",
+            EndCause::ApiHangup => "api_hangup",
+            EndCause::Shutdown => "shutdown",
+            EndCause::Busy { .. } => "busy",
+            EndCause::NoAnswer { .. } => "no_answer",
+            EndCause::AuthFailed { .. } => "auth_failed",
+            EndCause::Rejected { .. } => "rejected",
+            EndCause::Transferred => "transferred",
+            EndCause::MediaFailed { .. } => "media_failed",
+        }
+    }
+}
+
+/// Wall-clock milestones, milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamps {
+    /// The call was created (HTTP trigger or INVITE received).
+    pub created_ms: Option<u64>,
+    /// Outbound: the INVITE was handed to the SIP layer.
+    pub invite_ms: Option<u64>,
+    /// The first 180/183 (outbound) or our 180 (inbound).
+    pub ringing_ms: Option<u64>,
+    /// The call was answered (200 OK sent or received).
+    pub answered_ms: Option<u64>,
+    /// The agent conversation started (`conversation_initiation_metadata`).
+    pub agent_connected_ms: Option<u64>,
+    /// The first RTP packet carrying agent audio was sent.
+    pub first_agent_audio_ms: Option<u64>,
+    /// The call ended.
+    pub ended_ms: Option<u64>,
+}
+
+/// One direction's audio statistics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AudioStats {
+    /// RTP packets.
+    pub packets: u64,
+    /// Packets lost (RFC 3550 cumulative, uplink only).
+    pub lost: i64,
+    /// RFC 3550 interarrival jitter in ms (uplink only).
+    pub jitter_ms: f64,
+    /// Packets that arrived too late to play (uplink only).
+    pub late: u64,
+    /// Frames concealed or played as silence for lack of audio (uplink: jitter-buffer underruns).
+    pub underruns: u64,
+    /// 20 ms frames of audio (downlink: agent speech frames sent).
+    pub audio_frames: u64,
+    /// 20 ms frames of comfort silence (downlink).
+    pub silence_frames: u64,
+    /// Bytes of agent audio flushed by interruptions (downlink).
+    pub flushed_bytes: u64,
+    /// Audio chunks exchanged with the agent (uplink: `user_audio_chunk` sent; downlink: `audio`
+    /// events received).
+    pub agent_messages: u64,
+}
+
+/// A DTMF digit seen or sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DtmfRecord {
+    /// The key.
+    pub digit: char,
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// `received` from the phone or `sent` by the agent's `send_dtmf` tool.
+    pub direction: String,
+}
+
+/// One line of the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranscriptEntry {
+    /// `agent` or `user`.
+    pub role: String,
+    /// What was said (for the agent, corrected to what was actually heard after a barge-in).
+    pub text: String,
+    /// The agent protocol's turn id.
+    pub event_id: Option<i64>,
+    /// When it arrived (Unix ms).
+    pub at_ms: u64,
+}
+
+/// What a call leaves behind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// Our id for the call (`CA…`-like).
+    pub call_sid: String,
+    /// `outbound` or `inbound`.
+    pub direction: String,
+    /// Caller (E.164 or URI).
+    pub from: String,
+    /// Callee (E.164 or URI).
+    pub to: String,
+    /// The current state (`initiated`, `ringing`, `in-progress`, `ending`, `completed`, `busy`,
+    /// `no-answer`, `failed`, `canceled`).
+    pub status: String,
+    /// The agent's `conversation_id`, once known.
+    pub conversation_id: Option<String>,
+    /// The SIP Call-ID of the dialog.
+    pub sip_call_id: Option<String>,
+    /// Milestones.
+    pub timestamps: Timestamps,
+    /// The last final SIP status seen on the INVITE (200, 486, …).
+    pub sip_status: Option<u16>,
+    /// Why the call ended.
+    pub end_cause: Option<EndCause>,
+    /// How the agent conversation ended (close code and typed reason), if it did.
+    pub agent_close: Option<String>,
+    /// Audio from the phone to the agent.
+    pub uplink: AudioStats,
+    /// Audio from the agent to the phone.
+    pub downlink: AudioStats,
+    /// Barge-ins.
+    pub interruptions: u64,
+    /// DTMF both ways.
+    pub dtmf: Vec<DtmfRecord>,
+    /// The conversation.
+    pub transcript: Vec<TranscriptEntry>,
+    /// Client tool calls handled by the gateway (name → outcome).
+    pub tool_calls: Vec<ToolCallRecord>,
+}
+
+/// A client tool call the gateway executed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    /// Tool name.
+    pub name: String,
+    /// The result sent back.
+    pub result: String,
+    /// Whether it was an error.
+    pub is_error: bool,
+}
+
+impl CallRecord {
+    /// A fresh record.
+    pub fn new(call_sid: String, direction: &str, from: String, to: String) -> Self {
+        CallRecord {
+            call_sid,
+            direction: direction.to_owned(),
+            from,
+            to,
+            status: "initiated".to_owned(),
+            conversation_id: None,
+            sip_call_id: None,
+            timestamps: Timestamps::default(),
+            sip_status: None,
+            end_cause: None,
+            agent_close: None,
+            uplink: AudioStats::default(),
+            downlink: AudioStats::default(),
+            interruptions: 0,
+            dtmf: Vec::new(),
+            transcript: Vec::new(),
+            tool_calls: Vec::new(),
+        }
+    }
+
+    /// True once the call has ended.
+    pub fn is_final(&self) -> bool {
+        self.end_cause.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_status_follows_cause_and_answer() {
+        assert_eq!(EndCause::Busy { status: 486 }.status(false), "busy");
+        assert_eq!(
+            EndCause::NoAnswer { status: None }.status(false),
+            "no-answer"
+        );
+        assert_eq!(EndCause::RemoteHangup.status(true), "completed");
+        assert_eq!(EndCause::ApiHangup.status(false), "canceled");
+        assert_eq!(EndCause::ApiHangup.status(true), "completed");
+        assert_eq!(
+            EndCause::Rejected {
+                status: 503,
+                reason: "x".into()
+            }
+            .status(false),
+            "failed"
+        );
+    }
+
+    #[test]
+    fn record_round_trips_as_json() {
+        let mut r = CallRecord::new("CA1".into(), "outbound", "+1".into(), "+2".into());
+        r.end_cause = Some(EndCause::AgentError {
+            detail: "lost".into(),
+        });
+        let json = serde_json::to_string(&r).expect("serialize");
+        assert!(json.contains(r#""kind":"agent_error""#), "{json}");
+        let back: CallRecord = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, r);
+    }
+}

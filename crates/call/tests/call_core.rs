@@ -1,0 +1,745 @@
+//! The call state machine driven with virtual time: no sockets, no sleeps. Each test plays the
+//! phone (RTP in), the trunk (SIP outcomes) and the agent (events) and asserts what the call did.
+
+// One real `Instant` is read as the origin of virtual time; everything after is simulated.
+#![allow(clippy::disallowed_methods)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use trunkline_agent::protocol::{AgentToolResponse, ClientToolCall};
+use trunkline_agent::{AgentEvent, AudioFormat, CloseReason, Closed};
+use trunkline_call::record::EndCause;
+use trunkline_call::{
+    AgentAction, Call, CallAction, CallConfig, CallState, NegotiatedMedia, SipAction, SipEvent,
+};
+use trunkline_media::g711::G711;
+use trunkline_media::rtcp::WallClock;
+use trunkline_media::rtp::{RtpHeader, parse_rtp, write_rtp};
+use trunkline_media::session::{MediaConfig, PayloadMap};
+
+const PHONE: &str = "127.0.0.1:40000";
+
+struct Harness {
+    call: Call,
+    now: Instant,
+    /// (time, payload type, marker, payload) of every RTP packet the gateway sent.
+    rtp_out: Vec<(Instant, u8, bool, Vec<u8>)>,
+    actions: Vec<CallAction>,
+    phone_seq: u16,
+    phone_ts: u32,
+    phone_sent: Vec<u8>,
+}
+
+fn phone() -> SocketAddr {
+    PHONE.parse().expect("addr")
+}
+
+fn negotiated() -> NegotiatedMedia {
+    NegotiatedMedia {
+        remote_rtp: phone(),
+        remote_rtcp: None,
+        law: G711::Ulaw,
+        payload_types: PayloadMap::default(),
+        on_hold: false,
+    }
+}
+
+fn template(now: Instant) -> MediaConfig {
+    let wallclock = WallClock {
+        instant: now,
+        system: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    };
+    MediaConfig::new(G711::Ulaw, 0x1234_5678, wallclock)
+}
+
+fn record() -> trunkline_call::CallRecord {
+    trunkline_call::CallRecord::new(
+        "CA1".into(),
+        "outbound",
+        "+15550001".into(),
+        "+33100".into(),
+    )
+}
+
+impl Harness {
+    fn outbound(cfg: CallConfig) -> Self {
+        let now = Instant::now();
+        let call = Call::outbound(cfg, template(now), record(), now);
+        Self::wrap(call, now)
+    }
+
+    fn inbound(cfg: CallConfig) -> Self {
+        let now = Instant::now();
+        let call = Call::inbound(cfg, template(now), negotiated(), record(), now);
+        Self::wrap(call, now)
+    }
+
+    fn wrap(call: Call, now: Instant) -> Self {
+        let mut h = Harness {
+            call,
+            now,
+            rtp_out: Vec::new(),
+            actions: Vec::new(),
+            phone_seq: 100,
+            phone_ts: 8000,
+            phone_sent: Vec::new(),
+        };
+        h.drain();
+        h
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 1500];
+        while let Some(t) = self.call.poll_transmit(self.now, &mut buf) {
+            if t.destination == phone()
+                && let Ok(p) = parse_rtp(&buf[..t.len])
+            {
+                self.rtp_out.push((
+                    self.now,
+                    p.header.payload_type,
+                    p.header.marker,
+                    p.payload.to_vec(),
+                ));
+            }
+        }
+        while let Some(a) = self.call.poll_action() {
+            self.actions.push(a);
+        }
+    }
+
+    /// Advance virtual time to `until`, waking at every deadline the call asks for; the phone
+    /// sends one 20 ms packet every 20 ms when `talk` is set.
+    fn run_for(&mut self, dur: Duration, talk: bool) {
+        let until = self.now + dur;
+        let mut next_phone = self.now;
+        loop {
+            let mut next = until;
+            if let Some(t) = self.call.poll_timeout() {
+                next = next.min(t);
+            }
+            if talk {
+                next = next.min(next_phone);
+            }
+            if next > until {
+                break;
+            }
+            self.now = self.now.max(next);
+            if talk && self.now >= next_phone {
+                self.phone_packet();
+                next_phone += Duration::from_millis(20);
+            }
+            self.call.handle_timeout(self.now);
+            self.drain();
+            if self.now >= until {
+                break;
+            }
+        }
+        self.now = until;
+    }
+
+    fn phone_packet(&mut self) {
+        let payload: Vec<u8> = (0..160u32)
+            .map(|i| ((self.phone_seq as u32 * 31 + i * 7) % 200) as u8)
+            .collect();
+        let h = RtpHeader {
+            marker: false,
+            payload_type: 0,
+            sequence: self.phone_seq,
+            timestamp: self.phone_ts,
+            ssrc: 0xCAFE,
+        };
+        let mut buf = [0u8; 200];
+        let n = write_rtp(&h, &payload, &mut buf).expect("rtp");
+        self.call.handle_rtp(&buf[..n], phone(), self.now);
+        self.phone_sent.extend_from_slice(&payload);
+        self.phone_seq = self.phone_seq.wrapping_add(1);
+        self.phone_ts = self.phone_ts.wrapping_add(160);
+        self.drain();
+    }
+
+    fn sip(&mut self, ev: SipEvent) {
+        self.call.handle_sip(ev, self.now);
+        self.drain();
+    }
+
+    fn agent(&mut self, ev: AgentEvent) {
+        self.call.handle_agent(ev, self.now);
+        self.drain();
+    }
+
+    fn take_actions(&mut self) -> Vec<CallAction> {
+        std::mem::take(&mut self.actions)
+    }
+
+    fn sip_actions(&self) -> Vec<SipAction> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                CallAction::Sip(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn agent_actions(&self) -> Vec<AgentAction> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                CallAction::Agent(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn uplink_bytes(&self) -> Vec<u8> {
+        self.agent_actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                AgentAction::Audio(b) => Some(b.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Answered, agent connected with `fmt` both ways.
+    fn connect(&mut self, fmt: AudioFormat) {
+        self.sip(SipEvent::Progress {
+            status: 180,
+            media: None,
+        });
+        self.sip(SipEvent::Answered {
+            media: Some(negotiated()),
+        });
+        assert!(
+            self.agent_actions().contains(&AgentAction::Connect),
+            "agent connected at answer"
+        );
+        self.agent(AgentEvent::Metadata {
+            conversation_id: "conv_1".into(),
+            input_format: fmt,
+            output_format: fmt,
+        });
+        assert_eq!(self.call.state(), CallState::Answered);
+    }
+}
+
+fn closed(reason: CloseReason, code: Option<u16>) -> AgentEvent {
+    AgentEvent::Closed(Closed {
+        reason,
+        code,
+        text: String::new(),
+        error: None,
+    })
+}
+
+fn agent_audio(event_id: i64, ms: usize, value: u8) -> AgentEvent {
+    AgentEvent::Audio {
+        event_id,
+        audio: Bytes::from(vec![value; ms * 8]),
+    }
+}
+
+fn audio_packets(h: &Harness, value: u8) -> Vec<Instant> {
+    h.rtp_out
+        .iter()
+        .filter(|(_, pt, _, p)| *pt == 0 && p.iter().all(|&b| b == value))
+        .map(|(t, ..)| *t)
+        .collect()
+}
+
+#[test]
+fn outbound_call_bridges_ulaw_byte_for_byte_both_ways() {
+    let mut h = Harness::outbound(CallConfig::default());
+    assert_eq!(h.sip_actions(), vec![SipAction::Invite]);
+    h.connect(AudioFormat::Ulaw8000);
+
+    // Phone → agent: what the phone said arrives at the agent unchanged, in order.
+    h.run_for(Duration::from_secs(2), true);
+    let up = h.uplink_bytes();
+    let first = &h.phone_sent[..160];
+    let start = up
+        .windows(160)
+        .position(|w| w == first)
+        .expect("the phone's first packet reached the agent");
+    let heard = &up[start..];
+    let n = heard.len().min(h.phone_sent.len());
+    assert!(
+        n >= 160 * 80,
+        "at least 1.6 s of speech relayed, got {n} bytes"
+    );
+    if let Some(i) = (0..n).find(|&i| heard[i] != h.phone_sent[i]) {
+        let s = h.call.media().map(|m| m.stats());
+        panic!(
+            "mismatch at byte {i} (frame {}), n={n}, stats {s:?}",
+            i / 160
+        );
+    }
+    // Chunks are 40 ms (default) and keep flowing.
+    assert!(h.agent_actions().iter().all(|a| match a {
+        AgentAction::Audio(b) => b.len() == 320,
+        _ => true,
+    }));
+
+    // Agent → phone: a 1 s utterance is paced out as 50 frames of 20 ms, byte-exact.
+    let speech: Vec<u8> = (0..8000u32).map(|i| (i % 251) as u8).collect();
+    h.agent(AgentEvent::Audio {
+        event_id: 1,
+        audio: Bytes::from(speech.clone()),
+    });
+    let before = h.rtp_out.len();
+    h.run_for(Duration::from_millis(1100), true);
+    let sent: Vec<u8> = h.rtp_out[before..]
+        .iter()
+        .filter(|(_, pt, ..)| *pt == 0)
+        .flat_map(|(.., p)| p.clone())
+        .collect();
+    let pos = sent
+        .windows(160)
+        .position(|w| w == &speech[..160])
+        .expect("agent audio reached the phone");
+    assert_eq!(
+        &sent[pos..pos + 8000],
+        &speech[..],
+        "downlink passthrough is exact"
+    );
+
+    // Pacing: one packet every 20 ms, never a burst.
+    let times: Vec<Instant> = h.rtp_out[before..].iter().map(|(t, ..)| *t).collect();
+    for w in times.windows(2) {
+        assert_eq!(w[1] - w[0], Duration::from_millis(20));
+    }
+    let rec = h.call.record();
+    assert_eq!(rec.conversation_id.as_deref(), Some("conv_1"));
+    assert!(rec.timestamps.first_agent_audio_ms.is_some());
+}
+
+#[test]
+fn interruption_stops_queued_agent_audio_within_one_frame() {
+    let mut h = Harness::outbound(CallConfig::default());
+    h.connect(AudioFormat::Ulaw8000);
+    h.agent(agent_audio(5, 2000, 0x11));
+    h.run_for(Duration::from_millis(300), true);
+    assert!(!audio_packets(&h, 0x11).is_empty());
+    let t_int = h.now;
+    h.agent(AgentEvent::Interruption { event_id: 5 });
+    h.run_for(Duration::from_millis(500), true);
+    let after: Vec<_> = audio_packets(&h, 0x11)
+        .into_iter()
+        .filter(|t| *t > t_int)
+        .collect();
+    assert!(
+        after
+            .iter()
+            .all(|t| *t - t_int <= Duration::from_millis(20)),
+        "agent audio still sent {:?} after the interruption",
+        after.last().map(|t| *t - t_int)
+    );
+    // A later turn plays again.
+    h.agent(agent_audio(6, 200, 0x22));
+    h.run_for(Duration::from_millis(300), true);
+    assert!(!audio_packets(&h, 0x22).is_empty());
+    assert_eq!(h.call.record().interruptions, 1);
+}
+
+#[test]
+fn end_call_plays_the_last_sentence_in_full_before_bye() {
+    let mut h = Harness::outbound(CallConfig::default());
+    h.connect(AudioFormat::Ulaw8000);
+    h.agent(agent_audio(3, 1500, 0x33));
+    h.agent(AgentEvent::AgentToolResponse(AgentToolResponse {
+        tool_name: "end_call".into(),
+        tool_call_id: "t1".into(),
+        tool_type: Some("system".into()),
+        is_error: Some(false),
+        is_called: Some(true),
+        event_id: Some(3),
+        full_tool_result: None,
+        truncated: None,
+        is_blocked: None,
+    }));
+    h.agent(closed(CloseReason::AgentEnded, Some(1000)));
+    assert_eq!(h.call.state(), CallState::Draining);
+    assert!(
+        !h.sip_actions().contains(&SipAction::Bye),
+        "no BYE before playout"
+    );
+    h.run_for(Duration::from_secs(3), true);
+    assert_eq!(audio_packets(&h, 0x33).len(), 75, "all 1.5 s were played");
+    assert_eq!(h.sip_actions(), vec![SipAction::Invite, SipAction::Bye]);
+    let rec = h.call.record();
+    assert_eq!(rec.end_cause, Some(EndCause::AgentEnded));
+    assert_eq!(rec.status, "completed");
+}
+
+#[test]
+fn agent_socket_lost_ends_the_call_with_bye_at_once() {
+    let mut h = Harness::outbound(CallConfig::default());
+    h.connect(AudioFormat::Ulaw8000);
+    h.run_for(Duration::from_millis(200), true);
+    h.agent(closed(
+        CloseReason::ConnectionLost {
+            detail: "reset".into(),
+        },
+        None,
+    ));
+    assert_eq!(h.sip_actions().last(), Some(&SipAction::Bye));
+    assert_eq!(h.call.state(), CallState::Ended);
+    assert!(matches!(
+        h.call.record().end_cause,
+        Some(EndCause::AgentError { .. })
+    ));
+    assert!(h.call.record().timestamps.ended_ms.is_some());
+}
+
+#[test]
+fn phone_bye_closes_the_agent_and_finalises_the_record() {
+    let mut h = Harness::outbound(CallConfig::default());
+    h.connect(AudioFormat::Ulaw8000);
+    h.run_for(Duration::from_millis(500), true);
+    h.take_actions();
+    h.sip(SipEvent::RemoteBye);
+    let actions = h.take_actions();
+    assert!(actions.contains(&CallAction::Agent(AgentAction::Close)));
+    assert!(!actions.contains(&CallAction::Sip(SipAction::Bye)));
+    assert!(actions.contains(&CallAction::RecordChanged));
+    let rec = h.call.record();
+    assert_eq!(rec.end_cause, Some(EndCause::RemoteHangup));
+    assert!(
+        rec.uplink.packets >= 24,
+        "uplink stats copied: {:?}",
+        rec.uplink
+    );
+    assert!(h.call.is_done());
+}
+
+#[test]
+fn busy_and_rejections_are_recorded_with_their_cause() {
+    for (status, after_auth, cause) in [
+        (486, false, EndCause::Busy { status: 486 }),
+        (407, true, EndCause::AuthFailed { status: 407 }),
+        (
+            503,
+            false,
+            EndCause::Rejected {
+                status: 503,
+                reason: "Service Unavailable".into(),
+            },
+        ),
+        (487, false, EndCause::NoAnswer { status: Some(487) }),
+    ] {
+        let mut h = Harness::outbound(CallConfig::default());
+        h.sip(SipEvent::Failed {
+            status,
+            reason: "Service Unavailable".into(),
+            after_auth,
+        });
+        assert_eq!(h.call.record().end_cause.as_ref(), Some(&cause));
+        assert_eq!(
+            h.sip_actions(),
+            vec![SipAction::Invite],
+            "nothing to cancel"
+        );
+        assert_eq!(h.call.record().sip_status, Some(status));
+    }
+}
+
+#[test]
+fn unanswered_call_is_cancelled_after_the_ring_timeout() {
+    let cfg = CallConfig {
+        ring_timeout: Duration::from_secs(20),
+        ..CallConfig::default()
+    };
+    let mut h = Harness::outbound(cfg);
+    h.sip(SipEvent::Progress {
+        status: 180,
+        media: None,
+    });
+    h.run_for(Duration::from_millis(19_990), false);
+    assert!(!h.sip_actions().contains(&SipAction::Cancel));
+    h.run_for(Duration::from_millis(20), false);
+    assert_eq!(h.sip_actions().last(), Some(&SipAction::Cancel));
+    assert_eq!(
+        h.call.record().end_cause,
+        Some(EndCause::NoAnswer { status: None })
+    );
+    assert_eq!(h.call.record().status, "no-answer");
+    // Agent connection was never opened (connect at answer).
+    assert!(!h.agent_actions().contains(&AgentAction::Connect));
+}
+
+#[test]
+fn agent_connected_at_ringing_greets_from_the_first_frame_after_answer() {
+    let cfg = CallConfig {
+        agent_connect: trunkline_call::AgentConnectAt::Ringing,
+        ..CallConfig::default()
+    };
+    let mut h = Harness::outbound(cfg);
+    h.sip(SipEvent::Progress {
+        status: 183,
+        media: Some(negotiated()),
+    });
+    assert!(h.agent_actions().contains(&AgentAction::Connect));
+    h.agent(AgentEvent::Metadata {
+        conversation_id: "c".into(),
+        input_format: AudioFormat::Ulaw8000,
+        output_format: AudioFormat::Ulaw8000,
+    });
+    h.agent(agent_audio(1, 400, 0x44));
+    h.run_for(Duration::from_secs(2), false);
+    assert!(
+        audio_packets(&h, 0x44).is_empty(),
+        "nothing plays before answer"
+    );
+    let answer = h.now;
+    h.sip(SipEvent::Answered { media: None });
+    h.run_for(Duration::from_millis(100), true);
+    let first = audio_packets(&h, 0x44)[0];
+    assert!(
+        first - answer <= Duration::from_millis(20),
+        "{:?}",
+        first - answer
+    );
+}
+
+#[test]
+fn tools_send_dtmf_and_refuse_unknown_or_disabled_ones() {
+    let mut h = Harness::outbound(CallConfig::default());
+    h.connect(AudioFormat::Ulaw8000);
+    h.take_actions();
+    let call = |name: &str, id: &str, params: serde_json::Value| AgentEvent::ToolCall {
+        call: ClientToolCall {
+            tool_name: name.into(),
+            tool_call_id: id.into(),
+            parameters: params,
+            event_id: Some(2),
+        },
+        handled: false,
+    };
+    h.agent(call(
+        "send_dtmf",
+        "d1",
+        serde_json::json!({"digits": "12#"}),
+    ));
+    h.agent(call("fly_to_moon", "u1", serde_json::json!({})));
+    h.agent(call(
+        "transfer_call",
+        "x1",
+        serde_json::json!({"destination": "+33123456789"}),
+    ));
+    h.agent(call(
+        "send_dtmf",
+        "d2",
+        serde_json::json!({"digits": "1;DROP"}),
+    ));
+    let results: Vec<(String, bool)> = h
+        .agent_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            AgentAction::ToolResult {
+                tool_call_id,
+                is_error,
+                ..
+            } => Some((tool_call_id, is_error)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            ("d1".to_string(), false),
+            ("u1".to_string(), true),
+            ("x1".to_string(), true),
+            ("d2".to_string(), true)
+        ]
+    );
+    assert!(
+        !h.sip_actions()
+            .iter()
+            .any(|a| matches!(a, SipAction::Refer { .. }))
+    );
+    h.run_for(Duration::from_secs(2), true);
+    // RFC 4733 packets on PT 101: three distinct events, each ending with three end packets.
+    let events: Vec<&Vec<u8>> = h
+        .rtp_out
+        .iter()
+        .filter(|(_, pt, ..)| *pt == 101)
+        .map(|(.., p)| p)
+        .collect();
+    let mut digits = Vec::new();
+    for p in &events {
+        if p[1] & 0x80 != 0 && digits.last() != Some(&p[0]) {
+            digits.push(p[0]);
+        }
+    }
+    assert_eq!(digits, vec![1, 2, 11], "events 1, 2, # sent");
+}
+
+#[test]
+fn transfer_sends_refer_when_enabled_and_ends_after_success() {
+    let cfg = CallConfig {
+        transfer_enabled: true,
+        transfer_allow_prefixes: vec!["+33".into()],
+        ..CallConfig::default()
+    };
+    let mut h = Harness::outbound(cfg);
+    h.connect(AudioFormat::Ulaw8000);
+    let tool = |dest: &str, id: &str| AgentEvent::ToolCall {
+        call: ClientToolCall {
+            tool_name: "transfer_call".into(),
+            tool_call_id: id.into(),
+            parameters: serde_json::json!({ "destination": dest }),
+            event_id: None,
+        },
+        handled: false,
+    };
+    h.agent(tool("+1 900 555 0100", "bad"));
+    assert!(
+        !h.sip_actions()
+            .iter()
+            .any(|a| matches!(a, SipAction::Refer { .. }))
+    );
+    h.agent(tool("+33 1 23 45 67 89", "good"));
+    assert_eq!(
+        h.sip_actions().last(),
+        Some(&SipAction::Refer {
+            target: "tel:+33123456789".into(),
+            tool_call_id: "good".into()
+        })
+    );
+    h.sip(SipEvent::TransferResult {
+        tool_call_id: "good".into(),
+        ok: true,
+        detail: "SIP/2.0 200 OK".into(),
+    });
+    assert_eq!(h.sip_actions().last(), Some(&SipAction::Bye));
+    assert_eq!(h.call.record().end_cause, Some(EndCause::Transferred));
+}
+
+#[test]
+fn dtmf_from_the_phone_reaches_the_agent() {
+    let mut h = Harness::outbound(CallConfig::default());
+    h.connect(AudioFormat::Ulaw8000);
+    h.run_for(Duration::from_millis(100), true);
+    // Digit 7: start (marker), updates, three end packets.
+    let mut buf = [0u8; 64];
+    let ts = 50_000;
+    for (i, (end, dur)) in [
+        (false, 160u16),
+        (false, 320),
+        (false, 480),
+        (true, 640),
+        (true, 640),
+        (true, 640),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let payload = [
+            7u8,
+            if end { 0x80 | 10 } else { 10 },
+            (dur >> 8) as u8,
+            dur as u8,
+        ];
+        let hdr = RtpHeader {
+            marker: i == 0,
+            payload_type: 101,
+            sequence: 60_000 + i as u16,
+            timestamp: ts,
+            ssrc: 0xCAFE,
+        };
+        let n = write_rtp(&hdr, &payload, &mut buf).expect("rtp");
+        h.call.handle_rtp(&buf[..n], phone(), h.now);
+        h.now += Duration::from_millis(20);
+        h.call.handle_timeout(h.now);
+        h.drain();
+    }
+    h.run_for(Duration::from_millis(200), false);
+    let msgs: Vec<_> = h
+        .agent_actions()
+        .into_iter()
+        .filter(|a| matches!(a, AgentAction::UserMessage(_)))
+        .collect();
+    assert_eq!(msgs, vec![AgentAction::UserMessage("7".into())]);
+    assert_eq!(h.call.record().dtmf.len(), 1);
+}
+
+#[test]
+fn inbound_call_is_answered_once_the_agent_is_there() {
+    let mut h = Harness::inbound(CallConfig::default());
+    assert_eq!(h.sip_actions(), vec![SipAction::Ringing]);
+    assert!(h.agent_actions().contains(&AgentAction::Connect));
+    h.agent(AgentEvent::Metadata {
+        conversation_id: "c".into(),
+        input_format: AudioFormat::Ulaw8000,
+        output_format: AudioFormat::Ulaw8000,
+    });
+    assert_eq!(h.sip_actions(), vec![SipAction::Ringing, SipAction::Accept]);
+    assert_eq!(h.call.state(), CallState::Answered);
+}
+
+#[test]
+fn inbound_call_is_refused_when_the_agent_cannot_be_reached() {
+    let mut h = Harness::inbound(CallConfig::default());
+    h.run_for(Duration::from_secs(11), false);
+    assert_eq!(
+        h.sip_actions(),
+        vec![SipAction::Ringing, SipAction::Reject { status: 503 }]
+    );
+    assert!(matches!(
+        h.call.record().end_cause,
+        Some(EndCause::AgentConnectFailed { .. })
+    ));
+}
+
+#[test]
+fn silence_from_the_phone_times_out_and_max_duration_hangs_up() {
+    let mut h = Harness::outbound(CallConfig::default());
+    h.connect(AudioFormat::Ulaw8000);
+    h.run_for(Duration::from_secs(1), true);
+    h.run_for(Duration::from_secs(31), false);
+    assert_eq!(h.call.record().end_cause, Some(EndCause::RtpTimeout));
+    assert_eq!(h.sip_actions().last(), Some(&SipAction::Bye));
+
+    let cfg = CallConfig {
+        max_duration: Duration::from_secs(5),
+        ..CallConfig::default()
+    };
+    let mut h = Harness::outbound(cfg);
+    h.connect(AudioFormat::Ulaw8000);
+    h.run_for(Duration::from_secs(6), true);
+    assert_eq!(h.call.record().end_cause, Some(EndCause::MaxDuration));
+}
+
+#[test]
+fn pcm16k_agent_gets_twice_the_samples_and_its_audio_is_paced_as_ulaw() {
+    let mut h = Harness::outbound(CallConfig::default());
+    h.connect(AudioFormat::Pcm { sample_rate: 16000 });
+    h.run_for(Duration::from_secs(1), true);
+    let up = h.uplink_bytes();
+    // ~1 s at 16 kHz × 2 bytes minus start-up, in 40 ms chunks of 1280 bytes.
+    assert!(up.len() >= 28_000, "{}", up.len());
+    let tone: Vec<u8> = (0..16000)
+        .flat_map(|i| {
+            let s =
+                (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * i as f64 / 16000.0).sin()) as i16;
+            s.to_le_bytes()
+        })
+        .collect();
+    h.agent(AgentEvent::Audio {
+        event_id: 1,
+        audio: Bytes::from(tone),
+    });
+    let before = h.rtp_out.len();
+    h.run_for(Duration::from_millis(1200), true);
+    let loud = h.rtp_out[before..]
+        .iter()
+        .filter(|(_, pt, _, p)| *pt == 0 && p.iter().any(|&c| G711::Ulaw.decode(c).abs() > 4000))
+        .count();
+    assert!(
+        (48..=51).contains(&loud),
+        "1 s of tone ≈ 50 frames, got {loud}"
+    );
+}
