@@ -1,0 +1,817 @@
+//! The gateway's configuration: a TOML file (sections `[sip]`, `[trunk]`, `[rtp]`, `[agent]`,
+//! `[http]`, `[policy]`, `[records]`, `[log]`), any key overridable from the environment as
+//! `TRUNKLINE__SECTION__KEY` (e.g. `TRUNKLINE__HTTP__LISTEN=127.0.0.1:8080`), and secrets only
+//! from the environment (`ELEVENLABS_API_KEY`, `TRUNKLINE_TRUNK_PASSWORD`, `TRUNKLINE_API_TOKEN`).
+//!
+//! Every key is documented in the shipped `config/trunkline.toml`; unknown keys are an error (a
+//! typo must not silently fall back to a default). [`Config::validate`] checks what serde
+//! cannot and [`Config::explain`] says, in plain words, what the gateway will do.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "TRUNKLINE__";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a key/value of the wrong shape.
+    #[error("{0}")]
+    Parse(String),
+    /// A `TRUNKLINE__…` variable that names no key.
+    #[error("environment override {0}: expected TRUNKLINE__SECTION__KEY")]
+    BadOverride(String),
+    /// Values that do not make sense together.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// SIP signalling.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipSection {
+    /// UDP and TCP listen address.
+    pub listen: SocketAddr,
+    /// Transports to listen on: any of `udp`, `tcp`, `tls`.
+    pub transports: Vec<String>,
+    /// TLS listen address (with `tls` in `transports`).
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for TLS.
+    pub tls_cert: Option<String>,
+    /// PEM private key for TLS.
+    pub tls_key: Option<String>,
+    /// Public IP written in Via, Contact and SDP when behind NAT.
+    pub external_ip: Option<IpAddr>,
+    /// `User-Agent` / `Server` header.
+    pub user_agent: String,
+    /// RFC 3261 T1 in milliseconds.
+    pub t1_ms: u64,
+    /// RFC 3261 T2 in milliseconds.
+    pub t2_ms: u64,
+    /// RFC 3261 T4 in milliseconds.
+    pub t4_ms: u64,
+    /// Session timer we ask for on outbound calls (RFC 4028), seconds; 0 = none.
+    pub session_expires_secs: u64,
+}
+
+impl Default for SipSection {
+    fn default() -> Self {
+        SipSection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            transports: vec!["udp".into(), "tcp".into()],
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            external_ip: None,
+            user_agent: concat!("Trunkline/", env!("CARGO_PKG_VERSION")).into(),
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            session_expires_secs: 0,
+        }
+    }
+}
+
+/// The SIP trunk (Twilio Elastic SIP Trunking by default).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunkSection {
+    /// Termination URI: the Request-URI host of outbound INVITEs (Twilio drops requests to any
+    /// other host without answering).
+    pub termination_uri: String,
+    /// Where to send outbound INVITEs (`host:port`), when not the termination URI's host.
+    pub outbound_proxy: Option<String>,
+    /// `udp`, `tcp` or `tls`.
+    pub transport: String,
+    /// Digest user name (the password comes from `TRUNKLINE_TRUNK_PASSWORD`).
+    pub username: Option<String>,
+    /// Caller ID for outbound calls (E.164; a Twilio number or verified caller ID).
+    pub caller_id: String,
+    /// CANCEL unanswered outbound calls after this many seconds.
+    pub ring_timeout_secs: u64,
+    /// Sources (IPs or CIDRs) allowed to send us INVITEs. Default: Twilio's signalling ranges.
+    pub inbound_allowed_sources: Vec<String>,
+    /// Codecs to offer, in order of preference: `PCMU`, `PCMA`.
+    pub codecs: Vec<String>,
+    /// Offer/accept RFC 4733 telephone-event on this payload type.
+    pub dtmf_payload_type: u8,
+}
+
+/// Twilio's documented signalling ranges (TWILIO.md item 22).
+pub const TWILIO_SIGNALLING: [&str; 8] = [
+    "54.172.60.0/30",
+    "54.244.51.0/30",
+    "54.171.127.192/30",
+    "35.156.191.128/30",
+    "54.65.63.192/30",
+    "54.169.127.128/30",
+    "54.252.254.64/30",
+    "177.71.206.192/30",
+];
+
+impl Default for TrunkSection {
+    fn default() -> Self {
+        TrunkSection {
+            termination_uri: "sip:example.pstn.twilio.com".into(),
+            outbound_proxy: None,
+            transport: "udp".into(),
+            username: None,
+            caller_id: "+15005550006".into(),
+            ring_timeout_secs: 30,
+            inbound_allowed_sources: TWILIO_SIGNALLING.iter().map(|s| s.to_string()).collect(),
+            codecs: vec!["PCMU".into(), "PCMA".into()],
+            dtmf_payload_type: 101,
+        }
+    }
+}
+
+/// RTP media.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtpSection {
+    /// Address RTP sockets bind to.
+    pub bind_ip: IpAddr,
+    /// Lowest RTP port (even).
+    pub port_min: u16,
+    /// Highest RTP port.
+    pub port_max: u16,
+    /// Hang up after this many seconds without RTP from the phone side.
+    pub timeout_secs: u64,
+    /// Latch to the source of the first valid packets (symmetric RTP, for NAT).
+    pub symmetric: bool,
+    /// Jitter buffer minimum depth, ms.
+    pub jitter_min_ms: u32,
+    /// Jitter buffer maximum depth, ms.
+    pub jitter_max_ms: u32,
+}
+
+impl Default for RtpSection {
+    fn default() -> Self {
+        RtpSection {
+            bind_ip: IpAddr::from([0, 0, 0, 0]),
+            port_min: 10000,
+            port_max: 20000,
+            timeout_secs: 30,
+            symmetric: true,
+            jitter_min_ms: 40,
+            jitter_max_ms: 200,
+        }
+    }
+}
+
+/// The ElevenLabs agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// WebSocket base URL (`wss://api.elevenlabs.io`; regional hosts; `ws://127.0.0.1:…` for the
+    /// emulator). With `ELEVENLABS_API_KEY` set, a signed URL is fetched first.
+    pub base_url: String,
+    /// The agent id.
+    pub agent_id: String,
+    /// `answer` (default) or `ringing`: when outbound calls connect to the agent.
+    pub connect_at: String,
+    /// Seconds allowed to reach the agent.
+    pub connect_timeout_secs: u64,
+    /// Size of each `user_audio_chunk`, 20–100 ms.
+    pub uplink_chunk_ms: u64,
+    /// How caller DTMF reaches the agent: `user_message`, `contextual_update` or `off`.
+    pub dtmf_mode: String,
+    /// Longest call, seconds.
+    pub max_call_secs: u64,
+    /// After the agent ends, the longest wait for its last words to play, seconds.
+    pub drain_timeout_secs: u64,
+    /// Let the agent's `transfer_call` tool send SIP REFER.
+    pub transfer_enabled: bool,
+    /// Prefixes `transfer_call` may reach (empty = any, when enabled).
+    pub transfer_allow_prefixes: Vec<String>,
+    /// Dynamic variables sent with every conversation (the call's own are added).
+    pub dynamic_variables: BTreeMap<String, String>,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            base_url: "wss://api.elevenlabs.io".into(),
+            agent_id: String::new(),
+            connect_at: "answer".into(),
+            connect_timeout_secs: 10,
+            uplink_chunk_ms: 40,
+            dtmf_mode: "user_message".into(),
+            max_call_secs: 3600,
+            drain_timeout_secs: 15,
+            transfer_enabled: false,
+            transfer_allow_prefixes: Vec::new(),
+            dynamic_variables: BTreeMap::new(),
+        }
+    }
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Browser origins allowed to call the API (CORS and `Origin` check).
+    pub allowed_origins: Vec<String>,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_origins: Vec::new(),
+            max_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Who may ring what, how often.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// Require a bearer token (`TRUNKLINE_API_TOKEN`, comma-separated `name:token` pairs) on the
+    /// outbound trigger.
+    pub require_token: bool,
+    /// The only numbers that may be called (pinned mode), E.164.
+    pub pinned_numbers: Vec<String>,
+    /// E.164 prefixes that may be called (empty = any not denied).
+    pub allowed_prefixes: Vec<String>,
+    /// E.164 prefixes that may never be called (premium rate, …).
+    pub denied_prefixes: Vec<String>,
+    /// Most calls up at once.
+    pub max_concurrent_calls: usize,
+    /// New outbound calls per second, all clients together (the trunk's CPS).
+    pub calls_per_second: f64,
+    /// Trigger requests per minute per client IP.
+    pub per_ip_per_minute: u32,
+    /// Calls per destination number per day.
+    pub per_destination_per_day: u32,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        PolicySection {
+            require_token: true,
+            pinned_numbers: Vec::new(),
+            allowed_prefixes: Vec::new(),
+            denied_prefixes: vec![
+                "+1900".into(),
+                "+1976".into(),
+                "+44871".into(),
+                "+44872".into(),
+                "+44873".into(),
+                "+449".into(),
+                "+3389".into(),
+                "+3368".into(),
+                "+88".into(),
+            ],
+            max_concurrent_calls: 100,
+            calls_per_second: 1.0,
+            per_ip_per_minute: 10,
+            per_destination_per_day: 10,
+        }
+    }
+}
+
+/// Call records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsSection {
+    /// Database URL (`sqlite://trunkline.db` by default).
+    pub database_url: String,
+    /// Status webhook URL (empty = none).
+    pub webhook_url: Option<String>,
+}
+
+impl Default for RecordsSection {
+    fn default() -> Self {
+        RecordsSection {
+            database_url: "sqlite://trunkline.db".into(),
+            webhook_url: None,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `tracing` filter (`info`, `trunkline_call=debug,info`, …); `RUST_LOG` wins when set.
+    pub level: String,
+    /// `human` or `json`.
+    pub format: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+            format: "human".into(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[sip]`
+    pub sip: SipSection,
+    /// `[trunk]`
+    pub trunk: TrunkSection,
+    /// `[rtp]`
+    pub rtp: RtpSection,
+    /// `[agent]`
+    pub agent: AgentSection,
+    /// `[http]`
+    pub http: HttpSection,
+    /// `[policy]`
+    pub policy: PolicySection,
+    /// `[records]`
+    pub records: RecordsSection,
+    /// `[log]`
+    pub log: LogSection,
+}
+
+/// Secrets, from the environment only.
+#[derive(Clone, Default, PartialEq)]
+pub struct Secrets {
+    /// `ELEVENLABS_API_KEY`.
+    pub elevenlabs_api_key: Option<String>,
+    /// `TRUNKLINE_TRUNK_PASSWORD`.
+    pub trunk_password: Option<String>,
+    /// `TRUNKLINE_API_TOKEN`: `name:token` pairs, comma-separated (a bare token is named
+    /// `default`).
+    pub api_tokens: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field(
+                "elevenlabs_api_key",
+                &self.elevenlabs_api_key.as_ref().map(|_| "***"),
+            )
+            .field(
+                "trunk_password",
+                &self.trunk_password.as_ref().map(|_| "***"),
+            )
+            .field(
+                "api_tokens",
+                &self.api_tokens.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// Read from an environment (a closure, so tests need not touch the process's).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Self {
+        let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let api_tokens = non_empty("TRUNKLINE_API_TOKEN")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| match t.split_once(':') {
+                        Some((name, tok)) => (name.to_owned(), tok.to_owned()),
+                        None => ("default".to_owned(), t.to_owned()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Secrets {
+            elevenlabs_api_key: non_empty("ELEVENLABS_API_KEY"),
+            trunk_password: non_empty("TRUNKLINE_TRUNK_PASSWORD"),
+            api_tokens,
+        }
+    }
+}
+
+impl Config {
+    /// Parse TOML text, then apply `TRUNKLINE__SECTION__KEY` overrides from `env`.
+    pub fn from_toml_and_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut root: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        for (key, value) in env {
+            let Some(path) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let mut parts = path.split("__");
+            let (Some(section), Some(name), None) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(ConfigError::BadOverride(key));
+            };
+            let (section, name) = (section.to_ascii_lowercase(), name.to_ascii_lowercase());
+            if section.is_empty() || name.is_empty() {
+                return Err(ConfigError::BadOverride(key));
+            }
+            let entry = root
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(table) = entry else {
+                return Err(ConfigError::BadOverride(key));
+            };
+            table.insert(name, env_value(&value));
+        }
+        toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Read a file and the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml_and_env(&text, std::env::vars())
+    }
+
+    /// Check what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        for t in &self.sip.transports {
+            if !matches!(t.as_str(), "udp" | "tcp" | "tls") {
+                errs.push(format!("sip.transports: unknown transport {t:?}"));
+            }
+        }
+        if self.sip.transports.iter().any(|t| t == "tls")
+            && (self.sip.tls_cert.is_none() || self.sip.tls_key.is_none())
+        {
+            errs.push("sip.transports has tls but sip.tls_cert / sip.tls_key are not set".into());
+        }
+        if !matches!(self.trunk.transport.as_str(), "udp" | "tcp" | "tls") {
+            errs.push(format!(
+                "trunk.transport: unknown {:?}",
+                self.trunk.transport
+            ));
+        }
+        if !self.trunk.termination_uri.starts_with("sip:")
+            && !self.trunk.termination_uri.starts_with("sips:")
+        {
+            errs.push("trunk.termination_uri must be a sip: URI".into());
+        }
+        if !is_e164(&self.trunk.caller_id) {
+            errs.push(format!(
+                "trunk.caller_id {:?} is not E.164 (+ and 8–15 digits)",
+                self.trunk.caller_id
+            ));
+        }
+        for c in &self.trunk.codecs {
+            if !matches!(c.as_str(), "PCMU" | "PCMA") {
+                errs.push(format!(
+                    "trunk.codecs: unsupported codec {c:?} (PCMU, PCMA)"
+                ));
+            }
+        }
+        if self.trunk.codecs.is_empty() {
+            errs.push("trunk.codecs is empty".into());
+        }
+        if !(96..=127).contains(&self.trunk.dtmf_payload_type) {
+            errs.push("trunk.dtmf_payload_type must be dynamic (96–127)".into());
+        }
+        for s in &self.trunk.inbound_allowed_sources {
+            if parse_cidr(s).is_none() {
+                errs.push(format!(
+                    "trunk.inbound_allowed_sources: bad address/CIDR {s:?}"
+                ));
+            }
+        }
+        if self.rtp.port_min >= self.rtp.port_max || self.rtp.port_min < 1024 {
+            errs.push("rtp.port_min must be ≥ 1024 and below rtp.port_max".into());
+        }
+        if self.rtp.jitter_min_ms > self.rtp.jitter_max_ms {
+            errs.push("rtp.jitter_min_ms exceeds rtp.jitter_max_ms".into());
+        }
+        if !(self.agent.base_url.starts_with("wss://") || self.agent.base_url.starts_with("ws://"))
+        {
+            errs.push("agent.base_url must start with wss:// or ws://".into());
+        }
+        if !matches!(self.agent.connect_at.as_str(), "answer" | "ringing") {
+            errs.push("agent.connect_at must be answer or ringing".into());
+        }
+        if !(20..=100).contains(&self.agent.uplink_chunk_ms) {
+            errs.push("agent.uplink_chunk_ms must be 20–100".into());
+        }
+        if !matches!(
+            self.agent.dtmf_mode.as_str(),
+            "user_message" | "contextual_update" | "off"
+        ) {
+            errs.push("agent.dtmf_mode must be user_message, contextual_update or off".into());
+        }
+        for n in &self.policy.pinned_numbers {
+            if !is_e164(n) {
+                errs.push(format!("policy.pinned_numbers: {n:?} is not E.164"));
+            }
+        }
+        for p in self
+            .policy
+            .allowed_prefixes
+            .iter()
+            .chain(&self.policy.denied_prefixes)
+        {
+            if !p.starts_with('+') || !p[1..].chars().all(|c| c.is_ascii_digit()) {
+                errs.push(format!("policy prefix {p:?} must be + and digits"));
+            }
+        }
+        if self.policy.max_concurrent_calls == 0 {
+            errs.push("policy.max_concurrent_calls must be at least 1".into());
+        }
+        if self.policy.calls_per_second <= 0.0 {
+            errs.push("policy.calls_per_second must be positive".into());
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            errs.push("log.format must be human or json".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+
+    /// A plain-words summary of what this configuration does (for `check-config`).
+    pub fn explain(&self, secrets: &Secrets) -> String {
+        let mut s = String::new();
+        let w = &mut s;
+        use std::fmt::Write;
+        let _ = writeln!(
+            w,
+            "SIP: listening on {} ({}){}",
+            self.sip.listen,
+            self.sip.transports.join(", "),
+            self.sip
+                .external_ip
+                .map(|ip| format!(", advertising {ip} (NAT)"))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            w,
+            "Trunk: outbound INVITEs to {} over {}{}, caller ID {}, CANCEL after {} s",
+            self.trunk.termination_uri,
+            self.trunk.transport,
+            match (&self.trunk.username, &secrets.trunk_password) {
+                (Some(u), Some(_)) => format!(", digest user {u}"),
+                (Some(u), None) => format!(", digest user {u} (TRUNKLINE_TRUNK_PASSWORD not set!)"),
+                _ => ", no digest credentials (IP ACL)".into(),
+            },
+            self.trunk.caller_id,
+            self.trunk.ring_timeout_secs
+        );
+        let _ = writeln!(
+            w,
+            "Inbound: INVITEs accepted from {} source range(s): {}",
+            self.trunk.inbound_allowed_sources.len(),
+            self.trunk.inbound_allowed_sources.join(", ")
+        );
+        let _ = writeln!(
+            w,
+            "RTP: {}:{}-{}, codecs {}, telephone-event PT {}, timeout {} s",
+            self.rtp.bind_ip,
+            self.rtp.port_min,
+            self.rtp.port_max,
+            self.trunk.codecs.join("/"),
+            self.trunk.dtmf_payload_type,
+            self.rtp.timeout_secs
+        );
+        let _ = writeln!(
+            w,
+            "Agent: {} agent_id={} ({}), connected at {}, {} ms uplink chunks",
+            self.agent.base_url,
+            if self.agent.agent_id.is_empty() {
+                "(not set!)"
+            } else {
+                &self.agent.agent_id
+            },
+            if secrets.elevenlabs_api_key.is_some() {
+                "signed URL via ELEVENLABS_API_KEY"
+            } else {
+                "public agent, no API key"
+            },
+            self.agent.connect_at,
+            self.agent.uplink_chunk_ms
+        );
+        let _ = writeln!(
+            w,
+            "HTTP: {} (origins allowed: {})",
+            self.http.listen,
+            if self.http.allowed_origins.is_empty() {
+                "none".to_owned()
+            } else {
+                self.http.allowed_origins.join(", ")
+            }
+        );
+        let dest = if !self.policy.pinned_numbers.is_empty() {
+            format!(
+                "only the pinned numbers {}",
+                self.policy.pinned_numbers.join(", ")
+            )
+        } else if !self.policy.allowed_prefixes.is_empty() {
+            format!(
+                "numbers starting {}",
+                self.policy.allowed_prefixes.join(", ")
+            )
+        } else {
+            "any valid E.164 number".to_owned()
+        };
+        let _ = writeln!(
+            w,
+            "Policy: {}; may call {dest} except {}; ≤ {} concurrent calls, {} calls/s, {} requests/min per IP, {} calls/day per number",
+            if self.policy.require_token {
+                format!(
+                    "bearer token required ({} configured)",
+                    secrets.api_tokens.len()
+                )
+            } else {
+                "no token required".to_owned()
+            },
+            self.policy.denied_prefixes.join(", "),
+            self.policy.max_concurrent_calls,
+            self.policy.calls_per_second,
+            self.policy.per_ip_per_minute,
+            self.policy.per_destination_per_day
+        );
+        let _ = writeln!(w, "Records: {}", self.records.database_url);
+        s
+    }
+}
+
+/// An environment value as TOML: numbers, booleans and arrays as such, anything else a string.
+fn env_value(raw: &str) -> toml::Value {
+    let probe = format!("v = {raw}");
+    match probe.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+/// `+` and 8–15 digits.
+pub fn is_e164(s: &str) -> bool {
+    s.strip_prefix('+')
+        .is_some_and(|d| (8..=15).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// An IP or CIDR (`10.0.0.0/8`, `::1`, `54.172.60.0/30`).
+pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, bits)) => (ip.parse::<IpAddr>().ok()?, bits.parse::<u8>().ok()?),
+        None => {
+            let ip = s.parse::<IpAddr>().ok()?;
+            (ip, if ip.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (bits <= max).then_some((ip, bits))
+}
+
+/// Whether `addr` is inside `cidr`.
+pub fn cidr_contains(cidr: (IpAddr, u8), addr: IpAddr) -> bool {
+    match (cidr.0, addr) {
+        (IpAddr::V4(net), IpAddr::V4(a)) => {
+            let bits = u32::from(cidr.1.min(32));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(net) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(net), IpAddr::V6(a)) => {
+            let bits = u32::from(cidr.1.min(128));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(net) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &str = include_str!("../../../config/trunkline.toml");
+
+    #[test]
+    fn shipped_config_parses_validates_and_documents_every_key() {
+        let cfg = Config::from_toml_and_env(SHIPPED, []).expect("shipped config parses");
+        cfg.validate().expect("shipped config is valid");
+        // Every key of every section appears in the shipped file, so it documents them all.
+        let defaults = toml::Value::try_from(Config::default()).expect("serialize");
+        let shipped: toml::Table = SHIPPED.parse().expect("toml");
+        let toml::Value::Table(sections) = defaults else {
+            panic!("not a table")
+        };
+        for (section, keys) in sections {
+            let toml::Value::Table(keys) = keys else {
+                continue;
+            };
+            for key in keys.keys() {
+                let documented = shipped
+                    .get(&section)
+                    .and_then(|s| s.as_table())
+                    .is_some_and(|t| t.contains_key(key))
+                    || SHIPPED.contains(&format!("# {key} ="));
+                assert!(
+                    documented,
+                    "[{section}] {key} is not in config/trunkline.toml"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn env_overrides_any_key_with_typed_values() {
+        let env = [
+            (
+                "TRUNKLINE__HTTP__LISTEN".to_owned(),
+                "127.0.0.1:9999".to_owned(),
+            ),
+            (
+                "TRUNKLINE__POLICY__MAX_CONCURRENT_CALLS".to_owned(),
+                "7".to_owned(),
+            ),
+            ("TRUNKLINE__RTP__SYMMETRIC".to_owned(), "false".to_owned()),
+            (
+                "TRUNKLINE__POLICY__PINNED_NUMBERS".to_owned(),
+                r#"["+33123456789"]"#.to_owned(),
+            ),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let cfg = Config::from_toml_and_env(SHIPPED, env).expect("overrides apply");
+        assert_eq!(cfg.http.listen, "127.0.0.1:9999".parse().expect("addr"));
+        assert_eq!(cfg.policy.max_concurrent_calls, 7);
+        assert!(!cfg.rtp.symmetric);
+        assert_eq!(cfg.policy.pinned_numbers, vec!["+33123456789".to_owned()]);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused_with_a_clear_message() {
+        let err = Config::from_toml_and_env("[http]\nlisten_addr = \"1.2.3.4:1\"\n", [])
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+        let err = Config::from_toml_and_env("", [("TRUNKLINE__HTTP".to_owned(), "x".to_owned())])
+            .expect_err("bad override");
+        assert!(matches!(err, ConfigError::BadOverride(_)));
+        let mut cfg = Config::default();
+        cfg.trunk.caller_id = "0612345678".into();
+        cfg.agent.uplink_chunk_ms = 500;
+        let err = cfg.validate().expect_err("invalid").to_string();
+        assert!(
+            err.contains("caller_id") && err.contains("uplink_chunk_ms"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_and_never_print() {
+        let s = Secrets::from_env(|k| match k {
+            "TRUNKLINE_API_TOKEN" => Some("widget:abc, backend:def".into()),
+            "ELEVENLABS_API_KEY" => Some("xi-secret".into()),
+            _ => None,
+        });
+        assert_eq!(s.api_tokens.len(), 2);
+        assert_eq!(s.api_tokens[1], ("backend".into(), "def".into()));
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("xi-secret") && !shown.contains("abc"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let net = parse_cidr("54.172.60.0/30").expect("cidr");
+        assert!(cidr_contains(net, "54.172.60.3".parse().expect("ip")));
+        assert!(!cidr_contains(net, "54.172.60.4".parse().expect("ip")));
+        let v6 = parse_cidr("2001:db8::/32").expect("cidr");
+        assert!(cidr_contains(v6, "2001:db8::1".parse().expect("ip")));
+        assert!(parse_cidr("1.2.3.4/33").is_none());
+        assert!(parse_cidr("nope").is_none());
+    }
+}
