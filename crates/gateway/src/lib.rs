@@ -2,5 +2,7 @@
 //! and policy, call records, metrics, graceful shutdown, and the `demo`.
 //!
 //! - [`config`]: the TOML configuration, environment overrides and secrets.
+//! - [`policy`]: authentication, destination policy, rate limits and capacity (toll-fraud guard).
 
 pub mod config;
+pub mod policy;

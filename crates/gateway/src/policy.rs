@@ -1,0 +1,515 @@
+//! Who may ring what, how often: the outbound trigger is a toll-fraud target and is guarded like
+//! a payment API. Sans-IO: time comes in as `now` (monotonic, for rate limits) and `day` (the
+//! UTC day number, for daily caps).
+//!
+//! Order of checks for `POST /api/call/outbound` (each with a stable error message):
+//! 1. authentication — a bearer token, or (for a public browser widget) an allowed `Origin`
+//!    together with a restricted destination policy (pinned numbers or an allowlist) → 401
+//!    `Unauthorized`;
+//! 2. per-client rate limit (per IP, and per token) → 429 `Too many requests`;
+//! 3. the number: present (400 `Phone number is required`), E.164 after normalisation with
+//!    libphonenumber metadata (400 `Invalid phone number`);
+//! 4. destination policy — pinned numbers, allowlist, denylist, premium-rate and shared-cost
+//!    numbers by metadata → 403 `Destination not allowed`;
+//! 5. per-destination daily cap → 429; global calls per second (the trunk's CPS) → 429;
+//!    concurrent calls → 503 `At capacity`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use phonenumber::{Mode, Type as PhoneNumberType};
+
+use crate::config::{PolicySection, Secrets};
+
+/// Why a trigger request was refused. `message()` is the stable text clients see.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// 400.
+    MissingNumber,
+    /// 400.
+    InvalidNumber,
+    /// 401.
+    Unauthorized,
+    /// 403.
+    DestinationNotAllowed(&'static str),
+    /// 429 with `Retry-After`.
+    RateLimited {
+        /// Which limit (metrics label).
+        limit: &'static str,
+        /// Seconds until a retry may pass.
+        retry_after: u64,
+    },
+    /// 503.
+    AtCapacity,
+}
+
+impl Refusal {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::MissingNumber | Refusal::InvalidNumber => 400,
+            Refusal::Unauthorized => 401,
+            Refusal::DestinationNotAllowed(_) => 403,
+            Refusal::RateLimited { .. } => 429,
+            Refusal::AtCapacity => 503,
+        }
+    }
+
+    /// The stable error message.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Refusal::MissingNumber => "Phone number is required",
+            Refusal::InvalidNumber => "Invalid phone number",
+            Refusal::Unauthorized => "Unauthorized",
+            Refusal::DestinationNotAllowed(_) => "Destination not allowed",
+            Refusal::RateLimited { .. } => "Too many requests",
+            Refusal::AtCapacity => "At capacity",
+        }
+    }
+
+    /// A short label for metrics (no numbers, no ids).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::MissingNumber => "missing_number",
+            Refusal::InvalidNumber => "invalid_number",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::DestinationNotAllowed(why) => why,
+            Refusal::RateLimited { limit, .. } => limit,
+            Refusal::AtCapacity => "at_capacity",
+        }
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Client {
+    /// A bearer token, by its configured name.
+    Token(String),
+    /// A browser on an allowed origin, without a token.
+    Origin(String),
+    /// Tokens are not required and none was given.
+    Anonymous,
+}
+
+/// A normalised destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// E.164, `+` and digits.
+    pub e164: String,
+}
+
+/// Normalise a number to E.164 with libphonenumber metadata. Only international form is
+/// accepted (`+` country code …): without a default region a national number is ambiguous.
+pub fn normalise(raw: &str) -> Result<(Destination, PhoneNumberType), Refusal> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(Refusal::MissingNumber);
+    }
+    if trimmed.len() > 32
+        || !trimmed.starts_with('+')
+        || !trimmed
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')' | '.'))
+    {
+        return Err(Refusal::InvalidNumber);
+    }
+    let number = phonenumber::parse(None, trimmed).map_err(|_| Refusal::InvalidNumber)?;
+    if !phonenumber::is_valid(&number) {
+        return Err(Refusal::InvalidNumber);
+    }
+    let kind = number.number_type(&phonenumber::metadata::DATABASE);
+    let e164 = number.format().mode(Mode::E164).to_string();
+    Ok((Destination { e164 }, kind))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// Take one token from a bucket of `capacity` refilled at `per_sec`; on refusal, the seconds
+    /// until one is available.
+    fn take(&mut self, capacity: f64, per_sec: f64, now: Instant) -> Result<(), u64> {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * per_sec).min(capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - self.tokens) / per_sec).ceil().max(1.0) as u64)
+        }
+    }
+
+    fn is_full(&self, capacity: f64, per_sec: f64, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + dt * per_sec >= capacity
+    }
+}
+
+/// Most client buckets kept before idle ones are pruned.
+const MAX_BUCKETS: usize = 50_000;
+
+/// The policy state.
+#[derive(Debug)]
+pub struct Policy {
+    cfg: PolicySection,
+    origins: Vec<String>,
+    tokens: Vec<(String, String)>,
+    ip_buckets: HashMap<IpAddr, Bucket>,
+    token_buckets: HashMap<String, Bucket>,
+    cps: Option<Bucket>,
+    daily: HashMap<String, (u64, u32)>,
+}
+
+impl Policy {
+    /// A policy from the `[policy]` section, the allowed browser origins and the API tokens.
+    pub fn new(cfg: PolicySection, allowed_origins: Vec<String>, secrets: &Secrets) -> Self {
+        Policy {
+            cfg,
+            origins: allowed_origins,
+            tokens: secrets.api_tokens.clone(),
+            ip_buckets: HashMap::new(),
+            token_buckets: HashMap::new(),
+            cps: None,
+            daily: HashMap::new(),
+        }
+    }
+
+    /// True when the destination policy cannot reach arbitrary numbers (pinned or allowlist),
+    /// the condition for letting a token-less browser widget in.
+    pub fn destinations_restricted(&self) -> bool {
+        !self.cfg.pinned_numbers.is_empty() || !self.cfg.allowed_prefixes.is_empty()
+    }
+
+    /// Step 1: who is this? Tokens are compared in constant time.
+    pub fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        origin: Option<&str>,
+    ) -> Result<Client, Refusal> {
+        if let Some(given) = bearer {
+            return self
+                .tokens
+                .iter()
+                .find(|(_, t)| constant_time_eq(t.as_bytes(), given.as_bytes()))
+                .map(|(name, _)| Client::Token(name.clone()))
+                .ok_or(Refusal::Unauthorized);
+        }
+        if let Some(o) = origin
+            && self.origin_allowed(o)
+        {
+            if !self.cfg.require_token || self.destinations_restricted() {
+                return Ok(Client::Origin(o.to_owned()));
+            }
+            return Err(Refusal::Unauthorized);
+        }
+        if self.cfg.require_token {
+            Err(Refusal::Unauthorized)
+        } else {
+            Ok(Client::Anonymous)
+        }
+    }
+
+    /// Whether a browser `Origin` is on the allowlist (exact match, no trailing slash).
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.origins
+            .iter()
+            .any(|o| o.trim_end_matches('/') == origin.trim_end_matches('/'))
+    }
+
+    /// Step 2: per-IP and per-token request rate.
+    pub fn rate_limit(&mut self, ip: IpAddr, client: &Client, now: Instant) -> Result<(), Refusal> {
+        let per_min = f64::from(self.cfg.per_ip_per_minute.max(1));
+        if self.ip_buckets.len() >= MAX_BUCKETS {
+            self.ip_buckets
+                .retain(|_, b| !b.is_full(per_min, per_min / 60.0, now));
+        }
+        if self.ip_buckets.len() >= MAX_BUCKETS {
+            return Err(Refusal::RateLimited {
+                limit: "ip_table_full",
+                retry_after: 60,
+            });
+        }
+        let b = self.ip_buckets.entry(ip).or_insert(Bucket {
+            tokens: per_min,
+            last: now,
+        });
+        b.take(per_min, per_min / 60.0, now)
+            .map_err(|retry_after| Refusal::RateLimited {
+                limit: "per_ip",
+                retry_after,
+            })?;
+        if let Client::Token(name) = client {
+            // A token is a server: allow it ten times an IP's rate.
+            let cap = per_min * 10.0;
+            let b = self.token_buckets.entry(name.clone()).or_insert(Bucket {
+                tokens: cap,
+                last: now,
+            });
+            b.take(cap, cap / 60.0, now)
+                .map_err(|retry_after| Refusal::RateLimited {
+                    limit: "per_token",
+                    retry_after,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Steps 3–4: the number and where it goes. With pinned numbers and no number given, the
+    /// only pinned number is used.
+    pub fn destination(&self, raw: Option<&str>) -> Result<Destination, Refusal> {
+        let raw = match raw.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(r) => r,
+            None if self.cfg.pinned_numbers.len() == 1 => &self.cfg.pinned_numbers[0],
+            None => return Err(Refusal::MissingNumber),
+        };
+        let (dest, kind) = normalise(raw)?;
+        if !self.cfg.pinned_numbers.is_empty() {
+            return if self.cfg.pinned_numbers.iter().any(|p| p == &dest.e164) {
+                Ok(dest)
+            } else {
+                Err(Refusal::DestinationNotAllowed("not_pinned"))
+            };
+        }
+        if self
+            .cfg
+            .denied_prefixes
+            .iter()
+            .any(|p| dest.e164.starts_with(p.as_str()))
+        {
+            return Err(Refusal::DestinationNotAllowed("denied_prefix"));
+        }
+        if matches!(
+            kind,
+            PhoneNumberType::PremiumRate | PhoneNumberType::SharedCost | PhoneNumberType::Pager
+        ) {
+            return Err(Refusal::DestinationNotAllowed("premium_rate"));
+        }
+        if !self.cfg.allowed_prefixes.is_empty()
+            && !self
+                .cfg
+                .allowed_prefixes
+                .iter()
+                .any(|p| dest.e164.starts_with(p.as_str()))
+        {
+            return Err(Refusal::DestinationNotAllowed("not_allowlisted"));
+        }
+        Ok(dest)
+    }
+
+    /// Step 5: capacity, CPS and the daily cap. On success the call is counted.
+    pub fn admit(
+        &mut self,
+        dest: &Destination,
+        active_calls: usize,
+        now: Instant,
+        day: u64,
+    ) -> Result<(), Refusal> {
+        if active_calls >= self.cfg.max_concurrent_calls {
+            return Err(Refusal::AtCapacity);
+        }
+        let cap = self.cfg.per_destination_per_day;
+        let used = match self.daily.get(&dest.e164) {
+            Some((d, n)) if *d == day => *n,
+            _ => 0,
+        };
+        if used >= cap {
+            return Err(Refusal::RateLimited {
+                limit: "per_destination_daily",
+                retry_after: 3600,
+            });
+        }
+        let cps = self.cfg.calls_per_second.max(0.01);
+        let burst = cps.ceil().max(1.0);
+        let bucket = self.cps.get_or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        bucket
+            .take(burst, cps, now)
+            .map_err(|retry_after| Refusal::RateLimited {
+                limit: "calls_per_second",
+                retry_after,
+            })?;
+        if self.daily.len() >= MAX_BUCKETS {
+            self.daily.retain(|_, (d, _)| *d == day);
+        }
+        self.daily.insert(dest.e164.clone(), (day, used + 1));
+        Ok(())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn policy(f: impl FnOnce(&mut PolicySection)) -> Policy {
+        let mut cfg = PolicySection::default();
+        f(&mut cfg);
+        let secrets = Secrets {
+            api_tokens: vec![("backend".into(), "s3cret".into())],
+            ..Secrets::default()
+        };
+        Policy::new(cfg, vec!["https://shop.example".into()], &secrets)
+    }
+
+    #[test]
+    fn numbers_are_normalised_to_e164_and_junk_refused() {
+        let (d, _) = normalise(" +33 6 12 34 56 78 ").expect("valid FR mobile");
+        assert_eq!(d.e164, "+33612345678");
+        assert_eq!(normalise("").unwrap_err(), Refusal::MissingNumber);
+        for bad in [
+            "0612345678",
+            "+33",
+            "+1 (555) abc",
+            "+99912345678",
+            "sip:x@y",
+            "+3361234567890123",
+        ] {
+            assert_eq!(normalise(bad).unwrap_err(), Refusal::InvalidNumber, "{bad}");
+        }
+    }
+
+    #[test]
+    fn token_or_allowed_origin_with_restricted_destinations() {
+        let open = policy(|_| {});
+        assert_eq!(
+            open.authenticate(Some("s3cret"), None),
+            Ok(Client::Token("backend".into()))
+        );
+        assert_eq!(
+            open.authenticate(Some("wrong"), None),
+            Err(Refusal::Unauthorized)
+        );
+        assert_eq!(open.authenticate(None, None), Err(Refusal::Unauthorized));
+        // An allowed origin alone cannot reach arbitrary numbers…
+        assert_eq!(
+            open.authenticate(None, Some("https://shop.example")),
+            Err(Refusal::Unauthorized)
+        );
+        // …but can when the destinations are pinned.
+        let pinned = policy(|c| c.pinned_numbers = vec!["+33612345678".into()]);
+        assert_eq!(
+            pinned.authenticate(None, Some("https://shop.example")),
+            Ok(Client::Origin("https://shop.example".into()))
+        );
+        assert_eq!(
+            pinned.authenticate(None, Some("https://evil.example")),
+            Err(Refusal::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn pinned_allowlist_and_denylist() {
+        let pinned = policy(|c| c.pinned_numbers = vec!["+33612345678".into()]);
+        assert_eq!(
+            pinned.destination(None).expect("pinned").e164,
+            "+33612345678"
+        );
+        assert_eq!(
+            pinned
+                .destination(Some("+33 6 12 34 56 78"))
+                .expect("same")
+                .e164,
+            "+33612345678"
+        );
+        assert_eq!(
+            pinned.destination(Some("+33612345679")),
+            Err(Refusal::DestinationNotAllowed("not_pinned"))
+        );
+        let allow = policy(|c| c.allowed_prefixes = vec!["+33".into()]);
+        assert!(allow.destination(Some("+33612345678")).is_ok());
+        assert_eq!(
+            allow.destination(Some("+14155550123")),
+            Err(Refusal::DestinationNotAllowed("not_allowlisted"))
+        );
+        let open = policy(|_| {});
+        assert_eq!(
+            open.destination(Some("+19005550123")),
+            Err(Refusal::DestinationNotAllowed("denied_prefix"))
+        );
+        // French premium rate (089x) is refused by metadata even without a prefix rule.
+        let bare = policy(|c| c.denied_prefixes.clear());
+        assert_eq!(
+            bare.destination(Some("+33891234567")),
+            Err(Refusal::DestinationNotAllowed("premium_rate"))
+        );
+        assert_eq!(open.destination(None), Err(Refusal::MissingNumber));
+    }
+
+    #[test]
+    fn per_ip_rate_limit_refills_over_time() {
+        let mut p = policy(|c| c.per_ip_per_minute = 3);
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let other: IpAddr = "192.0.2.2".parse().expect("ip");
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(p.rate_limit(ip, &Client::Anonymous, t0).is_ok());
+        }
+        let refused = p
+            .rate_limit(ip, &Client::Anonymous, t0)
+            .expect_err("4th refused");
+        assert_eq!(refused.status(), 429);
+        assert!(matches!(
+            refused,
+            Refusal::RateLimited {
+                retry_after: 20,
+                ..
+            }
+        ));
+        assert!(
+            p.rate_limit(other, &Client::Anonymous, t0).is_ok(),
+            "per IP"
+        );
+        assert!(
+            p.rate_limit(ip, &Client::Anonymous, t0 + Duration::from_secs(20))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn capacity_cps_and_daily_cap() {
+        let mut p = policy(|c| {
+            c.max_concurrent_calls = 2;
+            c.calls_per_second = 1.0;
+            c.per_destination_per_day = 2;
+        });
+        let d = Destination {
+            e164: "+33612345678".into(),
+        };
+        let t0 = Instant::now();
+        assert_eq!(p.admit(&d, 2, t0, 1), Err(Refusal::AtCapacity));
+        assert!(p.admit(&d, 0, t0, 1).is_ok());
+        assert!(matches!(
+            p.admit(&d, 0, t0, 1),
+            Err(Refusal::RateLimited {
+                limit: "calls_per_second",
+                ..
+            })
+        ));
+        assert!(p.admit(&d, 0, t0 + Duration::from_secs(1), 1).is_ok());
+        assert!(matches!(
+            p.admit(&d, 0, t0 + Duration::from_secs(2), 1),
+            Err(Refusal::RateLimited {
+                limit: "per_destination_daily",
+                ..
+            })
+        ));
+        assert!(
+            p.admit(&d, 0, t0 + Duration::from_secs(3), 2).is_ok(),
+            "new day"
+        );
+    }
+}
