@@ -1,8 +1,10 @@
 //! `trunkline-gateway`: the `trunkline` service — configuration, the HTTP API, the call registry
 //! and policy, call records, metrics, graceful shutdown, and the `demo`.
 //!
+//! - [`api`]: the HTTP API (axum): the widget trigger, ElevenLabs-compatible shapes, records, health, metrics.
 //! - [`config`]: the TOML configuration, environment overrides and secrets.
 //! - [`policy`]: authentication, destination policy, rate limits and capacity (toll-fraud guard).
 
+pub mod api;
 pub mod config;
 pub mod policy;

@@ -1,0 +1,640 @@
+//! The HTTP API (ARCHITECTURE.md, "HTTP API"), on axum.
+//!
+//! - `POST /api/call/outbound` — the widget's trigger: `{"phoneNumber": "+E164"}` (also
+//!   `to_number` / `to`; optional `dynamic_variables`, `first_message`) →
+//!   `{"success": true, "conversation_id": …, "call_sid": …}`. Errors are
+//!   `{"success": false, "error": "<stable message>"}`.
+//! - `POST /v1/convai/twilio/outbound-call`, `POST /v1/convai/sip-trunk/outbound-call` — the
+//!   ElevenLabs request and response shapes (`xi-api-key` accepted as the token).
+//! - `GET /api/calls`, `GET /api/calls/{call_sid}`, `POST /api/calls/{call_sid}/hangup` (token).
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`.
+//!
+//! Browser requests: CORS preflight answered for allowed origins only, and any request carrying
+//! an `Origin` that is not allowed is refused (403), so a page elsewhere cannot use a visitor's
+//! browser against the trigger. Bodies are size-limited, must be JSON, and unknown fields are
+//! refused: nothing is placed unless the request is exactly understood.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use trunkline_call::CallRecord;
+
+use crate::policy::{Client, Destination, Policy, Refusal};
+
+/// A request to place an outbound call, after policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundRequest {
+    /// The destination, E.164.
+    pub to: Destination,
+    /// Dynamic variables for the agent (top level of `conversation_initiation_client_data`).
+    pub dynamic_variables: BTreeMap<String, Value>,
+    /// First-message override for the agent.
+    pub first_message: Option<String>,
+    /// Who asked.
+    pub client: Client,
+}
+
+/// A call that was placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// Our call id.
+    pub call_sid: String,
+    /// The agent's conversation id, when already known.
+    pub conversation_id: Option<String>,
+    /// The SIP Call-ID of the INVITE.
+    pub sip_call_id: Option<String>,
+}
+
+/// Why a call could not be placed after policy admitted it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// Shutting down or not ready.
+    #[error("Service unavailable")]
+    Unavailable,
+    /// Something failed before the INVITE left.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Filters for `GET /api/calls`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `initiated`, `ringing`, `in-progress`, `completed`, `busy`, `no-answer`, `failed`, …
+    pub status: Option<String>,
+    /// `outbound` / `inbound`.
+    pub direction: Option<String>,
+    /// Page size (default 50, at most 500).
+    pub limit: Option<usize>,
+    /// Records created before this call (cursor: the last `call_sid` of the previous page).
+    pub before: Option<String>,
+}
+
+/// A boxed future, for the object-safe [`CallService`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the API needs from the gateway.
+pub trait CallService: Send + Sync + 'static {
+    /// Calls up now (for the concurrency cap).
+    fn active_calls(&self) -> usize;
+    /// Whether new calls can be taken (SIP bound, not shutting down).
+    fn ready(&self) -> bool;
+    /// Place a call.
+    fn place(&self, req: OutboundRequest) -> BoxFuture<'_, Result<Placed, PlaceError>>;
+    /// One record.
+    fn get(&self, call_sid: String) -> BoxFuture<'_, Option<CallRecord>>;
+    /// A page of records, newest first.
+    fn list(&self, q: ListQuery) -> BoxFuture<'_, Vec<CallRecord>>;
+    /// Hang up a call; false if unknown or already over.
+    fn hangup(&self, call_sid: String) -> BoxFuture<'_, bool>;
+    /// Prometheus text exposition.
+    fn metrics(&self) -> String;
+    /// A refusal happened (for metrics).
+    fn refused(&self, _label: &'static str) {}
+}
+
+/// Shared state of the HTTP layer.
+pub struct ApiState {
+    /// Policy (rate-limit state inside).
+    pub policy: Mutex<Policy>,
+    /// The gateway.
+    pub calls: Arc<dyn CallService>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The router. Serve with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/api/call/outbound", post(outbound).options(preflight))
+        .route(
+            "/v1/convai/twilio/outbound-call",
+            post(elevenlabs_twilio).options(preflight),
+        )
+        .route(
+            "/v1/convai/sip-trunk/outbound-call",
+            post(elevenlabs_sip_trunk).options(preflight),
+        )
+        .route("/api/calls", get(list_calls))
+        .route("/api/calls/{call_sid}", get(get_call))
+        .route("/api/calls/{call_sid}/hangup", post(hangup_call))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// A JSON error with a stable message.
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"success": false, "error": message})),
+    )
+        .into_response()
+}
+
+fn refusal(state: &ApiState, r: &Refusal, origin: Option<&HeaderValue>) -> Response {
+    state.calls.refused(r.label());
+    let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut resp = error(status, r.message());
+    if let Refusal::RateLimited { retry_after, .. } = r
+        && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    with_cors(resp, origin)
+}
+
+fn with_cors(mut resp: Response, origin: Option<&HeaderValue>) -> Response {
+    if let Some(o) = origin {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    resp
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
+            return Some(t.trim().to_owned());
+        }
+        return Some(String::new()); // present but not a bearer token: never matches
+    }
+    headers
+        .get("xi-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_owned())
+}
+
+/// The `Origin` header if present: `Ok(Some)` when allowed, `Err` (403) when not.
+fn check_origin(state: &ApiState, headers: &HeaderMap) -> Result<Option<HeaderValue>, Response> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(None);
+    };
+    let allowed = origin.to_str().ok().is_some_and(|o| {
+        state
+            .policy
+            .lock()
+            .map(|p| p.origin_allowed(o))
+            .unwrap_or(false)
+    });
+    if allowed {
+        Ok(Some(origin.clone()))
+    } else {
+        state.calls.refused("origin_not_allowed");
+        Err(error(StatusCode::FORBIDDEN, "Origin not allowed"))
+    }
+}
+
+async fn preflight(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    let origin = match check_origin(&state, &headers) {
+        Ok(Some(o)) => o,
+        Ok(None) => return error(StatusCode::BAD_REQUEST, "Origin header is required"),
+        Err(resp) => return resp,
+    };
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type, authorization, xi-api-key"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    resp
+}
+
+/// The widget's body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboundBody {
+    #[serde(rename = "phoneNumber")]
+    phone_number: Option<String>,
+    to_number: Option<String>,
+    to: Option<String>,
+    #[serde(default)]
+    dynamic_variables: Option<BTreeMap<String, Value>>,
+    first_message: Option<String>,
+}
+
+fn body_error(e: &BytesRejection) -> Response {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+    } else {
+        error(StatusCode::BAD_REQUEST, "Invalid request body")
+    }
+}
+
+/// Parse a JSON body with stable errors: 415 for a wrong content type, 400 for malformed JSON
+/// or unknown fields.
+fn parse_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, Response> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let msg = if e.is_data() {
+            let text = e.to_string();
+            if text.starts_with("unknown field") {
+                "Unknown field in request"
+            } else {
+                "Invalid request body"
+            }
+        } else {
+            "Malformed JSON"
+        };
+        error(StatusCode::BAD_REQUEST, msg)
+    })
+}
+
+fn validate_variables(vars: &BTreeMap<String, Value>) -> Result<(), &'static str> {
+    if vars.len() > 64 {
+        return Err("Too many dynamic variables");
+    }
+    for (k, v) in vars {
+        if k.is_empty() || k.len() > 64 {
+            return Err("Invalid dynamic variable name");
+        }
+        match v {
+            Value::String(s) if s.len() <= 1024 => {}
+            Value::Number(_) | Value::Bool(_) => {}
+            _ => return Err("Dynamic variables must be strings, numbers or booleans"),
+        }
+    }
+    Ok(())
+}
+
+fn day_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0)
+}
+
+/// Policy + placement shared by every trigger shape.
+async fn trigger(
+    state: &ApiState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    number: Option<String>,
+    dynamic_variables: BTreeMap<String, Value>,
+    first_message: Option<String>,
+    origin: Option<&HeaderValue>,
+) -> Result<Placed, Response> {
+    if let Err(msg) = validate_variables(&dynamic_variables) {
+        return Err(with_cors(error(StatusCode::BAD_REQUEST, msg), origin));
+    }
+    if first_message.as_ref().is_some_and(|m| m.len() > 2000) {
+        return Err(with_cors(
+            error(StatusCode::BAD_REQUEST, "first_message is too long"),
+            origin,
+        ));
+    }
+    let token = bearer(headers);
+    let origin_str = origin.and_then(|o| o.to_str().ok());
+    let (client, dest) = {
+        let mut policy = match state.policy.lock() {
+            Ok(p) => p,
+            Err(_) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")),
+        };
+        let now = Instant::now();
+        let client = policy
+            .authenticate(token.as_deref(), origin_str)
+            .map_err(|r| refusal(state, &r, origin))?;
+        policy
+            .rate_limit(peer.ip(), &client, now)
+            .map_err(|r| refusal(state, &r, origin))?;
+        let dest = policy
+            .destination(number.as_deref())
+            .map_err(|r| refusal(state, &r, origin))?;
+        if !state.calls.ready() {
+            return Err(with_cors(
+                error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
+                origin,
+            ));
+        }
+        policy
+            .admit(&dest, state.calls.active_calls(), now, day_now())
+            .map_err(|r| refusal(state, &r, origin))?;
+        (client, dest)
+    };
+    let req = OutboundRequest {
+        to: dest,
+        dynamic_variables,
+        first_message,
+        client,
+    };
+    state.calls.place(req).await.map_err(|e| {
+        let status = match e {
+            PlaceError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            PlaceError::Failed(_) => StatusCode::BAD_GATEWAY,
+        };
+        with_cors(error(status, &e.to_string()), origin)
+    })
+}
+
+async fn outbound(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let origin = match check_origin(&state, &headers) {
+        Ok(o) => o,
+        Err(resp) => return resp,
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return with_cors(body_error(&e), origin.as_ref()),
+    };
+    let b: OutboundBody = match parse_json(&headers, &body) {
+        Ok(b) => b,
+        Err(resp) => return with_cors(resp, origin.as_ref()),
+    };
+    let number = b.phone_number.or(b.to_number).or(b.to);
+    match trigger(
+        &state,
+        peer,
+        &headers,
+        number,
+        b.dynamic_variables.unwrap_or_default(),
+        b.first_message,
+        origin.as_ref(),
+    )
+    .await
+    {
+        Ok(p) => with_cors(
+            axum::Json(json!({
+                "success": true,
+                "conversation_id": p.conversation_id,
+                "call_sid": p.call_sid,
+            }))
+            .into_response(),
+            origin.as_ref(),
+        ),
+        Err(resp) => resp,
+    }
+}
+
+/// `conversation_initiation_client_data` as ElevenLabs' outbound-call APIs take it (only the
+/// parts the gateway uses are read; the rest is accepted and ignored as ElevenLabs does).
+#[derive(Debug, Default, Deserialize)]
+struct InitiationData {
+    #[serde(default)]
+    dynamic_variables: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    conversation_config_override: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ElevenLabsOutbound {
+    #[allow(dead_code)]
+    agent_id: Option<String>,
+    #[allow(dead_code)]
+    agent_phone_number_id: Option<String>,
+    to_number: Option<String>,
+    #[serde(default)]
+    conversation_initiation_client_data: Option<InitiationData>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    telephony_call_config: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    call_recording_enabled: Option<bool>,
+}
+
+async fn elevenlabs_common(
+    state: &ApiState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Placed, Option<HeaderValue>), Response> {
+    let origin = check_origin(state, headers)?;
+    let body = body.map_err(|e| with_cors(body_error(&e), origin.as_ref()))?;
+    let b: ElevenLabsOutbound =
+        parse_json(headers, &body).map_err(|r| with_cors(r, origin.as_ref()))?;
+    let init = b.conversation_initiation_client_data.unwrap_or_default();
+    let first_message = init
+        .conversation_config_override
+        .as_ref()
+        .and_then(|o| o.pointer("/agent/first_message"))
+        .and_then(|m| m.as_str())
+        .map(str::to_owned);
+    let placed = trigger(
+        state,
+        peer,
+        headers,
+        b.to_number,
+        init.dynamic_variables.unwrap_or_default(),
+        first_message,
+        origin.as_ref(),
+    )
+    .await?;
+    Ok((placed, origin))
+}
+
+async fn elevenlabs_twilio(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match elevenlabs_common(&state, peer, &headers, body).await {
+        Ok((p, origin)) => with_cors(
+            axum::Json(json!({
+                "success": true,
+                "message": "Call initiated",
+                "conversation_id": p.conversation_id,
+                "callSid": p.call_sid,
+            }))
+            .into_response(),
+            origin.as_ref(),
+        ),
+        Err(resp) => resp,
+    }
+}
+
+async fn elevenlabs_sip_trunk(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match elevenlabs_common(&state, peer, &headers, body).await {
+        Ok((p, origin)) => with_cors(
+            axum::Json(json!({
+                "success": true,
+                "message": "Call initiated",
+                "conversation_id": p.conversation_id,
+                "sip_call_id": p.sip_call_id,
+            }))
+            .into_response(),
+            origin.as_ref(),
+        ),
+        Err(resp) => resp,
+    }
+}
+
+/// Admin endpoints need a valid token, whatever the trigger policy.
+fn require_token(state: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+    if headers.contains_key(header::ORIGIN) {
+        return Err(error(StatusCode::FORBIDDEN, "Origin not allowed"));
+    }
+    let token = bearer(headers);
+    let ok = token.is_some()
+        && state
+            .policy
+            .lock()
+            .map(|p| matches!(p.authenticate(token.as_deref(), None), Ok(Client::Token(_))))
+            .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(error(StatusCode::UNAUTHORIZED, "Unauthorized"))
+    }
+}
+
+async fn list_calls(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = require_token(&state, &headers) {
+        return r;
+    }
+    let Ok(Query(q)) = query else {
+        return error(StatusCode::BAD_REQUEST, "Invalid query");
+    };
+    let calls = state.calls.list(q).await;
+    axum::Json(json!({"success": true, "calls": calls})).into_response()
+}
+
+async fn get_call(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(call_sid): Path<String>,
+) -> Response {
+    if let Err(r) = require_token(&state, &headers) {
+        return r;
+    }
+    match state.calls.get(call_sid).await {
+        Some(r) => axum::Json(json!({"success": true, "call": r})).into_response(),
+        None => error(StatusCode::NOT_FOUND, "Call not found"),
+    }
+}
+
+async fn hangup_call(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(call_sid): Path<String>,
+) -> Response {
+    if let Err(r) = require_token(&state, &headers) {
+        return r;
+    }
+    if state.calls.hangup(call_sid).await {
+        axum::Json(json!({"success": true})).into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "Call not found or already ended")
+    }
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    if state.calls.ready() {
+        axum::Json(json!({"status": "ready", "active_calls": state.calls.active_calls()}))
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not ready"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.calls.metrics(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "Not found")
+}
+
+/// The OpenAPI document (checked against the router in tests).
+pub const OPENAPI: &str = include_str!("openapi.json");
