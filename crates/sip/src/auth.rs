@@ -1,1 +1,549 @@
-//! (in progress)
+//! Digest authentication as a client (UAC side of RFC 3261 §22.2–22.3).
+//!
+//! Implements RFC 2617 §3.2 (`WWW-Authenticate`/`Proxy-Authenticate` challenges, `Authorization`/
+//! `Proxy-Authorization` credentials, `qop=auth` and `auth-int`, `nc`/`cnonce`, `opaque` echoed),
+//! RFC 7616 §3.4 (`algorithm=SHA-256`, `-sess` variants, `algorithm` echoed) as adopted for SIP by
+//! RFC 8760 (preference SHA-256 over MD5 when a server offers both).
+//!
+//! Not supported: `SHA-512-256` (challenge rejected with [`AuthError::UnsupportedAlgorithm`]),
+//! `userhash`, `username*` (RFC 7616 §3.4.4), and server-side verification.
+//!
+//! The cnonce is supplied by the caller (inject a seeded RNG in tests); the nonce count increments
+//! per nonce inside [`DigestClient`].
+
+use std::collections::HashMap;
+use std::fmt;
+
+use md5::Md5;
+use sha2::{Digest, Sha256};
+
+use crate::message::{Request, Response};
+
+/// Why a challenge could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The response carries no challenge header for its status (401 → WWW-Authenticate, 407 →
+    /// Proxy-Authenticate), or the status is neither.
+    #[error("no digest challenge in response")]
+    NoChallenge,
+    /// The challenge uses another scheme than Digest.
+    #[error("challenge scheme is not Digest")]
+    NotDigest,
+    /// The challenge is syntactically broken.
+    #[error("malformed challenge")]
+    Malformed,
+    /// `realm` or `nonce` is missing.
+    #[error("challenge lacks {0}")]
+    Missing(&'static str),
+    /// The algorithm is not MD5, MD5-sess, SHA-256 or SHA-256-sess.
+    #[error("unsupported digest algorithm {0}")]
+    UnsupportedAlgorithm(String),
+    /// `qop` offers neither `auth` nor `auth-int`.
+    #[error("unsupported qop {0}")]
+    UnsupportedQop(String),
+}
+
+/// A digest algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// MD5 (the default when no `algorithm` is given).
+    Md5,
+    /// MD5-sess.
+    Md5Sess,
+    /// SHA-256 (RFC 7616, RFC 8760).
+    Sha256,
+    /// SHA-256-sess.
+    Sha256Sess,
+}
+
+impl Algorithm {
+    /// Parses an algorithm token (case-insensitive).
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        match s.to_ascii_uppercase().as_str() {
+            "MD5" => Some(Algorithm::Md5),
+            "MD5-SESS" => Some(Algorithm::Md5Sess),
+            "SHA-256" => Some(Algorithm::Sha256),
+            "SHA-256-SESS" => Some(Algorithm::Sha256Sess),
+            _ => None,
+        }
+    }
+
+    /// The canonical token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Md5Sess => "MD5-sess",
+            Algorithm::Sha256 => "SHA-256",
+            Algorithm::Sha256Sess => "SHA-256-sess",
+        }
+    }
+
+    fn is_sess(self) -> bool {
+        matches!(self, Algorithm::Md5Sess | Algorithm::Sha256Sess)
+    }
+
+    /// Lower-case hex digest of `data`.
+    pub fn hash(self, data: &[u8]) -> String {
+        match self {
+            Algorithm::Md5 | Algorithm::Md5Sess => hex(&Md5::digest(data)),
+            Algorithm::Sha256 | Algorithm::Sha256Sess => hex(&Sha256::digest(data)),
+        }
+    }
+
+    fn strength(self) -> u8 {
+        match self {
+            Algorithm::Sha256 | Algorithm::Sha256Sess => 2,
+            Algorithm::Md5 | Algorithm::Md5Sess => 1,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+/// Quality of protection chosen for a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qop {
+    /// `qop=auth`.
+    Auth,
+    /// `qop=auth-int` (the body is hashed into A2).
+    AuthInt,
+}
+
+impl Qop {
+    fn as_str(self) -> &'static str {
+        match self {
+            Qop::Auth => "auth",
+            Qop::AuthInt => "auth-int",
+        }
+    }
+}
+
+/// A parsed Digest challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// `realm`.
+    pub realm: String,
+    /// `nonce`.
+    pub nonce: String,
+    /// `opaque`, echoed unchanged.
+    pub opaque: Option<String>,
+    /// The algorithm (MD5 when absent).
+    pub algorithm: Algorithm,
+    /// The `algorithm` token exactly as the server sent it, echoed back; `None` if absent.
+    pub algorithm_token: Option<String>,
+    /// `qop` options offered (empty for RFC 2069 style).
+    pub qop: Vec<String>,
+    /// `stale=true`: the nonce expired, credentials were fine.
+    pub stale: bool,
+}
+
+/// Splits `a=b, c="d,e"` into (name, unquoted value) pairs.
+fn auth_params(s: &str) -> Result<Vec<(String, String)>, AuthError> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let skip = |i: &mut usize| {
+        while *i < b.len() && matches!(b[*i], b' ' | b'\t' | b'\r' | b'\n' | b',') {
+            *i += 1;
+        }
+    };
+    loop {
+        skip(&mut i);
+        if i >= b.len() {
+            return Ok(out);
+        }
+        let start = i;
+        while i < b.len() && crate::message::is_token_byte(b[i]) {
+            i += 1;
+        }
+        let name = &s[start..i];
+        if name.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        while i < b.len() && matches!(b[i], b' ' | b'\t') {
+            i += 1;
+        }
+        if i >= b.len() || b[i] != b'=' {
+            return Err(AuthError::Malformed);
+        }
+        i += 1;
+        while i < b.len() && matches!(b[i], b' ' | b'\t') {
+            i += 1;
+        }
+        let mut value = String::new();
+        if b.get(i) == Some(&b'"') {
+            i += 1;
+            let mut closed = false;
+            while i < b.len() {
+                match b[i] {
+                    // quoted-pair: keep the next character, whatever it is
+                    b'\\' if i + 1 < b.len() => i += 1,
+                    b'"' => {
+                        closed = true;
+                        i += 1;
+                        break;
+                    }
+                    _ => {}
+                }
+                // push the whole UTF-8 char
+                let ch_len = s[i..].chars().next().map_or(1, char::len_utf8);
+                value.push_str(&s[i..i + ch_len]);
+                i += ch_len;
+            }
+            if !closed {
+                return Err(AuthError::Malformed);
+            }
+        } else {
+            let vs = i;
+            while i < b.len() && !matches!(b[i], b',' | b' ' | b'\t') {
+                i += 1;
+            }
+            value.push_str(&s[vs..i]);
+        }
+        out.push((name.to_ascii_lowercase(), value));
+    }
+}
+
+impl Challenge {
+    /// Parses one `WWW-Authenticate` / `Proxy-Authenticate` value.
+    pub fn parse(value: &str) -> Result<Challenge, AuthError> {
+        let value = value.trim();
+        let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("Digest") {
+            return Err(AuthError::NotDigest);
+        }
+        let mut c = Challenge {
+            realm: String::new(),
+            nonce: String::new(),
+            opaque: None,
+            algorithm: Algorithm::Md5,
+            algorithm_token: None,
+            qop: Vec::new(),
+            stale: false,
+        };
+        let (mut realm, mut nonce) = (None, None);
+        for (name, v) in auth_params(rest)? {
+            match name.as_str() {
+                "realm" => realm = Some(v),
+                "nonce" => nonce = Some(v),
+                "opaque" => c.opaque = Some(v),
+                "algorithm" => {
+                    c.algorithm = Algorithm::parse(&v)
+                        .ok_or_else(|| AuthError::UnsupportedAlgorithm(v.clone()))?;
+                    c.algorithm_token = Some(v);
+                }
+                "qop" => {
+                    c.qop = v
+                        .split(',')
+                        .map(|q| q.trim().to_ascii_lowercase())
+                        .filter(|q| !q.is_empty())
+                        .collect()
+                }
+                "stale" => c.stale = v.eq_ignore_ascii_case("true"),
+                _ => {}
+            }
+        }
+        c.realm = realm.ok_or(AuthError::Missing("realm"))?;
+        c.nonce = nonce.ok_or(AuthError::Missing("nonce"))?;
+        Ok(c)
+    }
+
+    /// The qop we will use: `auth` if offered, else `auth-int`, `None` for no qop.
+    pub fn chosen_qop(&self) -> Result<Option<Qop>, AuthError> {
+        if self.qop.is_empty() {
+            return Ok(None);
+        }
+        if self.qop.iter().any(|q| q == "auth") {
+            return Ok(Some(Qop::Auth));
+        }
+        if self.qop.iter().any(|q| q == "auth-int") {
+            return Ok(Some(Qop::AuthInt));
+        }
+        Err(AuthError::UnsupportedQop(self.qop.join(",")))
+    }
+}
+
+/// Username and password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password (never printed by `Debug`).
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// The computed credentials, printed as the `Authorization`/`Proxy-Authorization` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    /// user name
+    pub username: String,
+    /// realm from the challenge
+    pub realm: String,
+    /// nonce from the challenge
+    pub nonce: String,
+    /// the digest-uri (the Request-URI as sent)
+    pub uri: String,
+    /// the response hash
+    pub response: String,
+    /// algorithm token echoed from the challenge
+    pub algorithm: Option<String>,
+    /// client nonce (with qop)
+    pub cnonce: Option<String>,
+    /// opaque echoed
+    pub opaque: Option<String>,
+    /// qop chosen
+    pub qop: Option<Qop>,
+    /// nonce count (with qop)
+    pub nc: Option<u32>,
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+impl fmt::Display for Authorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Digest username={}, realm={}, nonce={}, uri={}, response={}",
+            quote(&self.username),
+            quote(&self.realm),
+            quote(&self.nonce),
+            quote(&self.uri),
+            quote(&self.response)
+        )?;
+        if let Some(a) = &self.algorithm {
+            write!(f, ", algorithm={a}")?;
+        }
+        if let Some(c) = &self.cnonce {
+            write!(f, ", cnonce={}", quote(c))?;
+        }
+        if let Some(o) = &self.opaque {
+            write!(f, ", opaque={}", quote(o))?;
+        }
+        if let (Some(q), Some(nc)) = (self.qop, self.nc) {
+            write!(f, ", qop={}, nc={nc:08x}", q.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// Computes the digest `response` value (RFC 7616 §3.4.1–3.4.3).
+#[allow(clippy::too_many_arguments)]
+pub fn digest_response(
+    algorithm: Algorithm,
+    username: &str,
+    realm: &str,
+    password: &str,
+    nonce: &str,
+    cnonce: &str,
+    nc: u32,
+    qop: Option<Qop>,
+    method: &str,
+    uri: &str,
+    body: &[u8],
+) -> String {
+    let h = |s: &str| algorithm.hash(s.as_bytes());
+    let mut ha1 = h(&format!("{username}:{realm}:{password}"));
+    if algorithm.is_sess() {
+        ha1 = h(&format!("{ha1}:{nonce}:{cnonce}"));
+    }
+    let ha2 = match qop {
+        Some(Qop::AuthInt) => h(&format!("{method}:{uri}:{}", algorithm.hash(body))),
+        _ => h(&format!("{method}:{uri}")),
+    };
+    match qop {
+        Some(q) => h(&format!(
+            "{ha1}:{nonce}:{nc:08x}:{cnonce}:{}:{ha2}",
+            q.as_str()
+        )),
+        None => h(&format!("{ha1}:{nonce}:{ha2}")),
+    }
+}
+
+/// A digest client: answers challenges, counting `nc` per nonce.
+#[derive(Debug, Clone)]
+pub struct DigestClient {
+    credentials: Credentials,
+    nonce_counts: HashMap<String, u32>,
+}
+
+/// Nonce counts remembered at most; older ones are forgotten (a server then re-challenges).
+const MAX_NONCES: usize = 32;
+
+impl DigestClient {
+    /// A client with these credentials.
+    pub fn new(credentials: Credentials) -> DigestClient {
+        DigestClient {
+            credentials,
+            nonce_counts: HashMap::new(),
+        }
+    }
+
+    /// Answers `challenge` for a request `method` to `uri` with `body` (hashed only for auth-int).
+    /// `cnonce` should be fresh random text (it is only used when the challenge has a qop or a
+    /// `-sess` algorithm).
+    pub fn authorize(
+        &mut self,
+        challenge: &Challenge,
+        method: &str,
+        uri: &str,
+        body: &[u8],
+        cnonce: &str,
+    ) -> Result<Authorization, AuthError> {
+        let qop = challenge.chosen_qop()?;
+        if self.nonce_counts.len() >= MAX_NONCES
+            && !self.nonce_counts.contains_key(&challenge.nonce)
+        {
+            self.nonce_counts.clear();
+        }
+        let nc = self
+            .nonce_counts
+            .entry(challenge.nonce.clone())
+            .or_insert(0);
+        *nc = nc.wrapping_add(1);
+        let nc = *nc;
+        let response = digest_response(
+            challenge.algorithm,
+            &self.credentials.username,
+            &challenge.realm,
+            &self.credentials.password,
+            &challenge.nonce,
+            cnonce,
+            nc,
+            qop,
+            method,
+            uri,
+            body,
+        );
+        let uses_cnonce = qop.is_some() || challenge.algorithm.is_sess();
+        Ok(Authorization {
+            username: self.credentials.username.clone(),
+            realm: challenge.realm.clone(),
+            nonce: challenge.nonce.clone(),
+            uri: uri.to_owned(),
+            response,
+            algorithm: challenge.algorithm_token.clone(),
+            cnonce: uses_cnonce.then(|| cnonce.to_owned()),
+            opaque: challenge.opaque.clone(),
+            qop,
+            nc: qop.map(|_| nc),
+        })
+    }
+
+    /// Answers a 401 or 407 `response` to `request`: picks the strongest supported challenge
+    /// (SHA-256 before MD5, RFC 8760 §2.4), and sets `Authorization` (401) or
+    /// `Proxy-Authorization` (407) on `request`, replacing earlier credentials for the same realm.
+    ///
+    /// The caller still re-sends it as a new transaction: CSeq + 1, new Via branch, same Call-ID
+    /// and From tag (RFC 3261 §22.2).
+    pub fn authorize_request(
+        &mut self,
+        response: &Response,
+        request: &mut Request,
+        cnonce: &str,
+    ) -> Result<(), AuthError> {
+        let (challenge_header, credentials_header) = match response.status {
+            401 => ("WWW-Authenticate", "Authorization"),
+            407 => ("Proxy-Authenticate", "Proxy-Authorization"),
+            _ => return Err(AuthError::NoChallenge),
+        };
+        let mut best: Option<Challenge> = None;
+        let mut last_err = AuthError::NoChallenge;
+        for v in response.header(challenge_header) {
+            match Challenge::parse(v) {
+                Ok(c)
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| c.algorithm.strength() > b.algorithm.strength()) =>
+                {
+                    best = Some(c)
+                }
+                Ok(_) => {}
+                Err(e) => last_err = e,
+            }
+        }
+        let challenge = best.ok_or(last_err)?;
+        let auth = self.authorize(
+            &challenge,
+            request.method.as_str(),
+            &request.uri.to_string(),
+            &request.body,
+            cnonce,
+        )?;
+        // drop stale credentials for this realm, keep others (several proxies may challenge)
+        let keep: Vec<String> = request
+            .header(credentials_header)
+            .filter(|v| Challenge::parse(v).map_or(true, |c| c.realm != challenge.realm))
+            .map(str::to_owned)
+            .collect();
+        request.headers.remove(credentials_header);
+        for v in keep {
+            request.headers.push(credentials_header, v);
+        }
+        request.headers.push(credentials_header, auth.to_string());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_and_algorithms() {
+        assert_eq!(Algorithm::Md5.hash(b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(
+            Algorithm::Sha256.hash(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            Algorithm::parse("sha-256-SESS"),
+            Some(Algorithm::Sha256Sess)
+        );
+        assert_eq!(Algorithm::parse("SHA-512-256"), None);
+    }
+
+    #[test]
+    fn quoted_params_with_commas_and_escapes() {
+        let p =
+            auth_params(r#"realm="a,b", qop="auth,auth-int",nonce="x\"y", stale=TRUE"#).unwrap();
+        assert_eq!(p[0], ("realm".into(), "a,b".into()));
+        assert_eq!(p[1], ("qop".into(), "auth,auth-int".into()));
+        assert_eq!(p[2], ("nonce".into(), "x\"y".into()));
+        assert_eq!(p[3], ("stale".into(), "TRUE".into()));
+        assert_eq!(auth_params(r#"realm="open"#), Err(AuthError::Malformed));
+        assert_eq!(
+            auth_params("a=\"\\\u{e9}\"").unwrap()[0].1,
+            "\u{e9}",
+            "escaped multibyte char"
+        );
+    }
+}

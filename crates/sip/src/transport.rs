@@ -1,1 +1,600 @@
-//! (in progress)
+//! The thin tokio I/O layer: UDP, TCP and TLS sockets (RFC 3261 §18) that move bytes between the
+//! network and the sans-IO [`Endpoint`](crate::transaction::Endpoint).
+//!
+//! - UDP: one socket; every datagram is one message.
+//! - TCP and TLS (rustls): stream framing by Content-Length ([`message::frame`](crate::message::frame),
+//!   §18.3), CRLFCRLF keep-alives answered with CRLF (RFC 5626 §3.5.1), one connection per remote
+//!   address reused in both directions (responses go back over the connection the request came in on,
+//!   §18.2.2), connections closed after an idle timeout or on unframeable input.
+//! - RFC 3581: the transaction layer adds `rport` to our Via and fills `received`/`rport` on incoming
+//!   requests; this layer only reports the real source address of every message.
+//! - NAT: [`TransportConfig::external_addr`] replaces the bound IP in [`Transports::sent_by`] (used for
+//!   Via and Contact).
+//!
+//! Nothing protocol-specific happens here; state machines never see a socket.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::message::{Framing, Host, HostPort, frame};
+pub use crate::transaction::{Transmit, TransportKind};
+use crate::ua::{Ua, UaEvent};
+
+/// Errors of the transport layer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A socket operation failed.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    /// A TLS configuration could not be built (bad PEM, no key, rejected certificate).
+    #[error("tls config: {0}")]
+    Tls(String),
+    /// The transport was not configured.
+    #[error("transport {0:?} not enabled")]
+    NotEnabled(TransportKind),
+}
+
+/// What to bind and how.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// UDP listen address (port 0 picks one).
+    pub udp: Option<SocketAddr>,
+    /// TCP listen address.
+    pub tcp: Option<SocketAddr>,
+    /// TLS listen address (needs [`TransportConfig::tls_server`]).
+    pub tls: Option<SocketAddr>,
+    /// Server-side TLS configuration (certificate chain + key), see [`tls_server_config_from_pem`].
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Client-side TLS configuration for outgoing connections, see [`tls_client_config`].
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// Name to verify on outgoing TLS connections (default: the peer's IP address).
+    pub tls_server_name: Option<String>,
+    /// Public IP written in Via/Contact instead of the bound one (behind NAT).
+    pub external_addr: Option<IpAddr>,
+    /// Close TCP/TLS connections idle for this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            udp: None,
+            tcp: None,
+            tls: None,
+            tls_server: None,
+            tls_client: None,
+            tls_server_name: None,
+            external_addr: None,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One received message (a datagram or one framed stream message).
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The message bytes.
+    pub data: Bytes,
+    /// The peer's address (for streams: the connection's remote address).
+    pub source: SocketAddr,
+    /// How it arrived.
+    pub transport: TransportKind,
+}
+
+/// Counters of the transport layer.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Stream connections closed because they could not be framed (bad Content-Length, huge headers).
+    pub framing_errors: AtomicU64,
+    /// Stream connections closed after the idle timeout.
+    pub idle_closes: AtomicU64,
+    /// Sends that failed.
+    pub send_errors: AtomicU64,
+}
+
+type ConnMap = Mutex<HashMap<(TransportKind, SocketAddr), (u64, mpsc::UnboundedSender<Bytes>)>>;
+
+#[derive(Debug)]
+struct Inner {
+    udp: Option<Arc<UdpSocket>>,
+    local: HashMap<TransportKind, SocketAddr>,
+    conns: ConnMap,
+    next_conn: AtomicU64,
+    incoming: mpsc::Sender<Incoming>,
+    tls_client: Option<Arc<rustls::ClientConfig>>,
+    tls_server_name: Option<String>,
+    external: Option<IpAddr>,
+    idle: Duration,
+    stats: TransportStats,
+}
+
+/// The bound sockets. Cheap to clone; every clone sends through the same sockets and connections.
+#[derive(Debug, Clone)]
+pub struct Transports {
+    inner: Arc<Inner>,
+}
+
+impl Transports {
+    /// Binds what `config` asks for and starts the receive tasks. Received messages arrive on the
+    /// returned channel. Must be called inside a tokio runtime.
+    pub async fn bind(
+        config: TransportConfig,
+    ) -> Result<(Transports, mpsc::Receiver<Incoming>), TransportError> {
+        let (tx, rx) = mpsc::channel(8192);
+        let mut local = HashMap::new();
+        let udp = match config.udp {
+            Some(addr) => {
+                let sock = Arc::new(UdpSocket::bind(addr).await?);
+                local.insert(TransportKind::Udp, sock.local_addr()?);
+                Some(sock)
+            }
+            None => None,
+        };
+        let tcp = match config.tcp {
+            Some(addr) => {
+                let l = TcpListener::bind(addr).await?;
+                local.insert(TransportKind::Tcp, l.local_addr()?);
+                Some(l)
+            }
+            None => None,
+        };
+        let tls = match (config.tls, &config.tls_server) {
+            (Some(addr), Some(server)) => {
+                let l = TcpListener::bind(addr).await?;
+                local.insert(TransportKind::Tls, l.local_addr()?);
+                Some((l, tokio_rustls::TlsAcceptor::from(server.clone())))
+            }
+            (Some(_), None) => {
+                return Err(TransportError::Tls(
+                    "TLS listener needs a server config".into(),
+                ));
+            }
+            _ => None,
+        };
+        let inner = Arc::new(Inner {
+            udp: udp.clone(),
+            local,
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            incoming: tx,
+            tls_client: config.tls_client.clone(),
+            tls_server_name: config.tls_server_name.clone(),
+            external: config.external_addr,
+            idle: config.idle_timeout,
+            stats: TransportStats::default(),
+        });
+        let this = Transports { inner };
+        if let Some(sock) = udp {
+            tokio::spawn(udp_loop(sock, this.inner.incoming.clone()));
+        }
+        if let Some(l) = tcp {
+            let t = this.clone();
+            tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            let _ = t.adopt(TransportKind::Tcp, peer, stream);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "tcp accept");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            });
+        }
+        if let Some((l, acceptor)) = tls {
+            let t = this.clone();
+            tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            let (t, acceptor) = (t.clone(), acceptor.clone());
+                            tokio::spawn(async move {
+                                match acceptor.accept(stream).await {
+                                    Ok(tls) => {
+                                        let _ = t.adopt(TransportKind::Tls, peer, tls);
+                                    }
+                                    Err(e) => debug!(error = %e, %peer, "tls handshake failed"),
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "tls accept");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            });
+        }
+        Ok((this, rx))
+    }
+
+    /// The bound address of `kind`.
+    pub fn local_addr(&self, kind: TransportKind) -> Option<SocketAddr> {
+        self.inner.local.get(&kind).copied()
+    }
+
+    /// The `host:port` to put in Via sent-by and Contact for `kind`: the external address if one is
+    /// configured, else the bound one.
+    pub fn sent_by(&self, kind: TransportKind) -> Option<HostPort> {
+        let local = self.local_addr(kind)?;
+        let ip = self.inner.external.unwrap_or(local.ip());
+        Some(HostPort {
+            host: Host::from(ip),
+            port: Some(local.port()),
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &TransportStats {
+        &self.inner.stats
+    }
+
+    /// Number of open TCP/TLS connections.
+    pub fn connection_count(&self) -> usize {
+        self.inner.conns.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Sends one transmission: a datagram, or a write on the connection to the destination (opened
+    /// if there is none).
+    pub async fn send(&self, t: Transmit) -> Result<(), TransportError> {
+        let r = self.send_inner(t).await;
+        if r.is_err() {
+            self.inner.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn send_inner(&self, t: Transmit) -> Result<(), TransportError> {
+        match t.transport {
+            TransportKind::Udp => {
+                let sock = self
+                    .inner
+                    .udp
+                    .as_ref()
+                    .ok_or(TransportError::NotEnabled(TransportKind::Udp))?;
+                sock.send_to(&t.payload, t.destination).await?;
+                Ok(())
+            }
+            kind => {
+                let existing = self.conn_sender(kind, t.destination);
+                let sender = match existing {
+                    Some(s) => s,
+                    None => self.connect(kind, t.destination).await?,
+                };
+                sender
+                    .send(t.payload)
+                    .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn conn_sender(
+        &self,
+        kind: TransportKind,
+        peer: SocketAddr,
+    ) -> Option<mpsc::UnboundedSender<Bytes>> {
+        let conns = self.inner.conns.lock().ok()?;
+        conns.get(&(kind, peer)).map(|(_, s)| s.clone())
+    }
+
+    async fn connect(
+        &self,
+        kind: TransportKind,
+        peer: SocketAddr,
+    ) -> Result<mpsc::UnboundedSender<Bytes>, TransportError> {
+        let stream = TcpStream::connect(peer).await?;
+        let _ = stream.set_nodelay(true);
+        match kind {
+            TransportKind::Tcp => Ok(self.adopt(kind, peer, stream)),
+            _ => {
+                let config = self
+                    .inner
+                    .tls_client
+                    .clone()
+                    .ok_or(TransportError::NotEnabled(TransportKind::Tls))?;
+                let name = match &self.inner.tls_server_name {
+                    Some(n) => ServerName::try_from(n.clone())
+                        .map_err(|e| TransportError::Tls(e.to_string()))?,
+                    None => ServerName::IpAddress(peer.ip().into()),
+                };
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await?;
+                Ok(self.adopt(kind, peer, tls))
+            }
+        }
+    }
+
+    /// Registers a connected stream and starts its reader and writer tasks.
+    fn adopt<S>(
+        &self,
+        kind: TransportKind,
+        peer: SocketAddr,
+        stream: S,
+    ) -> mpsc::UnboundedSender<Bytes>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut conns) = self.inner.conns.lock() {
+            conns.insert((kind, peer), (id, tx.clone()));
+        }
+        let (read, write) = tokio::io::split(stream);
+        tokio::spawn(writer_loop(write, rx));
+        let inner = self.inner.clone();
+        let pong = tx.clone();
+        tokio::spawn(async move {
+            reader_loop(read, kind, peer, &inner, pong).await;
+            if let Ok(mut conns) = inner.conns.lock()
+                && conns.get(&(kind, peer)).is_some_and(|(cid, _)| *cid == id)
+            {
+                conns.remove(&(kind, peer));
+            }
+        });
+        tx
+    }
+}
+
+async fn udp_loop(sock: Arc<UdpSocket>, incoming: mpsc::Sender<Incoming>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, source)) => {
+                let data = Bytes::copy_from_slice(&buf[..n]);
+                if incoming
+                    .send(Incoming {
+                        data,
+                        source,
+                        transport: TransportKind::Udp,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // ICMP port unreachable surfaces as ECONNREFUSED on some systems: not fatal.
+            Err(e) => debug!(error = %e, "udp recv"),
+        }
+    }
+}
+
+async fn writer_loop<W: AsyncWrite + Unpin>(mut write: W, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(bytes) = rx.recv().await {
+        if write.write_all(&bytes).await.is_err() {
+            return;
+        }
+        // Coalesce whatever else is queued before flushing.
+        while let Ok(more) = rx.try_recv() {
+            if write.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if write.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+async fn reader_loop<R: AsyncRead + Unpin>(
+    mut read: R,
+    kind: TransportKind,
+    peer: SocketAddr,
+    inner: &Inner,
+    pong: mpsc::UnboundedSender<Bytes>,
+) {
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        // Frame everything already buffered.
+        loop {
+            match frame(&buf) {
+                Framing::Complete(n) => {
+                    let data = buf.split_to(n).freeze();
+                    if inner
+                        .incoming
+                        .send(Incoming {
+                            data,
+                            source: peer,
+                            transport: kind,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Framing::KeepAlive(n) => {
+                    let _ = buf.split_to(n);
+                    if n == 4 {
+                        let _ = pong.send(Bytes::from_static(b"\r\n"));
+                    }
+                }
+                Framing::Incomplete => break,
+                Framing::Invalid(e) => {
+                    inner.stats.framing_errors.fetch_add(1, Ordering::Relaxed);
+                    debug!(error = %e, %peer, "closing unframeable stream");
+                    return;
+                }
+            }
+        }
+        buf.reserve(4096);
+        match tokio::time::timeout(inner.idle, read.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                inner.stats.idle_closes.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// Drives a [`Ua`] over [`Transports`]: sends what it queues, feeds it what arrives, fires its timers
+/// on time, and hands out its events. The only place besides the examples that reads the clock.
+///
+/// ```no_run
+/// # async fn f(ua: trunkline_sip::ua::Ua, config: trunkline_sip::transport::TransportConfig) {
+/// use trunkline_sip::transport::{Transports, UaRunner};
+/// let (transports, rx) = Transports::bind(config).await.unwrap();
+/// let mut runner = UaRunner::new(ua, transports, rx);
+/// while let Some(event) = runner.next_event().await {
+///     // react with runner.ua().respond(…), .invite(…), .bye(…)
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct UaRunner {
+    ua: Ua,
+    transports: Transports,
+    rx: mpsc::Receiver<Incoming>,
+    pending: Option<Transmit>,
+}
+
+impl UaRunner {
+    /// Wraps a UA and bound transports (set the UA's sent-by from [`Transports::sent_by`] first).
+    pub fn new(ua: Ua, transports: Transports, rx: mpsc::Receiver<Incoming>) -> Self {
+        Self {
+            ua,
+            transports,
+            rx,
+            pending: None,
+        }
+    }
+
+    /// The UA, to issue commands (they take effect at the next [`UaRunner::next_event`] or
+    /// [`UaRunner::flush`]).
+    pub fn ua(&mut self) -> &mut Ua {
+        &mut self.ua
+    }
+
+    /// The transports.
+    pub fn transports(&self) -> &Transports {
+        &self.transports
+    }
+
+    /// The current time, for commands issued between events.
+    #[allow(clippy::disallowed_methods)] // the I/O layer owns the clock
+    pub fn now(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    /// Sends what is queued, then waits for input or a timer until the UA has an event. `None` when
+    /// the transports are gone. Cancel-safe (a send interrupted by cancellation is retried).
+    #[allow(clippy::disallowed_methods)] // the I/O layer owns the clock
+    pub async fn next_event(&mut self) -> Option<UaEvent> {
+        loop {
+            self.flush().await;
+            if let Some(ev) = self.ua.poll_event() {
+                return Some(ev);
+            }
+            let deadline = self.ua.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                msg = self.rx.recv() => {
+                    let msg = msg?;
+                    self.ua.handle_datagram(msg.data, msg.source, msg.transport, std::time::Instant::now());
+                }
+                () = sleep => self.ua.handle_timeout(std::time::Instant::now()),
+            }
+        }
+    }
+
+    /// Sends everything the UA has queued.
+    pub async fn flush(&mut self) {
+        loop {
+            if self.pending.is_none() {
+                self.pending = self.ua.poll_transmit();
+            }
+            let Some(t) = self.pending.clone() else {
+                return;
+            };
+            if let Err(e) = self.transports.send(t).await {
+                debug!(error = %e, "send");
+            }
+            self.pending = None;
+        }
+    }
+}
+
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS server configuration from a PEM certificate chain and a PEM private key.
+pub fn tls_server_config_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, TransportError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TransportError::Tls(format!("certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(TransportError::Tls("no certificate in PEM".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| TransportError::Tls(format!("key: {e}")))?;
+    let config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// [`tls_server_config_from_pem`] reading the two files.
+pub fn tls_server_config_from_files(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TransportError> {
+    tls_server_config_from_pem(&std::fs::read(cert)?, &std::fs::read(key)?)
+}
+
+/// A TLS client configuration trusting the PEM CA certificates given, or the webpki roots if none.
+pub fn tls_client_config(
+    ca_pem: Option<&[u8]>,
+) -> Result<Arc<rustls::ClientConfig>, TransportError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| TransportError::Tls(format!("ca: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| TransportError::Tls(e.to_string()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
