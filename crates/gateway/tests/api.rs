@@ -196,7 +196,8 @@ async fn every_refusal_has_its_status_and_stable_message_and_places_nothing() {
         c.per_ip_per_minute = 1000;
     })
     .await;
-    let cases: Vec<(Vec<(&str, &str)>, &str, u16, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![TOKEN], r#"{}"#, 400, "Phone number is required"),
         (
             vec![TOKEN],
