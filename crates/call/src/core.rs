@@ -146,8 +146,8 @@ impl CallConfig {
 /// What SDP negotiation settled for the phone leg (from the offer/answer, see `trunkline-sip`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NegotiatedMedia {
-    /// Where the phone side wants RTP.
-    pub remote_rtp: SocketAddr,
+    /// Where the phone side wants RTP (`None`: on hold with `c=0.0.0.0`, or not known yet).
+    pub remote_rtp: Option<SocketAddr>,
     /// Where it wants RTCP (`a=rtcp`, else port + 1).
     pub remote_rtcp: Option<SocketAddr>,
     /// The G.711 law in use.
@@ -727,13 +727,13 @@ impl Call {
                 // session transcodes the other law on arrival.
                 tracing::info!(from = ?m.law(), to = ?neg.law, "remote switched G.711 law");
             }
-            m.set_remote(Some(neg.remote_rtp), neg.remote_rtcp);
+            m.set_remote(neg.remote_rtp, neg.remote_rtcp);
             return Ok(());
         }
         let mut cfg = self.media_template.clone();
         cfg.law = neg.law;
         cfg.payload_types = neg.payload_types;
-        cfg.remote_rtp = Some(neg.remote_rtp);
+        cfg.remote_rtp = neg.remote_rtp;
         cfg.remote_rtcp = neg.remote_rtcp;
         let mut media = MediaSession::new(cfg).map_err(|e| e.to_string())?;
         for (id, codes) in self.pending_downlink.drain(..) {

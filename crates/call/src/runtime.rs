@@ -16,7 +16,10 @@ use tracing::{Instrument, debug, info, warn};
 use trunkline_agent::{AgentConfig, AgentEvent, AgentHandle, ConnectError, ToolRegistry};
 use trunkline_media::session::PacketKind;
 
-use crate::core::{AgentAction, Call, CallAction, SipAction, SipEvent};
+pub mod sip;
+
+use self::sip::SipLink;
+use crate::core::{AgentAction, Call, CallAction, SipEvent};
 use crate::record::{CallRecord, EndCause};
 
 /// Commands from the service to a running call.
@@ -36,7 +39,7 @@ pub struct CallIo {
     /// SIP outcomes for this call.
     pub sip_events: mpsc::UnboundedReceiver<SipEvent>,
     /// SIP commands from this call.
-    pub sip_actions: mpsc::UnboundedSender<SipAction>,
+    pub sip: SipLink,
     /// Service commands.
     pub commands: mpsc::UnboundedReceiver<CallCommand>,
     /// How to reach the agent (URL, credentials, `conversation_initiation_client_data`).
@@ -72,7 +75,7 @@ async fn run_inner(mut call: Call, mut io: CallIo) -> CallRecord {
             match action {
                 CallAction::Sip(a) => {
                     debug!(?a, "sip action");
-                    if io.sip_actions.send(a).is_err() {
+                    if !io.sip.send(a) {
                         warn!("sip stack gone");
                     }
                 }

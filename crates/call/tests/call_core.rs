@@ -38,7 +38,7 @@ fn phone() -> SocketAddr {
 
 fn negotiated() -> NegotiatedMedia {
     NegotiatedMedia {
-        remote_rtp: phone(),
+        remote_rtp: Some(phone()),
         remote_rtcp: None,
         law: G711::Ulaw,
         payload_types: PayloadMap::default(),

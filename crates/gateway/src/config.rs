@@ -686,31 +686,6 @@ pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
     (bits <= max).then_some((ip, bits))
 }
 
-/// Whether `addr` is inside `cidr`.
-pub fn cidr_contains(cidr: (IpAddr, u8), addr: IpAddr) -> bool {
-    match (cidr.0, addr) {
-        (IpAddr::V4(net), IpAddr::V4(a)) => {
-            let bits = u32::from(cidr.1.min(32));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            u32::from(net) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(net), IpAddr::V6(a)) => {
-            let bits = u32::from(cidr.1.min(128));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            u128::from(net) & mask == u128::from(a) & mask
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -806,11 +781,12 @@ mod tests {
 
     #[test]
     fn cidr_matching() {
-        let net = parse_cidr("54.172.60.0/30").expect("cidr");
-        assert!(cidr_contains(net, "54.172.60.3".parse().expect("ip")));
-        assert!(!cidr_contains(net, "54.172.60.4".parse().expect("ip")));
-        let v6 = parse_cidr("2001:db8::/32").expect("cidr");
-        assert!(cidr_contains(v6, "2001:db8::1".parse().expect("ip")));
+        use trunkline_call::runtime::sip::cidr_contains;
+        let (net, bits) = parse_cidr("54.172.60.0/30").expect("cidr");
+        assert!(cidr_contains(net, bits, "54.172.60.3".parse().expect("ip")));
+        assert!(!cidr_contains(net, bits, "54.172.60.4".parse().expect("ip")));
+        let (v6, bits) = parse_cidr("2001:db8::/32").expect("cidr");
+        assert!(cidr_contains(v6, bits, "2001:db8::1".parse().expect("ip")));
         assert!(parse_cidr("1.2.3.4/33").is_none());
         assert!(parse_cidr("nope").is_none());
     }
