@@ -784,7 +784,11 @@ mod tests {
         use trunkline_call::runtime::sip::cidr_contains;
         let (net, bits) = parse_cidr("54.172.60.0/30").expect("cidr");
         assert!(cidr_contains(net, bits, "54.172.60.3".parse().expect("ip")));
-        assert!(!cidr_contains(net, bits, "54.172.60.4".parse().expect("ip")));
+        assert!(!cidr_contains(
+            net,
+            bits,
+            "54.172.60.4".parse().expect("ip")
+        ));
         let (v6, bits) = parse_cidr("2001:db8::/32").expect("cidr");
         assert!(cidr_contains(v6, bits, "2001:db8::1".parse().expect("ip")));
         assert!(parse_cidr("1.2.3.4/33").is_none());

@@ -7,4 +7,6 @@
 
 pub mod api;
 pub mod config;
+pub mod metrics;
 pub mod policy;
+pub mod service;

@@ -43,8 +43,6 @@ pub struct TrunkTarget {
     /// Host (and optional port) written in the Request-URI: the termination URI's host. Twilio
     /// drops INVITEs whose Request-URI names any other host.
     pub request_uri_host: String,
-    /// Where the INVITE is sent (resolved termination host or outbound proxy).
-    pub destination: SocketAddr,
     /// Over what.
     pub transport: TransportKind,
     /// Digest credentials for 401/407.
@@ -144,6 +142,7 @@ enum Command {
     Outbound {
         leg: LegId,
         to: String,
+        destination: SocketAddr,
         media: Box<MediaParams>,
         events: mpsc::UnboundedSender<SipEvent>,
     },
@@ -228,13 +227,15 @@ impl SipStack {
         &self.stats
     }
 
-    /// Register an outbound leg to `to` (E.164) offering `media`.
-    pub fn outbound(&self, to: &str, media: MediaParams) -> OutboundLeg {
+    /// Register an outbound leg to `to` (E.164) offering `media`; the INVITE goes to
+    /// `destination` (the resolved termination host or the outbound proxy).
+    pub fn outbound(&self, to: &str, destination: SocketAddr, media: MediaParams) -> OutboundLeg {
         let leg = self.next_leg.fetch_add(1, Ordering::Relaxed);
         let (etx, events) = mpsc::unbounded_channel();
         let _ = self.tx.send(Command::Outbound {
             leg,
             to: to.to_owned(),
+            destination,
             media: Box::new(media),
             events: etx,
         });
@@ -291,6 +292,7 @@ pub fn to_negotiated_media(n: &Negotiated) -> Option<NegotiatedMedia> {
 struct Leg {
     events: mpsc::UnboundedSender<SipEvent>,
     to: String,
+    destination: SocketAddr,
     media: MediaParams,
     local_sdp: Option<SessionDescription>,
     invite_tx: Option<TxId>,
@@ -381,6 +383,7 @@ impl StackTask {
             Command::Outbound {
                 leg,
                 to,
+                destination,
                 media,
                 events,
             } => {
@@ -389,6 +392,7 @@ impl StackTask {
                     Leg {
                         events,
                         to,
+                        destination,
                         local_sdp: Some(sdp::build_offer(&media)),
                         media: *media,
                         invite_tx: None,
@@ -440,7 +444,7 @@ impl StackTask {
                     target,
                     to: None,
                     from: NameAddr::new(from),
-                    destination: t.destination,
+                    destination: l.destination,
                     transport: t.transport,
                     body,
                     credentials: t.credentials.clone(),
@@ -756,6 +760,7 @@ impl StackTask {
             Leg {
                 events: etx,
                 to: to.clone(),
+                destination: source,
                 media: MediaParams::g711(IpAddr::from([0, 0, 0, 0]), 0, 0),
                 local_sdp: None,
                 invite_tx: Some(tx),

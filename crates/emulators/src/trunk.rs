@@ -1,0 +1,1131 @@
+//! A Twilio-like SIP trunk on loopback (TWILIO.md), built on Trunkline's own SIP and media
+//! crates but playing the *other* side:
+//!
+//! - Termination (the gateway calls out): `100 trying -- your call is important to us`, then —
+//!   with credentials configured — `407 Proxy Authentication required` with
+//!   `Digest realm="sip.twilio.com",qop="auth",nonce=…,opaque=…`, verified on the retry (MD5,
+//!   qop=auth, 403 on a wrong password); then 180, optional 183 with SDP (early media), and 200
+//!   with a PCMU/PCMA + telephone-event answer (Twilio picks the first codec of the offer it
+//!   supports) — or busy (486), no answer (ring until CANCEL → 487), or any scripted rejection.
+//! - Origination (the trunk calls the gateway): an INVITE offering PCMU then PCMA and
+//!   telephone-event/101, with `X-Twilio-CallSid`, `X-Twilio-AccountSid`, `Record-Route` and
+//!   `User-Agent: Twilio Gateway`.
+//! - Media: after answer, plays a real RTP capture (or µ-law audio) at its original timing —
+//!   telephone-event packets included, re-mapped to the negotiated payload type — and records every
+//!   RTP packet it receives with its arrival time, so tests can assert what the phone heard.
+//! - In dialog: answers BYE, re-INVITE, and REFER (202, then NOTIFY `100 Trying` and `200 OK`
+//!   sipfrags); hangs up after a scripted time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::{Notify, mpsc};
+use tracing::debug;
+use trunkline_media::capture::{CaptureError, extract_rtp_streams, read_udp_file};
+use trunkline_media::g711::G711;
+use trunkline_media::rtp::{RtpHeader, parse_rtp, write_rtp};
+use trunkline_sip::auth::{Algorithm, Qop, digest_response};
+use trunkline_sip::dialog::DialogId;
+use trunkline_sip::message::{Method, NameAddr, Request, Uri};
+use trunkline_sip::sdp::{self, MediaParams, SessionDescription};
+use trunkline_sip::transaction::{IdGen, SplitMix64, TransportKind, TxId};
+use trunkline_sip::transport::{TransportConfig, Transports};
+use trunkline_sip::ua::{EndReason, InviteParams, Ua, UaConfig, UaEvent};
+
+/// The digest realm Twilio uses.
+pub const TWILIO_REALM: &str = "sip.twilio.com";
+
+/// How the trunk answers an INVITE from the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Ring, then answer.
+    Answer,
+    /// 486 Busy Here after ringing.
+    Busy,
+    /// Ring until cancelled.
+    NoAnswer,
+    /// A final error after ringing (403, 404, 503, …).
+    Reject(u16),
+}
+
+/// One packet to play.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlayPacket {
+    /// When, from the start of playback.
+    pub at: Duration,
+    /// Audio (of this law) or a telephone-event (`None`).
+    pub law: Option<G711>,
+    /// Marker bit.
+    pub marker: bool,
+    /// Timestamp offset from the first packet.
+    pub ts: u32,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// What the phone side says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlaySource {
+    /// Packets in order.
+    pub packets: Vec<PlayPacket>,
+}
+
+impl PlaySource {
+    /// The longest RTP stream of a capture, with its original timing (telephone-events kept).
+    pub fn from_pcap(path: impl AsRef<Path>) -> Result<PlaySource, CaptureError> {
+        let datagrams = read_udp_file(path)?;
+        let streams = extract_rtp_streams(&datagrams);
+        let Some(stream) = streams.iter().max_by_key(|s| s.packets.len()) else {
+            return Ok(PlaySource::default());
+        };
+        let te = stream.telephone_event_pt();
+        let Some(first) = stream.packets.first() else {
+            return Ok(PlaySource::default());
+        };
+        let (t0, ts0) = (first.time, first.header.timestamp);
+        let packets = stream
+            .packets
+            .iter()
+            .filter_map(|p| {
+                let law = if Some(p.header.payload_type) == te {
+                    None
+                } else {
+                    Some(G711::from_payload_type(p.header.payload_type)?)
+                };
+                Some(PlayPacket {
+                    at: p.time.saturating_sub(t0),
+                    law,
+                    marker: p.header.marker,
+                    ts: p.header.timestamp.wrapping_sub(ts0),
+                    payload: p.payload().to_vec(),
+                })
+            })
+            .collect();
+        Ok(PlaySource { packets })
+    }
+
+    /// µ-law audio cut into 20 ms packets.
+    pub fn from_ulaw(audio: &[u8]) -> PlaySource {
+        let packets = audio
+            .chunks(160)
+            .enumerate()
+            .map(|(i, c)| PlayPacket {
+                at: Duration::from_millis(20 * i as u64),
+                law: Some(G711::Ulaw),
+                marker: i == 0,
+                ts: 160 * i as u32,
+                payload: c.to_vec(),
+            })
+            .collect();
+        PlaySource { packets }
+    }
+
+    /// Length of the source.
+    pub fn duration(&self) -> Duration {
+        self.packets
+            .last()
+            .map_or(Duration::ZERO, |p| p.at + Duration::from_millis(20))
+    }
+}
+
+/// The trunk's behaviour.
+#[derive(Debug, Clone)]
+pub struct TrunkConfig {
+    /// SIP listen address (UDP and TCP).
+    pub listen: SocketAddr,
+    /// Digest credentials required on termination (`None` = IP ACL, no challenge).
+    pub credentials: Option<(String, String)>,
+    /// What happens to INVITEs from the gateway.
+    pub outcome: Outcome,
+    /// Time between 180 and the final answer.
+    pub ring_time: Duration,
+    /// Send 183 with SDP before answering.
+    pub early_media: bool,
+    /// What the phone says after answer.
+    pub play: PlaySource,
+    /// Loop the source until the call ends.
+    pub play_loop: bool,
+    /// Start playing this long after answer.
+    pub play_delay: Duration,
+    /// Hang up (BYE) this long after answer.
+    pub hangup_after: Option<Duration>,
+    /// Prefer PCMA when the offer has both (Twilio takes the offer's order; this tests A-law).
+    pub prefer_pcma: bool,
+}
+
+impl Default for TrunkConfig {
+    fn default() -> Self {
+        TrunkConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            credentials: None,
+            outcome: Outcome::Answer,
+            ring_time: Duration::from_millis(200),
+            early_media: true,
+            play: PlaySource::default(),
+            play_loop: false,
+            play_delay: Duration::ZERO,
+            hangup_after: None,
+            prefer_pcma: false,
+        }
+    }
+}
+
+/// An RTP packet the phone side received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RxPacket {
+    /// Arrival.
+    pub at: Instant,
+    /// Payload type.
+    pub pt: u8,
+    /// Marker.
+    pub marker: bool,
+    /// Sequence number.
+    pub seq: u16,
+    /// Timestamp.
+    pub ts: u32,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// What the trunk saw of one call.
+#[derive(Debug, Clone, Default)]
+pub struct TrunkCall {
+    /// `termination` (the gateway called) or `origination` (we called the gateway).
+    pub direction: String,
+    /// Request-URI of the INVITE.
+    pub request_uri: String,
+    /// From header.
+    pub from: String,
+    /// To header.
+    pub to: String,
+    /// Call-ID.
+    pub call_id: String,
+    /// INVITEs received for this Call-ID (2 with a digest challenge).
+    pub invites: u32,
+    /// The digest response was right.
+    pub auth_ok: Option<bool>,
+    /// Final status we sent / received.
+    pub final_status: Option<u16>,
+    /// When the call was answered.
+    pub answered_at: Option<Instant>,
+    /// When playback started.
+    pub play_started_at: Option<Instant>,
+    /// When it ended.
+    pub ended_at: Option<Instant>,
+    /// `remote_bye`, `local_bye`, `cancelled`, `rejected`.
+    pub ended_by: Option<String>,
+    /// Codec answered.
+    pub law: Option<G711>,
+    /// RFC 4733 payload type agreed.
+    pub dtmf_pt: Option<u8>,
+    /// REFER targets received.
+    pub refer_to: Vec<String>,
+    /// Every RTP packet received, in arrival order.
+    pub rtp_in: Vec<RxPacket>,
+    /// RTP packets sent.
+    pub rtp_sent: u64,
+}
+
+impl TrunkCall {
+    /// The audio received, as codes of the answered law, in arrival order.
+    pub fn received_audio(&self) -> Vec<u8> {
+        let pt = self.law.map_or(0, |l| l.payload_type());
+        self.rtp_in
+            .iter()
+            .filter(|p| p.pt == pt)
+            .flat_map(|p| p.payload.iter().copied())
+            .collect()
+    }
+
+    /// Arrival times of packets whose audio is not silence (|sample| > `threshold`).
+    pub fn loud_packets(&self, threshold: i16) -> Vec<Instant> {
+        let law = self.law.unwrap_or(G711::Ulaw);
+        self.rtp_in
+            .iter()
+            .filter(|p| p.pt == law.payload_type())
+            .filter(|p| p.payload.iter().any(|&c| law.decode(c).abs() > threshold))
+            .map(|p| p.at)
+            .collect()
+    }
+
+    /// Telephone-event digits received (one per event, by its RTP timestamp).
+    pub fn dtmf_received(&self) -> Vec<char> {
+        let Some(pt) = self.dtmf_pt else {
+            return Vec::new();
+        };
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        for p in self.rtp_in.iter().filter(|p| p.pt == pt) {
+            if p.payload.len() >= 4
+                && !seen.contains(&p.ts)
+                && let Some(c) = trunkline_media::dtmf::event_to_char(p.payload[0])
+            {
+                seen.push(p.ts);
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// Write what was received as a 8 kHz mono 16-bit WAV.
+    pub fn write_wav(&self, path: &Path) -> Result<(), hound::Error> {
+        let law = self.law.unwrap_or(G711::Ulaw);
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(path, spec)?;
+        for c in self.received_audio() {
+            w.write_sample(law.decode(c))?;
+        }
+        w.finalize()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    calls: Mutex<Vec<TrunkCall>>,
+    changed: Notify,
+}
+
+/// A call placed by the trunk to the gateway (origination).
+#[derive(Debug, Clone)]
+pub struct Originate {
+    /// The gateway's SIP address.
+    pub gateway: SocketAddr,
+    /// Caller (E.164).
+    pub from: String,
+    /// Callee (E.164).
+    pub to: String,
+    /// `X-Twilio-CallSid`.
+    pub call_sid: String,
+}
+
+/// The running trunk.
+#[derive(Debug, Clone)]
+pub struct TrunkEmulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    cmd: mpsc::UnboundedSender<CmdBox>,
+}
+
+#[derive(Debug)]
+struct CmdBox(Box<Originate>);
+
+impl TrunkEmulator {
+    /// Start on `cfg.listen` (UDP and TCP on the same port).
+    pub async fn start(cfg: TrunkConfig) -> std::io::Result<TrunkEmulator> {
+        let udp = std::net::UdpSocket::bind(cfg.listen)?;
+        let addr = udp.local_addr()?;
+        drop(udp);
+        let tc = TransportConfig {
+            udp: Some(addr),
+            tcp: Some(addr),
+            ..TransportConfig::default()
+        };
+        let (transports, rx) = Transports::bind(tc)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut ua = Ua::new(
+            UaConfig {
+                user_agent: "Twilio Gateway".into(),
+                contact_user: "twilio".into(),
+                ..UaConfig::default()
+            },
+            IdGen::new(Box::new(SplitMix64::new(u64::from(addr.port()) * 7919))),
+        );
+        ua.set_sent_by(TransportKind::Udp, addr);
+        ua.set_sent_by(TransportKind::Tcp, addr);
+        let shared = Arc::new(Shared::default());
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let task = Task {
+            ua,
+            transports,
+            rx,
+            cmd_rx,
+            cfg,
+            addr,
+            shared: shared.clone(),
+            nonce_seq: 0,
+            calls: HashMap::new(),
+            by_tx: HashMap::new(),
+            by_dialog: HashMap::new(),
+            timers: Vec::new(),
+            pending: HashMap::new(),
+        };
+        tokio::spawn(task.run());
+        Ok(TrunkEmulator {
+            addr,
+            shared,
+            cmd: cmd_tx,
+        })
+    }
+
+    /// The SIP address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Everything seen so far.
+    pub fn calls(&self) -> Vec<TrunkCall> {
+        self.shared
+            .calls
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Wait until `pred` holds over the calls, or `timeout`; returns the calls either way.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[TrunkCall]) -> bool,
+    ) -> Vec<TrunkCall> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            let calls = self.calls();
+            if pred(&calls) {
+                return calls;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.calls();
+            }
+        }
+    }
+
+    /// Place a call to the gateway (origination).
+    pub fn originate(&self, o: Originate) {
+        let _ = self.cmd.send(CmdBox(Box::new(o)));
+    }
+}
+
+enum Timer {
+    Answer { tx: TxId, call: usize },
+    Final { tx: TxId, status: u16, call: usize },
+    Hangup { dialog: DialogId },
+}
+
+struct CallState {
+    index: usize,
+    media: Option<MediaTask>,
+    media_params: MediaParams,
+    offer: Option<SessionDescription>,
+}
+
+struct MediaTask {
+    stop: Arc<Notify>,
+}
+
+struct Task {
+    ua: Ua,
+    transports: Transports,
+    rx: mpsc::Receiver<trunkline_sip::transport::Incoming>,
+    cmd_rx: mpsc::UnboundedReceiver<CmdBox>,
+    cfg: TrunkConfig,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    nonce_seq: u64,
+    calls: HashMap<String, CallState>,
+    by_tx: HashMap<TxId, String>,
+    by_dialog: HashMap<DialogId, String>,
+    timers: Vec<(Instant, Timer)>,
+    /// Sockets (and answers) waiting for the ring time or the 200 OK, by Call-ID.
+    pending: HashMap<String, PendingEntry>,
+}
+
+impl Task {
+    #[allow(clippy::disallowed_methods)] // an emulator's I/O loop owns the clock
+    async fn run(mut self) {
+        loop {
+            while let Some(t) = self.ua.poll_transmit() {
+                if let Err(e) = self.transports.send(t).await {
+                    debug!(error = %e, "trunk send");
+                }
+            }
+            let now = Instant::now();
+            while let Some(ev) = self.ua.poll_event() {
+                self.on_event(ev, now).await;
+            }
+            let due: Vec<Timer> = {
+                let (due, later): (Vec<_>, Vec<_>) =
+                    self.timers.drain(..).partition(|(t, _)| *t <= now);
+                self.timers = later;
+                due.into_iter().map(|(_, t)| t).collect()
+            };
+            let had_due = !due.is_empty();
+            for t in due {
+                self.on_timer(t, now).await;
+            }
+            if had_due {
+                continue;
+            }
+            let next = self
+                .timers
+                .iter()
+                .map(|(t, _)| *t)
+                .chain(self.ua.poll_timeout())
+                .min();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                m = self.rx.recv() => match m {
+                    Some(m) => self.ua.handle_datagram(m.data, m.source, m.transport, Instant::now()),
+                    None => break,
+                },
+                c = self.cmd_rx.recv() => match c {
+                    Some(CmdBox(o)) => self.originate(*o, Instant::now()).await,
+                    None => break,
+                },
+                () = sleep => self.ua.handle_timeout(Instant::now()),
+            }
+        }
+    }
+
+    fn update(&self, index: usize, f: impl FnOnce(&mut TrunkCall)) {
+        if let Ok(mut calls) = self.shared.calls.lock()
+            && let Some(c) = calls.get_mut(index)
+        {
+            f(c);
+        }
+        self.shared.changed.notify_waiters();
+    }
+
+    fn new_record(&self, call: TrunkCall) -> usize {
+        let idx = match self.shared.calls.lock() {
+            Ok(mut calls) => {
+                calls.push(call);
+                calls.len() - 1
+            }
+            Err(_) => 0,
+        };
+        self.shared.changed.notify_waiters();
+        idx
+    }
+
+    fn respond(&mut self, tx: TxId, status: u16, reason: Option<&str>, now: Instant) {
+        if let Some(mut r) = self.ua.make_response(tx, status) {
+            if let Some(reason) = reason {
+                r.reason = reason.to_owned();
+            }
+            let _ = self.ua.respond(tx, r, now);
+        }
+    }
+
+    async fn on_event(&mut self, ev: UaEvent, now: Instant) {
+        match ev {
+            UaEvent::IncomingCall { tx, request, .. } => self.on_invite(tx, request, now).await,
+            UaEvent::CallCancelled { tx } => {
+                if let Some(cid) = self.by_tx.get(&tx)
+                    && let Some(c) = self.calls.get(cid)
+                {
+                    let i = c.index;
+                    self.timers.retain(|(_, t)| !matches!(t, Timer::Answer { tx: x, .. } | Timer::Final { tx: x, .. } if *x == tx));
+                    self.update(i, |c| {
+                        c.final_status = Some(487);
+                        c.ended_by = Some("cancelled".into());
+                        c.ended_at = Some(now);
+                    });
+                }
+            }
+            UaEvent::DialogRequest {
+                dialog,
+                tx,
+                request,
+            } => {
+                let mut status = 200;
+                let mut body = None;
+                if request.method == Method::Refer {
+                    status = 202;
+                    if let Some(cid) = self.by_dialog.get(&dialog)
+                        && let Some(c) = self.calls.get(cid)
+                    {
+                        let target = request.header("Refer-To").next().unwrap_or("").to_owned();
+                        self.update(c.index, |c| c.refer_to.push(target));
+                    }
+                } else if matches!(request.method, Method::Invite | Method::Update)
+                    && let Some(cid) = self.by_dialog.get(&dialog)
+                    && let Some(c) = self.calls.get(cid)
+                    && let Some(offer) = std::str::from_utf8(&request.body)
+                        .ok()
+                        .and_then(|t| SessionDescription::parse(t).ok())
+                {
+                    let mut ours = c.media_params.clone();
+                    ours.session_version += 1;
+                    match sdp::answer(&offer, &ours) {
+                        Ok(a) => body = Some(a.sdp.to_string()),
+                        Err(_) => status = 488,
+                    }
+                }
+                if let Some(mut r) = self.ua.make_response(tx, status) {
+                    if let Some(b) = body {
+                        r.set_body("application/sdp", Bytes::from(b));
+                    }
+                    let _ = self.ua.respond(tx, r, now);
+                }
+                if request.method == Method::Refer {
+                    for (code, reason, last) in [(100, "Trying", false), (200, "OK", true)] {
+                        if let Some(d) = self.ua.dialog_mut(&dialog) {
+                            let n = d.new_refer_notify(code, reason, last);
+                            let _ = self.ua.send_built_in_dialog(&dialog, n, now);
+                        }
+                    }
+                }
+            }
+            UaEvent::DialogTerminated { dialog, reason } => {
+                if let Some(cid) = self.by_dialog.remove(&dialog)
+                    && let Some(mut c) = self.calls.remove(&cid)
+                {
+                    if let Some(m) = c.media.take() {
+                        m.stop.notify_one();
+                    }
+                    let by = match reason {
+                        EndReason::RemoteBye => "remote_bye",
+                        EndReason::LocalBye => "local_bye",
+                        _ => "dialog_lost",
+                    };
+                    self.update(c.index, |c| {
+                        c.ended_by.get_or_insert(by.into());
+                        c.ended_at.get_or_insert(now);
+                    });
+                }
+            }
+            UaEvent::Response {
+                tx,
+                method: Method::Invite,
+                response,
+                dialog,
+            } => {
+                // Origination: our INVITE to the gateway.
+                let Some(cid) = self.by_tx.get(&tx).cloned() else {
+                    return;
+                };
+                let Some(c) = self.calls.get(&cid) else {
+                    return;
+                };
+                let index = c.index;
+                if response.status >= 200 {
+                    self.update(index, |c| c.final_status = Some(response.status));
+                }
+                if (200..300).contains(&response.status) {
+                    let offer = c.offer.clone();
+                    let answer = std::str::from_utf8(&response.body)
+                        .ok()
+                        .and_then(|t| SessionDescription::parse(t).ok());
+                    if let (Some(d), Some(offer), Some(answer)) = (dialog, offer, answer)
+                        && let Ok(n) = sdp::negotiated(&offer, &answer)
+                    {
+                        self.by_dialog.insert(d.clone(), cid.clone());
+                        self.answered(&cid, d, &n, now).await;
+                    }
+                } else if response.status >= 300 {
+                    self.update(index, |c| {
+                        c.ended_by = Some("rejected".into());
+                        c.ended_at = Some(now);
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_invite(&mut self, tx: TxId, request: Request, now: Instant) {
+        let call_id = request.call_id().unwrap_or_default().to_owned();
+        let index = match self.calls.get(&call_id) {
+            Some(c) => c.index,
+            None => {
+                let idx = self.new_record(TrunkCall {
+                    direction: "termination".into(),
+                    request_uri: request.uri.to_string(),
+                    from: request.header("From").next().unwrap_or("").to_owned(),
+                    to: request.header("To").next().unwrap_or("").to_owned(),
+                    call_id: call_id.clone(),
+                    ..TrunkCall::default()
+                });
+                let params = MediaParams::g711(self.addr.ip(), 0, 42);
+                self.calls.insert(
+                    call_id.clone(),
+                    CallState {
+                        index: idx,
+                        media: None,
+                        media_params: params,
+                        offer: None,
+                    },
+                );
+                idx
+            }
+        };
+        self.update(index, |c| c.invites += 1);
+        self.by_tx.insert(tx, call_id.clone());
+        // Twilio's first provisional.
+        self.respond(tx, 100, Some("trying -- your call is important to us"), now);
+
+        if let Some((user, pass)) = self.cfg.credentials.clone() {
+            match request.header("Proxy-Authorization").next() {
+                None => {
+                    self.nonce_seq += 1;
+                    let nonce = format!(
+                        "{:016x}{:08x}",
+                        self.nonce_seq * 0x9E37_79B9,
+                        now.elapsed().as_nanos() as u32
+                    );
+                    if let Some(mut r) = self.ua.make_response(tx, 407) {
+                        r.reason = "Proxy Authentication required".into();
+                        r.push_header(
+                            "Proxy-Authenticate",
+                            format!(
+                                "Digest realm=\"{TWILIO_REALM}\",qop=\"auth\",nonce=\"{nonce}\",opaque=\"{:x}\"",
+                                self.nonce_seq
+                            ),
+                        );
+                        let _ = self.ua.respond(tx, r, now);
+                    }
+                    return;
+                }
+                Some(auth) => {
+                    let ok = verify_digest(auth, "INVITE", &user, &pass);
+                    self.update(index, |c| c.auth_ok = Some(ok));
+                    if !ok {
+                        self.respond(tx, 403, Some("Forbidden"), now);
+                        self.update(index, |c| {
+                            c.final_status = Some(403);
+                            c.ended_by = Some("rejected".into());
+                            c.ended_at = Some(now);
+                        });
+                        return;
+                    }
+                }
+            }
+        }
+
+        // Media: bind a socket and answer the offer.
+        let offer = std::str::from_utf8(&request.body)
+            .ok()
+            .and_then(|t| SessionDescription::parse(t).ok());
+        let sock = match UdpSocket::bind(SocketAddr::new(self.addr.ip(), 0)).await {
+            Ok(s) => s,
+            Err(_) => {
+                self.respond(tx, 500, None, now);
+                return;
+            }
+        };
+        let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+        let mut params = MediaParams::g711(self.addr.ip(), port, 42 + index as u64);
+        if self.cfg.prefer_pcma {
+            params.codecs.reverse();
+        }
+        let answer = offer.as_ref().and_then(|o| sdp::answer(o, &params).ok());
+        let Some(answer) = answer else {
+            self.respond(tx, 488, None, now);
+            return;
+        };
+        if let Some(c) = self.calls.get_mut(&call_id) {
+            c.media_params = params;
+        }
+        self.respond(tx, 180, Some("Ringing"), now);
+        let sdp_text = answer.sdp.to_string();
+        if self.cfg.early_media
+            && self.cfg.outcome == Outcome::Answer
+            && let Some(mut r) = self.ua.make_response(tx, 183)
+        {
+            r.reason = "Session Progress".into();
+            r.set_body("application/sdp", Bytes::from(sdp_text.clone()));
+            let _ = self.ua.respond(tx, r, now);
+        }
+        let at = now + self.cfg.ring_time;
+        match self.cfg.outcome {
+            Outcome::Answer => {
+                self.timers.push((at, Timer::Answer { tx, call: index }));
+                self.pending.insert(
+                    call_id.clone(),
+                    PendingEntry {
+                        sock,
+                        answer: Some((answer.negotiated, sdp_text)),
+                    },
+                );
+            }
+            Outcome::Busy => self.timers.push((
+                at,
+                Timer::Final {
+                    tx,
+                    status: 486,
+                    call: index,
+                },
+            )),
+            Outcome::Reject(status) => self.timers.push((
+                at,
+                Timer::Final {
+                    tx,
+                    status,
+                    call: index,
+                },
+            )),
+            Outcome::NoAnswer => {}
+        }
+    }
+
+    async fn on_timer(&mut self, t: Timer, now: Instant) {
+        match t {
+            Timer::Final { tx, status, call } => {
+                self.respond(tx, status, None, now);
+                self.update(call, |c| {
+                    c.final_status = Some(status);
+                    c.ended_by = Some("rejected".into());
+                    c.ended_at = Some(now);
+                });
+            }
+            Timer::Answer { tx, call } => {
+                let Some(cid) = self.by_tx.get(&tx).cloned() else {
+                    return;
+                };
+                let Some(PendingEntry {
+                    sock,
+                    answer: Some((negotiated, sdp_text)),
+                }) = self.pending.remove(&cid)
+                else {
+                    return;
+                };
+                let Some(mut r) = self.ua.make_response(tx, 200) else {
+                    return;
+                };
+                r.set_body("application/sdp", Bytes::from(sdp_text));
+                if let Ok(Some(d)) = self.ua.respond(tx, r, now) {
+                    self.update(call, |c| c.final_status = Some(200));
+                    self.by_dialog.insert(d.clone(), cid.clone());
+                    self.start_media(&cid, d, sock, &negotiated, now);
+                }
+            }
+            Timer::Hangup { dialog } => {
+                if self.by_dialog.contains_key(&dialog) {
+                    let _ = self.ua.bye(&dialog, now);
+                }
+            }
+        }
+    }
+
+    async fn answered(&mut self, cid: &str, dialog: DialogId, n: &sdp::Negotiated, now: Instant) {
+        let Some(PendingEntry { sock, .. }) = self.pending.remove(cid) else {
+            return;
+        };
+        self.start_media(cid, dialog, sock, n, now);
+    }
+
+    fn start_media(
+        &mut self,
+        cid: &str,
+        dialog: DialogId,
+        sock: UdpSocket,
+        n: &sdp::Negotiated,
+        now: Instant,
+    ) {
+        let Some(c) = self.calls.get_mut(cid) else {
+            return;
+        };
+        let law = G711::from_payload_type(n.codec.pt).unwrap_or(G711::Ulaw);
+        let index = c.index;
+        let stop = Arc::new(Notify::new());
+        c.media = Some(MediaTask { stop: stop.clone() });
+        if let Some(after) = self.cfg.hangup_after {
+            self.timers.push((now + after, Timer::Hangup { dialog }));
+        }
+        if let Ok(mut calls) = self.shared.calls.lock()
+            && let Some(rec) = calls.get_mut(index)
+        {
+            rec.answered_at = Some(now);
+            rec.law = Some(law);
+            rec.dtmf_pt = n.dtmf_pt;
+        }
+        self.shared.changed.notify_waiters();
+        let media = MediaPlayer {
+            sock: Arc::new(sock),
+            dest: n.remote_rtp,
+            law,
+            codec_pt: n.codec.pt,
+            dtmf_pt: n.dtmf_pt,
+            play: self.cfg.play.clone(),
+            play_loop: self.cfg.play_loop,
+            delay: self.cfg.play_delay,
+            shared: self.shared.clone(),
+            index,
+        };
+        tokio::spawn(media.run(stop));
+    }
+
+    async fn originate(&mut self, o: Originate, now: Instant) {
+        let sock = match UdpSocket::bind(SocketAddr::new(self.addr.ip(), 0)).await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+        let params = MediaParams::g711(self.addr.ip(), port, 7);
+        let offer = sdp::build_offer(&params);
+        let host = format!("{}:{}", o.gateway.ip(), o.gateway.port());
+        let (Ok(target), Ok(from)) = (
+            Uri::parse(&format!("sip:{}@{host}", o.to)),
+            Uri::parse(&format!("sip:{}@trunk.pstn.twilio.com", o.from)),
+        ) else {
+            return;
+        };
+        let params_inv = InviteParams {
+            target,
+            to: None,
+            from: NameAddr::new(from),
+            destination: o.gateway,
+            transport: TransportKind::Udp,
+            body: Some(("application/sdp".into(), Bytes::from(offer.to_string()))),
+            credentials: None,
+            session_expires: None,
+            extra_headers: vec![
+                ("X-Twilio-CallSid".into(), o.call_sid.clone()),
+                (
+                    "X-Twilio-AccountSid".into(),
+                    "AC00000000000000000000000000000000".into(),
+                ),
+                (
+                    "Record-Route".into(),
+                    format!("<sip:{};lr;r2=on>", self.addr),
+                ),
+                ("User-Agent".into(), "Twilio Gateway".into()),
+            ],
+        };
+        let Ok(tx) = self.ua.invite(params_inv, now) else {
+            return;
+        };
+        let cid = format!("orig-{}", o.call_sid);
+        let idx = self.new_record(TrunkCall {
+            direction: "origination".into(),
+            request_uri: format!("sip:{}@{host}", o.to),
+            from: o.from.clone(),
+            to: o.to.clone(),
+            call_id: cid.clone(),
+            invites: 1,
+            ..TrunkCall::default()
+        });
+        self.calls.insert(
+            cid.clone(),
+            CallState {
+                index: idx,
+                media: None,
+                media_params: params,
+                offer: Some(offer),
+            },
+        );
+        self.pending
+            .insert(cid.clone(), PendingEntry { sock, answer: None });
+        self.by_tx.insert(tx, cid);
+    }
+}
+
+struct PendingEntry {
+    sock: UdpSocket,
+    answer: Option<(sdp::Negotiated, String)>,
+}
+
+struct MediaPlayer {
+    sock: Arc<UdpSocket>,
+    dest: Option<SocketAddr>,
+    law: G711,
+    codec_pt: u8,
+    dtmf_pt: Option<u8>,
+    play: PlaySource,
+    play_loop: bool,
+    delay: Duration,
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl MediaPlayer {
+    #[allow(clippy::disallowed_methods)] // an emulator's I/O loop owns the clock
+    async fn run(self, stop: Arc<Notify>) {
+        let rx_sock = self.sock.clone();
+        let shared = self.shared.clone();
+        let index = self.index;
+        let receiver = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, _)) = rx_sock.recv_from(&mut buf).await {
+                let at = Instant::now();
+                let Ok(p) = parse_rtp(&buf[..n]) else {
+                    continue;
+                };
+                let pkt = RxPacket {
+                    at,
+                    pt: p.header.payload_type,
+                    marker: p.header.marker,
+                    seq: p.header.sequence,
+                    ts: p.header.timestamp,
+                    payload: p.payload.to_vec(),
+                };
+                if let Ok(mut calls) = shared.calls.lock()
+                    && let Some(c) = calls.get_mut(index)
+                {
+                    c.rtp_in.push(pkt);
+                }
+                shared.changed.notify_waiters();
+            }
+        });
+        let sender = async {
+            let Some(dest) = self.dest else {
+                return std::future::pending::<()>().await;
+            };
+            tokio::time::sleep(self.delay).await;
+            if let Ok(mut calls) = self.shared.calls.lock()
+                && let Some(c) = calls.get_mut(self.index)
+            {
+                c.play_started_at = Some(Instant::now());
+            }
+            if self.play.packets.is_empty() {
+                return std::future::pending::<()>().await;
+            }
+            let start = tokio::time::Instant::now();
+            let (mut seq, ssrc) = (1000u16, 0x7711_2233u32);
+            let mut loop_offset = Duration::ZERO;
+            let mut ts_offset = 0u32;
+            let mut out = vec![0u8; 1500];
+            loop {
+                for p in &self.play.packets {
+                    tokio::time::sleep_until(start + loop_offset + p.at).await;
+                    let (pt, payload) = match p.law {
+                        Some(l) => {
+                            let mut data = p.payload.clone();
+                            if l != self.law {
+                                l.transcode_in_place(self.law, &mut data);
+                            }
+                            (self.codec_pt, data)
+                        }
+                        None => match self.dtmf_pt {
+                            Some(pt) => (pt, p.payload.clone()),
+                            None => continue,
+                        },
+                    };
+                    let h = RtpHeader {
+                        marker: p.marker,
+                        payload_type: pt,
+                        sequence: seq,
+                        timestamp: 0x1000_0000u32.wrapping_add(ts_offset).wrapping_add(p.ts),
+                        ssrc,
+                    };
+                    seq = seq.wrapping_add(1);
+                    if let Ok(n) = write_rtp(&h, &payload, &mut out) {
+                        let _ = self.sock.send_to(&out[..n], dest).await;
+                        if let Ok(mut calls) = self.shared.calls.lock()
+                            && let Some(c) = calls.get_mut(self.index)
+                        {
+                            c.rtp_sent += 1;
+                        }
+                    }
+                }
+                if !self.play_loop {
+                    // Keep the stream alive with silence, as a phone does.
+                    let silence = vec![self.law.silence(); 160];
+                    let mut t = self.play.duration();
+                    let mut ts = self.play.packets.last().map_or(0, |p| p.ts) + 160;
+                    loop {
+                        tokio::time::sleep_until(start + loop_offset + t).await;
+                        let h = RtpHeader {
+                            marker: false,
+                            payload_type: self.codec_pt,
+                            sequence: seq,
+                            timestamp: 0x1000_0000u32.wrapping_add(ts_offset).wrapping_add(ts),
+                            ssrc,
+                        };
+                        seq = seq.wrapping_add(1);
+                        if let Ok(n) = write_rtp(&h, &silence, &mut out) {
+                            let _ = self.sock.send_to(&out[..n], dest).await;
+                        }
+                        t += Duration::from_millis(20);
+                        ts = ts.wrapping_add(160);
+                    }
+                }
+                loop_offset += self.play.duration();
+                ts_offset = ts_offset
+                    .wrapping_add(self.play.packets.last().map_or(0, |p| p.ts))
+                    .wrapping_add(160);
+            }
+        };
+        tokio::select! {
+            () = sender => {}
+            () = stop.notified() => {}
+        }
+        receiver.abort();
+    }
+}
+
+/// Check a `Proxy-Authorization: Digest …` value (MD5 or SHA-256, with or without qop=auth).
+pub fn verify_digest(value: &str, method: &str, user: &str, password: &str) -> bool {
+    let Some(rest) = value.trim().strip_prefix("Digest") else {
+        return false;
+    };
+    let mut f: HashMap<String, String> = HashMap::new();
+    for part in split_params(rest) {
+        if let Some((k, v)) = part.split_once('=') {
+            f.insert(
+                k.trim().to_ascii_lowercase(),
+                v.trim().trim_matches('"').to_owned(),
+            );
+        }
+    }
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    if get("username") != user || get("realm") != TWILIO_REALM {
+        return false;
+    }
+    let algorithm = if get("algorithm").is_empty() {
+        Algorithm::Md5
+    } else {
+        match Algorithm::parse(get("algorithm")) {
+            Some(a) => a,
+            None => return false,
+        }
+    };
+    let qop = match get("qop") {
+        "auth" => Some(Qop::Auth),
+        "" => None,
+        _ => return false,
+    };
+    let nc = u32::from_str_radix(get("nc"), 16).unwrap_or(0);
+    let expected = digest_response(
+        algorithm,
+        user,
+        TWILIO_REALM,
+        password,
+        get("nonce"),
+        get("cnonce"),
+        nc,
+        qop,
+        method,
+        get("uri"),
+        b"",
+    );
+    expected == get("response")
+}
+
+/// Split `a="x,y", b=z` on commas outside quotes.
+fn split_params(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in s.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur);
+    }
+    out
+}

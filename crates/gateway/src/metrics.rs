@@ -1,0 +1,167 @@
+//! Prometheus metrics in text exposition format 0.0.4. Labels never carry phone numbers or call
+//! ids: only directions, outcomes, causes and refusal reasons (small fixed sets).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use trunkline_call::CallRecord;
+
+/// Setup-latency histogram buckets, seconds.
+const BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", self.counts[i]);
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    started: BTreeMap<&'static str, u64>,
+    ended: BTreeMap<(String, String, String), u64>,
+    refusals: BTreeMap<&'static str, u64>,
+    setup: Histogram,
+    first_audio: Histogram,
+    rtp_in: u64,
+    rtp_out: u64,
+    rtp_lost: i64,
+    interruptions: u64,
+}
+
+/// The gateway's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Metrics {
+    /// A call started.
+    pub fn call_started(&self, direction: &'static str) {
+        if let Ok(mut m) = self.inner.lock() {
+            *m.started.entry(direction).or_default() += 1;
+        }
+    }
+
+    /// A call ended with this record.
+    pub fn call_ended(&self, direction: &str, r: &CallRecord) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        let cause = r.end_cause.as_ref().map_or("unknown", |c| c.label());
+        *m.ended
+            .entry((direction.to_owned(), r.status.clone(), cause.to_owned()))
+            .or_default() += 1;
+        let t = &r.timestamps;
+        if let (Some(a), Some(b)) = (t.invite_ms.or(t.created_ms), t.answered_ms) {
+            m.setup.observe(b.saturating_sub(a) as f64 / 1000.0);
+        }
+        if let (Some(a), Some(b)) = (t.answered_ms, t.first_agent_audio_ms) {
+            m.first_audio.observe(b.saturating_sub(a) as f64 / 1000.0);
+        }
+        m.rtp_in += r.uplink.packets;
+        m.rtp_out += r.downlink.packets;
+        m.rtp_lost += r.uplink.lost.max(0);
+        m.interruptions += r.interruptions;
+    }
+
+    /// A request or call was refused by policy.
+    pub fn refused(&self, reason: &'static str) {
+        if let Ok(mut m) = self.inner.lock() {
+            *m.refusals.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self, active: usize, sip_inbound_refused: u64) -> String {
+        let mut out = String::new();
+        let Ok(m) = self.inner.lock() else {
+            return out;
+        };
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_active_calls Calls in progress.\n# TYPE trunkline_active_calls gauge\ntrunkline_active_calls {active}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_calls_started_total Calls started.\n# TYPE trunkline_calls_started_total counter"
+        );
+        for (d, n) in &m.started {
+            let _ = writeln!(
+                out,
+                "trunkline_calls_started_total{{direction=\"{d}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_calls_ended_total Calls ended, by final status and cause.\n# TYPE trunkline_calls_ended_total counter"
+        );
+        for ((d, s, c), n) in &m.ended {
+            let _ = writeln!(
+                out,
+                "trunkline_calls_ended_total{{direction=\"{d}\",status=\"{s}\",cause=\"{c}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_policy_rejections_total Requests refused by policy.\n# TYPE trunkline_policy_rejections_total counter"
+        );
+        for (r, n) in &m.refusals {
+            let _ = writeln!(
+                out,
+                "trunkline_policy_rejections_total{{reason=\"{r}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_sip_inbound_refused_total INVITEs refused because of their source.\n# TYPE trunkline_sip_inbound_refused_total counter\ntrunkline_sip_inbound_refused_total {sip_inbound_refused}"
+        );
+        m.setup.render(
+            &mut out,
+            "trunkline_call_setup_seconds",
+            "INVITE to answer.",
+        );
+        m.first_audio.render(
+            &mut out,
+            "trunkline_first_agent_audio_seconds",
+            "Answer to the first agent audio packet.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_rtp_packets_total RTP packets of ended calls.\n# TYPE trunkline_rtp_packets_total counter\ntrunkline_rtp_packets_total{{direction=\"in\"}} {}\ntrunkline_rtp_packets_total{{direction=\"out\"}} {}",
+            m.rtp_in, m.rtp_out
+        );
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_rtp_lost_packets_total RTP packets lost from the phone side.\n# TYPE trunkline_rtp_lost_packets_total counter\ntrunkline_rtp_lost_packets_total {}",
+            m.rtp_lost
+        );
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_interruptions_total Agent barge-ins.\n# TYPE trunkline_interruptions_total counter\ntrunkline_interruptions_total {}",
+            m.interruptions
+        );
+        out
+    }
+}

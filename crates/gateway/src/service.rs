@@ -1,0 +1,708 @@
+//! The gateway service: one SIP stack, the call registry, RTP port allocation, call records and
+//! metrics. It implements [`CallService`] for the HTTP API and answers inbound calls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{Notify, mpsc};
+use tracing::{info, warn};
+use trunkline_agent::AgentConfig;
+use trunkline_agent::protocol::{AgentOverride, ConversationConfigOverride, DynamicVariable};
+use trunkline_call::record::EndCause;
+use trunkline_call::runtime::sip::{
+    IncomingCall, SipLink, SipStack, SipStackConfig, TrunkTarget, to_negotiated_media,
+};
+use trunkline_call::runtime::{CallCommand, CallIo, run};
+use trunkline_call::{AgentConnectAt, Call, CallConfig, CallRecord, DtmfMode, SipEvent};
+use trunkline_media::g711::G711;
+use trunkline_media::jitter::JitterConfig;
+use trunkline_media::rtcp::WallClock;
+use trunkline_media::session::MediaConfig;
+use trunkline_sip::auth::Credentials;
+use trunkline_sip::message::Uri;
+use trunkline_sip::sdp::{self, Codec, MediaParams};
+use trunkline_sip::transaction::{TimerConfig, TransportKind};
+use trunkline_sip::transport::{TransportConfig, tls_server_config_from_files};
+use trunkline_sip::ua::UaConfig;
+
+use crate::api::{BoxFuture, CallService, ListQuery, OutboundRequest, PlaceError, Placed};
+use crate::config::{Config, Secrets, parse_cidr};
+use crate::metrics::Metrics;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// SIP sockets could not be bound.
+    #[error("sip: {0}")]
+    Sip(String),
+}
+
+struct Active {
+    commands: mpsc::UnboundedSender<CallCommand>,
+}
+
+/// The running gateway.
+pub struct Gateway {
+    cfg: Config,
+    secrets: Secrets,
+    sip: SipStack,
+    trunk_destination: Mutex<Option<SocketAddr>>,
+    active: Mutex<HashMap<String, Active>>,
+    records: Mutex<RecordBook>,
+    next_port: Mutex<u16>,
+    metrics: Arc<Metrics>,
+    ready: AtomicBool,
+    seq: AtomicU64,
+    seed: u64,
+    call_ended: Notify,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("sip", &self.sip.local_addr(TransportKind::Udp))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Records by call sid, in creation order (in memory; persisted by the records store).
+#[derive(Debug, Default)]
+struct RecordBook {
+    order: Vec<String>,
+    by_sid: HashMap<String, CallRecord>,
+}
+
+impl RecordBook {
+    fn put(&mut self, r: CallRecord) {
+        if !self.by_sid.contains_key(&r.call_sid) {
+            self.order.push(r.call_sid.clone());
+        }
+        self.by_sid.insert(r.call_sid.clone(), r);
+    }
+}
+
+fn random_seed() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Gateway {
+    /// Bind SIP, start the stack and the inbound-call handler.
+    pub async fn start(cfg: Config, secrets: Secrets) -> Result<Arc<Gateway>, StartError> {
+        cfg.validate()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let mut transports = TransportConfig {
+            external_addr: cfg.sip.external_ip,
+            ..TransportConfig::default()
+        };
+        for t in &cfg.sip.transports {
+            match t.as_str() {
+                "udp" => transports.udp = Some(cfg.sip.listen),
+                "tcp" => transports.tcp = Some(cfg.sip.listen),
+                "tls" => {
+                    let listen = cfg
+                        .sip
+                        .tls_listen
+                        .unwrap_or_else(|| SocketAddr::new(cfg.sip.listen.ip(), 5061));
+                    let (Some(cert), Some(key)) = (&cfg.sip.tls_cert, &cfg.sip.tls_key) else {
+                        return Err(StartError::Config("tls needs tls_cert and tls_key".into()));
+                    };
+                    transports.tls = Some(listen);
+                    transports.tls_server = Some(
+                        tls_server_config_from_files(cert.as_ref(), key.as_ref())
+                            .map_err(|e| StartError::Config(e.to_string()))?,
+                    );
+                }
+                _ => {}
+            }
+        }
+        let trunk_transport = match cfg.trunk.transport.as_str() {
+            "tcp" => TransportKind::Tcp,
+            "tls" => TransportKind::Tls,
+            _ => TransportKind::Udp,
+        };
+        let request_uri_host = Uri::parse(&cfg.trunk.termination_uri)
+            .ok()
+            .and_then(|u| u.as_sip().map(|s| s.host_port.to_string()))
+            .ok_or_else(|| StartError::Config("trunk.termination_uri has no host".into()))?;
+        let credentials = match (&cfg.trunk.username, &secrets.trunk_password) {
+            (Some(u), Some(p)) => Some(Credentials {
+                username: u.clone(),
+                password: p.clone(),
+            }),
+            _ => None,
+        };
+        let ua = UaConfig {
+            user_agent: cfg.sip.user_agent.clone(),
+            contact_user: "trunkline".into(),
+            timers: TimerConfig {
+                t1: Duration::from_millis(cfg.sip.t1_ms),
+                t2: Duration::from_millis(cfg.sip.t2_ms),
+                t4: Duration::from_millis(cfg.sip.t4_ms),
+                ..TimerConfig::default()
+            },
+            ..UaConfig::default()
+        };
+        let seed = random_seed();
+        let stack_cfg = SipStackConfig {
+            transports,
+            ua,
+            trunk: TrunkTarget {
+                request_uri_host,
+                transport: trunk_transport,
+                credentials,
+                caller_id: cfg.trunk.caller_id.clone(),
+                session_expires: (cfg.sip.session_expires_secs > 0)
+                    .then(|| Duration::from_secs(cfg.sip.session_expires_secs)),
+            },
+            inbound_allowed: cfg
+                .trunk
+                .inbound_allowed_sources
+                .iter()
+                .filter_map(|s| parse_cidr(s))
+                .collect(),
+            seed,
+        };
+        let (sip, incoming) = SipStack::start(stack_cfg)
+            .await
+            .map_err(|e| StartError::Sip(e.to_string()))?;
+        let gw = Arc::new(Gateway {
+            next_port: Mutex::new(cfg.rtp.port_min & !1),
+            cfg,
+            secrets,
+            sip,
+            trunk_destination: Mutex::new(None),
+            active: Mutex::new(HashMap::new()),
+            records: Mutex::new(RecordBook::default()),
+            metrics: Arc::new(Metrics::default()),
+            ready: AtomicBool::new(true),
+            seq: AtomicU64::new(0),
+            seed,
+            call_ended: Notify::new(),
+        });
+        if let Err(e) = gw.resolve_trunk().await {
+            warn!(error = %e, "trunk not resolvable yet; outbound calls will retry");
+        }
+        tokio::spawn(Self::inbound_loop(gw.clone(), incoming));
+        info!(
+            sip = ?gw.sip.local_addr(TransportKind::Udp),
+            "gateway started"
+        );
+        Ok(gw)
+    }
+
+    /// The SIP address of a transport.
+    pub fn sip_addr(&self, kind: TransportKind) -> Option<SocketAddr> {
+        self.sip.local_addr(kind)
+    }
+
+    /// Metrics registry.
+    pub fn metrics_registry(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Stop taking new calls.
+    pub fn stop_accepting(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// Hang up every active call with `cause`.
+    pub fn hangup_all(&self, cause: EndCause) {
+        if let Ok(active) = self.active.lock() {
+            for a in active.values() {
+                let _ = a.commands.send(CallCommand::Hangup(cause.clone()));
+            }
+        }
+    }
+
+    /// Wait until no call is active or `timeout` passes; true if all ended.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.call_ended.notified();
+            if self.active_calls() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.active_calls() == 0;
+            }
+        }
+    }
+
+    /// A record (also of a finished call).
+    pub fn record(&self, sid: &str) -> Option<CallRecord> {
+        self.records.lock().ok()?.by_sid.get(sid).cloned()
+    }
+
+    /// Wait for a call to end and return its final record.
+    pub async fn wait_call(&self, sid: &str, timeout: Duration) -> Option<CallRecord> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.call_ended.notified();
+            if let Some(r) = self.record(sid).filter(|r| r.is_final())
+                && !self.active.lock().is_ok_and(|a| a.contains_key(sid))
+            {
+                return Some(r);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.record(sid);
+            }
+        }
+    }
+
+    async fn resolve_trunk(&self) -> Result<SocketAddr, String> {
+        if let Some(d) = self.trunk_destination.lock().ok().and_then(|d| *d) {
+            return Ok(d);
+        }
+        let default_port = if self.cfg.trunk.transport == "tls" {
+            5061
+        } else {
+            5060
+        };
+        let (host, port) = match &self.cfg.trunk.outbound_proxy {
+            Some(p) => match p.parse::<SocketAddr>() {
+                Ok(a) => (a.ip().to_string(), a.port()),
+                Err(_) => match p.rsplit_once(':') {
+                    Some((h, port)) if port.parse::<u16>().is_ok() => {
+                        (h.to_owned(), port.parse().unwrap_or(default_port))
+                    }
+                    _ => (p.clone(), default_port),
+                },
+            },
+            None => {
+                let uri = Uri::parse(&self.cfg.trunk.termination_uri)
+                    .map_err(|e| format!("termination uri: {e}"))?;
+                let sip = uri.as_sip().ok_or("termination uri is not sip:")?;
+                let host = sip.host_port.host.to_string();
+                let host = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                (host, sip.host_port.port.unwrap_or(default_port))
+            }
+        };
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("resolve {host}: {e}"))?
+            .next()
+            .ok_or(format!("{host} has no address"))?;
+        if let Ok(mut d) = self.trunk_destination.lock() {
+            *d = Some(addr);
+        }
+        Ok(addr)
+    }
+
+    fn new_sid(&self) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let a = splitmix(self.seed ^ n);
+        let b = splitmix(a ^ 0x5555);
+        format!("CA{a:016x}{b:016x}")
+    }
+
+    /// Bind an even RTP port and the next one for RTCP in the configured range.
+    async fn allocate_rtp(&self) -> Result<(UdpSocket, UdpSocket), String> {
+        let (min, max) = (self.cfg.rtp.port_min & !1, self.cfg.rtp.port_max);
+        let span = u32::from(max.saturating_sub(min)) / 2;
+        for _ in 0..span.min(2000) {
+            let port = {
+                let Ok(mut next) = self.next_port.lock() else {
+                    return Err("port pool poisoned".into());
+                };
+                let p = *next;
+                *next = if p.saturating_add(2) >= max {
+                    min
+                } else {
+                    p + 2
+                };
+                p
+            };
+            let ip = self.cfg.rtp.bind_ip;
+            let Ok(rtp) = UdpSocket::bind(SocketAddr::new(ip, port)).await else {
+                continue;
+            };
+            let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(ip, port + 1)).await else {
+                continue;
+            };
+            return Ok((rtp, rtcp));
+        }
+        Err("no free RTP port".into())
+    }
+
+    /// The address written in our SDP.
+    fn media_ip(&self, toward: SocketAddr) -> IpAddr {
+        if let Some(ip) = self.cfg.sip.external_ip {
+            return ip;
+        }
+        if !self.cfg.rtp.bind_ip.is_unspecified() {
+            return self.cfg.rtp.bind_ip;
+        }
+        std::net::UdpSocket::bind(SocketAddr::new(
+            if toward.is_ipv4() {
+                IpAddr::from([0, 0, 0, 0])
+            } else {
+                IpAddr::from([0u16; 8])
+            },
+            0,
+        ))
+        .and_then(|s| s.connect(toward).and_then(|_| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    fn media_params(&self, ip: IpAddr, port: u16, session_id: u64) -> MediaParams {
+        let mut p = MediaParams::g711(ip, port, session_id);
+        p.codecs = self
+            .cfg
+            .trunk
+            .codecs
+            .iter()
+            .filter_map(|c| match c.as_str() {
+                "PCMU" => Some(Codec::pcmu()),
+                "PCMA" => Some(Codec::pcma()),
+                _ => None,
+            })
+            .collect();
+        p.dtmf_pt = Some(self.cfg.trunk.dtmf_payload_type);
+        p
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    fn media_template(&self, sid: &str) -> MediaConfig {
+        let ssrc = splitmix(self.seed ^ fxhash(sid)) as u32;
+        let wallclock = WallClock {
+            instant: Instant::now(),
+            system: SystemTime::now(),
+        };
+        let mut m = MediaConfig::new(G711::Ulaw, ssrc, wallclock);
+        m.symmetric_rtp = self.cfg.rtp.symmetric;
+        m.rtp_timeout = Some(Duration::from_secs(self.cfg.rtp.timeout_secs.max(1)));
+        m.initial_sequence = (ssrc >> 16) as u16;
+        m.initial_timestamp = ssrc.rotate_left(7);
+        m.jitter = JitterConfig {
+            min_delay: Duration::from_millis(u64::from(self.cfg.rtp.jitter_min_ms)),
+            max_delay: Duration::from_millis(u64::from(self.cfg.rtp.jitter_max_ms)),
+            ..m.jitter
+        };
+        m
+    }
+
+    fn call_config(&self) -> CallConfig {
+        let a = &self.cfg.agent;
+        CallConfig {
+            ring_timeout: Duration::from_secs(self.cfg.trunk.ring_timeout_secs),
+            agent_connect: if a.connect_at == "ringing" {
+                AgentConnectAt::Ringing
+            } else {
+                AgentConnectAt::Answer
+            },
+            agent_connect_timeout: Duration::from_secs(a.connect_timeout_secs),
+            uplink_chunk: Duration::from_millis(a.uplink_chunk_ms),
+            max_duration: Duration::from_secs(a.max_call_secs),
+            drain_timeout: Duration::from_secs(a.drain_timeout_secs),
+            dtmf_mode: match a.dtmf_mode.as_str() {
+                "contextual_update" => DtmfMode::ContextualUpdate,
+                "off" => DtmfMode::Off,
+                _ => DtmfMode::UserMessage,
+            },
+            transfer_enabled: a.transfer_enabled,
+            transfer_allow_prefixes: a.transfer_allow_prefixes.clone(),
+            ..CallConfig::default()
+        }
+    }
+
+    fn agent_config(
+        &self,
+        vars: BTreeMap<String, DynamicVariable>,
+        first_message: Option<String>,
+    ) -> AgentConfig {
+        let a = &self.cfg.agent;
+        let mut c = AgentConfig::new(a.agent_id.clone()).with_base_url(a.base_url.clone());
+        c.api_key = self.secrets.elevenlabs_api_key.clone();
+        c.connect_timeout = Duration::from_secs(a.connect_timeout_secs);
+        let mut all: BTreeMap<String, DynamicVariable> = a
+            .dynamic_variables
+            .iter()
+            .map(|(k, v)| (k.clone(), DynamicVariable::from(v.as_str())))
+            .collect();
+        all.extend(vars);
+        c.initiation.dynamic_variables = all;
+        if let Some(m) = first_message {
+            c.initiation.conversation_config_override = Some(ConversationConfigOverride {
+                agent: Some(AgentOverride {
+                    first_message: Some(m),
+                    ..AgentOverride::default()
+                }),
+                ..ConversationConfigOverride::default()
+            });
+        }
+        c
+    }
+
+    fn store(&self, r: CallRecord) {
+        if let Ok(mut book) = self.records.lock() {
+            book.put(r);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_call(
+        self: &Arc<Self>,
+        sid: String,
+        call: Call,
+        rtp: UdpSocket,
+        rtcp: UdpSocket,
+        events: mpsc::UnboundedReceiver<SipEvent>,
+        link: SipLink,
+        agent: AgentConfig,
+    ) {
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (rec_tx, mut rec_rx) = mpsc::unbounded_channel::<CallRecord>();
+        if let Ok(mut a) = self.active.lock() {
+            a.insert(sid.clone(), Active { commands: cmd_tx });
+        }
+        self.metrics.call_started(call.direction().as_str());
+        self.store(call.record().clone());
+        let gw = self.clone();
+        tokio::spawn(async move {
+            while let Some(r) = rec_rx.recv().await {
+                gw.store(r);
+            }
+        });
+        let gw = self.clone();
+        let direction = call.direction().as_str();
+        tokio::spawn(async move {
+            let io = CallIo {
+                rtp,
+                rtcp: Some(rtcp),
+                sip_events: events,
+                sip: link,
+                commands: cmd_rx,
+                agent,
+                records: Some(rec_tx),
+            };
+            let record = run(call, io).await;
+            gw.metrics.call_ended(direction, &record);
+            gw.store(record);
+            if let Ok(mut a) = gw.active.lock() {
+                a.remove(&sid);
+            }
+            gw.call_ended.notify_waiters();
+        });
+    }
+
+    async fn place_outbound(self: Arc<Self>, req: OutboundRequest) -> Result<Placed, PlaceError> {
+        if !self.ready.load(Ordering::SeqCst) {
+            return Err(PlaceError::Unavailable);
+        }
+        let destination = self
+            .resolve_trunk()
+            .await
+            .map_err(|e| PlaceError::Failed(format!("Trunk unreachable: {e}")))?;
+        let (rtp, rtcp) = self.allocate_rtp().await.map_err(PlaceError::Failed)?;
+        let port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let sid = self.new_sid();
+        let ip = self.media_ip(destination);
+        let params = self.media_params(ip, port, splitmix(self.seed ^ fxhash(&sid)) >> 16);
+        let leg = self.sip.outbound(&req.to.e164, destination, params);
+        let record = CallRecord::new(
+            sid.clone(),
+            "outbound",
+            self.cfg.trunk.caller_id.clone(),
+            req.to.e164.clone(),
+        );
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let call = Call::outbound(self.call_config(), self.media_template(&sid), record, now);
+        let mut vars: BTreeMap<String, DynamicVariable> = req
+            .dynamic_variables
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let dv = match v {
+                    serde_json::Value::String(s) => DynamicVariable::String(s),
+                    serde_json::Value::Bool(b) => DynamicVariable::Bool(b),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => DynamicVariable::Int(i),
+                        None => DynamicVariable::Float(n.as_f64()?),
+                    },
+                    _ => return None,
+                };
+                Some((k, dv))
+            })
+            .collect();
+        vars.insert("call_sid".into(), sid.clone().into());
+        vars.insert("called_number".into(), req.to.e164.clone().into());
+        vars.insert("caller_id".into(), self.cfg.trunk.caller_id.clone().into());
+        vars.insert("direction".into(), "outbound".into());
+        let agent = self.agent_config(vars, req.first_message);
+        self.spawn_call(sid.clone(), call, rtp, rtcp, leg.events, leg.link, agent);
+        info!(call_sid = %sid, "outbound call placed");
+        Ok(Placed {
+            call_sid: sid,
+            conversation_id: None,
+            sip_call_id: None,
+        })
+    }
+
+    async fn inbound_loop(gw: Arc<Gateway>, mut incoming: mpsc::UnboundedReceiver<IncomingCall>) {
+        while let Some(inc) = incoming.recv().await {
+            gw.clone().answer_inbound(inc).await;
+        }
+    }
+
+    async fn answer_inbound(self: Arc<Self>, inc: IncomingCall) {
+        use trunkline_call::SipAction;
+        if !self.ready.load(Ordering::SeqCst)
+            || self.active_calls() >= self.cfg.policy.max_concurrent_calls
+        {
+            self.metrics.refused("inbound_at_capacity");
+            inc.link.send(SipAction::Reject { status: 503 });
+            return;
+        }
+        let Some(offer) = inc.offer else {
+            inc.link.send(SipAction::Reject { status: 488 });
+            return;
+        };
+        let Ok((rtp, rtcp)) = self.allocate_rtp().await else {
+            inc.link.send(SipAction::Reject { status: 503 });
+            return;
+        };
+        let port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let sid = self.new_sid();
+        let ip = self.media_ip(inc.source);
+        let params = self.media_params(ip, port, splitmix(self.seed ^ fxhash(&sid)) >> 16);
+        let Ok(answer) = sdp::answer(&offer, &params) else {
+            inc.link.send(SipAction::Reject { status: 488 });
+            return;
+        };
+        let Some(neg) = to_negotiated_media(&answer.negotiated) else {
+            inc.link.send(SipAction::Reject { status: 488 });
+            return;
+        };
+        self.sip.set_answer(inc.leg, params, answer.sdp);
+        let mut record = CallRecord::new(sid.clone(), "inbound", inc.from.clone(), inc.to.clone());
+        record.sip_call_id = Some(inc.call_id.clone());
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let call = Call::inbound(
+            self.call_config(),
+            self.media_template(&sid),
+            neg,
+            record,
+            now,
+        );
+        let mut vars: BTreeMap<String, DynamicVariable> = BTreeMap::new();
+        vars.insert("call_sid".into(), sid.clone().into());
+        vars.insert("caller_id".into(), inc.from.clone().into());
+        vars.insert("called_number".into(), inc.to.clone().into());
+        vars.insert("direction".into(), "inbound".into());
+        for (k, v) in &inc.x_headers {
+            if k.eq_ignore_ascii_case("X-Twilio-CallSid") {
+                vars.insert("twilio_call_sid".into(), v.clone().into());
+            }
+        }
+        let agent = self.agent_config(vars, None);
+        info!(call_sid = %sid, source = %inc.source, "inbound call");
+        self.spawn_call(sid, call, rtp, rtcp, inc.events, inc.link, agent);
+    }
+}
+
+fn fxhash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl CallService for Arc<Gateway> {
+    fn active_calls(&self) -> usize {
+        Gateway::active_calls(self)
+    }
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+    fn place(&self, req: OutboundRequest) -> BoxFuture<'_, Result<Placed, PlaceError>> {
+        Box::pin(self.clone().place_outbound(req))
+    }
+    fn get(&self, call_sid: String) -> BoxFuture<'_, Option<CallRecord>> {
+        Box::pin(async move { self.record(&call_sid) })
+    }
+    fn list(&self, q: ListQuery) -> BoxFuture<'_, Vec<CallRecord>> {
+        Box::pin(async move {
+            let Ok(book) = self.records.lock() else {
+                return Vec::new();
+            };
+            let limit = q.limit.unwrap_or(50).min(500);
+            let mut out = Vec::new();
+            let mut skipping = q.before.is_some();
+            for sid in book.order.iter().rev() {
+                if skipping {
+                    if Some(sid) == q.before.as_ref() {
+                        skipping = false;
+                    }
+                    continue;
+                }
+                let Some(r) = book.by_sid.get(sid) else {
+                    continue;
+                };
+                if q.status.as_ref().is_some_and(|s| s != &r.status)
+                    || q.direction.as_ref().is_some_and(|d| d != &r.direction)
+                {
+                    continue;
+                }
+                out.push(r.clone());
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            out
+        })
+    }
+    fn hangup(&self, call_sid: String) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            self.active.lock().is_ok_and(|a| {
+                a.get(&call_sid).is_some_and(|c| {
+                    c.commands
+                        .send(CallCommand::Hangup(EndCause::ApiHangup))
+                        .is_ok()
+                })
+            })
+        })
+    }
+    fn metrics(&self) -> String {
+        let s = self.sip.stats();
+        self.metrics.render(
+            Gateway::active_calls(self),
+            s.inbound_refused_source.load(Ordering::Relaxed),
+        )
+    }
+    fn refused(&self, label: &'static str) {
+        self.metrics.refused(label);
+    }
+}
+
+impl Gateway {
+    /// Calls up now.
+    pub fn active_calls(&self) -> usize {
+        self.active.lock().map(|a| a.len()).unwrap_or(0)
+    }
+}

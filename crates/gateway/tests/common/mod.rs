@@ -1,0 +1,155 @@
+//! A whole deployment on loopback: the gateway (real SIP, RTP, WebSocket, HTTP), the Twilio-like
+//! trunk emulator and the ElevenLabs-like agent emulator.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig};
+use trunkline_emulators::trunk::{PlaySource, TrunkConfig, TrunkEmulator};
+use trunkline_gateway::api::{ApiState, router};
+use trunkline_gateway::config::{Config, Secrets};
+use trunkline_gateway::policy::Policy;
+use trunkline_gateway::service::Gateway;
+
+pub const TOKEN: &str = "e2e-token";
+
+pub fn pcap(name: &str) -> String {
+    format!(
+        "{}/../../tests/data/pcap/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+pub fn speech() -> PlaySource {
+    PlaySource::from_pcap(pcap("derived/pcmu_speech_from_sip-rtp-g711.pcap")).expect("capture")
+}
+
+pub struct Deployment {
+    pub gateway: Arc<Gateway>,
+    pub http: SocketAddr,
+    pub trunk: TrunkEmulator,
+    pub agent: AgentEmulator,
+}
+
+pub fn base_config(trunk: &TrunkEmulator, agent: &AgentEmulator) -> Config {
+    let mut cfg = Config::default();
+    cfg.sip.listen = "127.0.0.1:0".parse().expect("addr");
+    cfg.sip.transports = vec!["udp".into()];
+    cfg.trunk.termination_uri = "sip:trunkline-test.pstn.twilio.com".into();
+    cfg.trunk.outbound_proxy = Some(trunk.addr().to_string());
+    cfg.trunk.username = Some("trunkline".into());
+    cfg.trunk.caller_id = "+15005550006".into();
+    cfg.trunk.inbound_allowed_sources = vec!["127.0.0.1/32".into()];
+    cfg.trunk.ring_timeout_secs = 5;
+    cfg.rtp.bind_ip = "127.0.0.1".parse().expect("ip");
+    cfg.rtp.port_min = 30000 + (std::process::id() % 200) as u16 * 100;
+    cfg.rtp.port_max = cfg.rtp.port_min + 98;
+    cfg.agent.base_url = agent.ws_base_url();
+    cfg.agent.agent_id = "agent_e2e".into();
+    cfg.agent.drain_timeout_secs = 10;
+    cfg.policy.calls_per_second = 100.0;
+    cfg.policy.per_ip_per_minute = 1000;
+    cfg
+}
+
+pub async fn deploy(
+    trunk_cfg: TrunkConfig,
+    agent_cfg: AgentEmulatorConfig,
+    tweak: impl FnOnce(&mut Config),
+) -> Deployment {
+    let trunk = TrunkEmulator::start(trunk_cfg).await.expect("trunk");
+    let agent = AgentEmulator::start("127.0.0.1:0".parse().expect("addr"), agent_cfg)
+        .await
+        .expect("agent");
+    let mut cfg = base_config(&trunk, &agent);
+    tweak(&mut cfg);
+    let secrets = Secrets {
+        trunk_password: Some("s3cret".into()),
+        api_tokens: vec![("e2e".into(), TOKEN.into())],
+        ..Secrets::default()
+    };
+    let gateway = Gateway::start(cfg.clone(), secrets.clone())
+        .await
+        .expect("gateway");
+    let state = Arc::new(ApiState {
+        policy: Mutex::new(Policy::new(
+            cfg.policy.clone(),
+            cfg.http.allowed_origins.clone(),
+            &secrets,
+        )),
+        calls: Arc::new(gateway.clone()),
+        max_body_bytes: cfg.http.max_body_bytes,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let http = listener.local_addr().expect("addr");
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Deployment {
+        gateway,
+        http,
+        trunk,
+        agent,
+    }
+}
+
+/// POST a JSON body; returns (status, JSON).
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+impl Deployment {
+    /// Place a call through the widget endpoint with the token; returns the call sid.
+    pub async fn call(&self, number: &str) -> String {
+        let (status, j) = post(
+            self.http,
+            "/api/call/outbound",
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+            &format!(r#"{{"phoneNumber": "{number}"}}"#),
+        )
+        .await;
+        assert_eq!(status, 200, "{j}");
+        j["call_sid"].as_str().expect("call_sid").to_owned()
+    }
+
+    pub async fn finished(&self, sid: &str, secs: u64) -> trunkline_call::CallRecord {
+        let r = self
+            .gateway
+            .wait_call(sid, Duration::from_secs(secs))
+            .await
+            .expect("record exists");
+        assert!(r.is_final(), "call did not end in {secs} s: {r:?}");
+        r
+    }
+}
