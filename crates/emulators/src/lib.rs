@@ -4,3 +4,4 @@
 //!   speaking the documented protocol (ELEVENLABS.md §2), scriptable and recording.
 
 pub mod agent;
+pub mod trunk;

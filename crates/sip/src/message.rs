@@ -425,15 +425,29 @@ fn write_headers_and_body(out: &mut BytesMut, headers: &Headers, body: &[u8]) {
         if h.name == "Content-Length" {
             continue;
         }
-        out.put_slice(h.name.as_bytes());
+        put_line_safe(out, h.name.as_bytes());
         out.put_slice(b": ");
-        out.put_slice(h.value.as_bytes());
+        put_line_safe(out, h.value.as_bytes());
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"Content-Length: ");
     out.put_slice(body.len().to_string().as_bytes());
     out.put_slice(b"\r\n\r\n");
     out.put_slice(body);
+}
+
+/// Writes `bytes`, turning any CR or LF into a space: a value set by the application can never
+/// inject a header line or end the header section early.
+fn put_line_safe(out: &mut BytesMut, bytes: &[u8]) {
+    if bytes.iter().any(|&c| c == b'\r' || c == b'\n') {
+        out.extend(
+            bytes
+                .iter()
+                .map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }),
+        );
+    } else {
+        out.put_slice(bytes);
+    }
 }
 
 fn estimated_size(headers: &Headers, body: &[u8]) -> usize {
@@ -458,7 +472,11 @@ impl Request {
     /// Serialises the request (Content-Length always written, equal to the body length).
     pub fn to_bytes(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(estimated_size(&self.headers, &self.body));
-        out.put_slice(format!("{} {} SIP/2.0\r\n", self.method, self.uri).as_bytes());
+        put_line_safe(
+            &mut out,
+            format!("{} {} SIP/2.0", self.method, self.uri).as_bytes(),
+        );
+        out.put_slice(b"\r\n");
         write_headers_and_body(&mut out, &self.headers, &self.body);
         out.freeze()
     }
@@ -589,7 +607,11 @@ impl Response {
     /// Serialises the response.
     pub fn to_bytes(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(estimated_size(&self.headers, &self.body));
-        out.put_slice(format!("SIP/2.0 {} {}\r\n", self.status, self.reason).as_bytes());
+        put_line_safe(
+            &mut out,
+            format!("SIP/2.0 {} {}", self.status, self.reason).as_bytes(),
+        );
+        out.put_slice(b"\r\n");
         write_headers_and_body(&mut out, &self.headers, &self.body);
         out.freeze()
     }
@@ -959,6 +981,68 @@ Content-Length: 5\r\n\r\nv=0\r\n";
             Ok(Message::Request(r)) => r,
             other => panic!("not a request: {other:?}"),
         }
+    }
+
+    #[test]
+    fn twilio_origination_invite_over_tls_exposes_routing_headers() {
+        let msg = "INVITE sip:+14155550123@gw.example.com:5061;transport=tls SIP/2.0\r\n\
+Record-Route: <sip:54.172.60.0:5061;transport=tls;r2=on;lr>\r\n\
+Record-Route: <sip:172.25.10.217;r2=on;lr>\r\n\
+Via: SIP/2.0/TLS 54.172.60.0:5061;branch=z9hG4bKa1b2.0\r\n\
+Via: SIP/2.0/UDP 172.25.10.217:5060;rport=5060;branch=z9hG4bK8cbd_c3356d0b_58\r\n\
+Max-Forwards: 68\r\n\
+From: <sip:+14155550199@example.pstn.twilio.com:5060>;tag=98765432_c3356d0b_9a8b\r\n\
+To: <sip:+14155550123@gw.example.com>\r\n\
+Call-ID: 6e8a4b1c2d3f4e5a@0.0.0.0\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:+14155550199@172.25.10.217:5060>\r\n\
+X-Twilio-CallSid: CA0123\r\n\
+Content-Length: 0\r\n\r\n";
+        let r = parse_req(msg);
+        assert!(r.validate().is_ok());
+        let rr = r.record_route().unwrap();
+        assert_eq!(rr.len(), 2);
+        assert_eq!(
+            rr[0].uri.to_string(),
+            "sip:54.172.60.0:5061;transport=tls;r2=on;lr"
+        );
+        assert_eq!(rr[0].uri.param("lr"), Some(None));
+        assert_eq!(r.uri.param("transport"), Some(Some("tls")));
+        let vias = r.vias().unwrap();
+        assert_eq!(
+            (vias[0].transport.as_str(), vias[0].sent_by.port),
+            ("TLS", Some(5061))
+        );
+        assert_eq!(vias[1].rport(), Some(Some(5060)));
+        assert_eq!(r.call_id(), Some("6e8a4b1c2d3f4e5a@0.0.0.0"));
+        assert_eq!(r.from_tag().as_deref(), Some("98765432_c3356d0b_9a8b"));
+        assert_eq!(r.header("x-twilio-callsid").next(), Some("CA0123"));
+        assert_eq!(r.max_forwards().unwrap(), Some(68));
+    }
+
+    #[test]
+    fn application_values_cannot_inject_header_lines() {
+        let mut r = Response::new(200);
+        r.reason = "OK\r\nX-Evil: 1".into();
+        r.push_header("Subject", "hi\r\nX-Evil: 2\r\n\r\nbody");
+        let na = NameAddr {
+            display: Some("A\r\nX-Evil: 3\u{7}\"".into()),
+            uri: Uri::parse("sip:a@b").unwrap(),
+            params: Vec::new(),
+        };
+        r.push_header("To", na.to_string());
+        let out = r.to_bytes();
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("\nX-Evil"), "{text}");
+        let back = match Message::parse(out).unwrap() {
+            Message::Response(b) => b,
+            Message::Request(_) => panic!(),
+        };
+        assert_eq!(back.headers.len(), 3, "Subject, To, Content-Length only");
+        assert_eq!(
+            back.to().unwrap().display.as_deref(),
+            Some("A  X-Evil: 3\u{7}\"")
+        );
     }
 
     #[test]

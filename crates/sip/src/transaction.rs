@@ -167,6 +167,8 @@ pub struct TxStats {
     pub stray_responses: u64,
     /// Messages dropped because a header the layer needs (Via, CSeq) was unusable.
     pub dropped_malformed: u64,
+    /// Responses whose top Via `sent-by` is not ours (§18.1.2), dropped.
+    pub foreign_via: u64,
     /// Transactions that timed out.
     pub timeouts: u64,
     /// CANCELs that matched no INVITE (answered 481).
@@ -207,7 +209,8 @@ enum ClientFsm {
 struct ClientTx {
     key: ClientKey,
     fsm: ClientFsm,
-    request: Request,
+    /// Dropped once a final response arrived (only the ACK and a CANCEL need it before).
+    request: Option<Request>,
     destination: SocketAddr,
     transport: TransportKind,
     /// INVITE only: the TU asked to CANCEL before any provisional response (§9.1).
@@ -226,7 +229,8 @@ struct ServerTx {
     key: ServerKey,
     merge: Option<MergeKey>,
     fsm: ServerFsm,
-    request: Request,
+    /// Dropped once the final response is sent (only 100 Trying and 487 need it before).
+    request: Option<Request>,
     destination: SocketAddr,
     transport: TransportKind,
     /// The To tag used in responses so far (so 487 and the CANCEL's 200 agree, §9.2).
@@ -370,8 +374,8 @@ impl Endpoint {
     /// The request that created transaction `id`.
     pub fn request(&self, id: TxId) -> Option<&Request> {
         match self.txs.get(&id)? {
-            Tx::Client(c) => Some(&c.request),
-            Tx::Server(s) => Some(&s.request),
+            Tx::Client(c) => c.request.as_ref(),
+            Tx::Server(s) => s.request.as_ref(),
         }
     }
 
@@ -494,7 +498,7 @@ impl Endpoint {
         let tx = ClientTx {
             key,
             fsm,
-            request,
+            request: Some(request),
             destination,
             transport,
             cancel_pending: false,
@@ -534,8 +538,8 @@ impl Endpoint {
         };
         c.cancel_pending = false;
         c.cancel_sent = true;
-        let cancel =
-            Request::cancel_for(&c.request).map_err(|e| TxError::Malformed(e.to_string()))?;
+        let cancel = Request::cancel_for(c.request.as_ref().ok_or(TxError::WrongState)?)
+            .map_err(|e| TxError::Malformed(e.to_string()))?;
         let (branch, destination, transport) = (c.key.branch.clone(), c.destination, c.transport);
         Ok(self.start_client(cancel, branch, destination, transport, now))
     }
@@ -611,11 +615,11 @@ impl Endpoint {
         };
         let is_invite_2xx = matches!(s.fsm, ServerFsm::Invite(_)) && (200..300).contains(&status);
         let (destination, transport) = (s.destination, s.transport);
-        let ack_key = s
-            .request
-            .call_id()
-            .map(str::to_owned)
-            .zip(s.request.cseq().ok().map(|c| c.seq));
+        let ack_key = s.request.as_ref().and_then(|r| {
+            r.call_id()
+                .map(str::to_owned)
+                .zip(r.cseq().ok().map(|c| c.seq))
+        });
         self.apply(id, &mut out, None);
         self.actions = out;
         if !ok {
@@ -763,7 +767,7 @@ impl Endpoint {
                 key,
                 merge,
                 fsm,
-                request,
+                request: Some(request),
                 destination,
                 transport,
                 to_tag,
@@ -863,6 +867,10 @@ impl Endpoint {
             }
             _ => return,
         };
+        let invite_req = match invite_req {
+            Some(r) => r,
+            None => request.clone(),
+        };
         let mut ok = Response::for_request(&request, 200);
         ok.set_to_tag(&tag);
         let _ = self.respond(cancel_id, ok, now);
@@ -883,6 +891,19 @@ impl Endpoint {
             self.stats.dropped_malformed += 1;
             return;
         };
+        // §18.1.2: a response whose top Via is not ours is misrouted. (Ports are compared only
+        // when both sides have one; with no sent-by configured nothing can be checked.)
+        if !self.sent_by.is_empty()
+            && !self.sent_by.values().any(|ours| {
+                ours.host == via.sent_by.host
+                    && (ours.port.is_none()
+                        || via.sent_by.port.is_none()
+                        || ours.port == via.sent_by.port)
+            })
+        {
+            self.stats.foreign_via += 1;
+            return;
+        }
         let key = ClientKey {
             branch: branch.to_owned(),
             method: cseq.method.clone(),
@@ -1047,7 +1068,8 @@ impl Endpoint {
                     if let (Some(Tx::Client(c)), Some(resp)) =
                         (self.txs.get_mut(&id), response.as_ref())
                         && let ClientFsm::Invite(f) = &mut c.fsm
-                        && let Ok(ack) = Request::ack_for_non2xx(&c.request, resp)
+                        && let Some(req) = &c.request
+                        && let Ok(ack) = Request::ack_for_non2xx(req, resp)
                         && let Action::Transmit(payload) = f.set_ack(ack.to_bytes())
                     {
                         let (destination, transport) = (c.destination, c.transport);
@@ -1069,8 +1091,9 @@ impl Endpoint {
                 Action::SendTrying => {
                     if let Some(Tx::Server(s)) = self.txs.get_mut(&id)
                         && let ServerFsm::Invite(f) = &mut s.fsm
+                        && let Some(req) = &s.request
                     {
-                        let payload = Response::for_request(&s.request, 100).to_bytes();
+                        let payload = Response::for_request(req, 100).to_bytes();
                         f.trying_sent(payload.clone());
                         let (destination, transport) = (s.destination, s.transport);
                         self.transmits.push_back(Transmit {
@@ -1091,6 +1114,37 @@ impl Endpoint {
             self.remove(id);
         } else {
             self.reschedule(id);
+            self.shed(id);
+        }
+    }
+
+    /// After the final response, a transaction keeps only what retransmissions need.
+    fn shed(&mut self, id: TxId) {
+        match self.txs.get_mut(&id) {
+            Some(Tx::Client(c)) => {
+                let done = match &c.fsm {
+                    ClientFsm::Invite(f) => matches!(f.state(), State::Completed | State::Accepted),
+                    ClientFsm::NonInvite(f) => f.state() == State::Completed,
+                };
+                if done {
+                    c.request = None;
+                }
+            }
+            Some(Tx::Server(s)) => {
+                let done = match &s.fsm {
+                    ServerFsm::Invite(f) => {
+                        matches!(
+                            f.state(),
+                            State::Completed | State::Accepted | State::Confirmed
+                        )
+                    }
+                    ServerFsm::NonInvite(f) => f.state() == State::Completed,
+                };
+                if done {
+                    s.request = None;
+                }
+            }
+            None => {}
         }
     }
 

@@ -11,6 +11,9 @@
 //! - NAT: [`TransportConfig::external_addr`] replaces the bound IP in [`Transports::sent_by`] (used for
 //!   Via and Contact).
 //!
+//! - [`UaRunner`] drives a [`Ua`](crate::ua::Ua): sends its transmissions, feeds it what arrives, fires
+//!   its timers at [`Ua::poll_timeout`](crate::ua::Ua::poll_timeout), and hands out its events.
+//!
 //! Nothing protocol-specific happens here; state machines never see a socket.
 
 use std::collections::HashMap;

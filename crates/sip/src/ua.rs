@@ -12,9 +12,15 @@
 //! - BYE in a dialog answered 200 (§15.1.2); re-INVITE glare → 491 (§14.2);
 //! - session timers (RFC 4028): `Session-Expires` below our `Min-SE` → 422.
 //!
-//! Client behaviour: INVITE with a new Call-ID/From tag, ACK for 2xx built by the dialog (§13.2.2.4)
-//! and re-sent on every retransmitted 2xx, digest retry on 401/407 (§22.2: CSeq+1, same Call-ID and
-//! From tag), 422 retry with a larger Min-SE, CANCEL (§9.1), in-dialog requests and BYE.
+//! Client behaviour: INVITE with a new Call-ID/From tag, early dialogs from 1xx with a To tag
+//! (§12.1.2, confirmed by the 2xx with its route set, dropped when the call fails), ACK for 2xx
+//! built by the dialog (§13.2.2.4) and re-sent on every retransmitted 2xx, digest retry on 401/407
+//! (§22.2: CSeq+1, same Call-ID and From tag), 422 retry with a larger Min-SE (RFC 4028 §7.4),
+//! re-INVITE 491 retried after the §14.1 delay under the same request id, CANCEL (§9.1),
+//! in-dialog requests (digest-retried with the INVITE's credentials) and BYE.
+//!
+//! Not done here: PRACK/100rel (RFC 3262; a `Require: 100rel` gets 420), RFC 3263 DNS (targets are
+//! IP addresses; the caller resolves names), forking beyond one early dialog per To tag.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -293,6 +299,7 @@ pub struct Ua {
     server_invites: HashMap<TxId, ServerInvite>,
     ack_wait: HashMap<TxId, DialogId>,
     digest: HashMap<String, DigestClient>,
+    glare_retries: Vec<GlareRetry>,
     events: VecDeque<UaEvent>,
 }
 
@@ -310,6 +317,7 @@ impl Ua {
             server_invites: HashMap::new(),
             ack_wait: HashMap::new(),
             digest: HashMap::new(),
+            glare_retries: Vec::new(),
             events: VecDeque::new(),
         }
     }
@@ -469,9 +477,23 @@ impl Ua {
                     dialog_id = Some(id);
                 }
             }
-            if status >= 200 {
-                self.server_invites.remove(&tx);
+            if status >= 200
+                && let Some(si) = self.server_invites.remove(&tx)
+                && status >= 300
+            {
+                // A failed initial INVITE ends the early dialog its 1xx created (§12.3).
+                self.drop_early_dialog(&si);
             }
+        }
+        // RFC 4028: a 2xx to an UPDATE refreshes the session like a re-INVITE does.
+        if (200..300).contains(&status)
+            && let Some(req) = self.endpoint.request(tx)
+            && req.method == Method::Update
+            && let Some(did) = DialogId::for_incoming(req)
+            && let Some(e) = self.dialogs.get_mut(&did)
+        {
+            e.dialog.session_refreshed(now);
+            dialog_id = Some(did);
         }
         self.endpoint.respond(tx, response, now)?;
         Ok(dialog_id)
@@ -713,6 +735,7 @@ impl Ua {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.endpoint.handle_timeout(now);
         self.flush_endpoint(now);
+        self.retry_glare(now);
         let due: Vec<DialogId> = self
             .timed_dialogs
             .iter()
@@ -762,6 +785,7 @@ impl Ua {
             .timed_dialogs
             .iter()
             .filter_map(|id| self.dialogs.get(id)?.dialog.poll_timeout())
+            .chain(self.glare_retries.iter().map(|g| g.at))
             .min();
         match (t, d) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -796,7 +820,9 @@ impl Ua {
                     self.server_invites.remove(&id);
                 }
                 TxEvent::Cancelled { id } => {
-                    self.server_invites.remove(&id);
+                    if let Some(si) = self.server_invites.remove(&id) {
+                        self.drop_early_dialog(&si);
+                    }
                     self.events.push_back(UaEvent::CallCancelled { tx: id });
                 }
                 TxEvent::Terminated { id } => {
@@ -1061,7 +1087,45 @@ impl Ua {
             }
         }
 
+        // re-INVITE glare (§14.1): retry after the randomised delay, transparently.
+        if status == 491
+            && method == Method::Invite
+            && retries_422 < 2
+            && let Some(client) = self.clients.get(&id)
+            && let Some(did) = client.dialog.clone()
+        {
+            let retry = GlareRetry {
+                at: now,
+                dialog: did.clone(),
+                request: client.request.clone(),
+                original,
+                credentials: client.credentials.clone(),
+                retries: retries_422 + 1,
+            };
+            let random = self.endpoint.ids().next_u64();
+            if let Some(e) = self.dialogs.get_mut(&did) {
+                e.dialog.handle_response(&method, &response);
+                let at = now + e.dialog.glare_retry_delay(random);
+                self.clients.remove(&id);
+                self.glare_retries.push(GlareRetry { at, ..retry });
+                return;
+            }
+        }
+
         let mut dialog = self.clients.get(&id).and_then(|c| c.dialog.clone());
+        let initial_invite = method == Method::Invite && dialog.is_none();
+        if initial_invite && (101..200).contains(&status) && response.to_tag().is_some() {
+            dialog = self.early_uac_dialog(id, &response);
+        } else if initial_invite && status >= 300 {
+            // The call failed: its early dialogs end with it (§12.3).
+            if let (Some(call_id), Some(tag)) = (response.call_id(), response.from_tag()) {
+                self.dialogs.retain(|k, e| {
+                    !(k.call_id == call_id
+                        && k.local_tag == tag
+                        && e.dialog.state == DialogState::Early)
+                });
+            }
+        }
         if method == Method::Invite && (200..300).contains(&status) {
             match self.on_invite_2xx(id, &response, now) {
                 Some(Ok(d)) => dialog = Some(d),
@@ -1073,6 +1137,9 @@ impl Ua {
             && let Some(e) = self.dialogs.get_mut(did)
         {
             e.dialog.handle_response(&method, &response);
+            if method == Method::Update && (200..300).contains(&status) {
+                e.dialog.session_refreshed(now);
+            }
             if e.dialog.state == DialogState::Terminated
                 && method != Method::Bye
                 && (status == 481 || status == 408)
@@ -1177,6 +1244,13 @@ impl Ua {
             );
         }
         let e = self.dialogs.get_mut(&did)?;
+        if e.dialog.state == DialogState::Early {
+            // §13.2.2.4: an early dialog confirmed by the 2xx takes the 2xx's route set.
+            if let Ok(mut routes) = response.record_route() {
+                routes.reverse();
+                e.dialog.route_set = routes;
+            }
+        }
         e.dialog.handle_response(&Method::Invite, response);
         e.dialog.session_refreshed(now);
         if let Some(se) = response.header("Session-Expires").next()
@@ -1197,6 +1271,90 @@ impl Ua {
         Some(Ok(did))
     }
 
+    fn retry_glare(&mut self, now: Instant) {
+        let (due, later): (Vec<GlareRetry>, Vec<GlareRetry>) =
+            std::mem::take(&mut self.glare_retries)
+                .into_iter()
+                .partition(|g| g.at <= now);
+        self.glare_retries = later;
+        for mut g in due {
+            let Some(e) = self.dialogs.get_mut(&g.dialog) else {
+                continue;
+            };
+            if e.dialog.invite_out_pending || e.dialog.invite_in_pending {
+                // Still busy with the peer's INVITE: look again shortly.
+                g.at = now + Duration::from_millis(200);
+                self.glare_retries.push(g);
+                continue;
+            }
+            e.dialog.invite_out_pending = true;
+            e.dialog.local_cseq = e.dialog.local_cseq.wrapping_add(1);
+            g.request
+                .set_header("CSeq", format!("{} INVITE", e.dialog.local_cseq));
+            e.invite = Some(g.request.clone());
+            let (dest, tr) = Self::route(e);
+            let _ = self.send_client(
+                g.request,
+                dest,
+                tr,
+                Some(g.dialog),
+                g.credentials,
+                Some((g.original, 0, g.retries)),
+                now,
+            );
+        }
+    }
+
+    /// UAC early dialog from a 1xx with a To tag (§12.1.2); one per forked branch.
+    fn early_uac_dialog(&mut self, id: TxId, response: &Response) -> Option<DialogId> {
+        let did = DialogId::for_response(response)?;
+        if !self.dialogs.contains_key(&did) {
+            let client = self.clients.get(&id)?;
+            let (peer, transport) = (client.destination, client.transport);
+            let credentials = client.credentials.clone();
+            let d = Dialog::new_uac(&client.request, response, self.contact(transport)).ok()?;
+            self.dialogs.insert(
+                did.clone(),
+                DialogEntry {
+                    dialog: d,
+                    peer,
+                    transport,
+                    invite: None,
+                    ack: None,
+                    awaiting_ack: None,
+                    bye_sent: false,
+                    credentials,
+                },
+            );
+        } else if let Some(e) = self.dialogs.get_mut(&did)
+            && let Ok(Some(c)) = response.contact()
+        {
+            e.dialog.remote_target = c.uri;
+        }
+        Some(did)
+    }
+
+    fn drop_early_dialog(&mut self, si: &ServerInvite) {
+        if si.dialog.is_some() {
+            return; // a re-INVITE: the dialog outlives a failed one
+        }
+        if let (Some(call_id), Some(remote_tag)) = (si.request.call_id(), si.request.from_tag()) {
+            let id = DialogId {
+                call_id: call_id.to_owned(),
+                local_tag: si.to_tag.clone(),
+                remote_tag,
+            };
+            if self
+                .dialogs
+                .get(&id)
+                .is_some_and(|e| e.dialog.state == DialogState::Early)
+            {
+                self.dialogs.remove(&id);
+                self.timed_dialogs.remove(&id);
+            }
+        }
+    }
+
     fn end_dialog(&mut self, did: &DialogId, reason: EndReason) {
         self.timed_dialogs.remove(did);
         if let Some(e) = self.dialogs.remove(did) {
@@ -1209,6 +1367,17 @@ impl Ua {
             });
         }
     }
+}
+
+/// A re-INVITE that got 491, waiting for its retry time (§14.1).
+#[derive(Debug)]
+struct GlareRetry {
+    at: Instant,
+    dialog: DialogId,
+    request: Request,
+    original: TxId,
+    credentials: Option<Credentials>,
+    retries: u8,
 }
 
 /// Parameters of [`Ua::invite`].

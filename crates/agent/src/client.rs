@@ -1,0 +1,827 @@
+//! The agent WebSocket client (ELEVENLABS.md §2.1–2.2, §2.9): URL building (public `agent_id`
+//! URLs, signed URLs fetched with `xi-api-key`), TLS (rustls with the `ring` provider and webpki
+//! roots, or a caller-supplied root store), the handshake (`conversation_initiation_client_data`
+//! first, then `conversation_initiation_metadata` read for the conversation id and formats), and
+//! the connection tasks behind [`crate::session::AgentSession`].
+//!
+//! Per connection there is one reader task and **one writer task**. The writer sends control
+//! messages (pongs first) before audio and coalesces everything queued into one flush. Audio goes
+//! through a bounded drop-oldest queue, so [`crate::session::AgentHandle::send_audio`] never
+//! blocks and a stalled socket costs a bounded amount of memory.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use rustls::RootCertStore;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tracing::{debug, warn};
+use url::Url;
+
+use crate::close::{CloseReason, Closed};
+use crate::protocol::{
+    AudioFormat, ClientMessage, ConversationInitiationClientData,
+    ConversationInitiationMetadataEvent, ErrorEvent, InterruptionFilter, ServerEvent,
+    UnsupportedFormat, encode_pong, encode_user_audio_chunk,
+};
+use crate::session::{AgentEvent, AgentHandle, AgentSession, ToolRegistry};
+
+/// The production base URL.
+pub const DEFAULT_BASE_URL: &str = "wss://api.elevenlabs.io";
+/// The WebSocket path.
+pub const CONVERSATION_PATH: &str = "/v1/convai/conversation";
+/// How long our close frame may go unanswered before the connection is dropped.
+pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The signed-URL endpoint path (hyphenated: the current one).
+pub const SIGNED_URL_PATH: &str = "/v1/convai/conversation/get-signed-url";
+
+/// How to reach and set up one conversation.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// WebSocket base, e.g. `wss://api.elevenlabs.io`, `wss://api.eu.residency.elevenlabs.io`,
+    /// `ws://127.0.0.1:9000`.
+    pub base_url: String,
+    /// HTTP base for the signed-URL request; derived from `base_url` (`wss`→`https`,
+    /// `ws`→`http`) when `None`.
+    pub api_base_url: Option<String>,
+    /// The agent id.
+    pub agent_id: String,
+    /// With an API key the client fetches a signed URL first (private agents).
+    pub api_key: Option<String>,
+    /// Use this signed URL as is (opaque) instead of building or fetching one.
+    pub signed_url: Option<String>,
+    /// Query parameters appended to the URL (`source`, `version`, `environment`).
+    pub extra_query: Vec<(String, String)>,
+    /// The first message. `type` is added by the client.
+    pub initiation: ConversationInitiationClientData,
+    /// Trust these roots instead of the webpki roots (tests, private CAs).
+    pub tls_roots: Option<Arc<RootCertStore>>,
+    /// Audio chunks held while the socket stalls; the oldest is dropped past this.
+    pub audio_queue_chunks: usize,
+    /// tungstenite read buffer (keep 4–8 KiB: the default 128 KiB is zeroed on every read).
+    pub read_buffer_size: usize,
+    /// Time allowed for TCP + TLS + WebSocket handshake + the metadata event.
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("base_url", &self.base_url)
+            .field("api_base_url", &self.api_base_url)
+            .field("agent_id", &self.agent_id)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "signed_url",
+                &self.signed_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("extra_query", &self.extra_query)
+            .field("audio_queue_chunks", &self.audio_queue_chunks)
+            .field("read_buffer_size", &self.read_buffer_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentConfig {
+    /// A config for `agent_id` against the production service with defaults.
+    pub fn new(agent_id: impl Into<String>) -> Self {
+        AgentConfig {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            api_base_url: None,
+            agent_id: agent_id.into(),
+            api_key: None,
+            signed_url: None,
+            extra_query: vec![
+                ("source".to_owned(), "trunkline".to_owned()),
+                ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            ],
+            initiation: ConversationInitiationClientData::default(),
+            tls_roots: None,
+            audio_queue_chunks: 50,
+            read_buffer_size: 8 * 1024,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets the WebSocket base URL.
+    pub fn with_base_url(mut self, base: impl Into<String>) -> Self {
+        self.base_url = base.into();
+        self
+    }
+
+    /// The public-agent WebSocket URL: `{base}/v1/convai/conversation?agent_id=…&source=…`.
+    pub fn public_url(&self) -> Result<Url, ConnectError> {
+        let mut url = Url::parse(self.base_url.trim_end_matches('/'))
+            .map_err(|e| ConnectError::Url(format!("{}: {e}", self.base_url)))?;
+        match url.scheme() {
+            "ws" | "wss" => {}
+            s => return Err(ConnectError::Url(format!("scheme {s} is not ws/wss"))),
+        }
+        url.set_path(CONVERSATION_PATH);
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("agent_id", &self.agent_id);
+        self.append_extra(&mut url);
+        Ok(url)
+    }
+
+    /// The signed-URL endpoint: `{api_base}/v1/convai/conversation/get-signed-url?agent_id=…`.
+    pub fn signed_url_endpoint(&self) -> Result<Url, ConnectError> {
+        let base = match &self.api_base_url {
+            Some(b) => b.clone(),
+            None => {
+                let b = self.base_url.trim_end_matches('/');
+                if let Some(rest) = b.strip_prefix("wss://") {
+                    format!("https://{rest}")
+                } else if let Some(rest) = b.strip_prefix("ws://") {
+                    format!("http://{rest}")
+                } else {
+                    b.to_owned()
+                }
+            }
+        };
+        let mut url = Url::parse(base.trim_end_matches('/'))
+            .map_err(|e| ConnectError::Url(format!("{base}: {e}")))?;
+        url.set_path(SIGNED_URL_PATH);
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("agent_id", &self.agent_id);
+        Ok(url)
+    }
+
+    fn append_extra(&self, url: &mut Url) {
+        if self.extra_query.is_empty() {
+            return;
+        }
+        let mut q = url.query_pairs_mut();
+        for (k, v) in &self.extra_query {
+            q.append_pair(k, v);
+        }
+    }
+
+    fn websocket_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size.max(1024))
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(4 * 1024 * 1024)
+            .max_message_size(Some(16 * 1024 * 1024))
+            .max_frame_size(Some(16 * 1024 * 1024))
+    }
+
+    /// The rustls client config: `ring` provider set explicitly (so a second provider elsewhere
+    /// in the binary cannot make TLS set-up panic), webpki roots unless `tls_roots` is set.
+    pub fn rustls_config(&self) -> Result<rustls::ClientConfig, ConnectError> {
+        let roots = match &self.tls_roots {
+            Some(r) => (**r).clone(),
+            None => RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(ConnectError::Tls)?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A base URL or signed URL that does not parse, or has the wrong scheme.
+    #[error("invalid url: {0}")]
+    Url(String),
+    /// TLS configuration failed.
+    #[error("tls config: {0}")]
+    Tls(rustls::Error),
+    /// The signed-URL request failed (network or body).
+    #[error("signed url request: {0}")]
+    SignedUrlRequest(#[from] reqwest::Error),
+    /// The signed-URL endpoint answered with an error status.
+    #[error("signed url request: http status {0}")]
+    SignedUrlStatus(u16),
+    /// The server refused the WebSocket upgrade with this HTTP status (403: bad or reused
+    /// signature, 404: unknown agent…).
+    #[error("websocket upgrade refused: http status {0}")]
+    Rejected(u16),
+    /// The WebSocket handshake failed.
+    #[error("websocket: {0}")]
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+    /// TCP/TLS/WebSocket/metadata took longer than `connect_timeout`.
+    #[error("connect timed out")]
+    Timeout,
+    /// The server closed before sending `conversation_initiation_metadata`.
+    #[error("closed during handshake: {:?}", .0.reason)]
+    Closed(Box<Closed>),
+    /// The metadata named an audio format this crate cannot handle.
+    #[error("metadata: {0}")]
+    Format(#[from] UnsupportedFormat),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ConnectError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        if let tokio_tungstenite::tungstenite::Error::Http(resp) = &e {
+            return ConnectError::Rejected(resp.status().as_u16());
+        }
+        ConnectError::WebSocket(Box::new(e))
+    }
+}
+
+/// Fetches a signed URL: `GET …/get-signed-url?agent_id=…` with `xi-api-key`.
+pub async fn fetch_signed_url(config: &AgentConfig, api_key: &str) -> Result<String, ConnectError> {
+    #[derive(serde::Deserialize)]
+    struct SignedUrl {
+        signed_url: String,
+    }
+    let endpoint = config.signed_url_endpoint()?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(config.rustls_config()?)
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.connect_timeout)
+        .build()?;
+    let resp = client
+        .get(endpoint)
+        .header("xi-api-key", api_key)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        return Err(ConnectError::SignedUrlStatus(resp.status().as_u16()));
+    }
+    Ok(resp.json::<SignedUrl>().await?.signed_url)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects, sends `conversation_initiation_client_data`, waits for the metadata, and starts the
+/// connection tasks. Must be called inside a tokio runtime.
+pub async fn connect(
+    config: AgentConfig,
+    tools: ToolRegistry,
+) -> Result<AgentSession, ConnectError> {
+    tokio::time::timeout(config.connect_timeout, connect_inner(config, tools))
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+}
+
+async fn connect_inner(
+    config: AgentConfig,
+    tools: ToolRegistry,
+) -> Result<AgentSession, ConnectError> {
+    let url = match (&config.signed_url, &config.api_key) {
+        (Some(signed), _) => signed.clone(),
+        (None, Some(key)) => fetch_signed_url(&config, key).await?,
+        (None, None) => config.public_url()?.to_string(),
+    };
+    let tls = Arc::new(config.rustls_config()?);
+    let (mut ws, _resp) = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        Some(config.websocket_config()),
+        true,
+        Some(Connector::Rustls(tls)),
+    )
+    .await?;
+
+    // 1. conversation_initiation_client_data is the first message (§2.2).
+    let init = ClientMessage::ConversationInitiationClientData(Box::new(config.initiation.clone()));
+    ws.send(Message::text(init.to_json())).await?;
+
+    // 2. Read until the metadata; answer pings meanwhile; keep anything else for the stream.
+    let shared = Arc::new(Shared::new(config.audio_queue_chunks));
+    let mut early = Vec::new();
+    let mut last_error: Option<ErrorEvent> = None;
+    let metadata = loop {
+        let Some(msg) = ws.next().await else {
+            let closed = lost("closed during handshake", last_error);
+            return Err(ConnectError::Closed(Box::new(closed)));
+        };
+        match msg? {
+            Message::Text(text) => match ServerEvent::decode(text.as_str()) {
+                Ok(d) => {
+                    shared.count_decoded(&d);
+                    match d.event {
+                        ServerEvent::ConversationInitiationMetadata(m) => break m,
+                        ServerEvent::Ping(p) => {
+                            shared.record_ping(p.ping_ms());
+                            ws.send(Message::text(encode_pong(p.event_id))).await?;
+                        }
+                        ServerEvent::Error(e) => last_error = Some(e),
+                        other => {
+                            warn!(event = other.event_type(), "agent event before metadata");
+                            early.push(other);
+                        }
+                    }
+                }
+                Err(e) => {
+                    shared.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    debug!(error = %e, "undecodable agent message during handshake");
+                }
+            },
+            Message::Close(frame) => {
+                let (code, text) = frame
+                    .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
+                    .unwrap_or((None, String::new()));
+                let reason = CloseReason::from_server(code, &text, last_error.as_ref());
+                return Err(ConnectError::Closed(Box::new(Closed {
+                    reason,
+                    code,
+                    text,
+                    error: last_error,
+                })));
+            }
+            _ => {}
+        }
+    };
+    let input_format = metadata.input_format()?;
+    let output_format = metadata.output_format()?;
+    Ok(start_tasks(
+        ws,
+        shared,
+        tools,
+        metadata,
+        input_format,
+        output_format,
+        early,
+        last_error,
+    ))
+}
+
+fn lost(detail: &str, error: Option<ErrorEvent>) -> Closed {
+    Closed {
+        reason: CloseReason::ConnectionLost {
+            detail: detail.to_owned(),
+        },
+        code: None,
+        text: String::new(),
+        error,
+    }
+}
+
+/// Counters for one connection.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub audio_chunks_sent: AtomicU64,
+    pub audio_chunks_dropped: AtomicU64,
+    pub audio_events_received: AtomicU64,
+    pub audio_events_dropped_interrupted: AtomicU64,
+    pub pings_answered: AtomicU64,
+    pub last_ping_ms: AtomicU64,
+    pub unknown_events: AtomicU64,
+    pub ignored_fields: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+}
+
+/// Control messages for the writer (sent before queued audio).
+#[derive(Debug)]
+pub(crate) enum Control {
+    Text(String),
+    Close,
+}
+
+/// State shared by the handle, the reader and the writer.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub stats: Counters,
+    pub audio: Mutex<VecDeque<Bytes>>,
+    pub audio_cap: usize,
+    pub audio_ready: Notify,
+    pub closed: AtomicBool,
+    pub client_closing: AtomicBool,
+    /// Wakes the reader when our close handshake was not answered in time.
+    pub close_timed_out: Notify,
+    /// The reader has finished (the close handshake completed or the connection is gone).
+    pub reader_done: Notify,
+}
+
+impl Shared {
+    fn new(audio_cap: usize) -> Self {
+        Shared {
+            stats: Counters::default(),
+            audio: Mutex::new(VecDeque::with_capacity(audio_cap.min(64))),
+            audio_cap: audio_cap.max(1),
+            audio_ready: Notify::new(),
+            closed: AtomicBool::new(false),
+            client_closing: AtomicBool::new(false),
+            close_timed_out: Notify::new(),
+            reader_done: Notify::new(),
+        }
+    }
+
+    fn count_decoded(&self, d: &crate::protocol::Decoded) {
+        self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+        if d.ignored_fields > 0 {
+            self.stats
+                .ignored_fields
+                .fetch_add(u64::from(d.ignored_fields), Ordering::Relaxed);
+        }
+        if let ServerEvent::Unknown(u) = &d.event {
+            self.stats.unknown_events.fetch_add(1, Ordering::Relaxed);
+            debug!(event_type = %u.event_type, "unknown agent event ignored");
+        }
+    }
+
+    fn record_ping(&self, ping_ms: Option<f64>) {
+        self.stats.pings_answered.fetch_add(1, Ordering::Relaxed);
+        if let Some(ms) = ping_ms {
+            self.stats
+                .last_ping_ms
+                .store(ms.max(0.0).round() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues audio, dropping the oldest chunk when full. Never blocks (the lock is only held
+    /// for a push/pop).
+    pub(crate) fn push_audio(&self, chunk: Bytes) {
+        let dropped = {
+            let mut q = match self.audio.lock() {
+                Ok(q) => q,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let dropped = if q.len() >= self.audio_cap {
+                q.pop_front();
+                true
+            } else {
+                false
+            };
+            q.push_back(chunk);
+            dropped
+        };
+        if dropped {
+            self.stats
+                .audio_chunks_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.audio_ready.notify_one();
+    }
+
+    fn take_audio(&self, into: &mut Vec<Bytes>) {
+        let mut q = match self.audio.lock() {
+            Ok(q) => q,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        into.extend(q.drain(..));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_tasks(
+    ws: Ws,
+    shared: Arc<Shared>,
+    tools: ToolRegistry,
+    metadata: ConversationInitiationMetadataEvent,
+    input_format: AudioFormat,
+    output_format: AudioFormat,
+    early: Vec<ServerEvent>,
+    last_error: Option<ErrorEvent>,
+) -> AgentSession {
+    let (sink, stream) = ws.split();
+    let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+    let (event_tx, event_rx) = mpsc::unbounded_channel();
+    let handle = AgentHandle::new(shared.clone(), ctrl_tx.clone());
+
+    let _ = event_tx.send(AgentEvent::Metadata {
+        conversation_id: metadata.conversation_id.clone(),
+        input_format,
+        output_format,
+    });
+    let mut reader = Reader {
+        shared: shared.clone(),
+        ctrl: ctrl_tx,
+        events: event_tx,
+        tools,
+        filter: InterruptionFilter::new(),
+        last_error,
+    };
+    for ev in early {
+        reader.handle_event(ev);
+    }
+    tokio::spawn(writer_task(sink, ctrl_rx, shared));
+    tokio::spawn(reader.run(stream));
+    AgentSession::new(handle, event_rx, metadata, input_format, output_format)
+}
+
+struct Reader {
+    shared: Arc<Shared>,
+    ctrl: mpsc::UnboundedSender<Control>,
+    events: mpsc::UnboundedSender<AgentEvent>,
+    tools: ToolRegistry,
+    filter: InterruptionFilter,
+    last_error: Option<ErrorEvent>,
+}
+
+impl Reader {
+    async fn run(mut self, mut stream: futures_util::stream::SplitStream<Ws>) {
+        let closed = loop {
+            let next = tokio::select! {
+                biased;
+                m = stream.next() => m,
+                () = self.shared.close_timed_out.notified() => {
+                    break Closed {
+                        reason: CloseReason::ClientClosed,
+                        code: None,
+                        text: "close handshake timed out".to_owned(),
+                        error: self.last_error.take(),
+                    };
+                }
+            };
+            match next {
+                Some(Ok(Message::Text(text))) => match ServerEvent::decode(text.as_str()) {
+                    Ok(d) => {
+                        self.shared.count_decoded(&d);
+                        self.handle_event(d.event);
+                    }
+                    Err(e) => {
+                        self.shared
+                            .stats
+                            .decode_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        debug!(error = %e, "undecodable agent message ignored");
+                    }
+                },
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, text) = frame
+                        .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
+                        .unwrap_or((None, String::new()));
+                    let reason = if self.shared.client_closing.load(Ordering::Relaxed) {
+                        CloseReason::ClientClosed
+                    } else {
+                        CloseReason::from_server(code, &text, self.last_error.as_ref())
+                    };
+                    break Closed {
+                        reason,
+                        code,
+                        text,
+                        error: self.last_error.take(),
+                    };
+                }
+                Some(Ok(_)) => {} // binary, ping/pong frames (tungstenite answers pings)
+                Some(Err(e)) => {
+                    let reason = if self.shared.client_closing.load(Ordering::Relaxed) {
+                        CloseReason::ClientClosed
+                    } else {
+                        CloseReason::ConnectionLost {
+                            detail: e.to_string(),
+                        }
+                    };
+                    break Closed {
+                        reason,
+                        code: None,
+                        text: String::new(),
+                        error: self.last_error.take(),
+                    };
+                }
+                None => {
+                    let reason = if self.shared.client_closing.load(Ordering::Relaxed) {
+                        CloseReason::ClientClosed
+                    } else {
+                        CloseReason::from_server(None, "", self.last_error.as_ref())
+                    };
+                    break Closed {
+                        reason,
+                        code: None,
+                        text: String::new(),
+                        error: self.last_error.take(),
+                    };
+                }
+            }
+        };
+        debug!(reason = ?closed.reason, code = ?closed.code, "agent conversation closed");
+        self.shared.closed.store(true, Ordering::Relaxed);
+        self.shared.reader_done.notify_one();
+        let _ = self.ctrl.send(Control::Close);
+        let _ = self.events.send(AgentEvent::Closed(closed));
+    }
+
+    fn emit(&self, ev: AgentEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    fn handle_event(&mut self, event: ServerEvent) {
+        match event {
+            ServerEvent::Ping(p) => {
+                // Answered at once, ahead of queued audio (§2.9).
+                let _ = self.ctrl.send(Control::Text(encode_pong(p.event_id)));
+                let ping_ms = p.ping_ms();
+                self.shared.record_ping(ping_ms);
+                self.emit(AgentEvent::Ping {
+                    event_id: p.event_id,
+                    ping_ms,
+                });
+            }
+            ServerEvent::Audio(a) => {
+                self.shared
+                    .stats
+                    .audio_events_received
+                    .fetch_add(1, Ordering::Relaxed);
+                if !self.filter.admits(a.event_id) {
+                    self.shared
+                        .stats
+                        .audio_events_dropped_interrupted
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                match a.decode_audio() {
+                    Ok(audio) => self.emit(AgentEvent::Audio {
+                        event_id: a.event_id,
+                        audio: Bytes::from(audio),
+                    }),
+                    Err(e) => {
+                        self.shared
+                            .stats
+                            .decode_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        debug!(error = %e, "bad base64 in agent audio");
+                    }
+                }
+            }
+            ServerEvent::Interruption(i) => {
+                self.filter.interrupt(i.event_id);
+                self.emit(AgentEvent::Interruption {
+                    event_id: i.event_id,
+                });
+            }
+            ServerEvent::AgentResponse(r) => self.emit(AgentEvent::AgentResponse {
+                text: r.agent_response,
+                event_id: r.event_id,
+            }),
+            ServerEvent::AgentResponseCorrection(c) => {
+                self.emit(AgentEvent::AgentResponseCorrection {
+                    original: c.original_agent_response,
+                    corrected: c.corrected_agent_response,
+                    event_id: c.event_id,
+                })
+            }
+            ServerEvent::UserTranscript(t) => self.emit(AgentEvent::UserTranscript {
+                text: t.user_transcript,
+                event_id: t.event_id,
+            }),
+            ServerEvent::TentativeUserTranscript(t) => {
+                self.emit(AgentEvent::TentativeUserTranscript {
+                    text: t.user_transcript,
+                    event_id: t.event_id,
+                })
+            }
+            ServerEvent::ClientToolCall(call) => {
+                let handled = self.tools.dispatch(&call, self.ctrl.clone());
+                self.emit(AgentEvent::ToolCall { call, handled });
+            }
+            ServerEvent::AgentToolResponse(r) | ServerEvent::AgentToolResponseFullPayload(r) => {
+                self.emit(AgentEvent::AgentToolResponse(r))
+            }
+            ServerEvent::Error(e) => {
+                self.last_error = Some(e.clone());
+                self.emit(AgentEvent::Error(e));
+            }
+            ServerEvent::Unknown(_) => {}
+            other => self.emit(AgentEvent::Other(Box::new(other))),
+        }
+    }
+}
+
+async fn writer_task(
+    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    mut ctrl: mpsc::UnboundedReceiver<Control>,
+    shared: Arc<Shared>,
+) {
+    let mut audio = Vec::new();
+    let result: Result<(), tokio_tungstenite::tungstenite::Error> = async {
+        loop {
+            let mut close = false;
+            let mut pending = 0usize;
+            tokio::select! {
+                biased;
+                c = ctrl.recv() => match c {
+                    Some(Control::Text(t)) => { sink.feed(Message::text(t)).await?; pending += 1; }
+                    Some(Control::Close) | None => close = true,
+                },
+                () = shared.audio_ready.notified() => {}
+            }
+            // Coalesce: everything already queued goes out in one flush, control first.
+            while !close {
+                match ctrl.try_recv() {
+                    Ok(Control::Text(t)) => {
+                        sink.feed(Message::text(t)).await?;
+                        pending += 1;
+                    }
+                    Ok(Control::Close) => close = true,
+                    Err(_) => break,
+                }
+            }
+            if !close {
+                shared.take_audio(&mut audio);
+                for chunk in audio.drain(..) {
+                    sink.feed(Message::text(encode_user_audio_chunk(&chunk)))
+                        .await?;
+                    pending += 1;
+                    shared
+                        .stats
+                        .audio_chunks_sent
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if pending > 0 {
+                shared
+                    .stats
+                    .messages_sent
+                    .fetch_add(pending as u64, Ordering::Relaxed);
+                sink.flush().await?;
+            }
+            if close {
+                if !shared.closed.load(Ordering::Relaxed) {
+                    shared.client_closing.store(true, Ordering::Relaxed);
+                    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    };
+                    sink.send(Message::Close(Some(frame))).await?;
+                    // Do not wait for a peer that never answers the close.
+                    tokio::select! {
+                        () = tokio::time::sleep(CLOSE_HANDSHAKE_TIMEOUT) => {
+                            shared.close_timed_out.notify_one();
+                        }
+                        () = shared.reader_done.notified() => {}
+                    }
+                }
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        debug!(error = %e, "agent writer stopped");
+    }
+    shared.closed.store(true, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_built_from_the_base() {
+        let c = AgentConfig::new("agent_1").with_base_url("ws://127.0.0.1:9000/");
+        let u = c.public_url().unwrap();
+        assert_eq!(u.path(), "/v1/convai/conversation");
+        assert!(
+            u.query()
+                .unwrap()
+                .starts_with("agent_id=agent_1&source=trunkline")
+        );
+        let s = c.signed_url_endpoint().unwrap();
+        assert_eq!(
+            s.as_str(),
+            "http://127.0.0.1:9000/v1/convai/conversation/get-signed-url?agent_id=agent_1"
+        );
+        let c = AgentConfig::new("a").with_base_url("wss://api.eu.residency.elevenlabs.io");
+        assert!(
+            c.signed_url_endpoint()
+                .unwrap()
+                .as_str()
+                .starts_with("https://api.eu.residency.elevenlabs.io/v1/convai/")
+        );
+        assert!(
+            AgentConfig::new("a")
+                .with_base_url("http://x")
+                .public_url()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn audio_queue_drops_oldest_when_full() {
+        let s = Shared::new(3);
+        for i in 0..5u8 {
+            s.push_audio(Bytes::from(vec![i]));
+        }
+        let mut out = Vec::new();
+        s.take_audio(&mut out);
+        assert_eq!(
+            out,
+            vec![
+                Bytes::from(vec![2]),
+                Bytes::from(vec![3]),
+                Bytes::from(vec![4])
+            ]
+        );
+        assert_eq!(s.stats.audio_chunks_dropped.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let mut c = AgentConfig::new("a");
+        c.api_key = Some("sk_secret".into());
+        assert!(!format!("{c:?}").contains("sk_secret"));
+    }
+}

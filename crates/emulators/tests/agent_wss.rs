@@ -1,0 +1,72 @@
+//! The client reaches the emulator over `wss://` (and the signed-URL endpoint over `https://`)
+//! with an rcgen test certificate trusted through a custom root store; without that root the
+//! handshake is refused.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::time::Duration;
+
+use trunkline_agent::{AgentConfig, AgentEvent, CloseReason, ConnectError, ToolRegistry, connect};
+use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig, TestIdentity};
+
+#[tokio::test]
+async fn client_connects_over_wss_with_a_test_certificate() {
+    let id = TestIdentity::localhost().unwrap();
+    let emu = AgentEmulator::start_tls(
+        "127.0.0.1:0".parse().unwrap(),
+        AgentEmulatorConfig {
+            api_key: Some("sk_tls".into()),
+            require_signed_url: true,
+            speed: 50.0,
+            ..Default::default()
+        },
+        &id,
+    )
+    .await
+    .unwrap();
+    assert!(emu.ws_base_url().starts_with("wss://localhost:"));
+
+    let mut cfg = AgentConfig::new("agent_tls").with_base_url(emu.ws_base_url());
+    cfg.api_key = Some("sk_tls".into()); // signed URL fetched over https
+    cfg.tls_roots = Some(id.root_store().unwrap());
+    cfg.connect_timeout = Duration::from_secs(5);
+    let mut s = connect(cfg.clone(), ToolRegistry::new()).await.unwrap();
+    assert!(matches!(
+        s.next_event().await,
+        Some(AgentEvent::Metadata { .. })
+    ));
+    // Audio flows over TLS too.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.next_event()).await {
+            Ok(Some(AgentEvent::Audio { audio, .. })) => {
+                assert!(!audio.is_empty());
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no audio over wss: {other:?}"),
+        }
+    }
+    s.close();
+    while let Some(ev) = s.next_event().await {
+        if let AgentEvent::Closed(c) = ev {
+            assert_eq!(c.reason, CloseReason::ClientClosed);
+        }
+    }
+
+    // Without the test root (webpki roots only) the certificate is not trusted.
+    let mut untrusted = cfg.clone();
+    untrusted.tls_roots = None;
+    untrusted.api_key = None;
+    untrusted.signed_url = Some(format!(
+        "{}/v1/convai/conversation?agent_id=agent_tls",
+        emu.ws_base_url()
+    ));
+    let err = connect(untrusted, ToolRegistry::new()).await.unwrap_err();
+    assert!(matches!(err, ConnectError::WebSocket(_)), "{err:?}");
+    let mut untrusted_https = cfg;
+    untrusted_https.tls_roots = None;
+    let err = connect(untrusted_https, ToolRegistry::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::SignedUrlRequest(_)), "{err:?}");
+}

@@ -1,0 +1,313 @@
+//! Barge-in, hang-up ordering, DTMF both ways, transcoding and inbound calls, end to end over real
+//! loopback sockets with the trunk and agent emulators.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{deploy, pcap, speech};
+use trunkline_agent::AudioFormat;
+use trunkline_call::record::EndCause;
+use trunkline_emulators::agent::{AbortKind, AgentEmulatorConfig, Script, ToolCallSpec};
+use trunkline_emulators::trunk::{Originate, PlaySource, TrunkConfig};
+
+fn trunk(f: impl FnOnce(&mut TrunkConfig)) -> TrunkConfig {
+    let mut t = TrunkConfig {
+        credentials: Some(("trunkline".into(), "s3cret".into())),
+        hangup_after: Some(Duration::from_secs(8)),
+        ..TrunkConfig::default()
+    };
+    f(&mut t);
+    t
+}
+
+fn agent(f: impl FnOnce(&mut AgentEmulatorConfig)) -> AgentEmulatorConfig {
+    let mut a = AgentEmulatorConfig::default();
+    f(&mut a);
+    a
+}
+
+/// 20 ms frames of the agent's phrase that are loud once in µ-law.
+fn phrase_loud_frames() -> usize {
+    let p = trunkline_emulators::agent::audio::phrase_16k();
+    p.chunks(320)
+        .filter(|c| c.iter().step_by(2).any(|s| s.abs() > 2500))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_stops_agent_audio_reaching_the_phone_within_40_ms() {
+    let d = deploy(
+        trunk(|t| {
+            t.play = speech();
+            t.play_delay = Duration::from_millis(700);
+        }),
+        agent(|_| {}),
+        |_| {},
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    let agent = d.agent.wait_finished(1, Duration::from_secs(5)).await;
+    let t_int = *agent[0]
+        .interruption_times
+        .first()
+        .expect("the caller's speech interrupted the greeting");
+    assert!(rec.interruptions >= 1, "{rec:?}");
+    let phone = &d.trunk.calls()[0];
+    let loud = phone.loud_packets(2000);
+    assert!(loud.iter().any(|t| *t < t_int), "the greeting had started");
+    let late: Vec<Duration> = loud
+        .iter()
+        .filter(|t| **t > t_int + Duration::from_millis(40) && **t < t_int + Duration::from_millis(400))
+        .map(|t| *t - t_int)
+        .collect();
+    assert!(late.is_empty(), "agent audio still reached the phone at {late:?} after the interruption");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_call_plays_the_last_sentence_in_full_then_sends_bye() {
+    let d = deploy(
+        trunk(|t| t.hangup_after = None),
+        agent(|a| {
+            a.script = Script {
+                end_after_turns: Some(0),
+                end_call_tool_response: true,
+                ..Script::default()
+            }
+        }),
+        |_| {},
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    assert_eq!(rec.end_cause, Some(EndCause::AgentEnded), "{rec:?}");
+    let phone = d
+        .trunk
+        .wait_for(Duration::from_secs(3), |c| c[0].ended_by.is_some())
+        .await;
+    let phone = &phone[0];
+    assert_eq!(phone.ended_by.as_deref(), Some("remote_bye"), "the gateway sent BYE");
+    let loud = phone.loud_packets(2500);
+    let expected = 2 * phrase_loud_frames(); // greeting + goodbye
+    assert!(
+        loud.len() + 4 >= expected,
+        "the last sentence was cut: {} of {expected} loud frames heard",
+        loud.len()
+    );
+    let bye_at = phone.ended_at.expect("ended");
+    assert!(loud.iter().all(|t| *t <= bye_at), "no audio after BYE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_socket_dying_mid_call_ends_the_call_with_bye_within_a_second() {
+    let d = deploy(
+        trunk(|t| {
+            t.play = speech();
+            t.hangup_after = None;
+        }),
+        agent(|a| a.script.abort_after_turns = Some((1, AbortKind::Drop))),
+        |_| {},
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    assert!(matches!(rec.end_cause, Some(EndCause::AgentError { .. })), "{rec:?}");
+    let phone = d
+        .trunk
+        .wait_for(Duration::from_secs(3), |c| c[0].ended_by.is_some())
+        .await;
+    assert_eq!(phone[0].ended_by.as_deref(), Some("remote_bye"));
+    let ended = rec.timestamps.ended_ms.expect("end time");
+    assert!(rec.agent_close.is_some(), "agent close reason recorded");
+    // BYE within 1 s of the socket dying: the call ended at most a second after its last uplink.
+    let agent = d.agent.wait_finished(1, Duration::from_secs(3)).await;
+    assert!(agent[0].finished);
+    assert!(ended >= rec.timestamps.answered_ms.unwrap_or(0));
+    let gap = phone[0]
+        .ended_at
+        .zip(phone[0].rtp_in.last().map(|p| p.at))
+        .map(|(e, last)| e.saturating_duration_since(last));
+    assert!(gap.is_some_and(|g| g < Duration::from_secs(1)), "{gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_bye_closes_the_agent_socket_with_1000_and_writes_the_record() {
+    let d = deploy(
+        trunk(|t| t.hangup_after = Some(Duration::from_secs(2))),
+        agent(|_| {}),
+        |_| {},
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    assert_eq!(rec.end_cause, Some(EndCause::RemoteHangup));
+    let agent = d.agent.wait_finished(1, Duration::from_secs(5)).await;
+    assert_eq!(agent[0].client_close_code, Some(1000));
+    assert!(!rec.transcript.is_empty(), "transcript kept: {rec:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_from_the_capture_reaches_the_agent_and_send_dtmf_reaches_the_phone() {
+    let d = deploy(
+        trunk(|t| {
+            t.play = PlaySource::from_pcap(pcap("restcomm/dtmf_rfc2833_4_digits_slow.pcap"))
+                .expect("capture");
+            t.hangup_after = Some(Duration::from_secs(6));
+        }),
+        agent(|a| {
+            a.script.tool_call = Some(ToolCallSpec {
+                after_turn: 0,
+                tool_name: "send_dtmf".into(),
+                parameters: serde_json::json!({"digits": "42#"}),
+            })
+        }),
+        |_| {},
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    let received: String = rec
+        .dtmf
+        .iter()
+        .filter(|d| d.direction == "received")
+        .map(|d| d.digit)
+        .collect();
+    assert_eq!(received, "1234", "{rec:?}");
+    let agent = d.agent.wait_finished(1, Duration::from_secs(5)).await;
+    let msgs: Vec<&String> = agent[0]
+        .messages
+        .iter()
+        .filter(|m| m.contains("\"user_message\""))
+        .collect();
+    assert_eq!(msgs.len(), 4, "{msgs:?}");
+    assert!(msgs[0].contains(r#""text":"1""#), "{}", msgs[0]);
+    let phone = &d.trunk.calls()[0];
+    assert_eq!(phone.dtmf_received(), vec!['4', '2', '#']);
+    assert!(
+        agent[0]
+            .messages
+            .iter()
+            .any(|m| m.contains("client_tool_result") && m.contains("sent 3 DTMF digits"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcm_16000_agent_still_hears_the_phone_and_is_heard() {
+    let d = deploy(
+        trunk(|t| {
+            t.play = speech();
+            t.play_delay = Duration::from_millis(200);
+            t.hangup_after = Some(Duration::from_secs(5));
+        }),
+        agent(|a| {
+            a.input_format = AudioFormat::Pcm { sample_rate: 16000 };
+            a.output_format = AudioFormat::Pcm { sample_rate: 16000 };
+        }),
+        |_| {},
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    assert_eq!(rec.end_cause, Some(EndCause::RemoteHangup));
+    let agent = d.agent.wait_finished(1, Duration::from_secs(5)).await;
+    assert_eq!(agent[0].caller_sample_rate, 16000);
+    // Correlate the 16 kHz audio the agent heard (decimated to 8 kHz) with the capture.
+    let heard: Vec<f64> = agent[0].caller_audio.iter().step_by(2).map(|&s| f64::from(s)).collect();
+    let src: Vec<f64> = speech()
+        .packets
+        .iter()
+        .filter(|p| p.law.is_some())
+        .flat_map(|p| p.payload.iter().map(|&c| f64::from(trunkline_media::g711::G711::Ulaw.decode(c))).collect::<Vec<_>>())
+        .take(8000 * 3)
+        .collect();
+    let best = best_correlation(&heard, &src[8000..8000 + 8000]);
+    assert!(best >= 0.9, "correlation {best:.3}");
+    assert!(d.trunk.calls()[0].loud_packets(2000).len() > 25, "agent heard on the phone");
+}
+
+/// Best normalised cross-correlation of `needle` against windows of `hay`.
+fn best_correlation(hay: &[f64], needle: &[f64]) -> f64 {
+    let nn: f64 = needle.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let mut best = 0.0f64;
+    for off in 0..hay.len().saturating_sub(needle.len()) {
+        let w = &hay[off..off + needle.len()];
+        let ww: f64 = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if ww == 0.0 {
+            continue;
+        }
+        let dot: f64 = w.iter().zip(needle).map(|(a, b)| a * b).sum();
+        best = best.max(dot / (ww * nn));
+    }
+    best
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_call_from_an_allowed_source_is_answered_by_the_agent() {
+    let d = deploy(
+        trunk(|t| {
+            t.play = speech();
+            t.hangup_after = Some(Duration::from_secs(3));
+        }),
+        agent(|_| {}),
+        |_| {},
+    )
+    .await;
+    let gw = d
+        .gateway
+        .sip_addr(trunkline_sip::transaction::TransportKind::Udp)
+        .expect("sip addr");
+    let start = Instant::now();
+    d.trunk.originate(Originate {
+        gateway: gw,
+        from: "+14155550123".into(),
+        to: "+15005550006".into(),
+        call_sid: "CAtwilio0001".into(),
+    });
+    let calls = d
+        .trunk
+        .wait_for(Duration::from_secs(15), |c| {
+            c.first().is_some_and(|c| c.ended_at.is_some())
+        })
+        .await;
+    let c = &calls[0];
+    assert_eq!(c.final_status, Some(200), "{c:?}");
+    assert!(c.answered_at.is_some_and(|t| t > start));
+    assert!(c.loud_packets(2000).len() > 25, "the agent greeted the caller");
+    let agent = d.agent.wait_finished(1, Duration::from_secs(5)).await;
+    assert!(agent[0].caller_seconds() > 1.0);
+    assert!(
+        agent[0]
+            .messages
+            .first()
+            .is_some_and(|m| m.contains("CAtwilio0001") && m.contains("+14155550123")),
+        "dynamic variables carry the Twilio call sid and caller: {:?}",
+        agent[0].messages.first()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_call_from_another_source_is_refused() {
+    let d = deploy(trunk(|_| {}), agent(|_| {}), |c| {
+        c.trunk.inbound_allowed_sources = vec!["54.172.60.0/30".into()];
+    })
+    .await;
+    let gw = d
+        .gateway
+        .sip_addr(trunkline_sip::transaction::TransportKind::Udp)
+        .expect("sip addr");
+    d.trunk.originate(Originate {
+        gateway: gw,
+        from: "+14155550123".into(),
+        to: "+15005550006".into(),
+        call_sid: "CAtwilio0002".into(),
+    });
+    let calls = d
+        .trunk
+        .wait_for(Duration::from_secs(5), |c| {
+            c.first().is_some_and(|c| c.final_status.is_some())
+        })
+        .await;
+    assert_eq!(calls[0].final_status, Some(403));
+    assert!(d.agent.records().is_empty());
+}

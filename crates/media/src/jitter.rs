@@ -1,0 +1,535 @@
+//! Pull-based adaptive jitter buffer for 8 kHz G.711 audio.
+//!
+//! Packets are written by RTP timestamp into a 512 ms ring of codes, so any packetisation (10, 20,
+//! 30 ms …) is accepted, reordered packets fall into place and duplicates are recognised. The
+//! consumer calls [`JitterBuffer::pop`] once per 20 ms tick and always gets a frame: audio,
+//! concealment (repeat of the last frame, fading out over 60 ms) or silence.
+//!
+//! Depth adapts between the configured bounds from the RFC 3550 §6.4.1 / A.8 interarrival jitter
+//! estimate and from underruns; it shrinks by 10 ms at a time when it has been too deep for a
+//! second. A new SSRC or a timestamp jump is re-mapped onto the buffer's own timeline right after
+//! the audio already buffered (nothing is dropped); after an underrun (DTX, talkspurt start,
+//! late sender) the next packet is re-anchored at the target depth.
+//! Sans-IO: time is only ever passed in.
+
+use std::time::{Duration, Instant};
+
+use crate::g711::{G711, scale_code};
+
+/// Samples per 20 ms frame at 8 kHz.
+pub const FRAME: usize = 160;
+const RING: usize = 4096;
+const MASK: i64 = RING as i64 - 1;
+
+/// Configuration bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct JitterConfig {
+    /// Smallest buffering delay.
+    pub min_delay: Duration,
+    /// Largest buffering delay (at most 400 ms).
+    pub max_delay: Duration,
+    /// Delay at start.
+    pub initial_delay: Duration,
+}
+
+impl Default for JitterConfig {
+    fn default() -> Self {
+        JitterConfig {
+            min_delay: Duration::from_millis(40),
+            max_delay: Duration::from_millis(200),
+            initial_delay: Duration::from_millis(60),
+        }
+    }
+}
+
+/// What a popped frame contains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Received audio only.
+    Audio,
+    /// Some or all samples were missing and concealed.
+    Concealed,
+    /// Nothing to play (before the first packet, during DTX, after concealment faded out).
+    Silence,
+}
+
+/// One 20 ms frame of G.711 codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// 160 codes in the buffer's law.
+    pub data: [u8; FRAME],
+    /// What it contains.
+    pub kind: FrameKind,
+}
+
+/// Result of [`JitterBuffer::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Stored.
+    Stored,
+    /// Every sample was already there.
+    Duplicate,
+    /// Entirely behind the playout point.
+    Late,
+    /// Stored after re-mapping a new SSRC / timestamp jump / re-anchor after underrun.
+    Resynced,
+}
+
+/// Counters and gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct JitterStats {
+    /// Packets stored.
+    pub stored: u64,
+    /// Duplicate packets.
+    pub duplicates: u64,
+    /// Packets that arrived after their playout time.
+    pub late: u64,
+    /// Re-synchronisations (SSRC change, timestamp jump).
+    pub resyncs: u64,
+    /// Frames popped with audio.
+    pub frames_audio: u64,
+    /// Frames popped that were (partly) concealed.
+    pub frames_concealed: u64,
+    /// Frames popped as silence.
+    pub frames_silence: u64,
+    /// Samples that were expected but missing when played (loss).
+    pub samples_lost: u64,
+    /// Number of underruns (buffer ran dry while a stream was active).
+    pub underruns: u64,
+    /// Samples dropped to shrink the depth.
+    pub samples_dropped: u64,
+    /// Interarrival jitter estimate (RFC 3550 A.8), in samples.
+    pub jitter_samples: f64,
+    /// Current depth (buffered span ahead of playout), in samples.
+    pub depth_samples: u32,
+    /// Current target depth, in samples.
+    pub target_samples: u32,
+}
+
+/// The jitter buffer. About 5 KiB.
+#[derive(Debug)]
+pub struct JitterBuffer {
+    cfg_min: i64,
+    cfg_max: i64,
+    law: G711,
+    audio: Box<[u8; RING]>,
+    present: [u64; RING / 64],
+    started: bool,
+    waiting: bool,
+    playout: i64,
+    highest_end: i64,
+    silence_until: i64,
+    // stream mapping
+    ssrc: u32,
+    last_ts: u32,
+    last_ext: i64,
+    offset: i64,
+    // adaptation
+    target: i64,
+    boost: i64,
+    pops_since_underrun: u32,
+    window_min_depth: i64,
+    window_pops: u32,
+    jitter: f64,
+    last_arrival: Option<(Instant, u32)>,
+    // concealment
+    last_frame: [u8; FRAME],
+    conceal_run: u32,
+    stats: JitterStats,
+}
+
+/// Call `f(word, mask)` for each bitmap word covering ring slots `[start, start + len)`.
+#[inline]
+fn for_each_word(start: i64, len: usize, mut f: impl FnMut(usize, u64)) {
+    let mut slot = (start & MASK) as usize;
+    let mut left = len.min(RING);
+    while left > 0 {
+        let b = slot % 64;
+        let n = (64 - b).min(left);
+        let mask = if n == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) << b
+        };
+        f(slot / 64, mask);
+        left -= n;
+        slot = (slot + n) & (RING - 1);
+    }
+}
+
+fn samples(d: Duration) -> i64 {
+    (d.as_micros() as i64 * 8 / 1000).clamp(0, RING as i64 - 2 * FRAME as i64)
+}
+
+impl JitterBuffer {
+    /// A buffer producing codes of `law` (packets must already be in that law).
+    pub fn new(law: G711, cfg: JitterConfig) -> Self {
+        let cfg_min = samples(cfg.min_delay).max(FRAME as i64);
+        let cfg_max = samples(cfg.max_delay).max(cfg_min);
+        let target = samples(cfg.initial_delay).clamp(cfg_min, cfg_max);
+        JitterBuffer {
+            cfg_min,
+            cfg_max,
+            law,
+            audio: Box::new([law.silence(); RING]),
+            present: [0; RING / 64],
+            started: false,
+            waiting: false,
+            playout: 0,
+            highest_end: 0,
+            silence_until: 0,
+            ssrc: 0,
+            last_ts: 0,
+            last_ext: 0,
+            offset: 0,
+            target,
+            boost: 0,
+            pops_since_underrun: 0,
+            window_min_depth: i64::MAX,
+            window_pops: 0,
+            jitter: 0.0,
+            last_arrival: None,
+            last_frame: [law.silence(); FRAME],
+            conceal_run: u32::MAX,
+            stats: JitterStats::default(),
+        }
+    }
+
+    /// The law of the codes stored and returned.
+    pub fn law(&self) -> G711 {
+        self.law
+    }
+
+    /// Statistics.
+    pub fn stats(&self) -> JitterStats {
+        let mut s = self.stats;
+        s.jitter_samples = self.jitter;
+        s.depth_samples = (self.highest_end - self.playout).max(0) as u32;
+        s.target_samples = self.target as u32;
+        s
+    }
+
+    /// Current target delay.
+    pub fn target_delay(&self) -> Duration {
+        Duration::from_micros(self.target as u64 * 125)
+    }
+
+    /// Insert the payload of one audio packet (`payload.len()` samples at 8 kHz).
+    pub fn push(
+        &mut self,
+        ssrc: u32,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+        now: Instant,
+    ) -> PushOutcome {
+        let _ = marker; // talkspurt starts are recognised from the underrun itself
+        let len = payload.len().min(RING / 2) as i64;
+        if len == 0 {
+            return PushOutcome::Late;
+        }
+        let payload = &payload[..len as usize];
+        let mut outcome = PushOutcome::Stored;
+
+        if !self.started {
+            self.started = true;
+            self.waiting = true;
+            self.map_stream(ssrc, timestamp);
+            self.anchor(timestamp, len);
+            self.last_arrival = None;
+            outcome = PushOutcome::Resynced;
+        } else if ssrc != self.ssrc {
+            self.stats.resyncs += 1;
+            self.map_stream(ssrc, timestamp);
+            self.last_arrival = None;
+            if self.waiting {
+                self.anchor(timestamp, len);
+            } else {
+                self.append(timestamp);
+            }
+            outcome = PushOutcome::Resynced;
+        }
+
+        let ext = self.last_ext + timestamp.wrapping_sub(self.last_ts) as i32 as i64;
+        let mut pos = ext + self.offset;
+        let ahead_limit = self.playout + RING as i64 - len;
+        if outcome == PushOutcome::Stored {
+            if pos > ahead_limit || pos + len <= self.playout - 16_000 {
+                // Timestamp jump (or a DTX gap longer than the ring).
+                self.stats.resyncs += 1;
+                self.last_ts = timestamp;
+                self.last_ext = ext;
+                self.last_arrival = None;
+                if self.waiting {
+                    self.anchor(timestamp, len);
+                } else {
+                    self.append(timestamp);
+                }
+                pos = ext + self.offset;
+                outcome = PushOutcome::Resynced;
+            } else if self.waiting && pos >= self.playout {
+                // After an underrun (or at a talkspurt start after DTX): re-anchor at the target
+                // depth, which drops a silent gap and rebuilds the cushion.
+                self.last_ts = timestamp;
+                self.last_ext = ext;
+                self.anchor(timestamp, len);
+                pos = ext + self.offset;
+            } else if pos > self.last_ext + self.offset {
+                self.last_ts = timestamp;
+                self.last_ext = ext;
+            }
+        }
+
+        self.update_jitter(timestamp, now);
+
+        if pos + len <= self.playout {
+            self.stats.late += 1;
+            self.raise_target();
+            return PushOutcome::Late;
+        }
+        let skip = (self.playout - pos).max(0);
+        let mut all_present = true;
+        let present = &mut self.present;
+        for_each_word(pos + skip, (len - skip) as usize, |w, m| {
+            if present[w] & m != m {
+                all_present = false;
+            }
+            present[w] |= m;
+        });
+        if all_present {
+            self.stats.duplicates += 1;
+            return PushOutcome::Duplicate;
+        }
+        let start = pos + skip;
+        let n = (len - skip) as usize;
+        let s0 = (start & MASK) as usize;
+        let first = n.min(RING - s0);
+        self.audio[s0..s0 + first].copy_from_slice(&payload[skip as usize..skip as usize + first]);
+        if first < n {
+            self.audio[..n - first].copy_from_slice(&payload[skip as usize + first..]);
+        }
+        self.highest_end = self.highest_end.max(pos + len);
+        self.waiting = false;
+        self.stats.stored += 1;
+
+        // Too deep (a burst after a stall): drop the oldest audio down to the target.
+        if self.highest_end - self.playout > self.cfg_max + FRAME as i64 {
+            let new_playout = self.highest_end - self.target;
+            self.drop_until(new_playout);
+        }
+        outcome
+    }
+
+    /// Pop the next 20 ms frame. Always returns a frame.
+    pub fn pop(&mut self, _now: Instant) -> Frame {
+        if !self.started {
+            self.stats.frames_silence += 1;
+            return Frame {
+                data: [self.law.silence(); FRAME],
+                kind: FrameKind::Silence,
+            };
+        }
+        let depth = self.highest_end - self.playout;
+        if depth <= 0 {
+            if !self.waiting {
+                self.waiting = true;
+                if self.conceal_run < 3 {
+                    // Ran dry in the middle of audio: a real underrun.
+                    self.stats.underruns += 1;
+                    self.raise_target();
+                }
+            }
+            return self.conceal_frame();
+        }
+        self.adapt(depth);
+
+        // Fast path: the whole frame is there.
+        let mut all = true;
+        let present = &mut self.present;
+        for_each_word(self.playout, FRAME, |w, m| {
+            if present[w] & m != m {
+                all = false;
+            }
+        });
+        if all {
+            for_each_word(self.playout, FRAME, |w, m| present[w] &= !m);
+            let mut frame = [0u8; FRAME];
+            let s0 = (self.playout & MASK) as usize;
+            let first = FRAME.min(RING - s0);
+            frame[..first].copy_from_slice(&self.audio[s0..s0 + first]);
+            if first < FRAME {
+                frame[first..].copy_from_slice(&self.audio[..FRAME - first]);
+            }
+            self.playout += FRAME as i64;
+            return self.finish_audio(frame);
+        }
+
+        let mut frame = [self.law.silence(); FRAME];
+        // 0 = received, 1 = silence (before the stream / beyond the received span), 2 = lost.
+        let mut state = [0u8; FRAME];
+        let mut missing = 0usize;
+        let mut silent = 0usize;
+        for (i, out) in frame.iter_mut().enumerate() {
+            let p = self.playout + i as i64;
+            let slot = (p & MASK) as usize;
+            let (w, b) = (slot / 64, slot % 64);
+            if self.present[w] & (1 << b) != 0 {
+                *out = self.audio[slot];
+                self.present[w] &= !(1 << b);
+            } else if p < self.silence_until || p >= self.highest_end {
+                silent += 1;
+                state[i] = 1;
+            } else {
+                missing += 1;
+                state[i] = 2;
+            }
+        }
+        self.playout += FRAME as i64;
+        self.stats.samples_lost += missing as u64;
+        if missing == 0 && silent == 0 {
+            return self.finish_audio(frame);
+        }
+        if missing + silent == FRAME {
+            return if missing > 0 {
+                self.conceal_frame()
+            } else {
+                self.silence_frame()
+            };
+        }
+        // Partly there: fill the holes from the concealment signal.
+        if missing > 0 {
+            let conceal = self.next_conceal_data();
+            for ((out, st), c) in frame.iter_mut().zip(state).zip(conceal) {
+                if st == 2 {
+                    *out = c;
+                }
+            }
+            self.last_frame = frame;
+            self.conceal_run = 0;
+            self.stats.frames_concealed += 1;
+            return Frame {
+                data: frame,
+                kind: FrameKind::Concealed,
+            };
+        }
+        self.finish_audio(frame)
+    }
+
+    fn finish_audio(&mut self, frame: [u8; FRAME]) -> Frame {
+        self.last_frame = frame;
+        self.conceal_run = 0;
+        self.stats.frames_audio += 1;
+        Frame {
+            data: frame,
+            kind: FrameKind::Audio,
+        }
+    }
+
+    fn silence_frame(&mut self) -> Frame {
+        self.stats.frames_silence += 1;
+        self.conceal_run = u32::MAX;
+        Frame {
+            data: [self.law.silence(); FRAME],
+            kind: FrameKind::Silence,
+        }
+    }
+
+    fn next_conceal_data(&self) -> [u8; FRAME] {
+        let run = self.conceal_run;
+        let mut data = self.last_frame;
+        match run {
+            0 => {}
+            1 | 2 => {
+                let den = 1 << run;
+                for c in &mut data {
+                    *c = scale_code(self.law, *c, 1, den);
+                }
+            }
+            _ => data = [self.law.silence(); FRAME],
+        }
+        data
+    }
+
+    fn conceal_frame(&mut self) -> Frame {
+        if self.conceal_run >= 3 {
+            return self.silence_frame();
+        }
+        let data = self.next_conceal_data();
+        self.conceal_run += 1;
+        self.stats.frames_concealed += 1;
+        Frame {
+            data,
+            kind: FrameKind::Concealed,
+        }
+    }
+
+    fn adapt(&mut self, depth: i64) {
+        self.pops_since_underrun = self.pops_since_underrun.saturating_add(1);
+        // Boost from underruns decays by 10 ms every 2 s without one.
+        if self.pops_since_underrun.is_multiple_of(100) && self.boost > 0 {
+            self.boost = (self.boost - 80).max(0);
+        }
+        let jitter_term = FRAME as i64 + (4.0 * self.jitter) as i64;
+        self.target =
+            (jitter_term.max(self.cfg_min) + self.boost).clamp(self.cfg_min, self.cfg_max);
+        self.window_min_depth = self.window_min_depth.min(depth);
+        self.window_pops += 1;
+        if self.window_pops >= 50 {
+            if self.window_min_depth > self.target + FRAME as i64 {
+                // Consistently too deep for a second: shorten by 10 ms.
+                self.drop_until(self.playout + 80);
+            }
+            self.window_pops = 0;
+            self.window_min_depth = i64::MAX;
+        }
+    }
+
+    fn raise_target(&mut self) {
+        self.pops_since_underrun = 0;
+        self.boost = (self.boost + FRAME as i64).min(self.cfg_max);
+        self.target = (self.target + FRAME as i64).min(self.cfg_max);
+    }
+
+    fn drop_until(&mut self, new_playout: i64) {
+        while self.playout < new_playout {
+            let slot = (self.playout & MASK) as usize;
+            let (w, b) = (slot / 64, slot % 64);
+            if self.present[w] & (1 << b) != 0 {
+                self.present[w] &= !(1 << b);
+                self.stats.samples_dropped += 1;
+            }
+            self.playout += 1;
+        }
+    }
+
+    fn map_stream(&mut self, ssrc: u32, timestamp: u32) {
+        self.ssrc = ssrc;
+        self.last_ts = timestamp;
+        self.last_ext = 0;
+    }
+
+    /// Map the current stream so that `timestamp` lands at `playout + target - len`.
+    fn anchor(&mut self, timestamp: u32, len: i64) {
+        let ext = self.last_ext + timestamp.wrapping_sub(self.last_ts) as i32 as i64;
+        let pos = self.playout + (self.target - len).max(0);
+        self.offset = pos - ext;
+        self.silence_until = pos;
+        self.highest_end = self.highest_end.max(self.playout);
+    }
+
+    /// Map the current stream so that `timestamp` continues right after the buffered audio.
+    fn append(&mut self, timestamp: u32) {
+        let ext = self.last_ext + timestamp.wrapping_sub(self.last_ts) as i32 as i64;
+        let pos = self.highest_end.max(self.playout);
+        self.offset = pos - ext;
+    }
+
+    fn update_jitter(&mut self, timestamp: u32, now: Instant) {
+        if let Some((t0, ts0)) = self.last_arrival {
+            let arrival = now.saturating_duration_since(t0).as_micros() as f64 * 0.008;
+            let d = arrival - timestamp.wrapping_sub(ts0) as i32 as f64;
+            self.jitter += (d.abs() - self.jitter) / 16.0;
+        }
+        self.last_arrival = Some((now, timestamp));
+    }
+}

@@ -1,0 +1,350 @@
+//! Playout pacer for agent audio.
+//!
+//! Agent TTS arrives in bursts, much faster than real time. The pacer queues it (tagged by the
+//! agent's `event_id`) and emits exactly one 20 ms frame per tick on an absolute schedule
+//! (`start + n × 20 ms`, so lateness never accumulates into drift), with silence when the queue is
+//! empty so RTP never stops. The RTP timestamp of tick `n` is `base + 160 n`, always.
+//!
+//! Barge-in: [`Pacer::flush`] drops everything queued; [`Pacer::flush_up_to`] drops queued audio
+//! with `event_id <= n` and any such audio that arrives later. [`Pacer::is_drained`] tells a
+//! hang-up that the last sentence went out. Sans-IO: time is passed in.
+//!
+//! Marker bit: set on the first audio frame after silence (RFC 3551 §4.1) and after skipped ticks.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::g711::G711;
+use crate::jitter::FRAME;
+
+/// Tick period.
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// Pacer configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct PacerConfig {
+    /// Law of the queued codes.
+    pub law: G711,
+    /// At most this many overdue ticks are emitted back to back after a stall; beyond that the
+    /// schedule skips ahead (timestamps still advance by 160 per tick, skipped ticks included).
+    pub max_catchup: u32,
+    /// Queue limit in bytes (8 bytes per ms); audio beyond it is refused.
+    pub max_queue: usize,
+    /// A trailing partial frame waits this many ticks for more audio before being padded.
+    pub partial_hold_ticks: u32,
+}
+
+impl PacerConfig {
+    /// Defaults for `law`.
+    pub fn new(law: G711) -> Self {
+        PacerConfig {
+            law,
+            max_catchup: 5,
+            max_queue: 8 * 180_000, // 3 minutes
+            partial_hold_ticks: 2,
+        }
+    }
+}
+
+/// A frame due for sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacedFrame {
+    /// Tick index since start.
+    pub tick: u64,
+    /// When it was due.
+    pub due: Instant,
+    /// RTP timestamp (`base + 160 × tick`).
+    pub timestamp: u32,
+    /// RTP marker bit.
+    pub marker: bool,
+    /// True when it carries agent audio (possibly padded), false for silence.
+    pub is_audio: bool,
+    /// The agent event the audio belongs to (of its first sample).
+    pub event_id: Option<u64>,
+    /// 160 codes.
+    pub data: [u8; FRAME],
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    event_id: u64,
+    len: usize,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacerStats {
+    /// Frames with audio.
+    pub audio_frames: u64,
+    /// Silence frames.
+    pub silence_frames: u64,
+    /// Ticks skipped after a stall longer than `max_catchup`.
+    pub skipped_ticks: u64,
+    /// Bytes dropped by flushes or stale `event_id`s.
+    pub flushed_bytes: u64,
+    /// Bytes refused because the queue was full.
+    pub refused_bytes: u64,
+}
+
+/// The pacer.
+#[derive(Debug)]
+pub struct Pacer {
+    cfg: PacerConfig,
+    queue: VecDeque<u8>,
+    segments: VecDeque<Segment>,
+    drop_up_to: Option<u64>,
+    start: Option<Instant>,
+    tick: u64,
+    ts_base: u32,
+    talking: bool,
+    force_marker: bool,
+    partial_waited: u32,
+    stats: PacerStats,
+}
+
+impl Pacer {
+    /// A stopped pacer; call [`Pacer::start`].
+    pub fn new(cfg: PacerConfig) -> Self {
+        Pacer {
+            cfg,
+            queue: VecDeque::new(),
+            segments: VecDeque::new(),
+            drop_up_to: None,
+            start: None,
+            tick: 0,
+            ts_base: 0,
+            talking: false,
+            force_marker: false,
+            partial_waited: 0,
+            stats: PacerStats::default(),
+        }
+    }
+
+    /// Start the schedule: tick 0 is due at `now` with RTP timestamp `ts_base`.
+    pub fn start(&mut self, now: Instant, ts_base: u32) {
+        self.start = Some(now);
+        self.tick = 0;
+        self.ts_base = ts_base;
+    }
+
+    /// Set the RTP timestamp of tick 0 before starting.
+    pub fn start_ts_hint(&mut self, ts_base: u32) {
+        self.ts_base = ts_base;
+    }
+
+    /// The RTP timestamp of tick 0.
+    pub fn ts_hint(&self) -> u32 {
+        self.ts_base
+    }
+
+    /// The RTP timestamp of the next tick.
+    pub fn next_timestamp(&self) -> u32 {
+        self.ts_base
+            .wrapping_add((self.tick as u32).wrapping_mul(FRAME as u32))
+    }
+
+    /// Whether [`Pacer::start`] was called.
+    pub fn is_started(&self) -> bool {
+        self.start.is_some()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PacerStats {
+        self.stats
+    }
+
+    /// Queue audio codes (any length) for `event_id`. Returns the number of bytes accepted
+    /// (0 when the event was already flushed by [`Pacer::flush_up_to`]).
+    pub fn push(&mut self, event_id: u64, codes: &[u8]) -> usize {
+        if self.drop_up_to.is_some_and(|n| event_id <= n) {
+            self.stats.flushed_bytes += codes.len() as u64;
+            return 0;
+        }
+        let room = self.cfg.max_queue.saturating_sub(self.queue.len());
+        let n = codes.len().min(room);
+        self.stats.refused_bytes += (codes.len() - n) as u64;
+        if n == 0 {
+            return 0;
+        }
+        self.queue.extend(&codes[..n]);
+        match self.segments.back_mut() {
+            Some(s) if s.event_id == event_id => s.len += n,
+            _ => self.segments.push_back(Segment { event_id, len: n }),
+        }
+        n
+    }
+
+    /// Barge-in: drop everything queued. Returns the bytes dropped.
+    pub fn flush(&mut self) -> usize {
+        let n = self.queue.len();
+        self.queue.clear();
+        self.segments.clear();
+        self.partial_waited = 0;
+        self.stats.flushed_bytes += n as u64;
+        n
+    }
+
+    /// Drop queued audio with `event_id <= up_to`, and refuse such audio from now on.
+    pub fn flush_up_to(&mut self, up_to: u64) -> usize {
+        self.drop_up_to = Some(self.drop_up_to.map_or(up_to, |d| d.max(up_to)));
+        let mut dropped = 0;
+        let mut offset = 0;
+        let mut i = 0;
+        while i < self.segments.len() {
+            let seg = self.segments[i];
+            if seg.event_id <= up_to {
+                self.queue.drain(offset..offset + seg.len);
+                self.segments.remove(i);
+                dropped += seg.len;
+            } else {
+                offset += seg.len;
+                i += 1;
+            }
+        }
+        self.stats.flushed_bytes += dropped as u64;
+        dropped
+    }
+
+    /// Queued bytes (8 per millisecond).
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True when no agent audio is left to send.
+    pub fn is_drained(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// When the next frame is due (`None` before [`Pacer::start`]).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.start.map(|s| due_at(s, self.tick))
+    }
+
+    /// The next frame if it is due at `now`. Call until it returns `None`.
+    pub fn poll_frame(&mut self, now: Instant) -> Option<PacedFrame> {
+        let start = self.start?;
+        let mut due = due_at(start, self.tick);
+        if now < due {
+            return None;
+        }
+        // How many ticks are overdue beyond this one?
+        let behind = (now.saturating_duration_since(due).as_micros() / TICK.as_micros()) as u64;
+        if behind > self.cfg.max_catchup as u64 {
+            let skip = behind - self.cfg.max_catchup as u64;
+            self.tick += skip;
+            self.stats.skipped_ticks += skip;
+            self.force_marker = true;
+            due = due_at(start, self.tick);
+        }
+        let tick = self.tick;
+        self.tick += 1;
+        let timestamp = self
+            .ts_base
+            .wrapping_add((tick as u32).wrapping_mul(FRAME as u32));
+        let mut data = [self.cfg.law.silence(); FRAME];
+        let avail = self.queue.len();
+        let take = if avail >= FRAME {
+            FRAME
+        } else if avail > 0 && self.partial_waited >= self.cfg.partial_hold_ticks {
+            avail
+        } else {
+            if avail > 0 {
+                self.partial_waited += 1;
+            }
+            0
+        };
+        if take == 0 {
+            self.talking = false;
+            self.stats.silence_frames += 1;
+            return Some(PacedFrame {
+                tick,
+                due,
+                timestamp,
+                marker: false,
+                is_audio: false,
+                event_id: None,
+                data,
+            });
+        }
+        self.partial_waited = 0;
+        let event_id = self.segments.front().map(|s| s.event_id);
+        let (a, b) = self.queue.as_slices();
+        let from_a = take.min(a.len());
+        data[..from_a].copy_from_slice(&a[..from_a]);
+        data[from_a..take].copy_from_slice(&b[..take - from_a]);
+        self.queue.drain(..take);
+        let mut left = take;
+        while left > 0 {
+            let Some(seg) = self.segments.front_mut() else {
+                break;
+            };
+            let n = seg.len.min(left);
+            seg.len -= n;
+            left -= n;
+            if seg.len == 0 {
+                self.segments.pop_front();
+            }
+        }
+        let marker = !self.talking || std::mem::take(&mut self.force_marker);
+        self.talking = true;
+        self.stats.audio_frames += 1;
+        Some(PacedFrame {
+            tick,
+            due,
+            timestamp,
+            marker,
+            is_audio: true,
+            event_id,
+            data,
+        })
+    }
+}
+
+fn due_at(start: Instant, tick: u64) -> Instant {
+    start + TICK * tick as u32
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a fixed origin for virtual time
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_when_empty_then_audio_with_marker() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(PacerConfig::new(G711::Ulaw));
+        p.start(t0, 1000);
+        let f = p.poll_frame(t0).unwrap();
+        assert!(!f.is_audio && f.timestamp == 1000 && f.data == [0xFF; 160]);
+        assert!(p.poll_frame(t0).is_none());
+        assert_eq!(p.poll_timeout(), Some(t0 + TICK));
+        p.push(1, &[7u8; 400]);
+        let f = p.poll_frame(t0 + TICK).unwrap();
+        assert!(f.is_audio && f.marker && f.timestamp == 1160 && f.event_id == Some(1));
+        let f = p.poll_frame(t0 + TICK * 2).unwrap();
+        assert!(f.is_audio && !f.marker);
+        // 80 bytes left: held for two ticks, then padded.
+        assert!(!p.poll_frame(t0 + TICK * 3).unwrap().is_audio);
+        assert!(!p.poll_frame(t0 + TICK * 4).unwrap().is_audio);
+        let f = p.poll_frame(t0 + TICK * 5).unwrap();
+        assert!(f.is_audio && f.data[..80] == [7; 80] && f.data[80..] == [0xFF; 80]);
+        assert!(p.is_drained());
+    }
+
+    #[test]
+    fn flush_up_to_drops_old_events_now_and_later() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(PacerConfig::new(G711::Alaw));
+        p.start(t0, 0);
+        p.push(1, &[1; 320]);
+        p.push(2, &[2; 320]);
+        p.push(3, &[3; 320]);
+        assert_eq!(p.flush_up_to(2), 640);
+        assert_eq!(p.push(2, &[2; 160]), 0);
+        assert_eq!(p.queued(), 320);
+        let f = p.poll_frame(t0).unwrap();
+        assert_eq!((f.event_id, f.data[0]), (Some(3), 3));
+        assert_eq!(p.flush(), 160);
+        assert!(p.is_drained());
+    }
+}
