@@ -422,6 +422,11 @@ impl Call {
         self.media.as_ref()
     }
 
+    /// True while [`Call::poll_action`] has something to return.
+    pub fn has_pending_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// True once the call is over and every action has been drained.
     pub fn is_done(&self) -> bool {
         self.state == CallState::Ended && self.actions.is_empty()

@@ -118,6 +118,10 @@ async fn run_inner(mut call: Call, mut io: CallIo) -> CallRecord {
                 debug!(error = %e, "rtp send failed");
             }
         }
+        if call.has_pending_actions() {
+            // Sending may have finished a drain (agent ended → BYE): act on it now.
+            continue;
+        }
         if call.is_done() {
             break;
         }

@@ -743,3 +743,26 @@ fn pcm16k_agent_gets_twice_the_samples_and_its_audio_is_paced_as_ulaw() {
         "1 s of tone ≈ 50 frames, got {loud}"
     );
 }
+
+#[test]
+fn odd_sized_agent_chunks_still_drain_completely_before_bye() {
+    let mut h = Harness::outbound(CallConfig::default());
+    h.connect(AudioFormat::Ulaw8000);
+    for (i, n) in [1234usize, 777, 3001, 5, 999].into_iter().enumerate() {
+        h.agent(AgentEvent::Audio {
+            event_id: 1 + (i as i64 / 3),
+            audio: Bytes::from(vec![0x55; n]),
+        });
+        h.run_for(Duration::from_millis(30), false);
+    }
+    h.agent(closed(CloseReason::AgentEnded, Some(1000)));
+    h.run_for(Duration::from_secs(3), false);
+    assert_eq!(h.sip_actions().last(), Some(&SipAction::Bye));
+    let sent: usize = h
+        .rtp_out
+        .iter()
+        .filter(|(_, pt, ..)| *pt == 0)
+        .map(|(.., p)| p.iter().filter(|&&b| b == 0x55).count())
+        .sum();
+    assert_eq!(sent, 1234 + 777 + 3001 + 5 + 999, "every byte played");
+}

@@ -250,6 +250,19 @@ impl Gateway {
         }
     }
 
+    /// Every record, oldest first.
+    pub fn record_list(&self) -> Vec<CallRecord> {
+        self.records
+            .lock()
+            .map(|b| {
+                b.order
+                    .iter()
+                    .filter_map(|s| b.by_sid.get(s).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// A record (also of a finished call).
     pub fn record(&self, sid: &str) -> Option<CallRecord> {
         self.records.lock().ok()?.by_sid.get(sid).cloned()

@@ -36,7 +36,12 @@ async fn outbound_call_greets_the_phone_and_relays_its_speech_exactly() {
     let rec = d.finished(&sid, 20).await;
 
     // SIP: challenged once, authenticated, R-URI on the termination domain, E.164 user.
-    let calls = d.trunk.calls();
+    let calls = d
+        .trunk
+        .wait_for(Duration::from_secs(3), |c| {
+            c.first().is_some_and(|c| c.ended_by.is_some())
+        })
+        .await;
     assert_eq!(calls.len(), 1);
     let t = &calls[0];
     assert_eq!(t.invites, 2, "INVITE, 407, INVITE with credentials");

@@ -62,6 +62,10 @@ pub async fn deploy(
     agent_cfg: AgentEmulatorConfig,
     tweak: impl FnOnce(&mut Config),
 ) -> Deployment {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let trunk = TrunkEmulator::start(trunk_cfg).await.expect("trunk");
     let agent = AgentEmulator::start("127.0.0.1:0".parse().expect("addr"), agent_cfg)
         .await
