@@ -205,6 +205,8 @@ pub struct TrunkCall {
     pub to: String,
     /// Call-ID.
     pub call_id: String,
+    /// When the first INVITE arrived.
+    pub first_invite_at: Option<Instant>,
     /// INVITEs received for this Call-ID (2 with a digest challenge).
     pub invites: u32,
     /// The digest response was right.
@@ -229,6 +231,9 @@ pub struct TrunkCall {
     pub rtp_in: Vec<RxPacket>,
     /// RTP packets sent.
     pub rtp_sent: u64,
+    /// When each packet of the play source was sent (index = packet index in the source, first
+    /// pass only).
+    pub sent_at: Vec<Instant>,
 }
 
 impl TrunkCall {
@@ -651,6 +656,7 @@ impl Task {
                     from: request.header("From").next().unwrap_or("").to_owned(),
                     to: request.header("To").next().unwrap_or("").to_owned(),
                     call_id: call_id.clone(),
+                    first_invite_at: Some(now),
                     ..TrunkCall::default()
                 });
                 let params = MediaParams::g711(self.addr.ip(), 0, 42);
@@ -1018,10 +1024,14 @@ impl MediaPlayer {
                     seq = seq.wrapping_add(1);
                     if let Ok(n) = write_rtp(&h, &payload, &mut out) {
                         let _ = self.sock.send_to(&out[..n], dest).await;
+                        let sent = Instant::now();
                         if let Ok(mut calls) = self.shared.calls.lock()
                             && let Some(c) = calls.get_mut(self.index)
                         {
                             c.rtp_sent += 1;
+                            if loop_offset.is_zero() {
+                                c.sent_at.push(sent);
+                            }
                         }
                     }
                 }

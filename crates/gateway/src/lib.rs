@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod policy;
 pub mod service;

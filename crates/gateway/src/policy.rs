@@ -168,6 +168,8 @@ pub struct Policy {
 impl Policy {
     /// A policy from the `[policy]` section, the allowed browser origins and the API tokens.
     pub fn new(cfg: PolicySection, allowed_origins: Vec<String>, secrets: &Secrets) -> Self {
+        // Load libphonenumber's metadata now (tens of ms), not on the first caller's request.
+        let _ = normalise("+14155550123");
         Policy {
             cfg,
             origins: allowed_origins,

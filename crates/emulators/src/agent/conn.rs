@@ -538,6 +538,7 @@ where
             let end = (sp.pos + len).min(self.phrase.len());
             let chunk = &self.phrase[sp.pos..end];
             let event_id = sp.event_id;
+            let first_chunk = sp.pos == 0;
             sp.pos = end;
             let done = end >= self.phrase.len();
             let pause_now = !sp.paused && end * 2 >= self.phrase.len();
@@ -555,6 +556,11 @@ where
                 event_id,
                 alignment: None,
             });
+            if first_chunk && self.st.config.record {
+                lock(&self.rec)
+                    .response_starts
+                    .push(std::time::Instant::now());
+            }
             self.send_event(&ev).await?;
             sent_ms += ms;
             if done {
@@ -665,7 +671,10 @@ where
                 };
                 let samples = audio::decode_from(self.in_fmt, &bytes);
                 if self.st.config.record {
-                    lock(&self.rec).caller_audio.extend_from_slice(&samples);
+                    let mut rec = lock(&self.rec);
+                    let offset = rec.caller_audio.len();
+                    rec.caller_chunks.push((std::time::Instant::now(), offset));
+                    rec.caller_audio.extend_from_slice(&samples);
                 }
                 let mut events = Vec::new();
                 self.vad.feed(&samples, &mut events);

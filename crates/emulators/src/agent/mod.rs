@@ -206,6 +206,11 @@ pub struct ConnectionRecord {
     pub interruptions: u32,
     /// When each interruption was sent.
     pub interruption_times: Vec<std::time::Instant>,
+    /// Arrival time of each `user_audio_chunk` and the offset (in samples) of its first sample in
+    /// `caller_audio`.
+    pub caller_chunks: Vec<(std::time::Instant, usize)>,
+    /// When the first audio chunk of each agent response was sent.
+    pub response_starts: Vec<std::time::Instant>,
     /// The close code the client sent (1005 for a close frame without one).
     pub client_close_code: Option<u16>,
     /// The close code the emulator sent (`None`: TCP dropped, or the client closed first).
