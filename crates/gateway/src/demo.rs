@@ -114,6 +114,7 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     cfg.rtp.bind_ip = "127.0.0.1".parse().map_err(|e| format!("{e}"))?;
     cfg.agent.base_url = agent.ws_base_url();
     cfg.agent.agent_id = "agent_demo".into();
+    cfg.records.database_url = "sqlite::memory:".into();
     if opts.connect_at_ringing {
         cfg.agent.connect_at = "ringing".into();
     }

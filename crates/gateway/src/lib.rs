@@ -10,4 +10,5 @@ pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod policy;
+pub mod records;
 pub mod service;

@@ -33,6 +33,7 @@ use trunkline_sip::ua::UaConfig;
 use crate::api::{BoxFuture, CallService, ListQuery, OutboundRequest, PlaceError, Placed};
 use crate::config::{Config, Secrets, parse_cidr};
 use crate::metrics::Metrics;
+use crate::records::RecordStore;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,9 @@ pub enum StartError {
     /// SIP sockets could not be bound.
     #[error("sip: {0}")]
     Sip(String),
+    /// The records database could not be opened.
+    #[error("{0}")]
+    Records(#[from] crate::records::RecordsError),
 }
 
 struct Active {
@@ -57,6 +61,7 @@ pub struct Gateway {
     trunk_destination: Mutex<Option<SocketAddr>>,
     active: Mutex<HashMap<String, Active>>,
     records: Mutex<RecordBook>,
+    store: RecordStore,
     next_port: Mutex<u16>,
     metrics: Arc<Metrics>,
     ready: AtomicBool,
@@ -78,6 +83,8 @@ impl std::fmt::Debug for Gateway {
 struct RecordBook {
     order: Vec<String>,
     by_sid: HashMap<String, CallRecord>,
+    /// The last finished calls (their database write may still be queued).
+    recent: std::collections::VecDeque<CallRecord>,
 }
 
 impl RecordBook {
@@ -184,6 +191,7 @@ impl Gateway {
                 .collect(),
             seed,
         };
+        let store = RecordStore::open(&cfg.records.database_url).await?;
         let (sip, incoming) = SipStack::start(stack_cfg)
             .await
             .map_err(|e| StartError::Sip(e.to_string()))?;
@@ -195,6 +203,7 @@ impl Gateway {
             trunk_destination: Mutex::new(None),
             active: Mutex::new(HashMap::new()),
             records: Mutex::new(RecordBook::default()),
+            store,
             metrics: Arc::new(Metrics::default()),
             ready: AtomicBool::new(true),
             seq: AtomicU64::new(0),
@@ -265,7 +274,11 @@ impl Gateway {
 
     /// A record (also of a finished call).
     pub fn record(&self, sid: &str) -> Option<CallRecord> {
-        self.records.lock().ok()?.by_sid.get(sid).cloned()
+        let book = self.records.lock().ok()?;
+        book.by_sid
+            .get(sid)
+            .or_else(|| book.recent.iter().rev().find(|r| r.call_sid == sid))
+            .cloned()
     }
 
     /// Wait for a call to end and return its final record.
@@ -473,9 +486,32 @@ impl Gateway {
     }
 
     fn store(&self, r: CallRecord) {
-        if let Ok(mut book) = self.records.lock() {
+        let done = r.is_final();
+        // Under the lock, so snapshots reach the database writer in the order they are accepted,
+        // and a late non-final snapshot never overwrites the final record.
+        let Ok(mut book) = self.records.lock() else {
+            return;
+        };
+        if !done && book.recent.iter().any(|f| f.call_sid == r.call_sid) {
+            return;
+        }
+        self.store.save(r.clone());
+        if done {
+            // Finished calls live in the database; keep memory bounded.
+            book.by_sid.remove(&r.call_sid);
+            book.order.retain(|s| s != &r.call_sid);
+            book.recent.push_back(r);
+            if book.recent.len() > 1000 {
+                book.recent.pop_front();
+            }
+        } else {
             book.put(r);
         }
+    }
+
+    /// Wait until every record snapshot is in the database.
+    pub async fn flush_records(&self) {
+        self.store.flush().await;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -657,37 +693,17 @@ impl CallService for Arc<Gateway> {
         Box::pin(self.clone().place_outbound(req))
     }
     fn get(&self, call_sid: String) -> BoxFuture<'_, Option<CallRecord>> {
-        Box::pin(async move { self.record(&call_sid) })
+        Box::pin(async move {
+            match self.record(&call_sid) {
+                Some(r) => Some(r),
+                None => self.store.get(&call_sid).await,
+            }
+        })
     }
     fn list(&self, q: ListQuery) -> BoxFuture<'_, Vec<CallRecord>> {
         Box::pin(async move {
-            let Ok(book) = self.records.lock() else {
-                return Vec::new();
-            };
-            let limit = q.limit.unwrap_or(50).min(500);
-            let mut out = Vec::new();
-            let mut skipping = q.before.is_some();
-            for sid in book.order.iter().rev() {
-                if skipping {
-                    if Some(sid) == q.before.as_ref() {
-                        skipping = false;
-                    }
-                    continue;
-                }
-                let Some(r) = book.by_sid.get(sid) else {
-                    continue;
-                };
-                if q.status.as_ref().is_some_and(|s| s != &r.status)
-                    || q.direction.as_ref().is_some_and(|d| d != &r.direction)
-                {
-                    continue;
-                }
-                out.push(r.clone());
-                if out.len() >= limit {
-                    break;
-                }
-            }
-            out
+            self.store.flush().await;
+            self.store.list(&q).await
         })
     }
     fn hangup(&self, call_sid: String) -> BoxFuture<'_, bool> {

@@ -391,7 +391,7 @@ async fn capacity_and_daily_cap() {
 
 #[tokio::test]
 async fn elevenlabs_shapes_are_accepted_with_xi_api_key() {
-    let srv = serve(|_| {}).await;
+    let srv = serve(|c| c.calls_per_second = 100.0).await;
     let body = r#"{"agent_id": "agent_1", "agent_phone_number_id": "phnum_1", "to_number": "+33612345678",
         "conversation_initiation_client_data": {"dynamic_variables": {"customer_name": "Ada", "vip": true},
         "conversation_config_override": {"agent": {"first_message": "Hello Ada"}}}}"#;

@@ -53,6 +53,7 @@ pub fn base_config(trunk: &TrunkEmulator, agent: &AgentEmulator) -> Config {
     cfg.agent.agent_id = "agent_e2e".into();
     cfg.agent.drain_timeout_secs = 10;
     cfg.policy.calls_per_second = 100.0;
+    cfg.records.database_url = "sqlite::memory:".into();
     cfg.policy.per_ip_per_minute = 1000;
     cfg
 }
