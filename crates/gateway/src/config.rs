@@ -358,6 +358,8 @@ pub struct Secrets {
     /// `TRUNKLINE_API_TOKEN`: `name:token` pairs, comma-separated (a bare token is named
     /// `default`).
     pub api_tokens: Vec<(String, String)>,
+    /// `TRUNKLINE_WEBHOOK_SECRET`: the HMAC key of status webhooks.
+    pub webhook_secret: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -399,6 +401,7 @@ impl Secrets {
             elevenlabs_api_key: non_empty("ELEVENLABS_API_KEY"),
             trunk_password: non_empty("TRUNKLINE_TRUNK_PASSWORD"),
             api_tokens,
+            webhook_secret: non_empty("TRUNKLINE_WEBHOOK_SECRET"),
         }
     }
 }

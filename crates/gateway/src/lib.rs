@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod policy;
 pub mod records;
 pub mod service;
+pub mod webhook;

@@ -34,6 +34,7 @@ use crate::api::{BoxFuture, CallService, ListQuery, OutboundRequest, PlaceError,
 use crate::config::{Config, Secrets, parse_cidr};
 use crate::metrics::Metrics;
 use crate::records::RecordStore;
+use crate::webhook::Webhooks;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,7 @@ pub struct Gateway {
     active: Mutex<HashMap<String, Active>>,
     records: Mutex<RecordBook>,
     store: RecordStore,
+    webhooks: Option<Webhooks>,
     next_port: Mutex<u16>,
     metrics: Arc<Metrics>,
     ready: AtomicBool,
@@ -192,6 +194,13 @@ impl Gateway {
             seed,
         };
         let store = RecordStore::open(&cfg.records.database_url).await?;
+        let webhooks = match &cfg.records.webhook_url {
+            Some(url) if !url.is_empty() => Some(
+                Webhooks::start(url.clone(), secrets.webhook_secret.clone())
+                    .map_err(StartError::Config)?,
+            ),
+            _ => None,
+        };
         let (sip, incoming) = SipStack::start(stack_cfg)
             .await
             .map_err(|e| StartError::Sip(e.to_string()))?;
@@ -204,6 +213,7 @@ impl Gateway {
             active: Mutex::new(HashMap::new()),
             records: Mutex::new(RecordBook::default()),
             store,
+            webhooks,
             metrics: Arc::new(Metrics::default()),
             ready: AtomicBool::new(true),
             seq: AtomicU64::new(0),
@@ -494,6 +504,16 @@ impl Gateway {
         };
         if !done && book.recent.iter().any(|f| f.call_sid == r.call_sid) {
             return;
+        }
+        if let Some(hooks) = &self.webhooks {
+            let before = book.by_sid.get(&r.call_sid).map(|p| p.status.as_str());
+            if before != Some(r.status.as_str()) && r.status != "ending" {
+                let event = match r.status.as_str() {
+                    "in-progress" => "answered",
+                    s => s,
+                };
+                hooks.notify(event, &r);
+            }
         }
         self.store.save(r.clone());
         if done {

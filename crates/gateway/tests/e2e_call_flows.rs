@@ -366,3 +366,76 @@ async fn inbound_call_from_another_source_is_refused() {
     assert_eq!(calls[0].final_status, Some(403));
     assert!(d.agent.records().is_empty());
 }
+
+/// A tiny HTTP endpoint that records the `event` of every POST and answers 200.
+async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0usize);
+                        if body.len() >= len {
+                            let event = serde_json::from_str::<serde_json::Value>(body)
+                                .ok()
+                                .and_then(|j| j["event"].as_str().map(str::to_owned))
+                                .unwrap_or_default();
+                            let _ = tx.send(event);
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/status"), rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_webhooks_follow_the_call() {
+    let (url, mut events) = webhook_receiver().await;
+    let d = deploy(
+        trunk(|t| t.hangup_after = Some(Duration::from_secs(1))),
+        agent(|_| {}),
+        |c| c.records.webhook_url = Some(url),
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    assert_eq!(rec.status, "completed");
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(e)) => seen.push(e),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, ["initiated", "ringing", "answered", "completed"]);
+}
