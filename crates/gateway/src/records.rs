@@ -24,7 +24,7 @@ pub enum RecordsError {
 }
 
 /// The schema (portable SQL: SQLite and PostgreSQL).
-const SCHEMA: &[&'static str] = &[
+const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS calls (
         call_sid TEXT PRIMARY KEY,
         created_ms BIGINT NOT NULL,

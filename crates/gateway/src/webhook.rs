@@ -212,10 +212,7 @@ mod tests {
                 let mut buf = vec![0u8; 8192];
                 let mut got = 0;
                 // Read until the whole body (Content-Length) is in.
-                loop {
-                    let Ok(k) = s.read(&mut buf[got..]).await else {
-                        break;
-                    };
+                while let Ok(k) = s.read(&mut buf[got..]).await {
                     if k == 0 {
                         break;
                     }
