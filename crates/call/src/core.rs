@@ -161,6 +161,11 @@ pub struct NegotiatedMedia {
 /// SIP outcomes reported by the runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SipEvent {
+    /// Outbound: the INVITE left with this Call-ID.
+    Invited {
+        /// The SIP Call-ID.
+        call_id: String,
+    },
     /// Outbound: a provisional response (180/183), with its SDP when it carries early media.
     Progress {
         /// 180, 183, …
@@ -440,6 +445,10 @@ impl Call {
             return;
         }
         match event {
+            SipEvent::Invited { call_id } => {
+                self.record.sip_call_id = Some(call_id);
+                self.actions.push_back(CallAction::RecordChanged);
+            }
             SipEvent::Progress { status, media } => self.on_progress(status, media, now),
             SipEvent::Answered { media } => self.on_answered(media, now),
             SipEvent::Failed {

@@ -102,6 +102,7 @@ async fn outbound_call_greets_the_phone_and_relays_its_speech_exactly() {
     assert_eq!(rec.status, "completed");
     assert!(rec.conversation_id.is_some());
     assert_eq!(rec.conversation_id, agent[0].conversation_id);
+    assert_eq!(rec.sip_call_id.as_deref(), Some(t.call_id.as_str()));
     let ts = &rec.timestamps;
     assert!(
         ts.invite_ms <= ts.answered_ms && ts.answered_ms <= ts.first_agent_audio_ms,

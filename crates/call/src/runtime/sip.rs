@@ -455,6 +455,13 @@ impl StackTask {
                     Ok(tx) => {
                         self.stats.outbound_invites.fetch_add(1, Ordering::Relaxed);
                         l.invite_tx = Some(tx);
+                        if let Some(call_id) =
+                            self.ua.endpoint().request(tx).and_then(|r| r.call_id())
+                        {
+                            let _ = l.events.send(SipEvent::Invited {
+                                call_id: call_id.to_owned(),
+                            });
+                        }
                         self.by_tx.insert(tx, leg);
                     }
                     Err(e) => {
