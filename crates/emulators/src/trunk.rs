@@ -154,6 +154,9 @@ pub struct TrunkConfig {
     pub play_delay: Duration,
     /// Hang up (BYE) this long after answer.
     pub hangup_after: Option<Duration>,
+    /// Send a session-refresh re-INVITE (same media, new SDP version) this long after answer,
+    /// as carriers do.
+    pub reinvite_after: Option<Duration>,
     /// Prefer PCMA when the offer has both (Twilio takes the offer's order; this tests A-law).
     pub prefer_pcma: bool,
 }
@@ -170,6 +173,7 @@ impl Default for TrunkConfig {
             play_loop: false,
             play_delay: Duration::ZERO,
             hangup_after: None,
+            reinvite_after: None,
             prefer_pcma: false,
         }
     }
@@ -225,6 +229,8 @@ pub struct TrunkCall {
     pub law: Option<G711>,
     /// RFC 4733 payload type agreed.
     pub dtmf_pt: Option<u8>,
+    /// Final statuses the gateway gave our re-INVITEs.
+    pub reinvite_answers: Vec<u16>,
     /// REFER targets received.
     pub refer_to: Vec<String>,
     /// Every RTP packet received, in arrival order.
@@ -364,6 +370,7 @@ impl TrunkEmulator {
             by_dialog: HashMap::new(),
             timers: Vec::new(),
             pending: HashMap::new(),
+            reinvites: HashMap::new(),
         };
         tokio::spawn(task.run());
         Ok(TrunkEmulator {
@@ -416,6 +423,7 @@ enum Timer {
     Answer { tx: TxId, call: usize },
     Final { tx: TxId, status: u16, call: usize },
     Hangup { dialog: DialogId },
+    Reinvite { dialog: DialogId, call: String },
 }
 
 struct CallState {
@@ -444,6 +452,8 @@ struct Task {
     timers: Vec<(Instant, Timer)>,
     /// Sockets (and answers) waiting for the ring time or the 200 OK, by Call-ID.
     pending: HashMap<String, PendingEntry>,
+    /// Our re-INVITEs in flight, by transaction.
+    reinvites: HashMap<TxId, usize>,
 }
 
 impl Task {
@@ -612,6 +622,13 @@ impl Task {
                 response,
                 dialog,
             } => {
+                if let Some(&index) = self.reinvites.get(&tx) {
+                    if response.status >= 200 {
+                        self.reinvites.remove(&tx);
+                        self.update(index, |c| c.reinvite_answers.push(response.status));
+                    }
+                    return;
+                }
                 // Origination: our INVITE to the gateway.
                 let Some(cid) = self.by_tx.get(&tx).cloned() else {
                     return;
@@ -817,6 +834,22 @@ impl Task {
                     let _ = self.ua.bye(&dialog, now);
                 }
             }
+            Timer::Reinvite { dialog, call } => {
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                c.media_params.session_version += 1;
+                let body = sdp::build_offer(&c.media_params).to_string();
+                if let Ok(tx) = self.ua.send_in_dialog(
+                    &dialog,
+                    Method::Invite,
+                    Some(("application/sdp".into(), Bytes::from(body))),
+                    Vec::new(),
+                    now,
+                ) {
+                    self.reinvites.insert(tx, c.index);
+                }
+            }
         }
     }
 
@@ -842,6 +875,15 @@ impl Task {
         let index = c.index;
         let stop = Arc::new(Notify::new());
         c.media = Some(MediaTask { stop: stop.clone() });
+        if let Some(after) = self.cfg.reinvite_after {
+            self.timers.push((
+                now + after,
+                Timer::Reinvite {
+                    dialog: dialog.clone(),
+                    call: cid.to_owned(),
+                },
+            ));
+        }
         if let Some(after) = self.cfg.hangup_after {
             self.timers.push((now + after, Timer::Hangup { dialog }));
         }

@@ -439,3 +439,68 @@ async fn status_webhooks_follow_the_call() {
     }
     assert_eq!(seen, ["initiated", "ringing", "answered", "completed"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_session_refresh_reinvite_keeps_the_call_up() {
+    let d = deploy(
+        trunk(|t| {
+            t.play = speech();
+            t.reinvite_after = Some(Duration::from_secs(1));
+            t.hangup_after = Some(Duration::from_secs(4));
+        }),
+        agent(|_| {}),
+        |_| {},
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    let phone = d
+        .trunk
+        .wait_for(Duration::from_secs(3), |c| c[0].ended_by.is_some())
+        .await;
+    assert_eq!(
+        phone[0].reinvite_answers,
+        vec![200],
+        "re-INVITE answered 200"
+    );
+    assert_eq!(
+        phone[0].ended_by.as_deref(),
+        Some("local_bye"),
+        "the phone hung up, not us"
+    );
+    assert_eq!(rec.end_cause, Some(EndCause::RemoteHangup));
+    // Audio kept flowing after the refresh: packets for the whole 4 s.
+    assert!(rec.downlink.packets >= 180, "{:?}", rec.downlink);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_call_tool_sends_refer_and_ends_after_notify_200() {
+    let d = deploy(
+        trunk(|t| t.hangup_after = Some(Duration::from_secs(10))),
+        agent(|a| {
+            a.script.tool_call = Some(ToolCallSpec {
+                after_turn: 0,
+                tool_name: "transfer_call".into(),
+                parameters: serde_json::json!({"destination": "+33 1 23 45 67 89"}),
+            })
+        }),
+        |c| {
+            c.agent.transfer_enabled = true;
+            c.agent.transfer_allow_prefixes = vec!["+33".into()];
+        },
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    assert_eq!(rec.end_cause, Some(EndCause::Transferred), "{rec:?}");
+    let phone = d
+        .trunk
+        .wait_for(Duration::from_secs(3), |c| c[0].ended_by.is_some())
+        .await;
+    assert_eq!(phone[0].refer_to, vec!["<tel:+33123456789>".to_owned()]);
+    assert_eq!(
+        phone[0].ended_by.as_deref(),
+        Some("remote_bye"),
+        "BYE after the transfer"
+    );
+}
