@@ -6,10 +6,23 @@
 //! concealment (repeat of the last frame, fading out over 60 ms) or silence.
 //!
 //! Depth adapts between the configured bounds from the RFC 3550 §6.4.1 / A.8 interarrival jitter
-//! estimate and from underruns; it shrinks by 10 ms at a time when it has been too deep for a
-//! second. A new SSRC or a timestamp jump is re-mapped onto the buffer's own timeline right after
-//! the audio already buffered (nothing is dropped); after an underrun (DTX, talkspurt start,
-//! late sender) the next packet is re-anchored at the target depth.
+//! estimate and from underruns. The target starts at the configured initial delay and relaxes
+//! towards what the measured jitter warrants by 10 ms every 2 s (as does the extra delay added
+//! after underruns). A new SSRC or a timestamp jump is re-mapped onto the buffer's own timeline
+//! right after the audio already buffered (nothing is dropped); after an underrun (DTX, talkspurt
+//! start, late sender) the next packet is re-anchored at the target depth. The anchor is
+//! measured against the consumer's clock: if the first pop after it comes a whole tick (or more)
+//! after the anchoring packet arrived, the silent prefill is shortened by those whole frames, so
+//! a steady stream sits at exactly the target depth whatever the phase (and tie order) of
+//! arrivals and pops.
+//!
+//! Shrinking never cuts speech. When the buffer has been more than a frame deeper than the
+//! target for a whole second (sender clock drift, a burst that left it deep after jitter calmed
+//! down), the excess is removed by skipping whole 20 ms frames that are entirely received and
+//! quiet (every sample below [`QUIET_PEAK`]: silence, comfort-noise level background), never
+//! below the target. Only if the excess persists for [`LAST_RESORT`] without a single quiet frame
+//! is one whole frame dropped regardless, counted in [`JitterStats::samples_dropped_forced`]
+//! (as is the hard trim when a burst overflows the maximum delay).
 //! Sans-IO: time is only ever passed in.
 
 use std::time::{Duration, Instant};
@@ -20,6 +33,18 @@ use crate::g711::{G711, scale_code};
 pub const FRAME: usize = 160;
 const RING: usize = 4096;
 const MASK: i64 = RING as i64 - 1;
+/// A frame may be skipped to shrink the buffer only if every sample's magnitude (16-bit linear)
+/// is at most this: about −42 dBFS peak, i.e. silence or low-level background noise.
+pub const QUIET_PEAK: i16 = 256;
+/// How long the buffer may stay too deep without a single quiet frame before one frame of audio
+/// is dropped anyway.
+pub const LAST_RESORT: Duration = Duration::from_secs(10);
+/// [`LAST_RESORT`] in 20 ms pops.
+const LAST_RESORT_POPS: u32 = (LAST_RESORT.as_millis() / 20) as u32;
+/// Pops between two 10 ms relaxations of the target (2 s).
+const RELAX_POPS: u32 = 100;
+/// Pops per depth observation window (1 s).
+const WINDOW_POPS: u32 = 50;
 
 /// Configuration bounds.
 #[derive(Debug, Clone, Copy)]
@@ -96,8 +121,13 @@ pub struct JitterStats {
     pub samples_lost: u64,
     /// Number of underruns (buffer ran dry while a stream was active).
     pub underruns: u64,
-    /// Samples dropped to shrink the depth.
+    /// Samples dropped to shrink the depth (all causes, including
+    /// [`JitterStats::samples_dropped_forced`]).
     pub samples_dropped: u64,
+    /// Of `samples_dropped`, those dropped without checking that they were quiet: last-resort
+    /// frame drops after [`LAST_RESORT`] without silence, and the hard trim when a burst
+    /// overflows the maximum delay (more than `max_delay` + 20 ms buffered).
+    pub samples_dropped_forced: u64,
     /// Interarrival jitter estimate (RFC 3550 A.8), in samples.
     pub jitter_samples: f64,
     /// Current depth (buffered span ahead of playout), in samples.
@@ -124,12 +154,22 @@ pub struct JitterBuffer {
     last_ts: u32,
     last_ext: i64,
     offset: i64,
+    /// When the current anchor was set (the arrival of the anchoring packet), until the next pop.
+    anchored_at: Option<Instant>,
     // adaptation
     target: i64,
+    /// Floor of the target: starts at the initial delay, relaxes to `cfg_min`.
+    settle: i64,
     boost: i64,
+    /// Pops until the initial delay relaxes by another 10 ms.
+    relax_in: u32,
     pops_since_underrun: u32,
     window_min_depth: i64,
     window_pops: u32,
+    /// Whole frames to remove, decided at the end of a too-deep window.
+    shrink_frames: u32,
+    /// Pops since the shrink became pending without a frame being removed.
+    shrink_wait: u32,
     jitter: f64,
     last_arrival: Option<(Instant, u32)>,
     // concealment
@@ -182,11 +222,16 @@ impl JitterBuffer {
             last_ts: 0,
             last_ext: 0,
             offset: 0,
+            anchored_at: None,
             target,
+            settle: target,
             boost: 0,
+            relax_in: RELAX_POPS,
             pops_since_underrun: 0,
             window_min_depth: i64::MAX,
             window_pops: 0,
+            shrink_frames: 0,
+            shrink_wait: 0,
             jitter: 0.0,
             last_arrival: None,
             last_frame: [law.silence(); FRAME],
@@ -235,7 +280,7 @@ impl JitterBuffer {
             self.started = true;
             self.waiting = true;
             self.map_stream(ssrc, timestamp);
-            self.anchor(timestamp, len);
+            self.anchor(timestamp, len, now);
             self.last_arrival = None;
             outcome = PushOutcome::Resynced;
         } else if ssrc != self.ssrc {
@@ -243,7 +288,7 @@ impl JitterBuffer {
             self.map_stream(ssrc, timestamp);
             self.last_arrival = None;
             if self.waiting {
-                self.anchor(timestamp, len);
+                self.anchor(timestamp, len, now);
             } else {
                 self.append(timestamp);
             }
@@ -261,7 +306,7 @@ impl JitterBuffer {
                 self.last_ext = ext;
                 self.last_arrival = None;
                 if self.waiting {
-                    self.anchor(timestamp, len);
+                    self.anchor(timestamp, len, now);
                 } else {
                     self.append(timestamp);
                 }
@@ -272,7 +317,7 @@ impl JitterBuffer {
                 // depth, which drops a silent gap and rebuilds the cushion.
                 self.last_ts = timestamp;
                 self.last_ext = ext;
-                self.anchor(timestamp, len);
+                self.anchor(timestamp, len, now);
                 pos = ext + self.offset;
             } else if pos > self.last_ext + self.offset {
                 self.last_ts = timestamp;
@@ -312,22 +357,27 @@ impl JitterBuffer {
         self.waiting = false;
         self.stats.stored += 1;
 
-        // Too deep (a burst after a stall): drop the oldest audio down to the target.
+        // Beyond the maximum delay (a burst after a stall): hard-trim the oldest audio down to the
+        // target. This is a bound, not adaptation, so it does not wait for silence.
         if self.highest_end - self.playout > self.cfg_max + FRAME as i64 {
             let new_playout = self.highest_end - self.target;
-            self.drop_until(new_playout);
+            let dropped = self.drop_until(new_playout);
+            self.stats.samples_dropped_forced += dropped;
         }
         outcome
     }
 
     /// Pop the next 20 ms frame. Always returns a frame.
-    pub fn pop(&mut self, _now: Instant) -> Frame {
+    pub fn pop(&mut self, now: Instant) -> Frame {
         if !self.started {
             self.stats.frames_silence += 1;
             return Frame {
                 data: [self.law.silence(); FRAME],
                 kind: FrameKind::Silence,
             };
+        }
+        if let Some(at) = self.anchored_at.take() {
+            self.settle_anchor(at, now);
         }
         let depth = self.highest_end - self.playout;
         if depth <= 0 {
@@ -342,6 +392,9 @@ impl JitterBuffer {
             return self.conceal_frame();
         }
         self.adapt(depth);
+        if self.shrink_frames > 0 {
+            self.shrink();
+        }
 
         // Fast path: the whole frame is there.
         let mut all = true;
@@ -466,21 +519,108 @@ impl JitterBuffer {
     fn adapt(&mut self, depth: i64) {
         self.pops_since_underrun = self.pops_since_underrun.saturating_add(1);
         // Boost from underruns decays by 10 ms every 2 s without one.
-        if self.pops_since_underrun.is_multiple_of(100) && self.boost > 0 {
+        if self.pops_since_underrun.is_multiple_of(RELAX_POPS) && self.boost > 0 {
             self.boost = (self.boost - 80).max(0);
         }
+        // The initial delay relaxes by 10 ms every 2 s towards what the jitter warrants.
+        if self.settle > self.cfg_min {
+            self.relax_in -= 1;
+            if self.relax_in == 0 {
+                self.relax_in = RELAX_POPS;
+                self.settle = (self.settle - 80).max(self.cfg_min);
+            }
+        }
         let jitter_term = FRAME as i64 + (4.0 * self.jitter) as i64;
-        self.target =
-            (jitter_term.max(self.cfg_min) + self.boost).clamp(self.cfg_min, self.cfg_max);
+        self.target = (jitter_term.max(self.settle) + self.boost).clamp(self.cfg_min, self.cfg_max);
         self.window_min_depth = self.window_min_depth.min(depth);
         self.window_pops += 1;
-        if self.window_pops >= 50 {
-            if self.window_min_depth > self.target + FRAME as i64 {
-                // Consistently too deep for a second: shorten by 10 ms.
-                self.drop_until(self.playout + 80);
+        if self.window_pops >= WINDOW_POPS {
+            let excess = self.window_min_depth - self.target;
+            if excess > FRAME as i64 {
+                // Consistently too deep for a second: remove the excess, in whole frames, at
+                // the next quiet frames.
+                if self.shrink_frames == 0 {
+                    self.shrink_wait = 0;
+                }
+                self.shrink_frames = (excess / FRAME as i64) as u32;
+            } else {
+                self.shrink_frames = 0;
+                self.shrink_wait = 0;
             }
             self.window_pops = 0;
             self.window_min_depth = i64::MAX;
+        }
+    }
+
+    /// Skip quiet frames at the playout point while an excess is pending; after [`LAST_RESORT`]
+    /// without any, skip one frame whatever it holds.
+    #[cold]
+    #[inline(never)]
+    fn shrink(&mut self) {
+        self.shrink_wait = self.shrink_wait.saturating_add(1);
+        while self.shrink_frames > 0
+            && self.highest_end - self.playout - FRAME as i64 >= self.target
+        {
+            let forced = self.shrink_wait >= LAST_RESORT_POPS;
+            if !forced && !self.quiet_frame_at_playout() {
+                return;
+            }
+            let dropped = self.drop_until(self.playout + FRAME as i64);
+            if forced {
+                self.stats.samples_dropped_forced += dropped;
+                tracing::debug!(
+                    dropped,
+                    "jitter: buffer too deep with no silence, frame dropped"
+                );
+            }
+            self.shrink_frames -= 1;
+            self.shrink_wait = 0;
+            if self.window_min_depth != i64::MAX {
+                self.window_min_depth -= FRAME as i64;
+            }
+        }
+    }
+
+    /// The frame at the playout point was received in full and every sample is quiet.
+    fn quiet_frame_at_playout(&self) -> bool {
+        let mut all = true;
+        for_each_word(self.playout, FRAME, |w, m| {
+            if self.present[w] & m != m {
+                all = false;
+            }
+        });
+        if !all {
+            return false;
+        }
+        (0..FRAME as i64).all(|i| {
+            let c = self.audio[((self.playout + i) & MASK) as usize];
+            self.law.decode(c).unsigned_abs() <= QUIET_PEAK as u16
+        })
+    }
+
+    /// First pop after an anchor: if whole ticks passed since the anchoring packet arrived (the
+    /// consumer's tick came just before that packet at an equal instant, or the consumer
+    /// started late), that time was already spent waiting, so shorten the silent prefill by
+    /// those whole frames; never skip audio that was received.
+    #[cold]
+    #[inline(never)]
+    fn settle_anchor(&mut self, at: Instant, now: Instant) {
+        let elapsed =
+            (now.saturating_duration_since(at).as_micros() as i64).saturating_mul(8) / 1000;
+        let frames = elapsed / FRAME as i64;
+        let mut shift = (frames * FRAME as i64).min(self.silence_until - self.playout);
+        while shift >= FRAME as i64 {
+            let mut free = true;
+            for_each_word(self.playout, FRAME, |w, m| {
+                if self.present[w] & m != 0 {
+                    free = false;
+                }
+            });
+            if !free {
+                break;
+            }
+            self.playout += FRAME as i64;
+            shift -= FRAME as i64;
         }
     }
 
@@ -490,16 +630,20 @@ impl JitterBuffer {
         self.target = (self.target + FRAME as i64).min(self.cfg_max);
     }
 
-    fn drop_until(&mut self, new_playout: i64) {
+    /// Advance the playout point, discarding what was received; returns the samples discarded.
+    fn drop_until(&mut self, new_playout: i64) -> u64 {
+        let mut dropped = 0;
         while self.playout < new_playout {
             let slot = (self.playout & MASK) as usize;
             let (w, b) = (slot / 64, slot % 64);
             if self.present[w] & (1 << b) != 0 {
                 self.present[w] &= !(1 << b);
-                self.stats.samples_dropped += 1;
+                dropped += 1;
             }
             self.playout += 1;
         }
+        self.stats.samples_dropped += dropped;
+        dropped
     }
 
     fn map_stream(&mut self, ssrc: u32, timestamp: u32) {
@@ -509,7 +653,8 @@ impl JitterBuffer {
     }
 
     /// Map the current stream so that `timestamp` lands at `playout + target - len`.
-    fn anchor(&mut self, timestamp: u32, len: i64) {
+    fn anchor(&mut self, timestamp: u32, len: i64, now: Instant) {
+        self.anchored_at = Some(now);
         let ext = self.last_ext + timestamp.wrapping_sub(self.last_ts) as i32 as i64;
         let pos = self.playout + (self.target - len).max(0);
         self.offset = pos - ext;

@@ -342,3 +342,268 @@ mod properties {
         }
     }
 }
+
+// ---- Shrinking without cutting speech: steady streams, bursts, sender clock drift ----
+
+mod no_drop_in_speech {
+    use super::*;
+    use trunkline_media::jitter::{LAST_RESORT, QUIET_PEAK};
+
+    /// Loud "speech" codes: µ-law 0x10..=0x6F (every packet holds samples far above the quiet
+    /// threshold), disjoint from the codes of [`quiet_code`].
+    fn speech_code(n: u64) -> u8 {
+        0x10 + (n % 96) as u8
+    }
+
+    /// Low-level background noise (±20 linear, pseudo-random): quiet, droppable.
+    fn quiet_code(n: u64) -> u8 {
+        let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+        G711::Ulaw.encode((h % 41) as i16 - 20)
+    }
+
+    fn is_quiet_code(c: u8) -> bool {
+        G711::Ulaw.decode(c).unsigned_abs() <= 32
+    }
+
+    #[test]
+    fn test_signals_are_what_they_claim() {
+        assert!((0..96).all(|n| !is_quiet_code(speech_code(n))));
+        assert!((0..96).any(|n| G711::Ulaw.decode(speech_code(n)).unsigned_abs() > 8000));
+        assert!((0..10_000).all(|n| is_quiet_code(quiet_code(n))));
+        assert!(is_quiet_code(0xFF)); // the buffer's own silence fill
+        const { assert!(32 < QUIET_PEAK) };
+    }
+
+    struct Sent {
+        arrival: Duration,
+        ts: u32,
+        payload: Vec<u8>,
+    }
+
+    /// `n` packets of 20 ms from one sender; packet `k` arrives at `arrival(k)` and is quiet
+    /// (background noise) when `quiet(k)`. Returns the packets and the bytes sent, in order.
+    fn talk(
+        n: u64,
+        arrival: impl Fn(u64) -> Duration,
+        quiet: impl Fn(u64) -> bool,
+    ) -> (Vec<Sent>, Vec<u8>) {
+        let mut sent = Vec::new();
+        let mut bytes = Vec::new();
+        for k in 0..n {
+            let payload: Vec<u8> = (k * 160..(k + 1) * 160)
+                .map(|i| {
+                    if quiet(k) {
+                        quiet_code(i)
+                    } else {
+                        speech_code(i)
+                    }
+                })
+                .collect();
+            bytes.extend_from_slice(&payload);
+            sent.push(Sent {
+                arrival: arrival(k),
+                ts: 77_000u32.wrapping_add(k as u32 * 160),
+                payload,
+            });
+        }
+        (sent, bytes)
+    }
+
+    struct Played {
+        out: Vec<(FrameKind, [u8; 160])>,
+        /// Audio left buffered right after each pop (the cushion against late packets), and
+        /// the target depth then.
+        depth: Vec<(u32, u32)>,
+        jb: JitterBuffer,
+    }
+
+    /// Pop every 20 ms from `first_pop` until `until`; at equal instants packets are pushed
+    /// before the pop unless `pop_first`.
+    fn play(sent: &[Sent], first_pop: Duration, pop_first: bool, until: Duration) -> Played {
+        let start = t0();
+        let mut jb = JitterBuffer::new(G711::Ulaw, JitterConfig::default());
+        let (mut out, mut depth) = (Vec::new(), Vec::new());
+        let mut i = 0;
+        let mut tick = first_pop;
+        while tick <= until {
+            while i < sent.len()
+                && (sent[i].arrival < tick || (!pop_first && sent[i].arrival == tick))
+            {
+                let s = &sent[i];
+                jb.push(0xCAFE, s.ts, i == 0, &s.payload, start + s.arrival);
+                i += 1;
+            }
+            let f = jb.pop(start + tick);
+            let st = jb.stats();
+            depth.push((st.depth_samples, st.target_samples));
+            out.push((f.kind, f.data));
+            tick += ms(20);
+        }
+        Played { out, depth, jb }
+    }
+
+    /// Everything played up to the last audio frame (the fade-out after the stream ends is not
+    /// part of it).
+    fn bytes_played(p: &Played) -> Vec<u8> {
+        let last = p
+            .out
+            .iter()
+            .rposition(|(k, _)| *k == FrameKind::Audio)
+            .unwrap();
+        p.out[..=last]
+            .iter()
+            .flat_map(|(_, d)| d.iter().copied())
+            .collect()
+    }
+
+    /// The speech bytes (everything that is not quiet) are played exactly, in order; quiet
+    /// bytes may only have been removed in whole frames (the drop counter).
+    fn assert_speech_intact(p: &Played, sent: &[u8]) {
+        let speech =
+            |b: &[u8]| -> Vec<u8> { b.iter().copied().filter(|c| !is_quiet_code(*c)).collect() };
+        let played = bytes_played(p);
+        let (want, got) = (speech(sent), speech(&played));
+        assert_eq!(got.len(), want.len(), "speech bytes played");
+        if let Some(i) = (0..want.len()).find(|&i| want[i] != got[i]) {
+            panic!("speech byte {i} differs: {:?}", p.jb.stats());
+        }
+        let last = p
+            .out
+            .iter()
+            .rposition(|(k, _)| *k == FrameKind::Audio)
+            .unwrap();
+        assert!(
+            p.out[..last]
+                .iter()
+                .all(|(k, _)| *k != FrameKind::Concealed),
+            "nothing concealed while the stream runs"
+        );
+        assert_eq!(p.jb.stats().samples_dropped % 160, 0, "whole frames only");
+    }
+
+    #[test]
+    fn steady_stream_for_60_s_plays_every_byte_whatever_the_tick_phase() {
+        let (sent, bytes) = talk(3000, |k| ms(20 * k), |_| false);
+        // (first pop, pops before pushes at equal instants). (20 ms, false) is the call layer:
+        // its tick timer starts at answer, the phone's first packet arrives at that instant and
+        // the first pop comes one tick later.
+        let phases = [
+            (ms(0), false),
+            (ms(0), true),
+            (ms(20), false),
+            (ms(20), true),
+            (ms(40), false),
+            (Duration::from_micros(7_000), false),
+            (Duration::from_micros(13_500), false),
+            (Duration::from_micros(19_999), false),
+        ];
+        for (first_pop, pop_first) in phases {
+            let p = play(&sent, first_pop, pop_first, ms(60_200));
+            let st = p.jb.stats();
+            let case = format!("first pop {first_pop:?} pop_first {pop_first}: {st:?}");
+            assert_eq!(st.samples_dropped, 0, "{case}");
+            assert_eq!(st.samples_lost, 0, "{case}");
+            // Every packet came out as one whole audio frame; the only underrun is the end of
+            // the stream.
+            assert_eq!(st.frames_audio, 3000, "{case}");
+            assert!(st.underruns <= 1, "{case}");
+            let played = bytes_played(&p);
+            let from = played.iter().position(|c| *c != 0xFF).unwrap();
+            assert_eq!(&played[from..from + bytes.len()], &bytes[..], "{case}");
+            // The buffer never holds more than the initial delay (60 ms = 480 samples, of which
+            // one frame was just popped), whatever the phase: the anchor follows the consumer's
+            // clock.
+            let deepest = p.depth.iter().map(|d| d.0).max().unwrap();
+            assert!(deepest <= 320, "deepest {deepest}, {case}");
+        }
+    }
+
+    #[test]
+    fn burst_excess_is_removed_only_in_silence_gaps() {
+        // 3 s of sender-side batching (5 packets every 100 ms) grow the buffer; then the network
+        // calms down: 30 s of steady packets, 1.5 s of speech and 0.5 s of background noise.
+        let burst = 150;
+        let (sent, bytes) = talk(
+            burst + 1500,
+            |k| {
+                if k < burst {
+                    ms((k / 5 + 1) * 100)
+                } else {
+                    ms(3000 + 20 * (k - burst))
+                }
+            },
+            |k| k >= burst && (k - burst) % 100 >= 75,
+        );
+        let p = play(&sent, ms(0), false, ms(34_000));
+        let st = p.jb.stats();
+        assert_speech_intact(&p, &bytes);
+        assert_eq!(st.samples_lost, 0, "{st:?}");
+        assert_eq!(st.samples_dropped_forced, 0, "{st:?}");
+        assert!(st.samples_dropped >= 320, "the excess was removed: {st:?}");
+        // Deep right after the bursts; back within a frame of the target once it relaxed.
+        let deep_after_burst = p.depth[150..200].iter().map(|d| d.0).min().unwrap();
+        assert!(
+            deep_after_burst >= 640,
+            "burst left it deep: {deep_after_burst}"
+        );
+        // After the pop the buffer holds at most the target (steady state: exactly
+        // target - 1 frame, up to one more frame of hysteresis).
+        for (i, (depth, target)) in p.depth.iter().enumerate().skip(1400).take(250) {
+            assert!(*depth <= *target, "pop {i}: depth {depth} target {target}");
+        }
+    }
+
+    #[test]
+    fn sender_clock_0_1_percent_fast_for_120_s_stays_bounded_by_dropping_pauses_only() {
+        // 6000 packets sent every 19.98 ms: 960 samples (120 ms) more than the consumer plays.
+        // Speech for 4 s, background noise for 1 s, repeatedly.
+        let (sent, bytes) = talk(
+            6000,
+            |k| Duration::from_micros(19_980 * k),
+            |k| k % 250 >= 200,
+        );
+        let p = play(&sent, ms(0), false, ms(120_200));
+        let st = p.jb.stats();
+        assert_speech_intact(&p, &bytes);
+        assert_eq!(st.samples_lost, 0, "{st:?}");
+        assert!(st.underruns <= 1, "only at the end: {st:?}");
+        assert_eq!(st.samples_dropped_forced, 0, "{st:?}");
+        assert!(st.samples_dropped >= 640, "drift absorbed: {st:?}");
+        // Without shrinking the depth would end up 960 samples deeper than it started (320).
+        let deepest = p.depth.iter().map(|d| d.0).max().unwrap();
+        assert!(deepest <= 320 + 2 * 160, "deepest {deepest}");
+    }
+
+    #[test]
+    fn drift_without_any_silence_drops_whole_frames_only_as_a_counted_last_resort() {
+        let (sent, _) = talk(6000, |k| Duration::from_micros(19_980 * k), |_| false);
+        let p = play(&sent, ms(0), false, ms(120_200));
+        let st = p.jb.stats();
+        assert_eq!(st.samples_lost, 0, "{st:?}");
+        assert!(st.samples_dropped_forced > 0, "{st:?}");
+        assert_eq!(st.samples_dropped, st.samples_dropped_forced, "{st:?}");
+        assert_eq!(st.samples_dropped % 160, 0, "whole frames: {st:?}");
+        // At most one frame per LAST_RESORT of continuous excess.
+        let max_frames = 120 / LAST_RESORT.as_secs();
+        assert!(st.samples_dropped / 160 <= max_frames, "{st:?}");
+        let deepest = p.depth.iter().map(|d| d.0).max().unwrap();
+        assert!(deepest <= 320 + 2 * 160, "deepest {deepest}");
+        // Played audio is the sent audio with whole 160-byte frames cut out, nothing else.
+        let played = bytes_played(&p);
+        let from = played.iter().position(|c| *c != 0xFF).unwrap();
+        let played = &played[from..];
+        let sent_bytes: Vec<u8> = sent.iter().flat_map(|s| s.payload.clone()).collect();
+        let (mut i, mut o, mut cuts) = (0, 0, 0);
+        while o < played.len() && i < sent_bytes.len() {
+            if played[o] == sent_bytes[i] {
+                i += 1;
+                o += 1;
+            } else {
+                i += 160;
+                cuts += 1;
+                assert!(cuts <= max_frames, "more cuts than drops at byte {o}");
+            }
+        }
+        assert_eq!(cuts * 160, st.samples_dropped, "{st:?}");
+    }
+}
