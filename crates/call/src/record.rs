@@ -134,6 +134,9 @@ pub struct AudioStats {
     pub late: u64,
     /// Frames concealed or played as silence for lack of audio (uplink: jitter-buffer underruns).
     pub underruns: u64,
+    /// Samples the jitter buffer skipped to shrink its depth (quiet frames; uplink only).
+    #[serde(default)]
+    pub dropped_samples: u64,
     /// 20 ms frames of audio (downlink: agent speech frames sent).
     pub audio_frames: u64,
     /// 20 ms frames of comfort silence (downlink).
