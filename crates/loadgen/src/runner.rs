@@ -1,0 +1,1076 @@
+//! The load run: starts (or reaches) a gateway, the trunk and agent emulators, places calls at a
+//! given rate and concurrency level by level, samples CPU and memory while they run, and reduces
+//! what the phone and the agent saw into a [`RunReport`].
+//!
+//! In-process (no `--gateway`), the gateway runs on its own tokio runtime whose threads are named
+//! [`GATEWAY_THREAD`]; the emulators and this driver run on another ([`LOAD_THREAD`]). The
+//! gateway's CPU is the sum of its threads' `utime + stime` (kernel work done on those threads —
+//! socket sends, wake-ups — included; softirq work charged to other threads is not). Memory can
+//! only be read per process: the RSS growth is reported with the emulators' own recording memory
+//! estimated and taken out, and is an upper bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use trunkline_agent::AudioFormat;
+use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig, VadConfig};
+use trunkline_emulators::trunk::{
+    Originate, PlayPacket, PlaySource, RxPacket, TrunkCall, TrunkConfig, TrunkEmulator,
+};
+use trunkline_gateway::api::{ApiState, router};
+use trunkline_gateway::config::{Config, Secrets};
+use trunkline_gateway::policy::Policy;
+use trunkline_gateway::service::Gateway;
+use trunkline_media::g711::G711;
+
+use crate::analyze::{self, Integrity};
+use crate::procfs::{GATEWAY_THREAD, GatewayProc, LOAD_THREAD, Usage};
+use crate::report::{Defect, FindMax, PhaseReport, RunReport, Sample, Stats};
+use crate::schedule;
+use crate::sipspy::SipSpy;
+
+/// The bearer token of the in-process gateway.
+pub const TOKEN: &str = "load-token";
+
+/// Outbound (HTTP trigger → gateway INVITEs the trunk) or inbound (the trunk INVITEs the gateway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Calls placed with `POST /api/call/outbound`.
+    Outbound,
+    /// Calls placed by the trunk emulator sending INVITE to the gateway.
+    Inbound,
+}
+
+/// The agent's audio format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+pub enum AgentFormat {
+    /// µ-law 8 kHz both ways: passthrough.
+    #[value(name = "ulaw_8000")]
+    #[serde(rename = "ulaw_8000")]
+    Ulaw8000,
+    /// PCM 16 kHz both ways: the gateway transcodes and resamples.
+    #[value(name = "pcm_16000")]
+    #[serde(rename = "pcm_16000")]
+    Pcm16000,
+}
+
+impl AgentFormat {
+    fn audio(self) -> AudioFormat {
+        match self {
+            AgentFormat::Ulaw8000 => AudioFormat::Ulaw8000,
+            AgentFormat::Pcm16000 => AudioFormat::Pcm { sample_rate: 16000 },
+        }
+    }
+}
+
+/// One level of load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Level {
+    /// Most calls up at once.
+    pub concurrency: usize,
+    /// Calls to place (`usize::MAX` with `duration`).
+    pub calls: usize,
+    /// Stop placing calls after this long.
+    pub duration: Option<Duration>,
+}
+
+/// Quality thresholds for `--find-max`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Thresholds {
+    /// Largest acceptable pacing p99, µs.
+    pub pacing_p99_us: u64,
+    /// Packets lost allowed.
+    pub max_lost: u64,
+    /// Failed calls allowed.
+    pub max_failed: usize,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            pacing_p99_us: 2000,
+            max_lost: 0,
+            max_failed: 0,
+        }
+    }
+}
+
+impl Thresholds {
+    /// Why `p` breaks the thresholds (`None`: it holds them).
+    pub fn broken(&self, p: &PhaseReport) -> Option<String> {
+        if p.failed > self.max_failed {
+            return Some(format!("{} failed calls", p.failed));
+        }
+        if p.lost > self.max_lost {
+            return Some(format!("{} packets lost", p.lost));
+        }
+        if p.pacing_us.p99 > self.pacing_p99_us as f64 {
+            return Some(format!("pacing p99 {:.0} µs", p.pacing_us.p99));
+        }
+        None
+    }
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// HTTP base URL of an external gateway (`None`: start one in-process).
+    pub gateway: Option<String>,
+    /// SIP address of an external gateway (inbound mode).
+    pub gateway_sip: Option<SocketAddr>,
+    /// Pid of an external gateway, for its CPU and RSS.
+    pub gateway_pid: Option<u32>,
+    /// Bearer token for an external gateway.
+    pub token: String,
+    /// Call direction.
+    pub mode: Mode,
+    /// Levels to run, in order (with `find_max`: the first level; later ones are generated).
+    pub levels: Vec<Level>,
+    /// New calls per second.
+    pub rate: f64,
+    /// How long each call stays up after answer.
+    pub hold: Duration,
+    /// The capture the phone plays (looped).
+    pub pcap: PathBuf,
+    /// The agent's audio format.
+    pub agent_format: AgentFormat,
+    /// The agent answers the caller's turns (and gets interrupted by them); `false`: it only
+    /// greets, then listens.
+    pub agent_turns: bool,
+    /// Record the agent side and check µ-law passthrough sample by sample (costs memory).
+    pub integrity: bool,
+    /// Raise concurrency until the thresholds break.
+    pub find_max: Option<Thresholds>,
+    /// Highest level `find_max` tries.
+    pub max_concurrency: usize,
+    /// Trunk ring time before answer.
+    pub ring_time: Duration,
+    /// Where the emulated trunk listens (an external gateway's outbound proxy).
+    pub trunk_listen: SocketAddr,
+    /// Where the emulated agent listens (an external gateway's agent base URL).
+    pub agent_listen: SocketAddr,
+    /// Run the gateway as a child process of this executable (`trunkline-load`) instead of
+    /// in-process: its CPU and RSS are then its own, read from `/proc/<pid>`.
+    pub gateway_exe: Option<PathBuf>,
+    /// Worker threads of the in-process gateway's runtime.
+    pub gateway_threads: usize,
+    /// Worker threads of the load generator's runtime.
+    pub load_threads: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Place no call: start the gateway and emulators, print their addresses, wait this long
+    /// (for an independent load generator such as SIPp), then report the gateway's resources.
+    pub serve_for: Option<Duration>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            gateway: None,
+            gateway_sip: None,
+            gateway_pid: None,
+            token: TOKEN.into(),
+            mode: Mode::Outbound,
+            levels: vec![Level {
+                concurrency: 10,
+                calls: 20,
+                duration: None,
+            }],
+            rate: 20.0,
+            hold: Duration::from_secs(4),
+            pcap: default_pcap(),
+            agent_format: AgentFormat::Ulaw8000,
+            agent_turns: true,
+            integrity: true,
+            find_max: None,
+            max_concurrency: 2000,
+            ring_time: Duration::from_millis(100),
+            trunk_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            agent_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            gateway_exe: None,
+            gateway_threads: 1,
+            load_threads: 1,
+            progress: false,
+            serve_for: None,
+        }
+    }
+}
+
+/// The capture used by default: 10 s of µ-law speech without gaps or telephone-events.
+pub fn default_pcap() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/data/pcap/derived/pcmu_speech_from_sip-rtp-g711.pcap"
+    ))
+}
+
+/// Run on two runtimes of our own (gateway, load) and return the report.
+pub fn run_blocking(cfg: RunConfig) -> anyhow::Result<RunReport> {
+    let gw_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.gateway_threads.max(1))
+        .thread_name(GATEWAY_THREAD)
+        .enable_all()
+        .build()?;
+    let load_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.load_threads.max(1))
+        .thread_name(LOAD_THREAD)
+        .enable_all()
+        .build()?;
+    let gw = gw_rt.handle().clone();
+    let result = load_rt.block_on(async move { load_rt_handle_run(cfg, gw).await });
+    gw_rt.shutdown_background();
+    load_rt.shutdown_background();
+    result
+}
+
+async fn load_rt_handle_run(cfg: RunConfig, gw: Handle) -> anyhow::Result<RunReport> {
+    tokio::spawn(run(cfg, gw)).await?
+}
+
+/// The in-process gateway, or how to reach an external one.
+struct Target {
+    http: Option<SocketAddr>,
+    sip: Option<SocketAddr>,
+    proc_: GatewayProc,
+    _gateway: Option<Arc<Gateway>>,
+    _child: Option<tokio::process::Child>,
+}
+
+struct Ctx {
+    cfg: RunConfig,
+    target: Target,
+    trunk: TrunkEmulator,
+    spy: Option<SipSpy>,
+    http_failures: AtomicU64,
+    live: AtomicU64,
+    /// Trigger instants of the current phase.
+    triggers: Mutex<Vec<Instant>>,
+    run_start: Instant,
+}
+
+/// Run the configured levels (or the capacity search) and build the report.
+#[allow(clippy::too_many_lines)]
+pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
+    let play = PlaySource::from_pcap(&cfg.pcap)
+        .with_context(|| format!("reading {}", cfg.pcap.display()))?;
+    if play.packets.is_empty() {
+        return Err(anyhow!("{}: no RTP audio stream", cfg.pcap.display()));
+    }
+    let play_bytes = play_source_bytes(&play);
+    let trunk = TrunkEmulator::start(TrunkConfig {
+        listen: cfg.trunk_listen,
+        credentials: Some(("trunkline".into(), "s3cret".into())),
+        ring_time: cfg.ring_time,
+        early_media: false,
+        play: play.clone(),
+        play_loop: true,
+        hangup_after: Some(cfg.hold),
+        ..TrunkConfig::default()
+    })
+    .await?;
+    let agent = AgentEmulator::start(
+        cfg.agent_listen,
+        AgentEmulatorConfig {
+            input_format: cfg.agent_format.audio(),
+            output_format: cfg.agent_format.audio(),
+            record: cfg.integrity,
+            vad: if cfg.agent_turns {
+                VadConfig::default()
+            } else {
+                VadConfig {
+                    threshold_rms: f64::MAX,
+                    ..VadConfig::default()
+                }
+            },
+            ..AgentEmulatorConfig::default()
+        },
+    )
+    .await?;
+    let (target, spy) = match &cfg.gateway {
+        None => {
+            let spy = SipSpy::start(trunk.addr()).await?;
+            let t = start_gateway(&gw_rt, spy.addr(), &agent, &cfg).await?;
+            (t, Some(spy))
+        }
+        Some(url) => {
+            let http = resolve_http(url).await?;
+            let proc_ = cfg
+                .gateway_pid
+                .map_or(GatewayProc::Unknown, GatewayProc::Pid);
+            let t = Target {
+                http: Some(http),
+                sip: cfg.gateway_sip,
+                proc_,
+                _gateway: None,
+                _child: None,
+            };
+            (t, None)
+        }
+    };
+    if cfg.mode == Mode::Inbound && target.sip.is_none() {
+        return Err(anyhow!(
+            "inbound mode against an external gateway needs --gateway-sip"
+        ));
+    }
+    let ctx = Arc::new(Ctx {
+        cfg: cfg.clone(),
+        target,
+        trunk,
+        spy,
+        http_failures: AtomicU64::new(0),
+        live: AtomicU64::new(0),
+        triggers: Mutex::new(Vec::new()),
+        run_start: Instant::now(),
+    });
+
+    if let Some(d) = cfg.serve_for {
+        let pid = match ctx.target.proc_ {
+            GatewayProc::Pid(p) => p.to_string(),
+            _ => std::process::id().to_string(),
+        };
+        println!(
+            "gateway: sip udp {} http {} pid {pid}; trunk emulator {}; agent emulator {}",
+            ctx.target.sip.map_or("-".into(), |a| a.to_string()),
+            ctx.target.http.map_or("-".into(), |a| a.to_string()),
+            ctx.trunk.addr(),
+            agent.ws_base_url()
+        );
+        let phase = serve_phase(&ctx, d).await;
+        return Ok(RunReport {
+            tool: format!("trunkline-load {}", env!("CARGO_PKG_VERSION")),
+            mode: cfg.mode,
+            agent_format: cfg.agent_format,
+            pcap: String::new(),
+            in_process: cfg.gateway.is_none() && cfg.gateway_exe.is_none(),
+            rate_cps: 0.0,
+            hold_s: 0.0,
+            cpu_method: "serve mode: calls placed by another tool; gateway CPU % of a core and RSS sampled every 250 ms".into(),
+            idle_gateway_cpu_pct: 0.0,
+            integrity_checkable: false,
+            agent_turns: cfg.agent_turns,
+            find_max: None,
+            thresholds: None,
+            phases: vec![phase],
+        });
+    }
+
+    // Warm-up: one call placed and completed before measuring (lazy initialisation in the gateway
+    // — phone-number metadata, first connections — is not per-call cost). Not reported.
+    let mut next_index = 0u64;
+    let warm = run_phase(
+        &ctx,
+        Level {
+            concurrency: 1,
+            calls: 1,
+            duration: None,
+        },
+        &mut next_index,
+        0.0,
+        play_bytes,
+    )
+    .await;
+    if warm.failed > 0 {
+        return Err(anyhow!("the warm-up call failed: {:?}", warm.failures));
+    }
+    let mut agent_seen = if cfg.integrity {
+        agent.wait_finished(1, Duration::from_secs(5)).await.len()
+    } else {
+        0
+    };
+
+    // Idle baseline of the gateway's CPU.
+    let u0 = ctx.target.proc_.sample();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let u1 = ctx.target.proc_.sample();
+    let idle_cpu_per_s = (u1.gateway_cpu_s - u0.gateway_cpu_s).max(0.0);
+
+    let expected = schedule::expected_audio(&play, G711::Ulaw);
+    let checkable = cfg.integrity
+        && cfg.agent_format == AgentFormat::Ulaw8000
+        && schedule::integrity_checkable(&play);
+    let mut phases = Vec::new();
+    let mut find_max = None;
+    let mut levels = cfg.levels.clone();
+    let mut i = 0;
+    while i < levels.len() {
+        let level = levels[i];
+        let mut phase = run_phase(&ctx, level, &mut next_index, idle_cpu_per_s, play_bytes).await;
+        if checkable {
+            let recs = agent
+                .wait_finished(agent_seen + phase.placed, Duration::from_secs(10))
+                .await;
+            let mut integ = Integrity::default();
+            let (mut checked, mut exact) = (0usize, 0usize);
+            for r in recs.iter().skip(agent_seen) {
+                let one = analyze::integrity(&r.caller_audio, &expected);
+                checked += 1;
+                exact += usize::from(one.exact());
+                if !one.exact() {
+                    let at = one.aligned_at + one.first_mismatch.unwrap_or(0);
+                    let chunk_t = r.caller_chunks.iter().find(|c| c.1 >= at).map(|c| c.0);
+                    let since_interruption_ms = chunk_t.and_then(|c| {
+                        r.interruption_times
+                            .iter()
+                            .filter(|t| **t <= c)
+                            .max()
+                            .map(|t| c.duration_since(*t).as_secs_f64() * 1000.0)
+                    });
+                    phase.integrity_defects.push(Defect {
+                        at_s: one.first_mismatch.unwrap_or(0) as f64 / 8000.0,
+                        shift_samples: one.shift,
+                        mismatched_samples: one.mismatched,
+                        since_interruption_ms,
+                    });
+                }
+                integ.compared += one.compared;
+                integ.mismatched += one.mismatched;
+            }
+            agent_seen = recs.len();
+            phase.integrity_checked = Some(checked);
+            phase.integrity_exact = Some(exact);
+            phase.integrity_mismatched_samples = Some(integ.mismatched);
+            phase.integrity_compared_samples = Some(integ.compared);
+        }
+        if let Some(th) = cfg.find_max {
+            let verdict = th.broken(&phase);
+            phase.threshold_broken = verdict.clone();
+            let good = verdict.is_none();
+            let fm = find_max.get_or_insert(FindMax::default());
+            if good {
+                fm.last_good = Some(level.concurrency);
+                let next = (level.concurrency * 2).min(cfg.max_concurrency);
+                if next > level.concurrency {
+                    levels.push(Level {
+                        concurrency: next,
+                        calls: next,
+                        duration: None,
+                    });
+                }
+            } else {
+                fm.first_bad = Some(level.concurrency);
+                fm.reason = verdict;
+            }
+        }
+        phases.push(phase);
+        i += 1;
+    }
+    Ok(RunReport {
+        tool: format!("trunkline-load {}", env!("CARGO_PKG_VERSION")),
+        mode: cfg.mode,
+        agent_format: cfg.agent_format,
+        pcap: cfg.pcap.display().to_string(),
+        in_process: cfg.gateway.is_none() && cfg.gateway_exe.is_none(),
+        rate_cps: cfg.rate,
+        hold_s: cfg.hold.as_secs_f64(),
+        cpu_method: match (&ctx.target.proc_, cfg.gateway.is_none()) {
+            (GatewayProc::Pid(p), true) => format!(
+                "gateway child process (pid {p}, {} worker thread(s)): utime+stime of all its threads from /proc/{p}/task/*/stat, VmRSS from /proc/{p}/status; the emulators and this tool run in the parent",
+                cfg.gateway_threads
+            ),
+            (_, true) => format!(
+                "in-process: utime+stime of the gateway runtime's threads ({GATEWAY_THREAD}, {} worker(s)) from /proc/self/task/*/stat; the emulators run on {LOAD_THREAD} threads; RSS is the whole process's, emulator recordings estimated and subtracted (upper bound)",
+                cfg.gateway_threads
+            ),
+            (GatewayProc::Pid(p), false) => {
+                format!("external gateway pid {p}: /proc/{p}/task/*/stat and /proc/{p}/status")
+            }
+            _ => "external gateway without --gateway-pid: not measured".into(),
+        },
+        idle_gateway_cpu_pct: idle_cpu_per_s * 100.0,
+        integrity_checkable: checkable,
+        agent_turns: cfg.agent_turns,
+        find_max,
+        thresholds: cfg.find_max,
+        phases,
+    })
+}
+
+/// The in-process gateway's configuration: SIP on UDP loopback, the trunk behind `proxy`, the
+/// agent at `agent_ws`, policy limits out of the way of the load.
+pub fn gateway_config(proxy: SocketAddr, agent_ws: &str) -> (Config, Secrets) {
+    let mut cfg = Config::default();
+    cfg.sip.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.sip.transports = vec!["udp".into()];
+    cfg.trunk.termination_uri = "sip:trunkline-load.pstn.twilio.com".into();
+    cfg.trunk.outbound_proxy = Some(proxy.to_string());
+    cfg.trunk.username = Some("trunkline".into());
+    cfg.trunk.caller_id = "+15005550006".into();
+    cfg.trunk.inbound_allowed_sources = vec!["127.0.0.1/32".into()];
+    cfg.trunk.ring_timeout_secs = 30;
+    cfg.rtp.bind_ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    cfg.rtp.port_min = 20000;
+    cfg.rtp.port_max = 60000;
+    cfg.agent.base_url = agent_ws.to_owned();
+    cfg.agent.agent_id = "agent_load".into();
+    cfg.agent.drain_timeout_secs = 2;
+    cfg.policy.max_concurrent_calls = 100_000;
+    cfg.policy.calls_per_second = 10_000.0;
+    cfg.policy.per_ip_per_minute = 1_000_000;
+    cfg.policy.per_destination_per_day = 1_000_000;
+    cfg.policy.denied_prefixes.clear();
+    cfg.records.database_url = "sqlite::memory:".into();
+    let secrets = Secrets {
+        trunk_password: Some("s3cret".into()),
+        api_tokens: vec![("load".into(), TOKEN.into())],
+        ..Secrets::default()
+    };
+    (cfg, secrets)
+}
+
+/// Start the gateway and its HTTP API on the current runtime; returns it with the API and SIP
+/// addresses.
+pub async fn serve_gateway(
+    cfg: Config,
+    secrets: Secrets,
+) -> anyhow::Result<(Arc<Gateway>, SocketAddr, Option<SocketAddr>)> {
+    let gateway = Gateway::start(cfg.clone(), secrets.clone())
+        .await
+        .map_err(|e| anyhow!("gateway: {e}"))?;
+    let state = Arc::new(ApiState {
+        policy: std::sync::Mutex::new(Policy::new(
+            cfg.policy.clone(),
+            cfg.http.allowed_origins.clone(),
+            &secrets,
+        )),
+        calls: Arc::new(gateway.clone()),
+        max_body_bytes: cfg.http.max_body_bytes,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let http = listener.local_addr()?;
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let sip = gateway.sip_addr(trunkline_sip_kind());
+    Ok((gateway, http, sip))
+}
+
+/// The child-process side of `--gateway-process`: run the gateway on `threads` workers, print
+/// `READY <http> <sip>` on stdout, and exit when stdin closes (the parent ended).
+pub fn serve_child(proxy: SocketAddr, agent_ws: &str, threads: usize) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(GATEWAY_THREAD)
+        .enable_all()
+        .build()?;
+    let (cfg, secrets) = gateway_config(proxy, agent_ws);
+    rt.block_on(async move {
+        let (_gw, http, sip) = serve_gateway(cfg, secrets).await?;
+        let sip = sip.ok_or_else(|| anyhow!("gateway has no UDP SIP address"))?;
+        println!("READY {http} {sip}");
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 64];
+        while stdin.read(&mut buf).await.unwrap_or(0) > 0 {}
+        anyhow::Ok(())
+    })
+}
+
+async fn start_gateway(
+    gw_rt: &Handle,
+    proxy: SocketAddr,
+    agent: &AgentEmulator,
+    run: &RunConfig,
+) -> anyhow::Result<Target> {
+    let (cfg, secrets) = gateway_config(proxy, &agent.ws_base_url());
+    if let Some(exe) = &run.gateway_exe {
+        let mut child = tokio::process::Command::new(exe)
+            .arg("--serve-child-gateway")
+            .arg(proxy.to_string())
+            .arg("--serve-child-agent")
+            .arg(agent.ws_base_url())
+            .arg("--gateway-threads")
+            .arg(run.gateway_threads.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("gateway child has no pid"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .map_err(|_| anyhow!("gateway child did not start in 30 s"))??
+            .ok_or_else(|| anyhow!("gateway child exited"))?;
+        let mut parts = line.split_whitespace();
+        let (Some("READY"), Some(http), Some(sip)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(anyhow!("gateway child said {line:?}"));
+        };
+        return Ok(Target {
+            http: Some(http.parse()?),
+            sip: Some(sip.parse()?),
+            proc_: GatewayProc::Pid(pid),
+            _gateway: None,
+            _child: Some(child),
+        });
+    }
+    let (gateway, http, sip) = gw_rt.spawn(serve_gateway(cfg, secrets)).await??;
+    Ok(Target {
+        http: Some(http),
+        sip,
+        proc_: GatewayProc::InProcess,
+        _gateway: Some(gateway),
+        _child: None,
+    })
+}
+
+fn trunkline_sip_kind() -> trunkline_sip::transaction::TransportKind {
+    trunkline_sip::transaction::TransportKind::Udp
+}
+
+async fn resolve_http(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("--gateway must be an http:// URL"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:80")
+    };
+    tokio::net::lookup_host(hostport)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow!("{url}: no address"))
+}
+
+/// Bytes one call's copy of the capture costs the trunk emulator (it clones it per call).
+fn play_source_bytes(p: &PlaySource) -> u64 {
+    let per = std::mem::size_of::<PlayPacket>() as u64;
+    p.packets
+        .iter()
+        .map(|x| per + x.payload.capacity() as u64 + 16)
+        .sum()
+}
+
+/// Bytes the trunk emulator keeps per RTP packet received (its record, never freed).
+fn rx_packet_bytes() -> u64 {
+    std::mem::size_of::<RxPacket>() as u64 * 3 / 2 + 160 + 16
+}
+
+/// The phone number of call `i` (unique per call: the trunk's Request-URI identifies the call).
+pub fn number(i: u64) -> String {
+    format!("+336{:08}", i % 100_000_000)
+}
+
+struct Placed {
+    index: u64,
+    trigger: Instant,
+    http_status: Option<u16>,
+    error: Option<String>,
+}
+
+#[allow(clippy::too_many_lines)]
+async fn run_phase(
+    ctx: &Arc<Ctx>,
+    level: Level,
+    next_index: &mut u64,
+    idle_cpu_per_s: f64,
+    play_bytes: u64,
+) -> PhaseReport {
+    let cfg = &ctx.cfg;
+    let sem = Arc::new(Semaphore::new(level.concurrency.max(1)));
+    let per_call = cfg.ring_time + cfg.hold + Duration::from_millis(1500);
+    if let Ok(mut t) = ctx.triggers.lock() {
+        t.clear();
+    }
+    let total = if level.calls == usize::MAX {
+        None
+    } else {
+        Some(level.calls as u64)
+    };
+    let bar = if cfg.progress {
+        ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar.set_prefix(format!("C={}", level.concurrency));
+
+    // Sampler.
+    let samples: Arc<Mutex<Vec<RawSample>>> = Arc::default();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let sampler = {
+        let (ctx, samples, stop, bar) = (ctx.clone(), samples.clone(), stop.clone(), bar.clone());
+        let (ring, hold) = (ctx.cfg.ring_time, ctx.cfg.hold);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut prev: Option<(Instant, Usage)> = None;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop.notified() => break,
+                }
+                let now = Instant::now();
+                let u = ctx.target.proc_.sample();
+                // Calls with media flowing, and the trunk's recording so far (an estimate).
+                let (media_live, rx_pkts) = ctx.triggers.lock().map_or((0, 0), |t| {
+                    let mut live = 0u64;
+                    let mut pk = 0u64;
+                    for &tr in t.iter() {
+                        let a = tr + ring;
+                        if now >= a && now < a + hold {
+                            live += 1;
+                        }
+                        let up = now.min(a + hold).saturating_duration_since(a);
+                        pk += up.as_millis() as u64 / 20;
+                    }
+                    (live, pk)
+                });
+                let rec = rx_pkts * rx_packet_bytes() + media_live * play_bytes;
+                if let Some((pt, pu)) = prev {
+                    let dt = now.duration_since(pt).as_secs_f64().max(1e-3);
+                    bar.set_message(format!(
+                        "live {} http-fail {} gw cpu {:.0}% rss {} MiB",
+                        ctx.live.load(Ordering::Relaxed),
+                        ctx.http_failures.load(Ordering::Relaxed),
+                        (u.gateway_cpu_s - pu.gateway_cpu_s) / dt * 100.0,
+                        u.gateway_rss / (1 << 20)
+                    ));
+                }
+                prev = Some((now, u));
+                if let Ok(mut s) = samples.lock() {
+                    s.push((now, media_live, u, rec));
+                }
+            }
+        })
+    };
+
+    let phase_start = Instant::now();
+    let rss_before = ctx.target.proc_.sample().gateway_rss;
+    let mut handles = Vec::new();
+    let mut placed_n = 0u64;
+    loop {
+        if total.is_some_and(|t| placed_n >= t) {
+            break;
+        }
+        if level.duration.is_some_and(|d| phase_start.elapsed() >= d) {
+            break;
+        }
+        let due = phase_start + Duration::from_secs_f64(placed_n as f64 / cfg.rate.max(0.001));
+        tokio::time::sleep_until(due.into()).await;
+        let Ok(permit) = sem.clone().acquire_owned().await else {
+            break;
+        };
+        let index = *next_index;
+        *next_index += 1;
+        placed_n += 1;
+        let ctx2 = ctx.clone();
+        let bar2 = bar.clone();
+        handles.push(tokio::spawn(async move {
+            ctx2.live.fetch_add(1, Ordering::Relaxed);
+            let trigger = Instant::now();
+            if let Ok(mut t) = ctx2.triggers.lock() {
+                t.push(trigger);
+            }
+            let (http_status, error) = place(&ctx2, index).await;
+            if error.is_some() {
+                ctx2.http_failures.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tokio::time::sleep_until((trigger + per_call).into()).await;
+            }
+            ctx2.live.fetch_sub(1, Ordering::Relaxed);
+            bar2.inc(1);
+            drop(permit);
+            Placed {
+                index,
+                trigger,
+                http_status,
+                error,
+            }
+        }));
+    }
+    let mut placed = Vec::new();
+    for h in handles {
+        if let Ok(p) = h.await {
+            placed.push(p);
+        }
+    }
+    stop.notify_one();
+    let _ = sampler.await;
+    bar.finish_and_clear();
+
+    // Wait for the trunk to see every call of the phase end.
+    let wanted: Vec<String> = placed.iter().map(|p| call_key(cfg.mode, p.index)).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut calls = ctx.trunk.calls();
+    loop {
+        let ended = wanted
+            .iter()
+            .filter(|k| {
+                calls.iter().any(|c| {
+                    key_of(cfg.mode, c).as_deref() == Some(k.as_str()) && c.ended_by.is_some()
+                })
+            })
+            .count();
+        if ended == wanted.len() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        calls = ctx.trunk.calls();
+    }
+    let phase_end = Instant::now();
+    let by_key: std::collections::HashMap<String, &TrunkCall> = calls
+        .iter()
+        .filter_map(|c| key_of(cfg.mode, c).map(|k| (k, c)))
+        .collect();
+
+    let mut report = PhaseReport {
+        concurrency: level.concurrency,
+        placed: placed.len(),
+        ..PhaseReport::default()
+    };
+    let mut t2i = Stats::histogram();
+    let mut a2a = Stats::histogram();
+    let mut pacing = Stats::histogram();
+    let mut failures: std::collections::BTreeMap<String, usize> = Default::default();
+    for p in &placed {
+        let key = call_key(cfg.mode, p.index);
+        let fail = |f: &mut std::collections::BTreeMap<String, usize>, why: String| {
+            *f.entry(why).or_insert(0) += 1;
+        };
+        if let Some(e) = &p.error {
+            fail(&mut failures, e.clone());
+            continue;
+        }
+        let _ = p.http_status;
+        let Some(tc) = by_key.get(&key) else {
+            fail(&mut failures, "no INVITE reached the trunk".into());
+            continue;
+        };
+        match cfg.mode {
+            Mode::Outbound => {
+                if let Some(at) = ctx
+                    .spy
+                    .as_ref()
+                    .and_then(|s| s.log().first_invite(&number(p.index)))
+                {
+                    t2i.record_us(at.saturating_duration_since(p.trigger));
+                }
+            }
+            Mode::Inbound => {
+                if let Some(at) = tc.answered_at {
+                    t2i.record_us(at.saturating_duration_since(p.trigger));
+                }
+            }
+        }
+        let d = analyze::downlink(tc);
+        report.packets_received += d.received;
+        report.lost += d.lost;
+        report.late += d.late;
+        for &g in &d.pacing_us {
+            pacing.record_raw(g);
+        }
+        let Some(answered) = tc.answered_at else {
+            fail(
+                &mut failures,
+                format!("not answered (final {:?})", tc.final_status),
+            );
+            continue;
+        };
+        match d.first_loud {
+            Some(f) => a2a.record_us(f.saturating_duration_since(answered)),
+            None => {
+                fail(&mut failures, "no agent audio reached the phone".into());
+                continue;
+            }
+        }
+        if tc.ended_by.as_deref() != Some("local_bye") {
+            fail(
+                &mut failures,
+                format!(
+                    "ended by the gateway before the phone hung up ({:?})",
+                    tc.ended_by
+                ),
+            );
+            continue;
+        }
+        report.completed += 1;
+    }
+    report.failed = report.placed - report.completed;
+    report.failures = failures.into_iter().collect();
+    report.trigger_to_invite_ms = t2i.stats_ms();
+    report.answer_to_first_audio_ms = a2a.stats_ms();
+    report.pacing_us = pacing.stats_raw();
+    report.pacing_hist_us = pacing.buckets(&[
+        50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10_000, 20_000,
+    ]);
+    report.trigger_to_invite_hist_ms = t2i.buckets_ms(&[1, 2, 3, 5, 10, 20, 50, 100, 200, 500]);
+    report.answer_to_first_audio_hist_ms =
+        a2a.buckets_ms(&[50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 5000]);
+    report.duration_s = phase_end.duration_since(phase_start).as_secs_f64();
+
+    // Resources.
+    let s = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut cpu_sum = 0.0;
+    let mut call_seconds = 0.0;
+    let mut peak: Option<(u64, u64, u64)> = None; // (live, rss, recording estimate)
+    for w in s.windows(2) {
+        let (t0, _, u0, _) = w[0];
+        let (t1, live, u1, rec) = w[1];
+        let dt = t1.duration_since(t0).as_secs_f64();
+        let gw = (u1.gateway_cpu_s - u0.gateway_cpu_s).max(0.0);
+        let proc_ = (u1.process_cpu_s - u0.process_cpu_s).max(0.0);
+        report.samples.push(Sample {
+            t_s: t1.duration_since(ctx.run_start).as_secs_f64(),
+            live_calls: live,
+            gateway_cpu_pct: gw / dt.max(1e-3) * 100.0,
+            process_cpu_pct: proc_ / dt.max(1e-3) * 100.0,
+            rss_bytes: u1.gateway_rss,
+            emulator_recording_bytes: rec,
+        });
+        if live > 0 {
+            cpu_sum += gw - idle_cpu_per_s * dt;
+            call_seconds += live as f64 * dt;
+        }
+        if peak.is_none_or(|(l, _, _)| live >= l) {
+            peak = Some((live, u1.gateway_rss, rec));
+        }
+    }
+    if call_seconds > 0.0 {
+        report.gateway_cpu_per_call_pct = Some(cpu_sum.max(0.0) / call_seconds * 100.0);
+        report.call_seconds = call_seconds;
+    }
+    let steady: Vec<&Sample> = report
+        .samples
+        .iter()
+        .filter(|x| {
+            x.live_calls as usize >= level.concurrency.min(placed.len()) && x.live_calls > 0
+        })
+        .collect();
+    if !steady.is_empty() {
+        let n = steady.len() as f64;
+        report.steady_gateway_cpu_pct =
+            Some(steady.iter().map(|x| x.gateway_cpu_pct).sum::<f64>() / n);
+        report.steady_process_cpu_pct =
+            Some(steady.iter().map(|x| x.process_cpu_pct).sum::<f64>() / n);
+    }
+    if let Some((live, rss, rec)) = peak
+        && live > 0
+        && !matches!(ctx.target.proc_, GatewayProc::Unknown)
+    {
+        report.peak_live_calls = live;
+        report.rss_before_bytes = rss_before;
+        report.rss_peak_bytes = rss;
+        let grown = rss.saturating_sub(rss_before);
+        let net = if matches!(ctx.target.proc_, GatewayProc::InProcess) {
+            grown.saturating_sub(rec)
+        } else {
+            grown
+        };
+        report.rss_per_call_bytes = Some(net / live);
+    }
+    report
+}
+
+/// Sample the gateway while another tool places calls (its active-call count is not known here).
+async fn serve_phase(ctx: &Ctx, d: Duration) -> PhaseReport {
+    let start = Instant::now();
+    let mut prev = (start, ctx.target.proc_.sample());
+    let mut report = PhaseReport::default();
+    while start.elapsed() < d {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = Instant::now();
+        let u = ctx.target.proc_.sample();
+        let dt = now.duration_since(prev.0).as_secs_f64().max(1e-3);
+        report.samples.push(Sample {
+            t_s: now.duration_since(ctx.run_start).as_secs_f64(),
+            live_calls: 0,
+            gateway_cpu_pct: (u.gateway_cpu_s - prev.1.gateway_cpu_s).max(0.0) / dt * 100.0,
+            process_cpu_pct: (u.process_cpu_s - prev.1.process_cpu_s).max(0.0) / dt * 100.0,
+            rss_bytes: u.gateway_rss,
+            emulator_recording_bytes: 0,
+        });
+        report.rss_peak_bytes = report.rss_peak_bytes.max(u.gateway_rss);
+        prev = (now, u);
+    }
+    report.duration_s = start.elapsed().as_secs_f64();
+    report
+}
+
+/// (when, calls with media, usage, emulator recording estimate).
+type RawSample = (Instant, u64, Usage, u64);
+
+fn call_key(mode: Mode, index: u64) -> String {
+    match mode {
+        Mode::Outbound => number(index),
+        Mode::Inbound => format!("orig-CAload{index}"),
+    }
+}
+
+fn key_of(mode: Mode, c: &TrunkCall) -> Option<String> {
+    match mode {
+        Mode::Outbound => {
+            if c.direction != "termination" {
+                return None;
+            }
+            let after = c.request_uri.strip_prefix("sip:")?;
+            Some(after.split('@').next()?.to_owned())
+        }
+        Mode::Inbound => (c.direction == "origination").then(|| c.call_id.clone()),
+    }
+}
+
+/// Place call `index`; returns the HTTP status and an error text when it failed.
+async fn place(ctx: &Ctx, index: u64) -> (Option<u16>, Option<String>) {
+    match ctx.cfg.mode {
+        Mode::Inbound => {
+            let Some(gateway) = ctx.target.sip else {
+                return (None, Some("no gateway SIP address".into()));
+            };
+            ctx.trunk.originate(Originate {
+                gateway,
+                from: number(index),
+                to: "+15005550006".into(),
+                call_sid: format!("CAload{index}"),
+            });
+            (None, None)
+        }
+        Mode::Outbound => {
+            let Some(http) = ctx.target.http else {
+                return (None, Some("no gateway HTTP address".into()));
+            };
+            let body = format!(r#"{{"phoneNumber": "{}"}}"#, number(index));
+            match post(http, "/api/call/outbound", &ctx.cfg.token, &body).await {
+                Ok(200) => (Some(200), None),
+                Ok(s) => (Some(s), Some(format!("HTTP {s}"))),
+                Err(e) => (None, Some(format!("HTTP error: {e}"))),
+            }
+        }
+    }
+}
+
+async fn post(addr: SocketAddr, path: &str, token: &str, body: &str) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw);
+    Ok(text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}

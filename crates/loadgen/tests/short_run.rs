@@ -1,0 +1,123 @@
+//! A short load run end to end, as CI runs it: the `trunkline-load` binary starts the gateway (a
+//! child process), the trunk and agent emulators, places 20 outbound calls 10 at a time, and
+//! must report zero failures, zero loss and sample-exact µ-law passthrough; its JSON report must
+//! parse and its HTML report be a self-contained page with plots.
+//!
+//! The CI run uses a listening agent (`--quiet-agent`: it greets, then never takes a turn).
+//! With a talking agent that gets interrupted, one phone frame in ~5–10 % of calls goes missing
+//! about 80 ms after an interruption (reported to the call/media owners); the ignored test below
+//! reproduces it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("trunkline-load-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn run(args: &[&str], name: &str) -> (Value, String, String) {
+    let dir = out_dir(name);
+    let (json, html) = (dir.join("report.json"), dir.join("report.html"));
+    let out = Command::new(env!("CARGO_BIN_EXE_trunkline-load"))
+        .args(args)
+        .arg("--quiet")
+        .arg("--json")
+        .arg(&json)
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .expect("trunkline-load runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+            .expect("JSON parses");
+    let page = std::fs::read_to_string(&html).expect("HTML written");
+    let _ = std::fs::remove_dir_all(&dir);
+    (report, page, stdout)
+}
+
+#[test]
+fn twenty_outbound_calls_pass_without_failure_loss_or_altered_audio() {
+    let (r, page, table) = run(
+        &[
+            "--calls",
+            "20",
+            "--concurrency",
+            "10",
+            "--rate",
+            "20",
+            "--hold",
+            "4s",
+            "--quiet-agent",
+        ],
+        "short",
+    );
+    let phases = r["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 1, "{r}");
+    let p = &phases[0];
+    assert_eq!(p["placed"], 20, "{table}");
+    assert_eq!(p["failed"], 0, "{table}");
+    assert_eq!(p["completed"], 20, "{table}");
+    assert_eq!(p["lost"], 0, "{table}");
+    // 20 calls × ~4 s × 50 packets/s reached the phones.
+    let received = p["packets_received"].as_u64().expect("count");
+    assert!(received >= 20 * 180, "packets received {received}\n{table}");
+    assert_eq!(r["integrity_checkable"], true);
+    assert_eq!(p["integrity_checked"], 20, "{table}");
+    assert_eq!(p["integrity_exact"], 20, "{table}");
+    assert_eq!(p["integrity_mismatched_samples"], 0, "{table}");
+    assert!(p["integrity_compared_samples"].as_u64().unwrap_or(0) >= 20 * 8000 * 3);
+    // Every measured quantity is there.
+    assert_eq!(p["trigger_to_invite_ms"]["count"], 20, "{table}");
+    assert_eq!(p["answer_to_first_audio_ms"]["count"], 20, "{table}");
+    assert!(p["pacing_us"]["count"].as_u64().unwrap_or(0) >= 20 * 150);
+    assert!(
+        p["gateway_cpu_per_call_pct"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{table}"
+    );
+    assert!(
+        p["rss_peak_bytes"].as_u64().is_some_and(|v| v > 0),
+        "{table}"
+    );
+    assert!(p["samples"].as_array().is_some_and(|s| s.len() >= 10));
+    assert_eq!(r["in_process"], false, "the gateway ran as a child process");
+    // The page: the summary and inline SVG plots, nothing fetched from elsewhere.
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    assert!(page.matches("<svg").count() >= 8, "plots in the page");
+    assert!(!page.contains("<script"), "no script");
+    assert!(!page.contains("src=\"http"), "no external asset");
+    assert!(table.contains("conc") && table.contains("20"));
+}
+
+#[test]
+#[ignore = "known defect: a phone frame is lost ~80 ms after some agent interruptions"]
+fn passthrough_stays_exact_across_agent_interruptions() {
+    let (r, _, table) = run(
+        &[
+            "--calls",
+            "40",
+            "--concurrency",
+            "10",
+            "--rate",
+            "20",
+            "--hold",
+            "4s",
+        ],
+        "interruptions",
+    );
+    let p = &r["phases"][0];
+    assert_eq!(p["failed"], 0, "{table}");
+    assert_eq!(p["integrity_exact"], 40, "{table}");
+}
