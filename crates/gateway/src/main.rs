@@ -235,6 +235,11 @@ async fn serve(path: PathBuf, grace_secs: u64) -> ExitCode {
             gateway.drain(Duration::from_secs(5)).await;
         }
     }
+    // Let the BYEs leave and be answered, then make sure every record is on disk.
+    if !gateway.wait_sip_idle(Duration::from_secs(5)).await {
+        warn!("some SIP legs were still being torn down at exit");
+    }
+    gateway.flush_records().await;
     info!("stopped");
     ExitCode::SUCCESS
 }

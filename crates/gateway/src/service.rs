@@ -529,6 +529,21 @@ impl Gateway {
         }
     }
 
+    /// Wait until the SIP stack has torn every leg down on the wire (BYEs sent and answered or
+    /// timed out), or `timeout` passes.
+    pub async fn wait_sip_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.sip.stats().active_legs.load(Ordering::Relaxed) == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Wait until every record snapshot is in the database.
     pub async fn flush_records(&self) {
         self.store.flush().await;

@@ -135,6 +135,8 @@ pub struct SipStackStats {
     pub inbound_offered: AtomicU64,
     /// Outbound INVITEs sent.
     pub outbound_invites: AtomicU64,
+    /// Legs the stack still tracks (calls not yet fully torn down on the wire).
+    pub active_legs: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -325,10 +327,16 @@ impl StackTask {
                     debug!(error = %e, "sip send failed");
                 }
             }
+            self.stats
+                .active_legs
+                .store(self.legs.len() as u64, Ordering::Relaxed);
             let now = std::time::Instant::now();
             while let Some(ev) = self.ua.poll_event() {
                 self.on_event(ev, now);
             }
+            self.stats
+                .active_legs
+                .store(self.legs.len() as u64, Ordering::Relaxed);
             // Events may have queued transmissions.
             if self.ua.poll_timeout().is_some_and(|t| t <= now) {
                 self.ua.handle_timeout(now);

@@ -1,0 +1,671 @@
+//! The real `trunkline serve` binary as a child process: configuration from a TOML file and the
+//! environment, readiness, crash safety of call records (SIGKILL mid-call), graceful shutdown
+//! (SIGTERM hangs up active calls with cause `shutdown` after `--grace-secs`), and the
+//! Prometheus `/metrics` exposition scraped over HTTP. The trunk and agent are emulators in the
+//! test process; everything is on loopback.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TOKEN, post, speech};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig};
+use trunkline_emulators::trunk::{TrunkConfig, TrunkEmulator};
+
+const BIN: &str = env!("CARGO_BIN_EXE_trunkline");
+const NUMBER: &str = "+33612345678";
+
+/// A free loopback TCP port (for HTTP).
+fn free_tcp() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A free loopback UDP port (for SIP).
+fn free_udp() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr")
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p =
+            std::env::temp_dir().join(format!("trunkline-process-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Everything one gateway process needs: emulators, a config file, the addresses.
+struct Setup {
+    dir: TempDir,
+    config: PathBuf,
+    http: SocketAddr,
+    trunk: TrunkEmulator,
+    _agent: AgentEmulator,
+}
+
+impl Setup {
+    /// `rtp_slot` gives each test its own narrow RTP port range (tests run in parallel).
+    async fn new(name: &str, rtp_slot: u16, hangup_after: Duration) -> Setup {
+        let dir = TempDir::new(name);
+        let trunk = TrunkEmulator::start(TrunkConfig {
+            credentials: Some(("trunkline".into(), "s3cret".into())),
+            play: speech(),
+            play_loop: true,
+            play_delay: Duration::from_millis(300),
+            hangup_after: Some(hangup_after),
+            ..TrunkConfig::default()
+        })
+        .await
+        .expect("trunk emulator");
+        let agent = AgentEmulator::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            AgentEmulatorConfig::default(),
+        )
+        .await
+        .expect("agent emulator");
+        let http = free_tcp();
+        let sip = free_udp();
+        let port_min = 41000 + (std::process::id() % 100) as u16 * 200 + rtp_slot * 40;
+        let db = dir.0.join("calls.db");
+        let toml = format!(
+            r#"[sip]
+listen = "{sip}"
+transports = ["udp"]
+
+[trunk]
+termination_uri = "sip:trunkline-test.pstn.twilio.com"
+outbound_proxy = "{trunk}"
+username = "trunkline"
+caller_id = "+15005550006"
+ring_timeout_secs = 5
+inbound_allowed_sources = ["127.0.0.1/32"]
+
+[rtp]
+bind_ip = "127.0.0.1"
+port_min = {port_min}
+port_max = {port_max}
+
+[agent]
+base_url = "{agent}"
+agent_id = "agent_e2e"
+drain_timeout_secs = 5
+
+[http]
+listen = "{http}"
+
+[policy]
+calls_per_second = 100.0
+per_ip_per_minute = 1000
+
+[records]
+database_url = "sqlite://{db}"
+
+[log]
+level = "info"
+"#,
+            trunk = trunk.addr(),
+            port_max = port_min + 38,
+            agent = agent.ws_base_url(),
+            db = db.display(),
+        );
+        let config = dir.0.join("trunkline.toml");
+        std::fs::write(&config, toml).expect("write config");
+        Setup {
+            dir,
+            config,
+            http,
+            trunk,
+            _agent: agent,
+        }
+    }
+
+    /// Start `trunkline serve` on this configuration (secrets from the environment).
+    fn spawn(&self, grace_secs: u64) -> Proc {
+        let n = std::fs::read_dir(&self.dir.0).map_or(0, |d| d.count());
+        let log = self.dir.0.join(format!("gateway-{n}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .args(["--grace-secs", &grace_secs.to_string()])
+            .env("TRUNKLINE_API_TOKEN", format!("e2e:{TOKEN}"))
+            .env("TRUNKLINE_TRUNK_PASSWORD", "s3cret")
+            .env("RUST_LOG", "info")
+            .env_remove("ELEVENLABS_API_KEY")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn trunkline");
+        Proc {
+            child,
+            log,
+            http: self.http,
+        }
+    }
+}
+
+/// A running gateway process; killed (SIGKILL) and reaped on drop whatever happens.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    http: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// The process's log, for failure messages.
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.pid()])
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill {sig} failed");
+    }
+
+    /// Wait for the exit, at most `timeout`.
+    async fn exited(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until `/readyz` answers 200.
+    async fn ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                panic!("trunkline exited before ready: {st}\n{}", self.log());
+            }
+            if let Some((200, _)) = try_get(self.http, "/readyz", false).await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready in 15 s\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Place an outbound call with the token; returns the call sid.
+    async fn call(&self) -> String {
+        let (status, j) = post(
+            self.http,
+            "/api/call/outbound",
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+            &format!(r#"{{"phoneNumber": "{NUMBER}"}}"#),
+        )
+        .await;
+        assert_eq!(status, 200, "{j}\n{}", self.log());
+        j["call_sid"].as_str().expect("call_sid").to_owned()
+    }
+
+    /// GET /api/calls/{sid} → the record.
+    async fn record(&self, sid: &str) -> Value {
+        let (status, body) = get(self.http, &format!("/api/calls/{sid}"), true).await;
+        assert_eq!(status, 200, "{body}\n{}", self.log());
+        let j: Value = serde_json::from_str(&body).expect("JSON");
+        j["call"].clone()
+    }
+
+    /// Poll the record until `pred` holds.
+    async fn record_until(&self, sid: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let r = self.record(sid).await;
+            if pred(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "record not as expected in {secs} s: {r}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GET /api/calls` (the list endpoint waits for every queued record write).
+    async fn flush_records(&self) {
+        let (status, body) = get(self.http, "/api/calls", true).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// GET over a fresh connection; `None` if the connection fails.
+async fn try_get(addr: SocketAddr, path: &str, auth: bool) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n");
+    if auth {
+        req.push_str(&format!("Authorization: Bearer {TOKEN}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Some((status, body))
+}
+
+async fn get(addr: SocketAddr, path: &str, auth: bool) -> (u16, String) {
+    try_get(addr, path, auth).await.expect("HTTP GET")
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn in_progress_with_conversation(r: &Value) -> bool {
+    r["status"] == "in-progress" && r["conversation_id"].is_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_call_keeps_what_was_known_about_the_call() {
+    let s = Setup::new("sigkill", 0, Duration::from_secs(30)).await;
+    let mut gw = s.spawn(30);
+    gw.ready().await;
+    let sid = gw.call().await;
+    let before = gw
+        .record_until(&sid, 15, in_progress_with_conversation)
+        .await;
+    // Every snapshot taken so far is on disk (the writer is asynchronous by design).
+    gw.flush_records().await;
+
+    gw.child.kill().expect("SIGKILL");
+    let st = gw.exited(Duration::from_secs(5)).await.expect("killed");
+    assert!(!st.success(), "killed by a signal: {st}");
+    drop(gw);
+
+    let mut gw = s.spawn(30);
+    gw.ready().await;
+    let after = gw.record(&sid).await;
+    assert_eq!(after["call_sid"], sid.as_str());
+    assert_eq!(after["status"], "in-progress", "{after}");
+    assert_eq!(after["direction"], "outbound");
+    assert!(after["timestamps"]["answered_ms"].is_u64(), "{after}");
+    assert_eq!(
+        after["timestamps"]["answered_ms"],
+        before["timestamps"]["answered_ms"]
+    );
+    assert!(after["conversation_id"].is_string(), "{after}");
+    assert_eq!(after["conversation_id"], before["conversation_id"]);
+    assert_eq!(after["sip_call_id"], before["sip_call_id"]);
+    assert!(after["end_cause"].is_null(), "{after}");
+}
+
+/// Start with `--grace-secs 1`, bring a call up, SIGTERM: asserts a clean exit 0 after the grace
+/// period. Returns the setup (its trunk emulator saw the call), the call sid and the process log.
+async fn sigterm_with_active_call(name: &str, rtp_slot: u16) -> (Setup, String, String) {
+    let s = Setup::new(name, rtp_slot, Duration::from_secs(30)).await;
+    let mut gw = s.spawn(1);
+    gw.ready().await;
+    let sid = gw.call().await;
+    gw.record_until(&sid, 15, in_progress_with_conversation)
+        .await;
+
+    let t0 = Instant::now();
+    gw.signal("-TERM");
+    let st = gw.exited(Duration::from_secs(10)).await;
+    let st = st.unwrap_or_else(|| panic!("still running 10 s after SIGTERM\n{}", gw.log()));
+    let took = t0.elapsed();
+    assert!(st.success(), "exit status {st}\n{}", gw.log());
+    assert!(
+        took >= Duration::from_millis(900),
+        "the grace period was honoured: exited after {took:?}\n{}",
+        gw.log()
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "exited {took:?} after SIGTERM"
+    );
+    let log = gw.log();
+    (s, sid, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_an_active_call_waits_the_grace_period_then_exits_zero() {
+    let (s, _sid, log) = sigterm_with_active_call("sigterm", 1).await;
+    // The HTTP listener is closed: nothing accepts new calls any more.
+    assert!(
+        try_get(s.http, "/readyz", false).await.is_none(),
+        "still answering HTTP after exit\n{log}"
+    );
+}
+
+/// SIGTERM with a call up: the BYE leaves and is answered before the process exits, and the
+/// final record (cause `shutdown`) is on disk (this caught `serve` exiting before both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hangs_up_with_a_bye_and_records_cause_shutdown() {
+    let (s, sid, log) = sigterm_with_active_call("sigterm-final", 3).await;
+
+    // The phone saw a BYE from the gateway.
+    let calls = s
+        .trunk
+        .wait_for(Duration::from_secs(3), |c| {
+            c.first().is_some_and(|c| c.ended_by.is_some())
+        })
+        .await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].ended_by.as_deref(),
+        Some("remote_bye"),
+        "the phone got no BYE; gateway log:\n{log}"
+    );
+
+    // The final record was written before the process exited.
+    let mut gw = s.spawn(1);
+    gw.ready().await;
+    let r = gw.record(&sid).await;
+    assert_eq!(
+        r["end_cause"]["kind"], "shutdown",
+        "{r}\nprevious run:\n{log}"
+    );
+    assert_ne!(r["status"], "in-progress", "{r}");
+    assert!(r["timestamps"]["ended_ms"].is_u64(), "{r}");
+}
+
+/// One sample of the text exposition.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn valid_name(s: &str) -> bool {
+    let mut cs = s.chars();
+    cs.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Parse Prometheus text format 0.0.4 strictly; panics on anything malformed.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = || format!("line {}: {line:?}", i + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('#') {
+            let mut parts = rest.trim_start().splitn(3, ' ');
+            match parts.next() {
+                Some("TYPE") => {
+                    let name = parts.next().unwrap_or_else(|| panic!("{}", at()));
+                    let ty = parts.next().unwrap_or_else(|| panic!("{}", at()));
+                    assert!(valid_name(name), "{}", at());
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty),
+                        "{}",
+                        at()
+                    );
+                    assert!(
+                        !out.iter().any(|s: &Sample| family(&s.name, &types) == name),
+                        "TYPE after samples: {}",
+                        at()
+                    );
+                    assert!(
+                        types.insert(name.to_owned(), ty.to_owned()).is_none(),
+                        "duplicate TYPE: {}",
+                        at()
+                    );
+                }
+                Some("HELP") => {
+                    let name = parts.next().unwrap_or_else(|| panic!("{}", at()));
+                    assert!(valid_name(name), "{}", at());
+                }
+                _ => {}
+            }
+            continue;
+        }
+        let (name, rest) = match line.find(['{', ' ']) {
+            Some(p) => line.split_at(p),
+            None => panic!("no value: {}", at()),
+        };
+        assert!(valid_name(name), "metric name: {}", at());
+        let mut labels = BTreeMap::new();
+        let rest = if let Some(mut l) = rest.strip_prefix('{') {
+            loop {
+                if let Some(r) = l.strip_prefix('}') {
+                    break r;
+                }
+                let eq = l.find('=').unwrap_or_else(|| panic!("label: {}", at()));
+                let key = &l[..eq];
+                assert!(
+                    valid_name(key) && !key.contains(':'),
+                    "label name: {}",
+                    at()
+                );
+                let mut v = l[eq + 1..]
+                    .strip_prefix('"')
+                    .unwrap_or_else(|| panic!("label value quote: {}", at()))
+                    .chars();
+                let mut value = String::new();
+                loop {
+                    match v.next() {
+                        Some('\\') => match v.next() {
+                            Some('\\') => value.push('\\'),
+                            Some('"') => value.push('"'),
+                            Some('n') => value.push('\n'),
+                            _ => panic!("bad escape: {}", at()),
+                        },
+                        Some('"') => break,
+                        Some('\n') | None => panic!("unterminated label value: {}", at()),
+                        Some(c) => value.push(c),
+                    }
+                }
+                assert!(
+                    labels.insert(key.to_owned(), value).is_none(),
+                    "duplicate label: {}",
+                    at()
+                );
+                l = v.as_str();
+                l = l.strip_prefix(',').unwrap_or(l);
+            }
+        } else {
+            rest
+        };
+        let mut fields = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| panic!("space before value: {}", at()))
+            .split(' ');
+        let value = fields.next().unwrap_or_else(|| panic!("{}", at()));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("value not a float: {}", at())),
+        };
+        if let Some(ts) = fields.next() {
+            assert!(ts.parse::<i64>().is_ok(), "timestamp: {}", at());
+        }
+        assert!(fields.next().is_none(), "trailing fields: {}", at());
+        let fam = family(name, &types);
+        assert!(
+            types.contains_key(&fam),
+            "sample before its # TYPE: {}",
+            at()
+        );
+        out.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// The family a sample belongs to (histogram/summary suffixes stripped when declared so).
+fn family(name: &str, types: &HashMap<String, String>) -> String {
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = name.strip_suffix(suffix)
+            && types
+                .get(base)
+                .is_some_and(|t| t == "histogram" || t == "summary")
+        {
+            return base.to_owned();
+        }
+    }
+    name.to_owned()
+}
+
+fn total(samples: &[Sample], name: &str, pred: impl Fn(&BTreeMap<String, String>) -> bool) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name && pred(&s.labels))
+        .map(|s| s.value)
+        .sum()
+}
+
+async fn scrape(gw: &Proc) -> Vec<Sample> {
+    let (status, body) = get(gw.http, "/metrics", false).await;
+    assert_eq!(status, 200, "{body}");
+    parse_exposition(&body)
+}
+
+#[test]
+fn the_exposition_parser_rejects_malformed_text() {
+    let ok = "# HELP a_total A.\n# TYPE a_total counter\na_total{d=\"x\",e=\"q\\\"\"} 3\n\
+              # TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.5\nh_count 1\n";
+    let s = parse_exposition(ok);
+    assert_eq!(s.len(), 4);
+    assert_eq!(s[0].labels["e"], "q\"");
+    for bad in [
+        "a_total 1\n",                               // no TYPE
+        "# TYPE a counter\na 1 2 3\n",               // trailing fields
+        "# TYPE a counter\na{d=\"x} 1\n",            // unterminated
+        "# TYPE a counter\na{d=x} 1\n",              // unquoted
+        "# TYPE a counter\na one\n",                 // not a float
+        "# TYPE a counter\na 1\n# TYPE a counter\n", // duplicate TYPE
+        "# TYPE 1a counter\n1a 1\n",                 // bad name
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| parse_exposition(bad)).is_err(),
+            "accepted {bad:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_completed_call_without_personal_data_in_labels() {
+    let s = Setup::new("metrics", 2, Duration::from_secs(2)).await;
+    let mut gw = s.spawn(5);
+    gw.ready().await;
+    let started = "trunkline_calls_started_total";
+    let ended = "trunkline_calls_ended_total";
+    let outbound =
+        |l: &BTreeMap<String, String>| l.get("direction").is_some_and(|d| d == "outbound");
+
+    let m0 = scrape(&gw).await;
+    let sid = gw.call().await;
+    let rec = gw
+        .record_until(&sid, 20, |r| r["end_cause"].is_object())
+        .await;
+    assert_eq!(rec["status"], "completed", "{rec}");
+    let m1 = scrape(&gw).await;
+
+    assert_eq!(
+        total(&m1, started, outbound) - total(&m0, started, outbound),
+        1.0,
+        "{m1:?}"
+    );
+    assert_eq!(
+        total(&m1, ended, |_| true) - total(&m0, ended, |_| true),
+        1.0
+    );
+    assert_eq!(
+        total(&m1, ended, |l| outbound(l)
+            && l.get("status").is_some_and(|s| s == "completed"))
+            - total(&m0, ended, |l| outbound(l)
+                && l.get("status").is_some_and(|s| s == "completed")),
+        1.0,
+        "{m1:?}"
+    );
+    let digits = &NUMBER[1..];
+    for sample in m0.iter().chain(&m1) {
+        for (k, v) in &sample.labels {
+            assert!(
+                !v.contains(digits) && !v.contains(&sid) && !v.contains("+1500"),
+                "personal data in label {k}={v:?} of {}",
+                sample.name
+            );
+            assert!(
+                v.chars().filter(char::is_ascii_digit).nth(6).is_none() || k == "le",
+                "a label that looks like a number: {k}={v:?} of {}",
+                sample.name
+            );
+        }
+    }
+    let active = total(&m1, "trunkline_active_calls", |_| true);
+    assert_eq!(active, 0.0, "no call left active");
+}
