@@ -566,6 +566,9 @@ impl Call {
                 }
             }
             AgentEvent::Closed(closed) => self.on_agent_closed(closed, now),
+            AgentEvent::Ping {
+                ping_ms: Some(ms), ..
+            } => self.record.agent_ping_ms = Some(ms),
             AgentEvent::TentativeUserTranscript { .. }
             | AgentEvent::Ping { .. }
             | AgentEvent::Error(_)
@@ -1202,6 +1205,9 @@ impl Call {
             self.flush_uplink(true);
         }
         if matches!(self.agent, AgentState::Connecting | AgentState::Connected) {
+            if self.agent == AgentState::Connected && self.record.agent_close.is_none() {
+                self.record.agent_close = Some("1000 ClientClosed".into());
+            }
             self.agent = AgentState::Closed;
             self.push_agent(AgentAction::Close);
         }

@@ -198,6 +198,9 @@ pub struct CallRecord {
     pub end_cause: Option<EndCause>,
     /// How the agent conversation ended (close code and typed reason), if it did.
     pub agent_close: Option<String>,
+    /// The agent service's last WebSocket round-trip estimate (`ping_ms`).
+    #[serde(default)]
+    pub agent_ping_ms: Option<f64>,
     /// Audio from the phone to the agent.
     pub uplink: AudioStats,
     /// Audio from the agent to the phone.
@@ -238,6 +241,7 @@ impl CallRecord {
             sip_status: None,
             end_cause: None,
             agent_close: None,
+            agent_ping_ms: None,
             uplink: AudioStats::default(),
             downlink: AudioStats::default(),
             interruptions: 0,

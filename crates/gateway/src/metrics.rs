@@ -46,6 +46,8 @@ struct Inner {
     refusals: BTreeMap<&'static str, u64>,
     setup: Histogram,
     first_audio: Histogram,
+    ping: Histogram,
+    agent_closes: BTreeMap<String, u64>,
     rtp_in: u64,
     rtp_out: u64,
     rtp_lost: i64,
@@ -79,6 +81,20 @@ impl Metrics {
         }
         if let (Some(a), Some(b)) = (t.answered_ms, t.first_agent_audio_ms) {
             m.first_audio.observe(b.saturating_sub(a) as f64 / 1000.0);
+        }
+        if let Some(p) = r.agent_ping_ms {
+            m.ping.observe(p / 1000.0);
+        }
+        if let Some(close) = &r.agent_close {
+            // "<code> <Reason> {…}" → "Reason": a small fixed set of variant names.
+            let reason: String = close
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("unknown")
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            *m.agent_closes.entry(reason).or_default() += 1;
         }
         m.rtp_in += r.uplink.packets;
         m.rtp_out += r.downlink.packets;
@@ -147,6 +163,18 @@ impl Metrics {
             "trunkline_first_agent_audio_seconds",
             "Answer to the first agent audio packet.",
         );
+        m.ping.render(
+            &mut out,
+            "trunkline_agent_ping_rtt_seconds",
+            "The agent service's WebSocket round-trip estimate (last ping_ms of each call).",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_agent_closes_total Agent conversations ended, by reason.\n# TYPE trunkline_agent_closes_total counter"
+        );
+        for (r, n) in &m.agent_closes {
+            let _ = writeln!(out, "trunkline_agent_closes_total{{reason=\"{r}\"}} {n}");
+        }
         let _ = writeln!(
             out,
             "# HELP trunkline_rtp_packets_total RTP packets of ended calls.\n# TYPE trunkline_rtp_packets_total counter\ntrunkline_rtp_packets_total{{direction=\"in\"}} {}\ntrunkline_rtp_packets_total{{direction=\"out\"}} {}",
