@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod dialog;
+pub mod fuzzing;
 pub mod message;
 pub mod sdp;
 pub mod transaction;

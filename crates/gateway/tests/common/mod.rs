@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig};
 use trunkline_emulators::trunk::{PlaySource, TrunkConfig, TrunkEmulator};
 use trunkline_gateway::api::{ApiState, router};
@@ -111,27 +110,10 @@ pub async fn post(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (status, body) = trunkline_gateway::demo::post_json(addr, path, headers, body)
+        .await
+        .expect("HTTP request");
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 impl Deployment {
