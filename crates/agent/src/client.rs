@@ -601,7 +601,7 @@ impl Reader {
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.reader_done.notify_one();
         let _ = self.ctrl.send(Control::Close);
-        let _ = self.events.send(AgentEvent::Closed(closed));
+        let _ = self.events.send(AgentEvent::Closed(Box::new(closed)));
     }
 
     fn emit(&self, ev: AgentEvent) {
@@ -675,14 +675,17 @@ impl Reader {
             }
             ServerEvent::ClientToolCall(call) => {
                 let handled = self.tools.dispatch(&call, self.ctrl.clone());
-                self.emit(AgentEvent::ToolCall { call, handled });
+                self.emit(AgentEvent::ToolCall {
+                    call: Box::new(call),
+                    handled,
+                });
             }
             ServerEvent::AgentToolResponse(r) | ServerEvent::AgentToolResponseFullPayload(r) => {
-                self.emit(AgentEvent::AgentToolResponse(r))
+                self.emit(AgentEvent::AgentToolResponse(Box::new(r)))
             }
             ServerEvent::Error(e) => {
                 self.last_error = Some(e.clone());
-                self.emit(AgentEvent::Error(e));
+                self.emit(AgentEvent::Error(Box::new(e)));
             }
             ServerEvent::Unknown(_) => {}
             other => self.emit(AgentEvent::Other(Box::new(other))),

@@ -79,12 +79,12 @@ pub enum AgentEvent {
     /// result will be sent; otherwise answer with [`AgentHandle::send_tool_result`].
     ToolCall {
         /// The call.
-        call: ClientToolCall,
+        call: Box<ClientToolCall>,
         /// A registered handler took it.
         handled: bool,
     },
     /// `agent_tool_response` (e.g. `end_call`: stop the mic, drain playout; close 1000 follows).
-    AgentToolResponse(AgentToolResponse),
+    AgentToolResponse(Box<AgentToolResponse>),
     /// A ping was answered.
     Ping {
         /// Ping id.
@@ -93,11 +93,11 @@ pub enum AgentEvent {
         ping_ms: Option<f64>,
     },
     /// An `error` event (the close follows).
-    Error(ErrorEvent),
+    Error(Box<ErrorEvent>),
     /// Any other known event (vad score, agent typing, …).
     Other(Box<ServerEvent>),
     /// The conversation ended. Always the last event.
-    Closed(Closed),
+    Closed(Box<Closed>),
 }
 
 /// A snapshot of one connection's counters.

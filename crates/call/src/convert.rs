@@ -23,6 +23,8 @@ pub struct Uplink {
     pcm_out: Vec<i16>,
     buf: BytesMut,
     frames: usize,
+    /// Bytes of one chunk (what the buffer grows by: the chunks split off share it).
+    chunk_bytes: usize,
 }
 
 impl Uplink {
@@ -38,11 +40,23 @@ impl Uplink {
             format,
             law,
             resampler,
-            pcm8: vec![0; FRAME],
-            pcm_out: Vec::with_capacity(FRAME * 6),
-            buf: BytesMut::with_capacity(FRAME * 2 * 6 * 5),
+            pcm8: Vec::new(),
+            pcm_out: Vec::new(),
+            buf: BytesMut::new(),
             frames: 0,
+            chunk_bytes: 0,
         }
+        .with_chunk_frames(2)
+    }
+
+    /// Size the buffer for chunks of `frames` 20 ms frames (memory: one chunk, not more).
+    pub fn with_chunk_frames(mut self, frames: usize) -> Self {
+        let per_frame = match self.format {
+            AudioFormat::Ulaw8000 => FRAME,
+            AudioFormat::Pcm { sample_rate } => (sample_rate as usize / 50) * 2,
+        };
+        self.chunk_bytes = per_frame * frames.max(1);
+        self
     }
 
     /// The law of the frames pushed from now on.
@@ -58,6 +72,9 @@ impl Uplink {
     /// Add one 20 ms frame.
     pub fn push_frame(&mut self, codes: &[u8; FRAME]) {
         self.frames += 1;
+        if self.buf.capacity() - self.buf.len() < FRAME {
+            self.buf.reserve(self.chunk_bytes);
+        }
         match self.format {
             AudioFormat::Ulaw8000 => {
                 if self.law == G711::Ulaw {
@@ -69,6 +86,7 @@ impl Uplink {
                 }
             }
             AudioFormat::Pcm { .. } => {
+                self.pcm8.resize(FRAME, 0);
                 self.law.decode_slice(codes, &mut self.pcm8);
                 let samples: &[i16] = match self.resampler.as_mut() {
                     Some(r) => {

@@ -557,7 +557,7 @@ impl Call {
             }
             AgentEvent::ToolCall { call, handled } => {
                 if !handled {
-                    self.on_tool_call(call, now);
+                    self.on_tool_call(*call, now);
                 }
             }
             AgentEvent::AgentToolResponse(resp) => {
@@ -565,7 +565,7 @@ impl Call {
                     self.begin_drain(EndCause::AgentEnded, now);
                 }
             }
-            AgentEvent::Closed(closed) => self.on_agent_closed(closed, now),
+            AgentEvent::Closed(closed) => self.on_agent_closed(*closed, now),
             AgentEvent::Ping {
                 ping_ms: Some(ms), ..
             } => self.record.agent_ping_ms = Some(ms),
@@ -852,7 +852,7 @@ impl Call {
         self.record.conversation_id = Some(conversation_id);
         self.record.timestamps.agent_connected_ms = Some(self.wall_ms(now));
         let law = self.media.as_ref().map_or(G711::Ulaw, |m| m.law());
-        let mut up = Uplink::new(input, law);
+        let mut up = Uplink::new(input, law).with_chunk_frames(self.cfg.uplink_frames());
         for frame in self.preroll.drain(..) {
             up.push_frame(&frame);
         }

@@ -16,8 +16,12 @@ use tracing::{Instrument, debug, info, warn};
 use trunkline_agent::{AgentConfig, AgentEvent, AgentHandle, ConnectError, ToolRegistry};
 use trunkline_media::session::PacketKind;
 
+pub mod pacing;
+mod rtp_socket;
 pub mod sip;
 
+use self::pacing::{PacingHistogram, SendClock};
+use self::rtp_socket::{RTP_POLL, RtpSocket};
 use self::sip::SipLink;
 use crate::core::{AgentAction, Call, CallAction, SipEvent};
 use crate::record::{CallRecord, EndCause};
@@ -29,8 +33,10 @@ pub enum CallCommand {
     Hangup(EndCause),
 }
 
+/// Receives a call's record snapshots (one sink for all calls: no channel or task per call).
+pub type RecordSink = std::sync::Arc<dyn Fn(CallRecord) + Send + Sync>;
+
 /// Everything a running call talks to.
-#[derive(Debug)]
 pub struct CallIo {
     /// The call's RTP socket (its port is in our SDP).
     pub rtp: UdpSocket,
@@ -44,112 +50,185 @@ pub struct CallIo {
     pub commands: mpsc::UnboundedReceiver<CallCommand>,
     /// How to reach the agent (URL, credentials, `conversation_initiation_client_data`).
     pub agent: AgentConfig,
-    /// Where record snapshots go at every state change (persisted by the service).
-    pub records: Option<mpsc::UnboundedSender<CallRecord>>,
+    /// Where record snapshots go at every state change (persisted by the service). Called on
+    /// the call's task: it must not block (the service takes a short lock and queues the write).
+    pub records: Option<RecordSink>,
+    /// Where the intervals between this call's RTP sends are counted (shared by all calls).
+    pub pacing: Option<std::sync::Arc<PacingHistogram>>,
+}
+
+impl std::fmt::Debug for CallIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallIo")
+            .field("rtp", &self.rtp)
+            .field("agent", &self.agent)
+            .field("records", &self.records.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 type Connecting = JoinHandle<Result<trunkline_agent::AgentSession, ConnectError>>;
 
 /// Run the call to its end and return the final record.
-pub async fn run(call: Call, io: CallIo) -> CallRecord {
+///
+/// The call is kept boxed: an async state machine stores its arguments and locals inline, so a
+/// `Call` (about 4 KB) passed by value through the task's layers would be copied into each of
+/// them (this alone was ~16 KB of every call's task).
+pub async fn run(call: Box<Call>, io: CallIo) -> CallRecord {
     let span = tracing::info_span!("call", call_sid = %call.record().call_sid);
     run_inner(call, io).instrument(span).await
 }
 
 #[allow(clippy::disallowed_methods)] // the I/O layer owns the clock
-async fn run_inner(mut call: Call, mut io: CallIo) -> CallRecord {
+async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
+    let CallIo {
+        rtp,
+        rtcp,
+        mut sip_events,
+        sip,
+        mut commands,
+        agent: agent_cfg,
+        records,
+        pacing,
+    } = io;
+    let mut send_clock = SendClock::default();
+    let mut rtp = match RtpSocket::new(rtp) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "rtp socket unusable");
+            let detail = format!("rtp socket: {e}");
+            call.hangup(EndCause::MediaFailed { detail }, std::time::Instant::now());
+            None
+        }
+    };
     let mut agent: Option<AgentHandle> = None;
     let mut agent_events: Option<mpsc::UnboundedReceiver<AgentEvent>> = None;
     let mut connecting: Option<Connecting> = None;
     let mut sip_open = true;
     let mut cmd_open = true;
-    let mut out = vec![0u8; 1500];
-    let mut rtp_buf = vec![0u8; 2048];
-    let mut rtcp_buf = vec![0u8; 1500];
+    // One buffer for everything: datagrams are written and read one at a time.
+    let mut buf = vec![0u8; 2048];
+    // When the RTP socket is read next if the call has media but no tick of its own (early
+    // media before the answer): see `RtpSocket`.
+    let mut rtp_poll: Option<std::time::Instant> = None;
+    let far = TokioInstant::now() + Duration::from_secs(3600);
+    let sleep = tokio::time::sleep_until(far);
+    tokio::pin!(sleep);
     info!(direction = call.direction().as_str(), "call started");
 
     loop {
         let now = std::time::Instant::now();
-        // Outputs first: actions, then every datagram due.
-        while let Some(action) = call.poll_action() {
-            match action {
-                CallAction::Sip(a) => {
-                    debug!(?a, "sip action");
-                    if !io.sip.send(a) {
-                        warn!("sip stack gone");
-                    }
+        // Outputs first: the datagrams due (the paced RTP frame goes out before anything
+        // else is done at this tick), then the actions.
+        loop {
+            while let Some(t) = call.poll_transmit(now, &mut buf) {
+                let res = match (t.kind, rtcp.as_ref()) {
+                    (PacketKind::Rtcp, Some(s)) => s.try_send_to(&buf[..t.len], t.destination),
+                    _ => match rtp.as_ref() {
+                        Some(s) => {
+                            let res = s.send_to(&buf[..t.len], t.destination);
+                            if t.kind == PacketKind::Rtp
+                                && let Some(h) = pacing.as_deref()
+                            {
+                                send_clock.sent(std::time::Instant::now(), h);
+                            }
+                            res
+                        }
+                        None => Ok(0),
+                    },
+                };
+                if let Err(e) = res
+                    && e.kind() != io::ErrorKind::WouldBlock
+                {
+                    debug!(error = %e, "rtp send failed");
                 }
-                CallAction::Agent(AgentAction::Connect) => {
-                    let cfg = io.agent.clone();
-                    connecting = Some(tokio::spawn(trunkline_agent::connect(
-                        cfg,
-                        ToolRegistry::new(),
-                    )));
-                }
-                CallAction::Agent(AgentAction::Close) => {
-                    if let Some(c) = connecting.take() {
-                        c.abort();
+            }
+            if !call.has_pending_actions() {
+                break;
+            }
+            while let Some(action) = call.poll_action() {
+                match action {
+                    CallAction::Sip(a) => {
+                        debug!(?a, "sip action");
+                        if !sip.send(a) {
+                            warn!("sip stack gone");
+                        }
                     }
-                    if let Some(h) = agent.take() {
-                        h.close();
+                    CallAction::Agent(AgentAction::Connect) => {
+                        let cfg = agent_cfg.clone();
+                        connecting = Some(tokio::spawn(trunkline_agent::connect(
+                            cfg,
+                            ToolRegistry::new(),
+                        )));
                     }
-                }
-                CallAction::Agent(a) => {
-                    if let Some(h) = agent.as_ref() {
-                        send_to_agent(h, a);
+                    CallAction::Agent(AgentAction::Close) => {
+                        if let Some(c) = connecting.take() {
+                            c.abort();
+                        }
+                        if let Some(h) = agent.take() {
+                            h.close();
+                        }
                     }
-                }
-                CallAction::RecordChanged => {
-                    if let Some(tx) = io.records.as_ref() {
-                        call.refresh_stats();
-                        let _ = tx.send(call.record().clone());
+                    CallAction::Agent(a) => {
+                        if let Some(h) = agent.as_ref() {
+                            send_to_agent(h, a);
+                        }
+                    }
+                    CallAction::RecordChanged => {
+                        if let Some(sink) = records.as_ref() {
+                            call.refresh_stats();
+                            sink(call.record().clone());
+                        }
                     }
                 }
             }
-        }
-        while let Some(t) = call.poll_transmit(now, &mut out) {
-            let sock = match (t.kind, io.rtcp.as_ref()) {
-                (PacketKind::Rtcp, Some(s)) => s,
-                _ => &io.rtp,
-            };
-            if let Err(e) = sock.try_send_to(&out[..t.len], t.destination)
-                && e.kind() != io::ErrorKind::WouldBlock
-            {
-                debug!(error = %e, "rtp send failed");
-            }
-        }
-        if call.has_pending_actions() {
-            // Sending may have finished a drain (agent ended → BYE): act on it now.
-            continue;
+            // Acting may have finished a drain (agent ended → BYE): transmit and act again.
         }
         if call.is_done() {
             break;
         }
-        let deadline = call
-            .poll_timeout()
-            .map(TokioInstant::from_std)
-            .unwrap_or_else(|| TokioInstant::now() + Duration::from_secs(3600));
+        let call_deadline = call.poll_timeout();
+        if call.media().is_some() {
+            if call_deadline.is_some_and(|t| t <= now + RTP_POLL) {
+                // The call's own tick reads the socket.
+                rtp_poll = None;
+            } else if rtp_poll.is_none() {
+                rtp_poll = Some(now + RTP_POLL);
+            }
+        }
+        let deadline = [call_deadline, rtp_poll]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(far, TokioInstant::from_std);
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
 
         tokio::select! {
             biased;
-            _ = tokio::time::sleep_until(deadline) => {
-                call.handle_timeout(std::time::Instant::now());
+            () = &mut sleep => {
+                let now = std::time::Instant::now();
+                if call.media().is_some()
+                    && let Some(rtp) = rtp.as_mut()
+                {
+                    rtp_poll = None;
+                    rtp.drain(&mut buf, now, |datagram, from, at| {
+                        call.handle_rtp(datagram, from, at);
+                    });
+                }
+                call.handle_timeout(now);
             }
-            r = io.rtp.recv_from(&mut rtp_buf) => {
+            r = recv_opt(rtcp.as_ref(), &mut buf) => {
                 if let Ok((n, from)) = r {
-                    call.handle_rtp(&rtp_buf[..n], from, std::time::Instant::now());
+                    call.handle_rtcp(&buf[..n], from, std::time::Instant::now());
                 }
             }
-            r = recv_opt(io.rtcp.as_ref(), &mut rtcp_buf) => {
-                if let Ok((n, from)) = r {
-                    call.handle_rtcp(&rtcp_buf[..n], from, std::time::Instant::now());
-                }
-            }
-            ev = io.sip_events.recv(), if sip_open => match ev {
+            ev = sip_events.recv(), if sip_open => match ev {
                 Some(ev) => call.handle_sip(ev, std::time::Instant::now()),
                 None => sip_open = false,
             },
-            cmd = io.commands.recv(), if cmd_open => match cmd {
+            cmd = commands.recv(), if cmd_open => match cmd {
                 Some(CallCommand::Hangup(cause)) => call.hangup(cause, std::time::Instant::now()),
                 None => cmd_open = false,
             },

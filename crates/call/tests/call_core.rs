@@ -227,12 +227,12 @@ impl Harness {
 }
 
 fn closed(reason: CloseReason, code: Option<u16>) -> AgentEvent {
-    AgentEvent::Closed(Closed {
+    AgentEvent::Closed(Box::new(Closed {
         reason,
         code,
         text: String::new(),
         error: None,
-    })
+    }))
 }
 
 fn agent_audio(event_id: i64, ms: usize, value: u8) -> AgentEvent {
@@ -349,7 +349,7 @@ fn end_call_plays_the_last_sentence_in_full_before_bye() {
     let mut h = Harness::outbound(CallConfig::default());
     h.connect(AudioFormat::Ulaw8000);
     h.agent(agent_audio(3, 1500, 0x33));
-    h.agent(AgentEvent::AgentToolResponse(AgentToolResponse {
+    h.agent(AgentEvent::AgentToolResponse(Box::new(AgentToolResponse {
         tool_name: "end_call".into(),
         tool_call_id: "t1".into(),
         tool_type: Some("system".into()),
@@ -359,7 +359,7 @@ fn end_call_plays_the_last_sentence_in_full_before_bye() {
         full_tool_result: None,
         truncated: None,
         is_blocked: None,
-    }));
+    })));
     h.agent(closed(CloseReason::AgentEnded, Some(1000)));
     assert_eq!(h.call.state(), CallState::Draining);
     assert!(
@@ -510,12 +510,12 @@ fn tools_send_dtmf_and_refuse_unknown_or_disabled_ones() {
     h.connect(AudioFormat::Ulaw8000);
     h.take_actions();
     let call = |name: &str, id: &str, params: serde_json::Value| AgentEvent::ToolCall {
-        call: ClientToolCall {
+        call: Box::new(ClientToolCall {
             tool_name: name.into(),
             tool_call_id: id.into(),
             parameters: params,
             event_id: Some(2),
-        },
+        }),
         handled: false,
     };
     h.agent(call(
@@ -587,12 +587,12 @@ fn transfer_sends_refer_when_enabled_and_ends_after_success() {
     let mut h = Harness::outbound(cfg);
     h.connect(AudioFormat::Ulaw8000);
     let tool = |dest: &str, id: &str| AgentEvent::ToolCall {
-        call: ClientToolCall {
+        call: Box::new(ClientToolCall {
             tool_name: "transfer_call".into(),
             tool_call_id: id.into(),
             parameters: serde_json::json!({ "destination": dest }),
             event_id: None,
-        },
+        }),
         handled: false,
     };
     h.agent(tool("+1 900 555 0100", "bad"));

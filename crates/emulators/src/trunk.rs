@@ -13,6 +13,13 @@
 //! - Media: after answer, plays a real RTP capture (or µ-law audio) at its original timing —
 //!   telephone-event packets included, re-mapped to the negotiated payload type — and records every
 //!   RTP packet it receives with its arrival time, so tests can assert what the phone heard.
+//!   Each received packet also carries the kernel's receive time (`SO_TIMESTAMPNS`, read with
+//!   `recvmsg`): on loopback the kernel queues a datagram into the receiver's socket during the
+//!   sender's `sendto`, so that stamp is the gateway's send time, free of this emulator's own
+//!   scheduling delay.
+//! - DTMF from the phone (optional): an RFC 4733 digit every N seconds, sent in the audio
+//!   stream's SSRC and sequence space with the negotiated telephone-event payload type (marker on
+//!   the first packet, growing duration, three end packets; RFC 4733 §2.5.1).
 //! - In dialog: answers BYE, re-INVITE, and REFER (202, then NOTIFY `100 Trying` and `200 OK`
 //!   sipfrags); hangs up after a scripted time.
 
@@ -20,13 +27,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 use trunkline_media::capture::{CaptureError, extract_rtp_streams, read_udp_file};
+use trunkline_media::dtmf::DtmfSender;
 use trunkline_media::g711::G711;
 use trunkline_media::rtp::{RtpHeader, parse_rtp, write_rtp};
 use trunkline_sip::auth::{Algorithm, Qop, digest_response};
@@ -159,6 +168,18 @@ pub struct TrunkConfig {
     pub reinvite_after: Option<Duration>,
     /// Prefer PCMA when the offer has both (Twilio takes the offer's order; this tests A-law).
     pub prefer_pcma: bool,
+    /// Record the send time of every audio packet of the source, every pass of the loop
+    /// ([`TrunkCall::sent_log`]; costs 16 bytes per packet).
+    pub record_sends: bool,
+    /// Send an RFC 4733 digit this often while playing (the first one this long after the play
+    /// starts), when the call negotiated telephone-event.
+    pub dtmf_every: Option<Duration>,
+    /// Start no digit this long or later after playback started (keep digits clear of the hang-up).
+    pub dtmf_until: Option<Duration>,
+    /// The digits sent, cycled.
+    pub dtmf_digits: String,
+    /// Length of each digit.
+    pub dtmf_duration: Duration,
 }
 
 impl Default for TrunkConfig {
@@ -175,6 +196,11 @@ impl Default for TrunkConfig {
             hangup_after: None,
             reinvite_after: None,
             prefer_pcma: false,
+            record_sends: false,
+            dtmf_every: None,
+            dtmf_until: None,
+            dtmf_digits: "123456789*0#".into(),
+            dtmf_duration: Duration::from_millis(100),
         }
     }
 }
@@ -182,8 +208,12 @@ impl Default for TrunkConfig {
 /// An RTP packet the phone side received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RxPacket {
-    /// Arrival.
+    /// Arrival: when the receive task got the packet (includes this emulator's scheduling delay).
     pub at: Instant,
+    /// The kernel's receive time (`SO_TIMESTAMPNS`), moved onto the [`Instant`] clock (`at` minus
+    /// the wall-clock age of the stamp when it was read). On loopback this is the sender's send
+    /// time. `None` when the socket gave no stamp.
+    pub kernel_at: Option<Instant>,
     /// Payload type.
     pub pt: u8,
     /// Marker.
@@ -240,6 +270,12 @@ pub struct TrunkCall {
     /// When each packet of the play source was sent (index = packet index in the source, first
     /// pass only).
     pub sent_at: Vec<Instant>,
+    /// With [`TrunkConfig::record_sends`]: when each audio packet of the source was sent, in
+    /// order over every pass of the loop (index = pass × audio packets per pass + audio packet
+    /// index; telephone-events not counted).
+    pub sent_log: Vec<Instant>,
+    /// RFC 4733 digits the phone sent (start of each event).
+    pub dtmf_sent: Vec<(Instant, char)>,
 }
 
 impl TrunkCall {
@@ -906,6 +942,13 @@ impl Task {
             delay: self.cfg.play_delay,
             shared: self.shared.clone(),
             index,
+            record_sends: self.cfg.record_sends,
+            dtmf: self.cfg.dtmf_every.map(|every| DtmfPlan {
+                every: every.max(Duration::from_millis(200)),
+                until: self.cfg.dtmf_until,
+                digits: self.cfg.dtmf_digits.chars().collect(),
+                samples: (self.cfg.dtmf_duration.as_millis() * 8).clamp(160, 8000) as u16,
+            }),
         };
         tokio::spawn(media.run(stop));
     }
@@ -991,6 +1034,74 @@ struct MediaPlayer {
     delay: Duration,
     shared: Arc<Shared>,
     index: usize,
+    record_sends: bool,
+    dtmf: Option<DtmfPlan>,
+}
+
+/// When and what the phone dials (RFC 4733 events in the audio stream).
+#[derive(Debug, Clone)]
+struct DtmfPlan {
+    every: Duration,
+    until: Option<Duration>,
+    digits: Vec<char>,
+    /// Duration of each digit, in 8 kHz samples.
+    samples: u16,
+}
+
+/// Enable `SO_TIMESTAMPNS` on `sock`: every datagram then carries the kernel's receive time,
+/// which [`recv_stamped`] reads.
+pub fn enable_rx_timestamps(sock: &UdpSocket) -> std::io::Result<()> {
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .map_err(std::io::Error::from)
+}
+
+/// Receive one datagram into `buf`: its length, when this task got it, and the kernel's receive
+/// time (`SO_TIMESTAMPNS`, see [`enable_rx_timestamps`]) moved onto the [`Instant`] clock (the
+/// stamp's wall-clock age subtracted from the user-space arrival), or `None` without a stamp.
+#[allow(clippy::disallowed_methods)] // an emulator's I/O reads the clock
+pub async fn recv_stamped(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Instant, Option<Instant>)> {
+    let (n, stamp) = sock
+        .async_io(Interest::READABLE, || recvmsg_stamped(sock, buf))
+        .await?;
+    let at = Instant::now();
+    let kernel_at = stamp.map(|k| {
+        let age = SystemTime::now()
+            .duration_since(k)
+            .unwrap_or(Duration::ZERO);
+        at.checked_sub(age).unwrap_or(at)
+    });
+    Ok((n, at, kernel_at))
+}
+
+fn recvmsg_stamped(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<SystemTime>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .map_err(std::io::Error::from)?;
+    let mut stamp = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                let secs = u64::try_from(ts.tv_sec()).unwrap_or(0);
+                let nanos = u32::try_from(ts.tv_nsec()).unwrap_or(0);
+                stamp = Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos));
+            }
+        }
+    }
+    Ok((msg.bytes, stamp))
 }
 
 impl MediaPlayer {
@@ -1001,13 +1112,14 @@ impl MediaPlayer {
         let index = self.index;
         let receiver = tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
-            while let Ok((n, _)) = rx_sock.recv_from(&mut buf).await {
-                let at = Instant::now();
+            let _ = enable_rx_timestamps(&rx_sock);
+            while let Ok((n, at, kernel_at)) = recv_stamped(&rx_sock, &mut buf).await {
                 let Ok(p) = parse_rtp(&buf[..n]) else {
                     continue;
                 };
                 let pkt = RxPacket {
                     at,
+                    kernel_at,
                     pt: p.header.payload_type,
                     marker: p.header.marker,
                     seq: p.header.sequence,
@@ -1040,9 +1152,55 @@ impl MediaPlayer {
             let mut loop_offset = Duration::ZERO;
             let mut ts_offset = 0u32;
             let mut out = vec![0u8; 1500];
+            // The digit being sent, and when the next one starts (from the start of playback).
+            let mut digit: Option<DtmfSender> = None;
+            let mut next_digit = self.dtmf.as_ref().map(|d| d.every);
+            let mut digits_sent = 0usize;
             loop {
                 for p in &self.play.packets {
-                    tokio::time::sleep_until(start + loop_offset + p.at).await;
+                    let due = loop_offset + p.at;
+                    tokio::time::sleep_until(start + due).await;
+                    // RFC 4733 events ride along the audio, one per 20 ms packet, same SSRC and
+                    // sequence space, the event's timestamp being the audio's at its start.
+                    if let (Some(plan), Some(pt)) = (&self.dtmf, self.dtmf_pt)
+                        && p.law.is_some()
+                    {
+                        let ts_now = 0x1000_0000u32.wrapping_add(ts_offset).wrapping_add(p.ts);
+                        if digit.is_none()
+                            && next_digit.is_some_and(|t| due >= t)
+                            && plan.until.is_none_or(|u| due < u)
+                            && !plan.digits.is_empty()
+                        {
+                            let c = plan.digits[digits_sent % plan.digits.len()];
+                            digits_sent += 1;
+                            digit = DtmfSender::new(c, plan.samples, 10, ts_now);
+                            next_digit = next_digit.map(|t| t + plan.every);
+                            if digit.is_some()
+                                && let Ok(mut calls) = self.shared.calls.lock()
+                                && let Some(rec) = calls.get_mut(self.index)
+                            {
+                                rec.dtmf_sent.push((Instant::now(), c));
+                            }
+                        }
+                        if let Some(d) = digit.as_mut() {
+                            if let Some(ev) = d.next_packet(160) {
+                                let h = RtpHeader {
+                                    marker: ev.marker,
+                                    payload_type: pt,
+                                    sequence: seq,
+                                    timestamp: ev.timestamp,
+                                    ssrc,
+                                };
+                                seq = seq.wrapping_add(1);
+                                if let Ok(n) = write_rtp(&h, &ev.payload, &mut out) {
+                                    let _ = self.sock.send_to(&out[..n], dest).await;
+                                }
+                            }
+                            if d.is_done() {
+                                digit = None;
+                            }
+                        }
+                    }
                     let (pt, payload) = match p.law {
                         Some(l) => {
                             let mut data = p.payload.clone();
@@ -1073,6 +1231,9 @@ impl MediaPlayer {
                             c.rtp_sent += 1;
                             if loop_offset.is_zero() {
                                 c.sent_at.push(sent);
+                            }
+                            if self.record_sends && p.law.is_some() {
+                                c.sent_log.push(sent);
                             }
                         }
                     }

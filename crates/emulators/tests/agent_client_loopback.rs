@@ -60,7 +60,7 @@ async fn collect_until(
 
 fn closed(events: &[AgentEvent]) -> Option<&trunkline_agent::Closed> {
     events.iter().find_map(|e| match e {
-        AgentEvent::Closed(c) => Some(c),
+        AgentEvent::Closed(c) => Some(&**c),
         _ => None,
     })
 }
@@ -921,4 +921,73 @@ async fn unanswered_client_close_times_out() {
         "{at:?}"
     );
     server.abort();
+}
+
+#[tokio::test]
+async fn end_call_percent_ends_every_other_conversation_and_the_record_keeps_what_loadgen_counts() {
+    let emu = start(AgentEmulatorConfig {
+        speed: 50.0,
+        script: Script {
+            end_call_percent: 50,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let audio = emu.response_audio();
+    for (n, number) in ["+15550000001", "+15550000002"].into_iter().enumerate() {
+        let mut cfg = client_config(&emu);
+        cfg.initiation
+            .dynamic_variables
+            .insert("called_number".into(), DynamicVariable::from(number));
+        let mut s = connect(cfg, ToolRegistry::new()).await.unwrap();
+        // The greeting, then a DTMF digit as the gateway passes it: the caller's first turn.
+        let mut got = 0;
+        collect_until(&mut s, |e| {
+            if let AgentEvent::Audio { audio: a, .. } = e {
+                got += a.len();
+            }
+            got >= audio.len()
+        })
+        .await;
+        s.send_user_message("5").unwrap();
+        let evs = collect_until(&mut s, |e| matches!(e, AgentEvent::UserTranscript { .. })).await;
+        assert!(!evs.is_empty());
+        let evs = collect_until(&mut s, |e| matches!(e, AgentEvent::AgentResponse { .. })).await;
+        let said = evs.iter().find_map(|e| match e {
+            AgentEvent::AgentResponse { text, .. } => Some(text.clone()),
+            _ => None,
+        });
+        if n == 0 {
+            assert_ne!(said.as_deref(), Some("Goodbye!"));
+            collect_until(&mut s, |e| matches!(e, AgentEvent::Audio { .. })).await;
+            s.close();
+        } else {
+            assert_eq!(said.as_deref(), Some("Goodbye!"));
+            let evs = collect_until(&mut s, |_| false).await;
+            let c = closed(&evs).expect("the agent closes");
+            assert_eq!(c.code, Some(1000));
+        }
+        let recs = emu.wait_finished(n + 1, T).await;
+        let rec = &recs[n];
+        assert_eq!(rec.ends_call, n == 1, "every other conversation ends");
+        assert_eq!(rec.dynamic_variables["called_number"], number);
+        assert_eq!(rec.user_messages.len(), 1);
+        assert_eq!(rec.user_messages[0].1, "5");
+        assert!(rec.ended_at.is_some());
+        // The greeting's chunks cover its audio contiguously, in send order.
+        let greeting: Vec<_> = rec.audio_sent.iter().filter(|c| c.response == 0).collect();
+        assert!(greeting.len() > 1);
+        let mut at = 0;
+        for c in &greeting {
+            assert_eq!(c.offset, at);
+            at += c.len;
+        }
+        assert_eq!(at, audio.len());
+        assert!(greeting.windows(2).all(|w| w[0].at <= w[1].at));
+        assert!(
+            rec.audio_sent.iter().any(|c| c.response == 1),
+            "a second response"
+        );
+    }
 }

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+use std::sync::Arc;
+
 use trunkline_call::CallRecord;
+use trunkline_call::runtime::pacing::{PACING_BUCKETS_US, PacingHistogram};
 
 /// Setup-latency histogram buckets, seconds.
 const BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0];
@@ -58,9 +61,15 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    pacing: Arc<PacingHistogram>,
 }
 
 impl Metrics {
+    /// The RTP send-pacing histogram every call feeds.
+    pub fn pacing(&self) -> &Arc<PacingHistogram> {
+        &self.pacing
+    }
+
     /// A call started.
     pub fn call_started(&self, direction: &'static str) {
         if let Ok(mut m) = self.inner.lock() {
@@ -189,6 +198,29 @@ impl Metrics {
             out,
             "# HELP trunkline_interruptions_total Agent barge-ins.\n# TYPE trunkline_interruptions_total counter\ntrunkline_interruptions_total {}",
             m.interruptions
+        );
+        let p = self.pacing.snapshot();
+        let name = "trunkline_rtp_send_pacing_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} |interval between two RTP packets sent to the same phone - 20 ms|, measured at the gateway's send.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (b, c) in PACING_BUCKETS_US.iter().zip(&p.counts) {
+            cumulative += c;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *b as f64 / 1e6
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", p.count());
+        let _ = writeln!(out, "{name}_sum {}", p.sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {}", p.count());
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_rtp_send_pacing_max_seconds The largest send-interval deviation since start.\n# TYPE trunkline_rtp_send_pacing_max_seconds gauge\ntrunkline_rtp_send_pacing_max_seconds {}",
+            p.max_us as f64 / 1e6
         );
         out
     }

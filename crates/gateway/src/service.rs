@@ -17,7 +17,7 @@ use trunkline_call::record::EndCause;
 use trunkline_call::runtime::sip::{
     IncomingCall, SipLink, SipStack, SipStackConfig, TrunkTarget, to_negotiated_media,
 };
-use trunkline_call::runtime::{CallCommand, CallIo, run};
+use trunkline_call::runtime::{CallCommand, CallIo, RecordSink, run};
 use trunkline_call::{AgentConnectAt, Call, CallConfig, CallRecord, DtmfMode, SipEvent};
 use trunkline_media::g711::G711;
 use trunkline_media::jitter::JitterConfig;
@@ -561,20 +561,20 @@ impl Gateway {
         agent: AgentConfig,
     ) {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (rec_tx, mut rec_rx) = mpsc::unbounded_channel::<CallRecord>();
         if let Ok(mut a) = self.active.lock() {
             a.insert(sid.clone(), Active { commands: cmd_tx });
         }
         self.metrics.call_started(call.direction().as_str());
         self.store(call.record().clone());
-        let gw = self.clone();
-        tokio::spawn(async move {
-            while let Some(r) = rec_rx.recv().await {
+        let weak = Arc::downgrade(self);
+        let sink: RecordSink = Arc::new(move |r| {
+            if let Some(gw) = weak.upgrade() {
                 gw.store(r);
             }
         });
         let gw = self.clone();
         let direction = call.direction().as_str();
+        let call = Box::new(call);
         tokio::spawn(async move {
             let io = CallIo {
                 rtp,
@@ -583,7 +583,8 @@ impl Gateway {
                 sip: link,
                 commands: cmd_rx,
                 agent,
-                records: Some(rec_tx),
+                records: Some(sink),
+                pacing: Some(gw.metrics.pacing().clone()),
             };
             let record = run(call, io).await;
             gw.metrics.call_ended(direction, &record);

@@ -1,11 +1,14 @@
 //! What one call's phone side and agent side saw, reduced to the numbers the load report needs:
-//! output pacing (|inter-arrival gap − 20 ms| of the RTP the phone received, RFC 3550 §6.4.1's
-//! transit idea without the smoothing), loss (gaps in the RTP sequence numbers, RFC 3550 §A.3),
-//! late packets (arrival behind the stream's own media clock), first agent audio, and the
-//! sample-exact comparison of what the agent heard with what the phone played.
+//! output pacing (|inter-packet gap − 20 ms| of the RTP the phone received, RFC 3550 §6.4.1's
+//! transit idea without the smoothing; from the kernel's receive stamps, i.e. the gateway's send
+//! times, and separately from the phone task's own arrival times), loss (gaps in the RTP sequence
+//! numbers, RFC 3550 §A.3), late packets (arrival behind the stream's own media clock), first
+//! agent audio, the sample-exact comparison of what the agent heard with what the phone played,
+//! and the gateway-added latency both ways, found by content (µ-law passthrough keeps the bytes).
 
 use std::time::{Duration, Instant};
 
+use trunkline_emulators::agent::AudioSent;
 use trunkline_emulators::trunk::TrunkCall;
 use trunkline_media::g711::G711;
 
@@ -24,8 +27,15 @@ pub struct Downlink {
     pub lost: u64,
     /// Packets arriving more than [`LATE_AFTER`] behind the media clock.
     pub late: u64,
-    /// |gap − 20 ms| in µs for each pair of consecutive packets (consecutive sequence numbers).
+    /// |gap − 20 ms| in µs for each pair of consecutive packets (consecutive sequence numbers),
+    /// from the kernel's receive stamps (the gateway's send times on loopback; the phone task's
+    /// arrival where a packet has no stamp).
     pub pacing_us: Vec<u64>,
+    /// The same from the phone task's arrival times: includes the load generator's own
+    /// scheduling delay.
+    pub pacing_user_us: Vec<u64>,
+    /// Packets that carried a kernel receive stamp.
+    pub stamped: u64,
     /// When the first packet carrying agent speech arrived.
     pub first_loud: Option<Instant>,
 }
@@ -35,15 +45,21 @@ pub fn downlink(call: &TrunkCall) -> Downlink {
     let law = call.law.unwrap_or(G711::Ulaw);
     let pt = law.payload_type();
     let mut d = Downlink::default();
-    let mut prev: Option<(Instant, u16)> = None;
+    let mut prev: Option<(Instant, Instant, u16)> = None;
     let mut ext_first: Option<i64> = None;
     let mut ext_last = 0i64;
     let mut cycles = 0i64;
     let mut last_seq: Option<u16> = None;
     let mut clock0: Option<(Instant, u32)> = None;
     let mut lateness: Vec<i128> = Vec::new();
-    for p in call.rtp_in.iter().filter(|p| p.pt == pt) {
-        d.received += 1;
+    // Telephone-events share the audio's sequence space (RFC 4733 §2.1): they count for loss.
+    let dtmf_pt = call.dtmf_pt;
+    let mut in_seq = 0u64;
+    for p in call
+        .rtp_in
+        .iter()
+        .filter(|p| p.pt == pt || Some(p.pt) == dtmf_pt)
+    {
         if let Some(ls) = last_seq
             && p.seq < 0x1000
             && ls > 0xF000
@@ -54,13 +70,22 @@ pub fn downlink(call: &TrunkCall) -> Downlink {
         let ext = cycles + i64::from(p.seq);
         ext_first = Some(ext_first.map_or(ext, |f: i64| f.min(ext)));
         ext_last = ext_last.max(ext);
-        if let Some((at, seq)) = prev
+        in_seq += 1;
+        if p.pt != pt {
+            continue;
+        }
+        d.received += 1;
+        let kt = p.kernel_at.unwrap_or(p.at);
+        d.stamped += u64::from(p.kernel_at.is_some());
+        if let Some((at, k, seq)) = prev
             && p.seq == seq.wrapping_add(1)
         {
             let gap = p.at.saturating_duration_since(at).as_micros() as i64;
+            d.pacing_user_us.push((gap - 20_000).unsigned_abs());
+            let gap = kt.saturating_duration_since(k).as_micros() as i64;
             d.pacing_us.push((gap - 20_000).unsigned_abs());
         }
-        prev = Some((p.at, p.seq));
+        prev = Some((p.at, kt, p.seq));
         let (t0, ts0) = *clock0.get_or_insert((p.at, p.ts));
         let media_us = i128::from(p.ts.wrapping_sub(ts0)) * 1_000_000 / 8000;
         let real_us = p.at.saturating_duration_since(t0).as_micros() as i128;
@@ -71,7 +96,7 @@ pub fn downlink(call: &TrunkCall) -> Downlink {
     }
     if let Some(first) = ext_first {
         let expected = (ext_last - first + 1).max(0) as u64;
-        d.lost = expected.saturating_sub(d.received);
+        d.lost = expected.saturating_sub(in_seq);
     }
     // Lateness relative to the earliest packet: a late first packet must not hide the others.
     if let Some(min) = lateness.iter().copied().min() {
@@ -92,6 +117,8 @@ pub struct Integrity {
     pub aligned: bool,
     /// Where in `heard` the alignment point is.
     pub aligned_at: usize,
+    /// The sample of `played` (one pass) heard at `aligned_at`.
+    pub played_at: usize,
     /// Offset (samples from the alignment point) of the first difference.
     pub first_mismatch: Option<usize>,
     /// At the first difference: samples the agent heard that the phone never sent (positive:
@@ -132,6 +159,7 @@ pub fn integrity(heard: &[i16], played: &[i16]) -> Integrity {
     let mut out = Integrity {
         aligned: true,
         aligned_at: a,
+        played_at: f * 160,
         ..Integrity::default()
     };
     for (i, &s) in heard[a..].iter().enumerate() {
@@ -143,6 +171,185 @@ pub fn integrity(heard: &[i16], played: &[i16]) -> Integrity {
     }
     if let Some(i) = out.first_mismatch {
         out.shift = realign(&heard[a + i..], played, (f * 160 + i) % n);
+    }
+    out
+}
+
+/// Gateway-added uplink latency of each caller chunk the agent received: the chunk's arrival at
+/// the agent minus the phone's send time of the RTP packet that carried the chunk's last sample.
+///
+/// `chunks` are the agent's (arrival, offset of the first sample in `heard`) per
+/// `user_audio_chunk`, `integ` the alignment of `heard` on the looped capture, `packet_lens` the
+/// samples of each audio packet of one pass and `sent_log` the phone's send time of every audio
+/// packet in order over the passes. Only chunks up to the first difference count (after it the
+/// alignment no longer holds).
+pub fn uplink_latency(
+    chunks: &[(Instant, usize)],
+    heard_len: usize,
+    integ: &Integrity,
+    packet_lens: &[usize],
+    sent_log: &[Instant],
+) -> Vec<Duration> {
+    let pass: usize = packet_lens.iter().sum();
+    if !integ.aligned || pass == 0 {
+        return Vec::new();
+    }
+    let mut starts = Vec::with_capacity(packet_lens.len());
+    let mut acc = 0;
+    for &l in packet_lens {
+        starts.push(acc);
+        acc += l;
+    }
+    let valid_end = integ
+        .first_mismatch
+        .map_or(heard_len, |m| integ.aligned_at + m);
+    let mut out = Vec::new();
+    for (j, &(arrived, _)) in chunks.iter().enumerate() {
+        let end = chunks.get(j + 1).map_or(heard_len, |c| c.1);
+        let Some(last) = end.checked_sub(1) else {
+            continue;
+        };
+        if last < integ.aligned_at || last >= valid_end {
+            continue;
+        }
+        let sample = integ.played_at + (last - integ.aligned_at);
+        let (loop_n, within) = (sample / pass, sample % pass);
+        let k = starts.partition_point(|&s| s <= within).saturating_sub(1);
+        if let Some(sent) = sent_log.get(loop_n * packet_lens.len() + k) {
+            out.push(arrived.saturating_duration_since(*sent));
+        }
+    }
+    out
+}
+
+/// Gateway-added downlink latency, found by content in the µ-law the phone received.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DownlinkLatency {
+    /// For the first byte of every agent audio chunk found at the phone: the kernel receive time
+    /// of the RTP packet carrying it minus the time the agent sent the chunk (includes the
+    /// gateway's playout queue: the agent sends faster than real time).
+    pub chunks: Vec<Duration>,
+    /// The same for the first chunk of each response that did not queue behind the previous
+    /// response's audio in the gateway (what responsiveness depends on).
+    pub first_chunks: Vec<Duration>,
+    /// Responses whose audio was found at the phone.
+    pub responses_found: usize,
+    /// Of which queued behind the previous response's audio (sent while it still played; their
+    /// first chunk is counted in `chunks` only).
+    pub responses_queued: usize,
+}
+
+/// Where each response's audio starts in the phone's received µ-law stream and how late each
+/// chunk's first byte arrived. `audio` is the response audio (the same for every response, see
+/// `AgentEmulator::response_audio`), `sent` the agent's chunk log. A response is located by the
+/// first 160 bytes of its audio from its first loud sample on, found after the previous
+/// response's position, arriving after the response's first chunk was sent and before the next
+/// response started; every chunk's bytes are then checked at their place before counting.
+/// Packet times are the kernel's receive stamps (the gateway's send times on loopback).
+pub fn downlink_latency(call: &TrunkCall, sent: &[AudioSent], audio: &[u8]) -> DownlinkLatency {
+    let mut out = DownlinkLatency::default();
+    let law = G711::Ulaw;
+    if call.law != Some(law) {
+        return out;
+    }
+    let Some(a0) = audio.iter().position(|&c| law.decode(c).abs() > LOUD) else {
+        return out;
+    };
+    let Some(anchor) = audio.get(a0..a0 + 160) else {
+        return out;
+    };
+    // The received stream and the kernel time of the packet carrying each byte.
+    let mut stream = Vec::new();
+    let mut starts: Vec<(usize, Instant)> = Vec::new();
+    for p in call.rtp_in.iter().filter(|p| p.pt == law.payload_type()) {
+        starts.push((stream.len(), p.kernel_at.unwrap_or(p.at)));
+        stream.extend_from_slice(&p.payload);
+    }
+    let time_of = |b: usize| -> Option<Instant> {
+        let i = starts.partition_point(|&(s, _)| s <= b).checked_sub(1)?;
+        Some(starts[i].1)
+    };
+    let n_resp = sent.iter().map(|c| c.response + 1).max().unwrap_or(0);
+    let first_sent: Vec<Option<Instant>> = (0..n_resp)
+        .map(|r| sent.iter().find(|c| c.response == r).map(|c| c.at))
+        .collect();
+    let mut from = 0usize;
+    // Where the previous response found starts in the stream, and the bytes the agent sent of it.
+    let mut prev: Option<(usize, usize)> = None;
+    for r in 0..n_resp {
+        let Some(t_r) = first_sent[r] else { continue };
+        let reached = sent
+            .iter()
+            .filter(|c| c.response == r)
+            .map(|c| c.offset + c.len)
+            .max()
+            .unwrap_or(0);
+        if reached < a0 + 160 {
+            continue;
+        }
+        let next_start = first_sent[r + 1..].iter().flatten().next().copied();
+        let mut q = from;
+        let found = loop {
+            let Some(i) = stream
+                .get(q..)
+                .and_then(|s| s.windows(160).position(|w| w == anchor))
+            else {
+                break None;
+            };
+            let pos = q + i;
+            let t = time_of(pos);
+            if t.is_some_and(|t| t < t_r) {
+                q = pos + 1;
+                continue;
+            }
+            break Some(pos).filter(|_| next_start.is_none_or(|n| t.is_some_and(|t| t < n)));
+        };
+        let Some(pos) = found else { continue };
+        let Some(start) = pos
+            .checked_sub(a0)
+            .filter(|&s| prev.is_none_or(|(p, _)| s > p))
+        else {
+            continue;
+        };
+        from = pos + 1;
+        out.responses_found += 1;
+        // Queued: it waited in the gateway behind other agent audio. Either audible audio reached
+        // the phone between this response's sending and its start, or it directly follows the
+        // previous response found (the 20 ms before it are that response's bytes at their place,
+        // trailing silence included) sent after this response was.
+        let first_after = starts.partition_point(|&(_, t)| t < t_r);
+        let audible_before = starts
+            .get(first_after..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|&&(s, _)| s + 160 <= start)
+            .any(|&(s, _)| {
+                stream[s..(s + 160).min(start)]
+                    .iter()
+                    .any(|&c| law.decode(c).abs() > LOUD)
+            });
+        let follows_prev = prev.is_some_and(|(sp, reached_prev)| {
+            let x = start - sp;
+            x >= 160
+                && x <= reached_prev
+                && stream.get(start - 160..start) == audio.get(x - 160..x)
+                && time_of(start - 1).is_some_and(|t| t > t_r)
+        });
+        let queued = audible_before || follows_prev;
+        prev = Some((start, reached));
+        out.responses_queued += usize::from(queued);
+        for c in sent.iter().filter(|c| c.response == r) {
+            let k = c.len.min(160);
+            let b = start + c.offset;
+            let matches = k > 0 && stream.get(b..b + k) == audio.get(c.offset..c.offset + k);
+            if let (true, Some(t)) = (matches, time_of(b)) {
+                let d = t.saturating_duration_since(c.at);
+                out.chunks.push(d);
+                if c.offset == 0 && !queued {
+                    out.first_chunks.push(d);
+                }
+            }
+        }
     }
     out
 }
@@ -176,6 +383,7 @@ mod tests {
     fn pkt(at: Instant, seq: u16, ts: u32, loud: bool) -> RxPacket {
         RxPacket {
             at,
+            kernel_at: None,
             pt: 0,
             marker: false,
             seq,
@@ -205,6 +413,159 @@ mod tests {
         assert_eq!(d.late, 2);
         assert_eq!(d.pacing_us, vec![1000, 0]);
         assert_eq!(d.first_loud, Some(t + ms(120)));
+    }
+
+    #[test]
+    fn pacing_comes_from_kernel_stamps_and_the_receivers_view_is_kept_apart() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        // The gateway sent every 20 ms (kernel stamps); the phone task read packets 2 and 3
+        // together 15 ms late.
+        let mut call = TrunkCall {
+            law: Some(G711::Ulaw),
+            ..TrunkCall::default()
+        };
+        let user = [0, 20, 55, 55, 80];
+        call.rtp_in = (0..5u16)
+            .map(|i| {
+                let mut p = pkt(t + ms(user[usize::from(i)]), i, 160 * u32::from(i), false);
+                p.kernel_at = Some(t + ms(20 * u64::from(i)));
+                p
+            })
+            .collect();
+        let d = downlink(&call);
+        assert_eq!(d.pacing_us, vec![0, 0, 0, 0]);
+        assert_eq!(d.pacing_user_us, vec![0, 15_000, 20_000, 5_000]);
+        assert_eq!(d.stamped, 5);
+        // Without stamps both views are the task's arrival times.
+        for p in &mut call.rtp_in {
+            p.kernel_at = None;
+        }
+        let d = downlink(&call);
+        assert_eq!(d.pacing_us, d.pacing_user_us);
+        assert_eq!(d.stamped, 0);
+    }
+
+    #[test]
+    fn telephone_events_in_the_sequence_space_are_not_loss() {
+        let t = Instant::now();
+        let mut call = TrunkCall {
+            law: Some(G711::Ulaw),
+            dtmf_pt: Some(101),
+            ..TrunkCall::default()
+        };
+        call.rtp_in = (0..6u16)
+            .map(|i| pkt(t + Duration::from_millis(20 * u64::from(i)), i, 0, false))
+            .collect();
+        call.rtp_in[2].pt = 101;
+        call.rtp_in[3].pt = 101;
+        let d = downlink(&call);
+        assert_eq!((d.received, d.lost), (4, 0));
+        // A real gap still is.
+        call.rtp_in.remove(4);
+        assert_eq!(downlink(&call).lost, 1);
+    }
+
+    #[test]
+    fn uplink_latency_maps_each_chunks_last_sample_to_the_packet_that_carried_it() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        // One pass: 4 packets of 160 samples; the phone sent packet n at n × 20 ms, 2 passes.
+        let lens = [160usize; 4];
+        let sent: Vec<Instant> = (0..8u64).map(|n| t + ms(20 * n)).collect();
+        // The agent heard 100 samples of something else, then the capture from sample 160
+        // (packet 1) on: alignment at heard 100 ↔ played 160.
+        let integ = Integrity {
+            aligned: true,
+            aligned_at: 100,
+            played_at: 160,
+            compared: 900,
+            ..Integrity::default()
+        };
+        // Chunks of 320 samples from heard 0: [0,320) [320,640) [640,960) (and 40 ms chunking).
+        let chunks = vec![(t + ms(70), 0), (t + ms(110), 320), (t + ms(150), 640)];
+        let l = uplink_latency(&chunks, 960, &integ, &lens, &sent);
+        // Last samples: heard 319 → played 379 → packet 2 (40 ms); heard 639 → played 699 →
+        // second pass packet 0 (80 ms); heard 959 → played 1019 → second pass packet 2 (120 ms).
+        assert_eq!(l, vec![ms(30), ms(30), ms(30)]);
+        // After the first difference nothing counts.
+        let broken = Integrity {
+            first_mismatch: Some(400),
+            ..integ
+        };
+        assert_eq!(uplink_latency(&chunks, 960, &broken, &lens, &sent).len(), 1);
+        assert!(uplink_latency(&chunks, 960, &Integrity::default(), &lens, &sent).is_empty());
+    }
+
+    #[test]
+    fn downlink_latency_finds_each_response_in_the_received_audio() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        // A response: 80 bytes of silence, then 720 bytes of loud varying audio.
+        let mut audio = vec![0xFFu8; 80];
+        let mut x = 12345u32;
+        audio.extend((0..720).map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            ((x >> 16) % 0x70) as u8
+        }));
+        let chunk = |r: usize, at: u64, offset: usize, len: usize| AudioSent {
+            at: t + ms(at),
+            response: r,
+            offset,
+            len,
+        };
+        // Response 0 sent at 0 ms in two chunks; response 1 at 1000 ms in one, queued behind
+        // nothing; response 2 sent at 1150 ms while response 1 still plays: queued.
+        let sent = vec![
+            chunk(0, 0, 0, 400),
+            chunk(0, 10, 400, 400),
+            chunk(1, 1000, 0, 800),
+            chunk(2, 1150, 0, 800),
+        ];
+        // The phone: 2 packets of idle silence, response 0 from packet 2 (40 ms, gateway sent it
+        // 40 ms after the agent), idle until packet 55, response 1 from packet 55 (1100 ms),
+        // response 2 right after it (packet 60, 1200 ms).
+        let mut stream = vec![0xFFu8; 320];
+        stream.extend(&audio);
+        stream.resize(55 * 160, 0xFF);
+        stream.extend(&audio);
+        stream.extend(&audio);
+        stream.resize(70 * 160, 0xFF);
+        let mut call = TrunkCall {
+            law: Some(G711::Ulaw),
+            ..TrunkCall::default()
+        };
+        call.rtp_in = stream
+            .chunks(160)
+            .enumerate()
+            .map(|(i, c)| {
+                let mut p = pkt(t + ms(20 * i as u64 + 7), i as u16, 0, false);
+                p.kernel_at = Some(t + ms(20 * i as u64));
+                p.payload = c.to_vec();
+                p
+            })
+            .collect();
+        let d = downlink_latency(&call, &sent, &audio);
+        assert_eq!(d.responses_found, 3);
+        assert_eq!(d.responses_queued, 1);
+        // Response 0: byte 0 in packet 2 (40 ms after 0), byte 400 → stream 720 → packet 4 (80 ms
+        // after 10 ms); response 1: packet 55 (1100 − 1000); response 2: byte 800 after →
+        // stream 9600 → packet 60 (1200 − 1150).
+        assert_eq!(d.chunks, vec![ms(40), ms(70), ms(100), ms(50)]);
+        assert_eq!(d.first_chunks, vec![ms(40), ms(100)]);
+        // A response sent before the previous one's audio reached the phone cannot be told
+        // apart from it (same audio): the earlier one is skipped rather than mismatched.
+        let mut early = sent.clone();
+        early[3].at = t + ms(1050);
+        let e = downlink_latency(&call, &early, &audio);
+        assert_eq!(e.responses_found, 2);
+        assert_eq!(e.chunks, vec![ms(40), ms(70), ms(50)]);
+        // A-law calls are not looked at (the bytes are not the agent's).
+        call.law = Some(G711::Alaw);
+        assert_eq!(
+            downlink_latency(&call, &sent, &audio),
+            DownlinkLatency::default()
+        );
     }
 
     #[test]

@@ -101,6 +101,18 @@ struct Cli {
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     load_threads: usize,
+    /// The phone dials an RFC 4733 digit this often during each call (e.g. 2s; none in the last
+    /// 1.5 s before it hangs up); the gateway passes each to the agent as a user_message.
+    #[arg(long, value_parser = parse_duration)]
+    dtmf_every: Option<Duration>,
+    /// The agent asks the gateway (client tool send_dtmf) to dial digits to the phone after its
+    /// first turn (the greeting); optionally the digits (default 1234).
+    #[arg(long, num_args = 0..=1, default_missing_value = "1234", value_name = "DIGITS")]
+    agent_dtmf: Option<String>,
+    /// Percent of calls the agent ends itself (end_call) after the caller's first turn; those
+    /// calls succeed when the phone gets the gateway's BYE.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    agent_ends: u32,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -214,6 +226,9 @@ fn main() -> ExitCode {
         load_threads: cli.load_threads,
         progress: !cli.quiet,
         serve_for: cli.serve_for,
+        dtmf_every: cli.dtmf_every,
+        agent_dtmf: cli.agent_dtmf,
+        agent_ends_percent: cli.agent_ends,
         ..RunConfig::default()
     };
     let report = match run_blocking(cfg) {

@@ -145,6 +145,26 @@ pub struct Defect {
     pub since_interruption_ms: Option<f64>,
 }
 
+/// The gateway's own send-pacing histogram over one level. Quantiles are bucket upper bounds
+/// (100, 250, 500 µs, 1, 1.5, 2, 3, 5, 10, 20, 40, 100 ms), µs; `None` above the last bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct SendPacing {
+    /// Send intervals measured.
+    pub intervals: u64,
+    /// Median deviation is at most this.
+    pub p50_le_us: Option<u64>,
+    /// 90th percentile is at most this.
+    pub p90_le_us: Option<u64>,
+    /// 99th percentile is at most this.
+    pub p99_le_us: Option<u64>,
+    /// 99.9th percentile is at most this.
+    pub p999_le_us: Option<u64>,
+    /// The largest deviation is at most this.
+    pub max_le_us: Option<u64>,
+    /// Intervals more than 2 ms off.
+    pub over_2ms: u64,
+}
+
 /// One level's results.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PhaseReport {
@@ -164,8 +184,46 @@ pub struct PhaseReport {
     pub trigger_to_invite_ms: Percentiles,
     /// Answer → first RTP packet with agent speech at the phone.
     pub answer_to_first_audio_ms: Percentiles,
-    /// |inter-arrival gap − 20 ms| at the phone, µs.
+    /// |inter-packet gap − 20 ms| of the RTP the phone received, from the kernel's receive
+    /// stamps (`SO_TIMESTAMPNS`: on loopback, the gateway's send times), µs.
     pub pacing_us: Percentiles,
+    /// Pacing at the phone's receiver, incl. generator scheduling: the same gaps from the phone
+    /// task's own arrival times, µs.
+    pub pacing_at_receiver_us: Percentiles,
+    /// Packets that carried a kernel receive stamp (the others fall back to the task's arrival).
+    pub pacing_stamped_packets: u64,
+    /// Pacing as the gateway measured it at its own sends (`trunkline_rtp_send_pacing_seconds`
+    /// scraped from `/metrics` before and after the level); `None` if not exported.
+    pub gateway_send_pacing: Option<SendPacing>,
+    /// Gateway-added uplink latency (phone RTP sent → the same audio's chunk received by the
+    /// agent), per chunk, ms; `None` without the integrity check (µ-law, recording).
+    pub uplink_latency_ms: Option<Percentiles>,
+    /// Histogram of the above.
+    pub uplink_latency_hist_ms: Vec<Bucket>,
+    /// Gateway-added downlink latency (agent audio chunk sent → its first byte's RTP packet at
+    /// the phone, kernel stamp), every chunk, ms; `None` without the integrity check.
+    pub downlink_latency_ms: Option<Percentiles>,
+    /// The same, first chunk of each response only.
+    pub downlink_first_chunk_ms: Option<Percentiles>,
+    /// Agent responses located in the phones' received audio (downlink latency).
+    pub downlink_responses_found: usize,
+    /// Of which queued behind the previous response's audio (left out of the first-chunk figure).
+    pub downlink_responses_queued: usize,
+    /// Histogram of the downlink latency of every chunk.
+    pub downlink_latency_hist_ms: Vec<Bucket>,
+    /// Histogram of the downlink latency of first chunks.
+    pub downlink_first_chunk_hist_ms: Vec<Bucket>,
+    /// DTMF phone → agent: digits the phone sent while the agent was connected (`None`: the
+    /// phone sent none).
+    pub dtmf_phone_to_agent_sent: Option<u64>,
+    /// Of which the agent received as `user_message`.
+    pub dtmf_phone_to_agent_delivered: Option<u64>,
+    /// DTMF agent → phone: digits the agent asked for with `send_dtmf` (`None`: not asked).
+    pub dtmf_agent_to_phone_sent: Option<u64>,
+    /// Of which the phone received as RFC 4733 events.
+    pub dtmf_agent_to_phone_delivered: Option<u64>,
+    /// Calls the agent ended itself (end_call), the gateway then hanging up the phone.
+    pub agent_ended_calls: usize,
     /// Histogram of the above.
     pub pacing_hist_us: Vec<Bucket>,
     /// Histogram of trigger → INVITE, ms.
@@ -325,6 +383,61 @@ pub fn summary_table(r: &RunReport) -> String {
             opt(p.steady_gateway_cpu_pct, 1),
             opt(p.gateway_cpu_per_call_pct, 3),
             opt(p.rss_per_call_bytes.map(|b| b as f64 / 1024.0), 1),
+        );
+        let _ = writeln!(
+            s,
+            "       pacing at the phone's receiver, incl. generator scheduling (µs p50/99/max): {:.0}/{:.0}/{:.0}; kernel-stamped packets {}",
+            p.pacing_at_receiver_us.p50,
+            p.pacing_at_receiver_us.p99,
+            p.pacing_at_receiver_us.max,
+            p.pacing_stamped_packets
+        );
+        if let Some(g) = &p.gateway_send_pacing {
+            let b = |v: Option<u64>| v.map_or("> 100000".to_owned(), |v| format!("≤ {v}"));
+            let _ = writeln!(
+                s,
+                "       pacing at the gateway's own sends (µs, bucket bounds) p50 {} p99 {} p99.9 {} max {}; {} of {} intervals > 2 ms",
+                b(g.p50_le_us),
+                b(g.p99_le_us),
+                b(g.p999_le_us),
+                b(g.max_le_us),
+                g.over_2ms,
+                g.intervals
+            );
+        }
+        let lat = |x: &Option<Percentiles>| {
+            x.map_or("n/a".to_owned(), |v| {
+                format!(
+                    "{:.1}/{:.1}/{:.1}/{:.1} ({})",
+                    v.p50, v.p90, v.p99, v.max, v.count
+                )
+            })
+        };
+        let found = if p.downlink_latency_ms.is_some() {
+            format!(
+                " ({} responses found, {} queued behind the previous one)",
+                p.downlink_responses_found, p.downlink_responses_queued
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "       gateway latency ms p50/p90/p99/max (n): uplink {}; downlink every chunk {}, first chunk {}{found}",
+            lat(&p.uplink_latency_ms),
+            lat(&p.downlink_latency_ms),
+            lat(&p.downlink_first_chunk_ms),
+        );
+        let pair = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{a}/{b}"),
+            _ => "n/a".into(),
+        };
+        let _ = writeln!(
+            s,
+            "       DTMF sent/delivered: phone→agent {}, agent→phone {}; calls ended by the agent {}",
+            pair(p.dtmf_phone_to_agent_sent, p.dtmf_phone_to_agent_delivered),
+            pair(p.dtmf_agent_to_phone_sent, p.dtmf_agent_to_phone_delivered),
+            p.agent_ended_calls
         );
         if !p.integrity_defects.is_empty() {
             let d: Vec<String> = p
@@ -555,9 +668,13 @@ pub fn html(r: &RunReport) -> String {
         "concurrent calls",
         "µs",
         &[
-            ("p50", by_c(&|p| Some(p.pacing_us.p50))),
-            ("p99", by_c(&|p| Some(p.pacing_us.p99))),
-            ("max", by_c(&|p| Some(p.pacing_us.max))),
+            ("p50 (gateway send)", by_c(&|p| Some(p.pacing_us.p50))),
+            ("p99 (gateway send)", by_c(&|p| Some(p.pacing_us.p99))),
+            ("max (gateway send)", by_c(&|p| Some(p.pacing_us.max))),
+            (
+                "p99 at receiver",
+                by_c(&|p| Some(p.pacing_at_receiver_us.p99)),
+            ),
         ],
     ));
     s.push_str("</div>\n");
@@ -567,7 +684,30 @@ pub fn html(r: &RunReport) -> String {
             "<h2>Concurrency {} ({} calls)</h2>\n<div>",
             p.concurrency, p.placed
         );
-        s.push_str(&svg_bars("Pacing |gap − 20 ms|", "µs", &p.pacing_hist_us));
+        s.push_str(&svg_bars(
+            "Pacing |gap − 20 ms| (kernel stamps: gateway send)",
+            "µs",
+            &p.pacing_hist_us,
+        ));
+        if p.uplink_latency_ms.is_some() {
+            s.push_str(&svg_bars(
+                "Uplink latency: phone RTP sent → agent chunk received",
+                "ms",
+                &p.uplink_latency_hist_ms,
+            ));
+        }
+        if p.downlink_latency_ms.is_some() {
+            s.push_str(&svg_bars(
+                "Downlink latency: agent chunk sent → RTP at the phone (every chunk)",
+                "ms",
+                &p.downlink_latency_hist_ms,
+            ));
+            s.push_str(&svg_bars(
+                "Downlink latency: first chunk of each response",
+                "ms",
+                &p.downlink_first_chunk_hist_ms,
+            ));
+        }
         s.push_str(&svg_bars(
             if r.mode == Mode::Outbound {
                 "Trigger → INVITE"

@@ -22,7 +22,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use trunkline_agent::AudioFormat;
-use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig, VadConfig};
+use trunkline_emulators::agent::{
+    AgentEmulator, AgentEmulatorConfig, ConnectionRecord, Script, ToolCallSpec, VadConfig,
+};
 use trunkline_emulators::trunk::{
     Originate, PlayPacket, PlaySource, RxPacket, TrunkCall, TrunkConfig, TrunkEmulator,
 };
@@ -34,9 +36,10 @@ use trunkline_media::g711::G711;
 
 use crate::analyze::{self, Integrity};
 use crate::procfs::{GATEWAY_THREAD, GatewayProc, LOAD_THREAD, Usage};
-use crate::report::{Defect, FindMax, PhaseReport, RunReport, Sample, Stats};
+use crate::report::{Defect, FindMax, PhaseReport, RunReport, Sample, SendPacing, Stats};
 use crate::schedule;
 use crate::sipspy::SipSpy;
+use trunkline_call::runtime::pacing::{PACING_BUCKETS_US, PacingSnapshot};
 
 /// The bearer token of the in-process gateway.
 pub const TOKEN: &str = "load-token";
@@ -171,6 +174,13 @@ pub struct RunConfig {
     /// Place no call: start the gateway and emulators, print their addresses, wait this long
     /// (for an independent load generator such as SIPp), then report the gateway's resources.
     pub serve_for: Option<Duration>,
+    /// The phone dials an RFC 4733 digit this often during each call.
+    pub dtmf_every: Option<Duration>,
+    /// The agent asks the gateway (client tool `send_dtmf`) to dial these digits to the phone
+    /// after its first turn (the greeting).
+    pub agent_dtmf: Option<String>,
+    /// Percentage of calls the agent ends itself (end_call) after the caller's first turn.
+    pub agent_ends_percent: u32,
 }
 
 impl Default for RunConfig {
@@ -202,6 +212,9 @@ impl Default for RunConfig {
             load_threads: 1,
             progress: false,
             serve_for: None,
+            dtmf_every: None,
+            agent_dtmf: None,
+            agent_ends_percent: 0,
         }
     }
 }
@@ -256,6 +269,15 @@ struct Ctx {
     /// Trigger instants of the current phase.
     triggers: Mutex<Vec<Instant>>,
     run_start: Instant,
+    agent: AgentEmulator,
+    /// Agent connection records already attributed to earlier phases.
+    agent_seen: AtomicU64,
+    /// One pass of the phone's audio, decoded (the integrity reference).
+    expected: Vec<i16>,
+    /// Samples in each audio packet of one pass of the capture.
+    packet_lens: Vec<usize>,
+    /// The integrity check (and the latencies found by content) apply.
+    checkable: bool,
 }
 
 /// Run the configured levels (or the capacity search) and build the report.
@@ -275,6 +297,10 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
         play: play.clone(),
         play_loop: true,
         hangup_after: Some(cfg.hold),
+        record_sends: cfg.integrity,
+        dtmf_every: cfg.dtmf_every,
+        // No digit in the last 1.5 s: it must reach the agent before the phone hangs up.
+        dtmf_until: Some(cfg.hold.saturating_sub(Duration::from_millis(1500))),
         ..TrunkConfig::default()
     })
     .await?;
@@ -291,6 +317,15 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
                     threshold_rms: f64::MAX,
                     ..VadConfig::default()
                 }
+            },
+            script: Script {
+                tool_call: cfg.agent_dtmf.as_ref().map(|d| ToolCallSpec {
+                    after_turn: 0,
+                    tool_name: "send_dtmf".into(),
+                    parameters: serde_json::json!({ "digits": d }),
+                }),
+                end_call_percent: cfg.agent_ends_percent,
+                ..Script::default()
             },
             ..AgentEmulatorConfig::default()
         },
@@ -322,6 +357,9 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
             "inbound mode against an external gateway needs --gateway-sip"
         ));
     }
+    let checkable = cfg.integrity
+        && cfg.agent_format == AgentFormat::Ulaw8000
+        && schedule::integrity_checkable(&play);
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
         target,
@@ -331,7 +369,18 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
         live: AtomicU64::new(0),
         triggers: Mutex::new(Vec::new()),
         run_start: Instant::now(),
+        agent,
+        agent_seen: AtomicU64::new(0),
+        expected: schedule::expected_audio(&play, G711::Ulaw),
+        packet_lens: play
+            .packets
+            .iter()
+            .filter(|p| p.law.is_some())
+            .map(|p| p.payload.len())
+            .collect(),
+        checkable,
     });
+    let agent = &ctx.agent;
 
     if let Some(d) = cfg.serve_for {
         let pid = match ctx.target.proc_ {
@@ -382,11 +431,6 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
     if warm.failed > 0 {
         return Err(anyhow!("the warm-up call failed: {:?}", warm.failures));
     }
-    let mut agent_seen = if cfg.integrity {
-        agent.wait_finished(1, Duration::from_secs(5)).await.len()
-    } else {
-        0
-    };
 
     // Idle baseline of the gateway's CPU.
     let u0 = ctx.target.proc_.sample();
@@ -394,10 +438,6 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
     let u1 = ctx.target.proc_.sample();
     let idle_cpu_per_s = (u1.gateway_cpu_s - u0.gateway_cpu_s).max(0.0);
 
-    let expected = schedule::expected_audio(&play, G711::Ulaw);
-    let checkable = cfg.integrity
-        && cfg.agent_format == AgentFormat::Ulaw8000
-        && schedule::integrity_checkable(&play);
     let mut phases = Vec::new();
     let mut find_max = None;
     let mut levels = cfg.levels.clone();
@@ -405,42 +445,6 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
     while i < levels.len() {
         let level = levels[i];
         let mut phase = run_phase(&ctx, level, &mut next_index, idle_cpu_per_s, play_bytes).await;
-        if checkable {
-            let recs = agent
-                .wait_finished(agent_seen + phase.placed, Duration::from_secs(10))
-                .await;
-            let mut integ = Integrity::default();
-            let (mut checked, mut exact) = (0usize, 0usize);
-            for r in recs.iter().skip(agent_seen) {
-                let one = analyze::integrity(&r.caller_audio, &expected);
-                checked += 1;
-                exact += usize::from(one.exact());
-                if !one.exact() {
-                    let at = one.aligned_at + one.first_mismatch.unwrap_or(0);
-                    let chunk_t = r.caller_chunks.iter().find(|c| c.1 >= at).map(|c| c.0);
-                    let since_interruption_ms = chunk_t.and_then(|c| {
-                        r.interruption_times
-                            .iter()
-                            .filter(|t| **t <= c)
-                            .max()
-                            .map(|t| c.duration_since(*t).as_secs_f64() * 1000.0)
-                    });
-                    phase.integrity_defects.push(Defect {
-                        at_s: one.first_mismatch.unwrap_or(0) as f64 / 8000.0,
-                        shift_samples: one.shift,
-                        mismatched_samples: one.mismatched,
-                        since_interruption_ms,
-                    });
-                }
-                integ.compared += one.compared;
-                integ.mismatched += one.mismatched;
-            }
-            agent_seen = recs.len();
-            phase.integrity_checked = Some(checked);
-            phase.integrity_exact = Some(exact);
-            phase.integrity_mismatched_samples = Some(integ.mismatched);
-            phase.integrity_compared_samples = Some(integ.compared);
-        }
         if let Some(th) = cfg.find_max {
             let verdict = th.broken(&phase);
             phase.threshold_broken = verdict.clone();
@@ -682,6 +686,10 @@ async fn run_phase(
     play_bytes: u64,
 ) -> PhaseReport {
     let cfg = &ctx.cfg;
+    let pacing_before = match ctx.target.http {
+        Some(h) => scrape_send_pacing(h, &cfg.token).await,
+        None => None,
+    };
     let sem = Arc::new(Semaphore::new(level.concurrency.max(1)));
     let per_call = cfg.ring_time + cfg.hold + Duration::from_millis(1500);
     if let Ok(mut t) = ctx.triggers.lock() {
@@ -735,7 +743,9 @@ async fn run_phase(
                     }
                     (live, pk)
                 });
-                let rec = rx_pkts * rx_packet_bytes() + media_live * play_bytes;
+                // (+ the phone's send log, one Instant per packet sent, with integrity on.)
+                let per_pkt = rx_packet_bytes() + if ctx.cfg.integrity { 16 } else { 0 };
+                let rec = rx_pkts * per_pkt + media_live * play_bytes;
                 if let Some((pt, pu)) = prev {
                     let dt = now.duration_since(pt).as_secs_f64().max(1e-3);
                     bar.set_message(format!(
@@ -833,14 +843,81 @@ async fn run_phase(
         .filter_map(|c| key_of(cfg.mode, c).map(|k| (k, c)))
         .collect();
 
+    let pacing_after = match ctx.target.http {
+        Some(h) => scrape_send_pacing(h, &cfg.token).await,
+        None => None,
+    };
     let mut report = PhaseReport {
         concurrency: level.concurrency,
         placed: placed.len(),
+        gateway_send_pacing: pacing_before
+            .zip(pacing_after)
+            .and_then(|(b, a)| send_pacing_between(&b, &a)),
         ..PhaseReport::default()
     };
+    // The agent's side of the phase: its connections (one per call, in accept order), keyed like
+    // the trunk's calls by the dynamic variables the gateway passed.
+    let seen = ctx.agent_seen.load(Ordering::Relaxed) as usize;
+    let recs: Vec<ConnectionRecord> = ctx
+        .agent
+        .wait_finished(seen + placed.len(), Duration::from_secs(10))
+        .await
+        .into_iter()
+        .skip(seen)
+        .collect();
+    ctx.agent_seen
+        .store((seen + recs.len()) as u64, Ordering::Relaxed);
+    let recs_by_key: std::collections::HashMap<String, &ConnectionRecord> = recs
+        .iter()
+        .filter_map(|r| agent_key(cfg.mode, r).map(|k| (k, r)))
+        .collect();
+    let mut integ_by_key: std::collections::HashMap<String, Integrity> = Default::default();
+    if ctx.checkable {
+        let mut integ = Integrity::default();
+        let (mut checked, mut exact) = (0usize, 0usize);
+        for r in &recs {
+            let one = analyze::integrity(&r.caller_audio, &ctx.expected);
+            checked += 1;
+            exact += usize::from(one.exact());
+            if !one.exact() {
+                let at = one.aligned_at + one.first_mismatch.unwrap_or(0);
+                let chunk_t = r.caller_chunks.iter().find(|c| c.1 >= at).map(|c| c.0);
+                let since_interruption_ms = chunk_t.and_then(|c| {
+                    r.interruption_times
+                        .iter()
+                        .filter(|t| **t <= c)
+                        .max()
+                        .map(|t| c.duration_since(*t).as_secs_f64() * 1000.0)
+                });
+                report.integrity_defects.push(Defect {
+                    at_s: one.first_mismatch.unwrap_or(0) as f64 / 8000.0,
+                    shift_samples: one.shift,
+                    mismatched_samples: one.mismatched,
+                    since_interruption_ms,
+                });
+            }
+            integ.compared += one.compared;
+            integ.mismatched += one.mismatched;
+            if let Some(k) = agent_key(cfg.mode, r) {
+                integ_by_key.insert(k, one);
+            }
+        }
+        report.integrity_checked = Some(checked);
+        report.integrity_exact = Some(exact);
+        report.integrity_mismatched_samples = Some(integ.mismatched);
+        report.integrity_compared_samples = Some(integ.compared);
+    }
+    let response_audio = ctx.agent.response_audio();
+
     let mut t2i = Stats::histogram();
     let mut a2a = Stats::histogram();
     let mut pacing = Stats::histogram();
+    let mut pacing_rx = Stats::histogram();
+    let mut uplink = Stats::histogram();
+    let mut downlink = Stats::histogram();
+    let mut downlink_first = Stats::histogram();
+    let (mut up_sent, mut up_delivered, mut down_sent, mut down_delivered) =
+        (0u64, 0u64, 0u64, 0u64);
     let mut failures: std::collections::BTreeMap<String, usize> = Default::default();
     for p in &placed {
         let key = call_key(cfg.mode, p.index);
@@ -879,6 +956,58 @@ async fn run_phase(
         for &g in &d.pacing_us {
             pacing.record_raw(g);
         }
+        for &g in &d.pacing_user_us {
+            pacing_rx.record_raw(g);
+        }
+        report.pacing_stamped_packets += d.stamped;
+        let rec = recs_by_key.get(&key).copied();
+        if let Some(r) = rec
+            && let Some(integ) = integ_by_key.get(&key)
+        {
+            let up = analyze::uplink_latency(
+                &r.caller_chunks,
+                r.caller_audio.len(),
+                integ,
+                &ctx.packet_lens,
+                &tc.sent_log,
+            );
+            for l in up {
+                uplink.record_us(l);
+            }
+            let down = analyze::downlink_latency(tc, &r.audio_sent, &response_audio);
+            for l in down.chunks {
+                downlink.record_us(l);
+            }
+            for l in down.first_chunks {
+                downlink_first.record_us(l);
+            }
+            report.downlink_responses_found += down.responses_found;
+            report.downlink_responses_queued += down.responses_queued;
+        }
+        // DTMF both ways: digits the phone sent while the agent was still connected vs the
+        // `user_message`s the agent got; digits the agent asked `send_dtmf` for vs the RFC 4733
+        // events the phone got.
+        let ended = rec.and_then(|r| r.ended_at);
+        up_sent += tc
+            .dtmf_sent
+            .iter()
+            .filter(|(t, _)| ended.is_none_or(|e| *t < e))
+            .count() as u64;
+        if let Some(r) = rec {
+            up_delivered += r
+                .user_messages
+                .iter()
+                .filter(|(_, m)| is_dtmf_text(m))
+                .count() as u64;
+            down_sent += r
+                .tool_calls
+                .iter()
+                .filter(|(name, _)| name == "send_dtmf")
+                .filter_map(|(_, p)| p.get("digits").and_then(|d| d.as_str()))
+                .map(|d| d.chars().filter(|c| !matches!(c, 'w' | 'W')).count() as u64)
+                .sum::<u64>();
+        }
+        down_delivered += tc.dtmf_received().len() as u64;
         let Some(answered) = tc.answered_at else {
             fail(
                 &mut failures,
@@ -893,7 +1022,11 @@ async fn run_phase(
                 continue;
             }
         }
-        if tc.ended_by.as_deref() != Some("local_bye") {
+        let agent_ended =
+            tc.ended_by.as_deref() == Some("remote_bye") && rec.is_some_and(|r| r.ends_call);
+        if agent_ended {
+            report.agent_ended_calls += 1;
+        } else if tc.ended_by.as_deref() != Some("local_bye") {
             fail(
                 &mut failures,
                 format!(
@@ -910,6 +1043,24 @@ async fn run_phase(
     report.trigger_to_invite_ms = t2i.stats_ms();
     report.answer_to_first_audio_ms = a2a.stats_ms();
     report.pacing_us = pacing.stats_raw();
+    report.pacing_at_receiver_us = pacing_rx.stats_raw();
+    if ctx.checkable {
+        let lat_buckets = [5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000];
+        report.uplink_latency_ms = Some(uplink.stats_ms());
+        report.uplink_latency_hist_ms = uplink.buckets_ms(&lat_buckets);
+        report.downlink_latency_ms = Some(downlink.stats_ms());
+        report.downlink_latency_hist_ms = downlink.buckets_ms(&lat_buckets);
+        report.downlink_first_chunk_ms = Some(downlink_first.stats_ms());
+        report.downlink_first_chunk_hist_ms = downlink_first.buckets_ms(&lat_buckets);
+    }
+    if cfg.dtmf_every.is_some() {
+        report.dtmf_phone_to_agent_sent = Some(up_sent);
+        report.dtmf_phone_to_agent_delivered = Some(up_delivered);
+    }
+    if cfg.agent_dtmf.is_some() {
+        report.dtmf_agent_to_phone_sent = Some(down_sent);
+        report.dtmf_agent_to_phone_delivered = Some(down_delivered);
+    }
     report.pacing_hist_us = pacing.buckets(&[
         50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10_000, 20_000,
     ]);
@@ -1029,6 +1180,27 @@ fn key_of(mode: Mode, c: &TrunkCall) -> Option<String> {
     }
 }
 
+/// The key of an agent connection, like [`call_key`]: the number called (outbound) or the trunk's
+/// call id (inbound), from the dynamic variables the gateway sends.
+fn agent_key(mode: Mode, r: &ConnectionRecord) -> Option<String> {
+    match mode {
+        Mode::Outbound => r.dynamic_variables.get("called_number").cloned(),
+        Mode::Inbound => r
+            .dynamic_variables
+            .get("twilio_call_sid")
+            .map(|s| format!("orig-{s}")),
+    }
+}
+
+/// A `user_message` that is one DTMF key (what the gateway sends with `dtmf_mode = user_message`).
+fn is_dtmf_text(m: &str) -> bool {
+    let mut c = m.chars();
+    matches!(
+        (c.next(), c.next()),
+        (Some('0'..='9' | '*' | '#' | 'A'..='D'), None)
+    )
+}
+
 /// Place call `index`; returns the HTTP status and an error text when it failed.
 async fn place(ctx: &Ctx, index: u64) -> (Option<u16>, Option<String>) {
     match ctx.cfg.mode {
@@ -1073,4 +1245,94 @@ async fn post(addr: SocketAddr, path: &str, token: &str, body: &str) -> std::io:
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0))
+}
+
+/// The gateway's own send-pacing histogram (`trunkline_rtp_send_pacing_seconds` on
+/// `/metrics`), per bucket; `None` if the gateway does not export it.
+async fn scrape_send_pacing(addr: SocketAddr, token: &str) -> Option<PacingSnapshot> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    parse_send_pacing(&String::from_utf8_lossy(&raw))
+}
+
+/// Per-bucket counts from the cumulative Prometheus buckets.
+pub fn parse_send_pacing(text: &str) -> Option<PacingSnapshot> {
+    let mut snap = PacingSnapshot::default();
+    let mut found = 0;
+    let mut prev = 0u64;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("trunkline_rtp_send_pacing_seconds_bucket{le=\"") else {
+            continue;
+        };
+        let (le, value) = rest.split_once("\"} ")?;
+        let cumulative: u64 = value.trim().parse().ok()?;
+        let i = if le == "+Inf" {
+            PACING_BUCKETS_US.len()
+        } else {
+            let secs: f64 = le.parse().ok()?;
+            let us = (secs * 1e6).round() as u64;
+            PACING_BUCKETS_US.iter().position(|b| *b == us)?
+        };
+        snap.counts[i] = cumulative.saturating_sub(prev);
+        prev = cumulative;
+        found += 1;
+    }
+    (found == PACING_BUCKETS_US.len() + 1).then_some(snap)
+}
+
+/// What the gateway measured between two scrapes.
+pub fn send_pacing_between(before: &PacingSnapshot, after: &PacingSnapshot) -> Option<SendPacing> {
+    let mut d = PacingSnapshot::default();
+    for i in 0..d.counts.len() {
+        d.counts[i] = after.counts[i].saturating_sub(before.counts[i]);
+    }
+    let count = d.count();
+    if count == 0 {
+        return None;
+    }
+    let highest = d.counts.iter().rposition(|c| *c > 0);
+    Some(SendPacing {
+        intervals: count,
+        p50_le_us: d.quantile_bound_us(0.5),
+        p90_le_us: d.quantile_bound_us(0.9),
+        p99_le_us: d.quantile_bound_us(0.99),
+        p999_le_us: d.quantile_bound_us(0.999),
+        max_le_us: highest.and_then(|i| PACING_BUCKETS_US.get(i).copied()),
+        over_2ms: d
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| PACING_BUCKETS_US.get(*i).is_none_or(|b| *b > 2_000))
+            .map(|(_, c)| c)
+            .sum(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateways_send_pacing_is_read_back_from_its_metrics_text() {
+        let m = trunkline_gateway::metrics::Metrics::default();
+        let text0 = m.render(0, 0);
+        let before = parse_send_pacing(&text0).expect("exported");
+        assert_eq!(before.count(), 0);
+        for us in [50u64, 60, 70, 1_200, 2_500, 30_000] {
+            m.pacing().record(Duration::from_micros(us));
+        }
+        let after = parse_send_pacing(&m.render(0, 0)).expect("exported");
+        assert_eq!(after.counts, m.pacing().snapshot().counts);
+        let p = send_pacing_between(&before, &after).expect("intervals");
+        assert_eq!(p.intervals, 6);
+        assert_eq!(p.p50_le_us, Some(100));
+        assert_eq!(p.max_le_us, Some(40_000));
+        assert_eq!(p.over_2ms, 2);
+        assert!(parse_send_pacing("no such metric").is_none());
+    }
 }

@@ -2,6 +2,7 @@
 //! of a conversation (see the module docs of [`super`]).
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -129,7 +130,13 @@ where
     let (sink, stream) = ws.split();
     let mut conv = Conversation::new(sink, st.clone(), rec.clone());
     let result = conv.run(stream).await;
-    lock(&rec).finished = true;
+    {
+        let mut r = lock(&rec);
+        r.finished = true;
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::Instant::now();
+        r.ended_at.get_or_insert(now);
+    }
     st.changed.notify_waiters();
     result
 }
@@ -218,6 +225,10 @@ struct Conversation<S> {
     vad: Vad,
     turns: u32,
     pending_tool: Option<String>,
+    /// Responses started on this connection.
+    responses: usize,
+    /// The agent ends the call after the caller's first turn ([`super::Script::end_call_percent`]).
+    ends_call: bool,
     ping_seq: i64,
     ping_outstanding: Option<(i64, Instant)>,
     last_rtt_ms: Option<u64>,
@@ -256,6 +267,8 @@ where
             vad,
             turns: 0,
             pending_tool: None,
+            responses: 0,
+            ends_call: false,
             ping_seq: 0,
             ping_outstanding: None,
             last_rtt_ms: None,
@@ -374,6 +387,26 @@ where
         if let Some(flow) = self.validate_init(&init).await? {
             return flow;
         }
+        {
+            let n = self.st.conversations.fetch_add(1, Ordering::Relaxed);
+            let pct = u64::from(self.st.config.script.end_call_percent.min(100));
+            // Spread evenly: connection n ends the call when ⌊(n+1)·p/100⌋ > ⌊n·p/100⌋.
+            self.ends_call = (n + 1) * pct / 100 > n * pct / 100;
+            let mut rec = lock(&self.rec);
+            rec.ends_call = self.ends_call;
+            rec.dynamic_variables = init
+                .dynamic_variables
+                .iter()
+                .map(|(k, v)| {
+                    let text = match serde_json::to_value(v) {
+                        Ok(serde_json::Value::String(s)) => s,
+                        Ok(other) => other.to_string(),
+                        Err(_) => String::new(),
+                    };
+                    (k.clone(), text)
+                })
+                .collect();
+        }
 
         // 2. Metadata.
         let conversation_id = format!("conv_emu_{}", self.st.next_id());
@@ -441,6 +474,9 @@ where
                 break;
             }
         }
+        lock(&self.rec)
+            .ended_at
+            .get_or_insert_with(std::time::Instant::now);
         // Give the client a moment to answer our close, then drop.
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
             while let Some(Ok(m)) = stream.next().await {
@@ -516,6 +552,7 @@ where
         let total_ms = (self.phrase.len() / self.out_fmt.bytes_for_ms(1).max(1)) as u64;
         self.playout_end_ms = self.vad.audio_ms.max(self.playout_end_ms) + total_ms;
         self.current_response = Some(event_id);
+        self.responses += 1;
         self.speech = Some(Speech {
             event_id,
             pos: 0,
@@ -537,6 +574,7 @@ where
             let len = self.out_fmt.bytes_for_ms(ms);
             let end = (sp.pos + len).min(self.phrase.len());
             let chunk = &self.phrase[sp.pos..end];
+            let (offset, len) = (sp.pos, end - sp.pos);
             let event_id = sp.event_id;
             let first_chunk = sp.pos == 0;
             sp.pos = end;
@@ -562,6 +600,14 @@ where
                     .push(std::time::Instant::now());
             }
             self.send_event(&ev).await?;
+            if self.st.config.record {
+                lock(&self.rec).audio_sent.push(super::AudioSent {
+                    at: std::time::Instant::now(),
+                    response: self.responses.saturating_sub(1),
+                    offset,
+                    len,
+                });
+            }
             sent_ms += ms;
             if done {
                 let then = self.speech.take().map_or(After::Nothing, |s| s.then);
@@ -608,6 +654,9 @@ where
                 let id = self.new_event_id();
                 let tool_call_id = format!("emu_tool_call_{id}");
                 self.pending_tool = Some(tool_call_id.clone());
+                lock(&self.rec)
+                    .tool_calls
+                    .push((spec.tool_name.clone(), spec.parameters.clone()));
                 let ev = ServerEvent::ClientToolCall(ClientToolCall {
                     tool_name: spec.tool_name,
                     tool_call_id,
@@ -696,7 +745,10 @@ where
                 Ok(Flow::Continue)
             }
             ClientMessage::ClientToolResult(r) => {
-                if self.pending_tool.as_deref() == Some(r.tool_call_id.as_str()) {
+                lock(&self.rec)
+                    .tool_results
+                    .push((r.result.clone(), r.is_error));
+                if self.pending_tool.as_deref() == Some(r.tool_call_id.as_str()) && !self.ending() {
                     self.pending_tool = None;
                     let text = format!("The tool said: {}", r.result);
                     self.start_response(text, After::Nothing).await?;
@@ -704,11 +756,22 @@ where
                 Ok(Flow::Continue)
             }
             ClientMessage::UserMessage { text } => {
+                lock(&self.rec)
+                    .user_messages
+                    .push((std::time::Instant::now(), text.clone()));
                 self.interrupt_if_speaking().await?;
                 self.on_turn(text).await
             }
             _ => Ok(Flow::Continue),
         }
+    }
+
+    /// The agent is saying its goodbye before ending the call: it does not take new turns or
+    /// get interrupted any more.
+    fn ending(&self) -> bool {
+        self.speech
+            .as_ref()
+            .is_some_and(|s| s.then == After::EndCall)
     }
 
     async fn interrupt_if_speaking(&mut self) -> io::Result<()> {
@@ -718,7 +781,14 @@ where
         if self.vad.audio_ms >= self.playout_end_ms && self.speech.is_none() {
             return Ok(());
         }
-        self.speech = None;
+        if self.ending() {
+            return Ok(());
+        }
+        // A tool call the agent meant to make after this response is still made.
+        let tool_call_due = self
+            .speech
+            .take()
+            .is_some_and(|s| s.then == After::ToolCall);
         self.playout_end_ms = self.vad.audio_ms;
         self.current_response = None;
         self.send_event(&ServerEvent::Interruption(InterruptionEvent { event_id }))
@@ -746,6 +816,9 @@ where
             });
             self.send_event(&ev).await?;
         }
+        if tool_call_due {
+            self.after_speech(After::ToolCall).await?;
+        }
         Ok(())
     }
 
@@ -763,6 +836,9 @@ where
     }
 
     async fn on_turn(&mut self, transcript: String) -> io::Result<Flow> {
+        if self.ending() {
+            return Ok(Flow::Continue);
+        }
         self.turns += 1;
         lock(&self.rec).turns = self.turns;
         let id = self.new_event_id();
@@ -786,7 +862,7 @@ where
                 )),
             };
         }
-        if script.end_after_turns == Some(self.turns) {
+        if script.end_after_turns == Some(self.turns) || (self.ends_call && self.turns == 1) {
             self.start_response("Goodbye!".to_owned(), After::EndCall)
                 .await?;
         } else if script

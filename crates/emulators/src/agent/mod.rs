@@ -21,8 +21,14 @@
 //! - Scripted: end after N turns (close 1000, optionally after `agent_tool_response` `end_call`),
 //!   a `client_tool_call`, abrupt close (1011 or a dropped TCP connection), a read stall, garbage,
 //!   stale audio after an interruption.
+//! - Scripted per share of connections: end the call after the caller's first turn
+//!   ([`Script::end_call_percent`]; the goodbye is not interruptible, as once the agent decided to
+//!   end it ends). A tool call due after a response is still made when that response is
+//!   interrupted.
 //! - Records what it received ([`ConnectionRecord`]): caller audio (PCM16, writable as WAV) and
-//!   every message as a JSON line.
+//!   every message as a JSON line, the agent audio chunks it sent ([`AudioSent`]: time, response,
+//!   byte range) — and always, even without recording: the dynamic variables, `user_message`s,
+//!   tool calls and their results, and when the conversation ended.
 //!
 //! Time-dependent behaviour uses injected durations (tests set `silence_timeout` to a few hundred
 //! ms rather than pausing tokio time over real sockets); the VAD runs on caller-audio time.
@@ -92,6 +98,10 @@ pub struct Script {
     pub stale_chunks_after_interruption: u32,
     /// Send `agent_response_correction` after an interruption.
     pub corrections: bool,
+    /// Percentage (0–100) of connections, spread evenly over the accept order, on which the
+    /// agent ends the call itself after the caller's first turn: it answers "Goodbye!", sends
+    /// `agent_tool_response` `end_call` (with [`Script::end_call_tool_response`]) and closes 1000.
+    pub end_call_percent: u32,
     /// Stop sending audio for this long once half of each response has been sent (a TTS
     /// hiccup: exercises the caller's playout underrun handling).
     pub pause_mid_response: Option<Duration>,
@@ -109,6 +119,7 @@ impl Default for Script {
             garbage: false,
             stale_chunks_after_interruption: 0,
             corrections: true,
+            end_call_percent: 0,
             pause_mid_response: None,
         }
     }
@@ -211,12 +222,43 @@ pub struct ConnectionRecord {
     pub caller_chunks: Vec<(std::time::Instant, usize)>,
     /// When the first audio chunk of each agent response was sent.
     pub response_starts: Vec<std::time::Instant>,
+    /// The connection's `dynamic_variables` (values as text), from its
+    /// `conversation_initiation_client_data` (recorded even without [`AgentEmulatorConfig::record`]).
+    pub dynamic_variables: std::collections::BTreeMap<String, String>,
+    /// Every `user_message` text received, with its arrival (the gateway passes caller DTMF this
+    /// way with `dtmf_mode = user_message`; always recorded).
+    pub user_messages: Vec<(std::time::Instant, String)>,
+    /// `client_tool_call`s issued: tool name and parameters (always recorded).
+    pub tool_calls: Vec<(String, serde_json::Value)>,
+    /// `client_tool_result`s received for them: result text and `is_error` (always recorded).
+    pub tool_results: Vec<(String, bool)>,
+    /// With [`AgentEmulatorConfig::record`]: every agent audio chunk sent, in order.
+    pub audio_sent: Vec<AudioSent>,
+    /// This connection was picked by [`Script::end_call_percent`] to end the call.
+    pub ends_call: bool,
+    /// When the conversation stopped (the emulator's last read of the client's messages before
+    /// closing, or the client's close).
+    pub ended_at: Option<std::time::Instant>,
     /// The close code the client sent (1005 for a close frame without one).
     pub client_close_code: Option<u16>,
     /// The close code the emulator sent (`None`: TCP dropped, or the client closed first).
     pub close_code: Option<u16>,
     /// True once the connection is over.
     pub finished: bool,
+}
+
+/// One agent audio chunk as sent (see [`ConnectionRecord::audio_sent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioSent {
+    /// When the `audio` event had been written to the WebSocket.
+    pub at: std::time::Instant,
+    /// Which response of this connection (0 = the first message), counting every response
+    /// started.
+    pub response: usize,
+    /// Offset of the chunk's first byte in the response's audio ([`AgentEmulator::response_audio`]).
+    pub offset: usize,
+    /// Bytes in the chunk.
+    pub len: usize,
 }
 
 impl ConnectionRecord {
@@ -254,6 +296,8 @@ pub(crate) struct EmuState {
     pub records: Mutex<Vec<Arc<Mutex<ConnectionRecord>>>>,
     pub signatures: Mutex<HashSet<String>>,
     pub next_id: AtomicU64,
+    /// Conversations started (for [`Script::end_call_percent`]).
+    pub conversations: AtomicU64,
     pub changed: Notify,
     /// The phrase in the configured output format, encoded once.
     pub phrase_out: Arc<Vec<u8>>,
@@ -317,6 +361,7 @@ impl AgentEmulator {
             records: Mutex::new(Vec::new()),
             signatures: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(0),
+            conversations: AtomicU64::new(0),
             changed: Notify::new(),
         });
         let st = state.clone();
@@ -358,6 +403,12 @@ impl AgentEmulator {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The audio of every agent response (the embedded phrase in the output format): an
+    /// [`AudioSent`] chunk is `response_audio()[offset..offset + len]`.
+    pub fn response_audio(&self) -> Arc<Vec<u8>> {
+        self.state.phrase_out.clone()
     }
 
     /// `ws://127.0.0.1:PORT` or `wss://localhost:PORT`: the client's `base_url`.

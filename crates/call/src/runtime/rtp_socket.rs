@@ -1,0 +1,217 @@
+//! The call's RTP socket, read at the call's 20 ms media tick rather than on readiness.
+//!
+//! A G.711 call receives a packet every 20 ms and sends one every 20 ms on its own clock. Waking
+//! the call's task for every received packet *and* for every send tick costs two wake-ups (and
+//! on an idle runtime two thread wake-ups) per 20 ms per call, which dominated the gateway's CPU
+//! under load. Instead the socket is taken out of the reactor and read without blocking at each
+//! tick, right before the jitter buffer is popped, so a call costs one wake-up per 20 ms whatever
+//! the traffic — the timer-driven reading FreeSWITCH and Asterisk's timing sources use.
+//!
+//! Reading late must not falsify what the media layer learns from arrival times (jitter buffer
+//! depth, RFC 3550 interarrival jitter, the RTP timeout): each datagram's arrival time is the
+//! kernel's receive timestamp (`SO_TIMESTAMPNS`), mapped onto the monotonic clock. Where the
+//! timestamp is missing, the read time is used.
+//!
+//! At most [`MAX_PER_TICK`] datagrams are read per tick: a flood is left to the kernel's receive
+//! buffer (which drops the excess) instead of starving the other calls of the worker.
+
+// The I/O layer owns the clock (the receive path maps kernel stamps onto it).
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+};
+use nix::sys::time::TimeSpec;
+use tracing::debug;
+
+/// How often the socket is read when the call has media but no tick of its own (early media).
+pub(crate) const RTP_POLL: Duration = Duration::from_millis(20);
+
+/// Datagrams read per tick at most (50 × 20 ms of audio).
+pub(crate) const MAX_PER_TICK: usize = 50;
+
+/// A non-blocking RTP socket outside the reactor, with kernel receive timestamps.
+#[derive(Debug)]
+pub(crate) struct RtpSocket {
+    sock: UdpSocket,
+    cmsg: Vec<u8>,
+}
+
+impl RtpSocket {
+    /// Take the socket out of tokio's reactor (it stays non-blocking) and ask for timestamps.
+    pub(crate) fn new(sock: tokio::net::UdpSocket) -> io::Result<Self> {
+        let sock = sock.into_std()?;
+        sock.set_nonblocking(true)?;
+        if let Err(e) = setsockopt(&sock, sockopt::ReceiveTimestampns, &true) {
+            debug!(error = %e, "SO_TIMESTAMPNS unavailable: arrival times are read times");
+        }
+        Ok(RtpSocket {
+            sock,
+            cmsg: nix::cmsg_space!(TimeSpec),
+        })
+    }
+
+    /// Send one datagram (never blocks: a full send buffer is `WouldBlock`).
+    pub(crate) fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.sock.send_to(buf, to)
+    }
+
+    /// Hand every waiting datagram (up to [`MAX_PER_TICK`]) to `f` with its arrival time.
+    /// `now` is the monotonic time of this read.
+    pub(crate) fn drain(
+        &mut self,
+        buf: &mut [u8],
+        now: Instant,
+        mut f: impl FnMut(&[u8], SocketAddr, Instant),
+    ) -> usize {
+        let mut wall_now: Option<SystemTime> = None;
+        for n in 0..MAX_PER_TICK {
+            match self.recv(buf) {
+                Ok(Some((len, from, stamp))) => {
+                    let at = match stamp {
+                        Some(stamp) => {
+                            let wall = *wall_now.get_or_insert_with(SystemTime::now);
+                            arrival(now, wall, stamp)
+                        }
+                        None => now,
+                    };
+                    f(&buf[..len], from, at);
+                }
+                Ok(None) => return n,
+                Err(e) => {
+                    debug!(error = %e, "rtp receive failed");
+                    return n;
+                }
+            }
+        }
+        MAX_PER_TICK
+    }
+
+    fn recv(
+        &mut self,
+        buf: &mut [u8],
+    ) -> io::Result<Option<(usize, SocketAddr, Option<SystemTime>)>> {
+        loop {
+            let mut iov = [IoSliceMut::new(buf)];
+            let msg = match recvmsg::<SockaddrStorage>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut self.cmsg),
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(m) => m,
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut stamp = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                        stamp = SystemTime::UNIX_EPOCH.checked_add(Duration::from(ts));
+                    }
+                }
+            }
+            let Some(from) = msg.address.as_ref().and_then(to_std) else {
+                continue; // not an IP datagram: nothing to answer, read the next one
+            };
+            return Ok(Some((msg.bytes, from, stamp)));
+        }
+    }
+}
+
+/// The monotonic arrival time of a datagram the kernel stamped `stamp` (wall clock), read at
+/// `now` / `wall_now`. Clamped to `now` and to one second before it: a wall-clock step must not
+/// send arrival times into the future or far into the past.
+fn arrival(now: Instant, wall_now: SystemTime, stamp: SystemTime) -> Instant {
+    let age = wall_now
+        .duration_since(stamp)
+        .unwrap_or(Duration::ZERO)
+        .min(Duration::from_secs(1));
+    now.checked_sub(age).unwrap_or(now)
+}
+
+fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
+    }
+    if let Some(v6) = a.as_sockaddr_in6() {
+        return Some(SocketAddr::V6(SocketAddrV6::from(*v6)));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrival_maps_the_kernel_stamp_onto_the_monotonic_clock() {
+        let now = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let stamp = wall - Duration::from_millis(7);
+        assert_eq!(arrival(now, wall, stamp), now - Duration::from_millis(7));
+        // A stamp "in the future" (wall clock stepped back) is now; a very old one is capped.
+        assert_eq!(arrival(now, wall, wall + Duration::from_secs(3)), now);
+        assert_eq!(
+            arrival(now, wall, wall - Duration::from_secs(30)),
+            now - Duration::from_secs(1)
+        );
+    }
+
+    #[tokio::test]
+    async fn datagrams_waiting_at_a_tick_are_read_with_their_arrival_times() {
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = rx.local_addr().expect("addr");
+        let mut rx = RtpSocket::new(rx).expect("rtp socket");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind tx");
+        let mut buf = [0u8; 256];
+        assert_eq!(rx.drain(&mut buf, Instant::now(), |_, _, _| {}), 0);
+
+        tx.send_to(b"first", addr).expect("send");
+        std::thread::sleep(Duration::from_millis(30));
+        tx.send_to(b"second", addr).expect("send");
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Instant::now();
+        let mut got = Vec::new();
+        let n = rx.drain(&mut buf, now, |d, from, at| {
+            got.push((d.to_vec(), from, at))
+        });
+        assert_eq!(n, 2);
+        assert_eq!(got[0].0, b"first");
+        assert_eq!(got[1].0, b"second");
+        assert_eq!(got[0].1, tx.local_addr().expect("tx addr"));
+        // The kernel stamps keep the 30 ms between the two arrivals although both were read
+        // at once (a read-time stamp would give 0).
+        let gap = got[1].2.duration_since(got[0].2);
+        assert!(gap >= Duration::from_millis(25), "gap {gap:?}");
+        assert!(got[1].2 <= now);
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_read_at_most_max_per_tick_at_a_time() {
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = rx.local_addr().expect("addr");
+        let mut rx = RtpSocket::new(rx).expect("rtp socket");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind tx");
+        for _ in 0..(MAX_PER_TICK + 10) {
+            tx.send_to(&[0u8; 172], addr).expect("send");
+        }
+        let mut buf = [0u8; 256];
+        assert_eq!(
+            rx.drain(&mut buf, Instant::now(), |_, _, _| {}),
+            MAX_PER_TICK
+        );
+        assert_eq!(rx.drain(&mut buf, Instant::now(), |_, _, _| {}), 10);
+    }
+}
