@@ -164,9 +164,9 @@ fn dtmf_reaches_both_sides_and_agent_ended_calls_succeed() {
     // Agent → phone: "1234" on every call, as RFC 4733 events at the phone.
     assert_eq!(p["dtmf_agent_to_phone_sent"], 40, "{table}");
     assert_eq!(p["dtmf_agent_to_phone_delivered"], 40, "{table}");
-    // Sample-exactness is not asserted here: each phone digit interrupts the agent, and the
-    // known loss of a phone frame ~80 ms after some interruptions (see the ignored test below)
-    // shows up in a few percent of these calls. Every call is still checked and aligned.
+    // Sample-exactness is not asserted here: in about one call in twenty with phone DTMF, one
+    // phone frame (160 samples) is still missing about a second after a digit (open defect,
+    // see docs/PERFORMANCE.md). Every call is checked and aligned.
     assert_eq!(p["integrity_checked"], 10, "{table}");
     assert!(
         table.contains("DTMF sent/delivered: phone→agent"),
@@ -175,8 +175,12 @@ fn dtmf_reaches_both_sides_and_agent_ended_calls_succeed() {
     assert!(page.contains("DTMF sent/delivered"));
 }
 
+/// With a talking agent that is interrupted by the caller, every sample the phone sends reaches
+/// the agent unchanged. (Before the call read its RTP at the media tick with kernel receive
+/// stamps, the jitter buffer saw the gateway's own scheduling delays as network jitter and
+/// sometimes shrank by a quiet frame right after an interruption: one 20 ms frame missing in
+/// 1–3 of 20 calls.)
 #[test]
-#[ignore = "known defect: a phone frame is lost ~80 ms after some agent interruptions"]
 fn passthrough_stays_exact_across_agent_interruptions() {
     let (r, _, table) = run(
         &[

@@ -99,6 +99,7 @@ pub struct Pacer {
     talking: bool,
     force_marker: bool,
     partial_waited: u32,
+    hold: bool,
     stats: PacerStats,
 }
 
@@ -116,6 +117,7 @@ impl Pacer {
             talking: false,
             force_marker: false,
             partial_waited: 0,
+            hold: false,
             stats: PacerStats::default(),
         }
     }
@@ -220,6 +222,12 @@ impl Pacer {
         self.start.map(|s| due_at(s, self.tick))
     }
 
+    /// While held, ticks go on (silence frames, timestamps advancing) but no queued audio is
+    /// taken: the audio is delayed, not lost (used while RFC 4733 events take the ticks).
+    pub fn set_hold(&mut self, hold: bool) {
+        self.hold = hold;
+    }
+
     /// The next frame if it is due at `now`. Call until it returns `None`.
     pub fn poll_frame(&mut self, now: Instant) -> Option<PacedFrame> {
         let start = self.start?;
@@ -242,7 +250,7 @@ impl Pacer {
             .ts_base
             .wrapping_add((tick as u32).wrapping_mul(FRAME as u32));
         let mut data = [self.cfg.law.silence(); FRAME];
-        let avail = self.queue.len();
+        let avail = if self.hold { 0 } else { self.queue.len() };
         let take = if avail >= FRAME {
             FRAME
         } else if avail > 0 && self.partial_waited >= self.cfg.partial_hold_ticks {

@@ -718,6 +718,9 @@ impl MediaSession {
             }
         }
         loop {
+            // Ticks carrying RFC 4733 events hold the agent's audio back instead of dropping it.
+            self.pacer
+                .set_hold(self.dtmf_tx.is_some() || !self.dtmf_queue.is_empty());
             let frame = self.pacer.poll_frame(now)?;
             let Some(dest) = self.remote() else {
                 self.stats.unsent_frames += 1;

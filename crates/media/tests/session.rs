@@ -158,6 +158,49 @@ fn dtmf_sent_by_one_side_is_reported_once_by_the_other() {
     assert!(gw.stats().dtmf_packets >= 2 * 3 + 5);
 }
 
+/// The agent's speech queued when it asks for a digit is played after the digit, whole: the
+/// ticks that carry RFC 4733 events hold the audio back instead of dropping the frames.
+#[test]
+fn agent_audio_queued_around_outgoing_dtmf_is_delayed_not_dropped() {
+    let start = t0();
+    let (mut gw, mut phone) = pair(start, G711::Ulaw);
+    gw.start(start);
+    phone.start(start);
+    // 200 ms of audio (10 frames), a 100 ms digit, then another 200 ms.
+    let first: Vec<u8> = (0..1600u32).map(|i| (i % 97) as u8 + 1).collect();
+    let second: Vec<u8> = (0..1600u32).map(|i| (i % 89) as u8 + 100).collect();
+    gw.push_agent_audio(1, &first);
+    assert!(gw.send_dtmf('5', 100));
+    gw.push_agent_audio(1, &second);
+    let mut audio = Vec::new();
+    let mut events = 0;
+    for k in 0..60u64 {
+        for (from_gw, pkt) in exchange(&mut gw, &mut phone, start + ms(20 * k)) {
+            if !from_gw {
+                continue;
+            }
+            let Ok(p) = parse_rtp(&pkt) else { continue };
+            if p.header.payload_type == 0 {
+                audio.extend(p.payload.iter().copied().filter(|b| *b != 0xFF));
+            } else {
+                events += 1;
+            }
+        }
+    }
+    assert!(
+        events >= 5 + 2,
+        "the digit went out as RFC 4733 events ({events})"
+    );
+    let mut expected = first.clone();
+    expected.extend(&second);
+    assert_eq!(
+        audio.len(),
+        expected.len(),
+        "no agent audio lost to the digit"
+    );
+    assert_eq!(audio, expected);
+}
+
 fn rtp(seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
     let mut b = [0u8; 200];
     let n = write_rtp(
