@@ -11,7 +11,9 @@ use trunkline_loadgen::runner::TOKEN;
 use trunkline_loadgen::{AgentFormat, Level, Mode, RunConfig, Thresholds, run_blocking};
 
 /// Replay RTP captures over many concurrent calls through a Trunkline gateway and measure the
-/// audio path. Without --gateway, starts a gateway in-process on loopback.
+/// audio path. Without --gateway, starts a gateway of its own (a child process) on loopback,
+/// wired to its emulators; that gateway takes TRUNKLINE__SECTION__KEY environment overrides like
+/// `trunkline serve` (e.g. TRUNKLINE__AGENT__UPLINK_CHUNK_MS=100).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {

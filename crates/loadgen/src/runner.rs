@@ -499,9 +499,21 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
     })
 }
 
-/// The in-process gateway's configuration: SIP on UDP loopback, the trunk behind `proxy`, the
-/// agent at `agent_ws`, policy limits out of the way of the load.
+/// The configuration of the gateway this tool starts itself (loopback, its emulators, policy
+/// limits out of the way), then `TRUNKLINE__SECTION__KEY` environment overrides exactly as
+/// `trunkline serve` applies them (e.g. `TRUNKLINE__AGENT__UPLINK_CHUNK_MS=100`), so any gateway
+/// setting can be load-tested. An override that does not parse is reported and ignored.
 pub fn gateway_config(proxy: SocketAddr, agent_ws: &str) -> (Config, Secrets) {
+    let cfg = with_env_overrides(base_gateway_config(proxy, agent_ws), std::env::vars());
+    let secrets = Secrets {
+        trunk_password: Some("s3cret".into()),
+        api_tokens: vec![("load".into(), TOKEN.into())],
+        ..Secrets::default()
+    };
+    (cfg, secrets)
+}
+
+fn base_gateway_config(proxy: SocketAddr, agent_ws: &str) -> Config {
     let mut cfg = Config::default();
     cfg.sip.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.sip.transports = vec!["udp".into()];
@@ -523,12 +535,32 @@ pub fn gateway_config(proxy: SocketAddr, agent_ws: &str) -> (Config, Secrets) {
     cfg.policy.per_destination_per_day = 1_000_000;
     cfg.policy.denied_prefixes.clear();
     cfg.records.database_url = "sqlite::memory:".into();
-    let secrets = Secrets {
-        trunk_password: Some("s3cret".into()),
-        api_tokens: vec![("load".into(), TOKEN.into())],
-        ..Secrets::default()
+    cfg
+}
+
+/// Apply `TRUNKLINE__SECTION__KEY` overrides from `env` to `cfg`.
+pub fn with_env_overrides(cfg: Config, env: impl IntoIterator<Item = (String, String)>) -> Config {
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("TRUNKLINE__"))
+        .collect();
+    if env.is_empty() {
+        return cfg;
+    }
+    let text = match toml::to_string(&cfg) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("trunkline-load: cannot apply TRUNKLINE__ overrides: {e}");
+            return cfg;
+        }
     };
-    (cfg, secrets)
+    match Config::from_toml_and_env(&text, env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("trunkline-load: ignoring TRUNKLINE__ overrides: {e}");
+            cfg
+        }
+    }
 }
 
 /// Start the gateway and its HTTP API on the current runtime; returns it with the API and SIP
@@ -1334,5 +1366,27 @@ mod tests {
         assert_eq!(p.max_le_us, Some(40_000));
         assert_eq!(p.over_2ms, 2);
         assert!(parse_send_pacing("no such metric").is_none());
+    }
+
+    #[test]
+    fn the_self_started_gateway_takes_trunkline_env_overrides_like_serve() {
+        let proxy: SocketAddr = "127.0.0.1:5060".parse().expect("addr");
+        let base = base_gateway_config(proxy, "ws://127.0.0.1:1");
+        assert_eq!(base.agent.uplink_chunk_ms, 40);
+        let env = [
+            (
+                "TRUNKLINE__AGENT__UPLINK_CHUNK_MS".to_owned(),
+                "100".to_owned(),
+            ),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let cfg = with_env_overrides(base.clone(), env);
+        assert_eq!(cfg.agent.uplink_chunk_ms, 100);
+        // Everything else is the load configuration, untouched.
+        assert_eq!(cfg.trunk.outbound_proxy, base.trunk.outbound_proxy);
+        assert_eq!(cfg.policy, base.policy);
+        // A bad override is ignored, not fatal.
+        let bad = [("TRUNKLINE__NOPE".to_owned(), "1".to_owned())];
+        assert_eq!(with_env_overrides(base.clone(), bad), base);
     }
 }
