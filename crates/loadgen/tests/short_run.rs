@@ -22,7 +22,16 @@ fn out_dir(name: &str) -> PathBuf {
     d
 }
 
+/// The load runs of this file take turns: each is a real-time load (gateway child process,
+/// emulators, debug build) and sample-exactness only holds if it has the CPU. Run side by side
+/// on a 2-core machine they starve each other (a 100 ms stall makes the gateway's jitter buffer
+/// conceal, as it should, and the audio is then rightly not byte-exact).
+static ONE_LOAD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(args: &[&str], name: &str) -> (Value, String, String) {
+    let _turn = ONE_LOAD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = out_dir(name);
     let (json, html) = (dir.join("report.json"), dir.join("report.html"));
     let out = Command::new(env!("CARGO_BIN_EXE_trunkline-load"))
