@@ -1263,15 +1263,14 @@ async fn place(ctx: &Ctx, index: u64) -> (Option<u16>, Option<String>) {
 }
 
 async fn post(addr: SocketAddr, path: &str, token: &str, body: &str) -> std::io::Result<u16> {
-    let mut s = TcpStream::connect(addr).await?;
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw);
+    let text = request(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await?;
     Ok(text
         .split_whitespace()
         .nth(1)
@@ -1279,17 +1278,23 @@ async fn post(addr: SocketAddr, path: &str, token: &str, body: &str) -> std::io:
         .unwrap_or(0))
 }
 
+/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`): the raw response, as
+/// much of it as arrived.
+async fn request(addr: SocketAddr, req: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
 /// The gateway's own send-pacing histogram (`trunkline_rtp_send_pacing_seconds` on
 /// `/metrics`), per bucket; `None` if the gateway does not export it.
 async fn scrape_send_pacing(addr: SocketAddr, token: &str) -> Option<PacingSnapshot> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
     let req = format!(
         "GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
     );
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw).await;
-    parse_send_pacing(&String::from_utf8_lossy(&raw))
+    parse_send_pacing(&request(addr, &req).await.ok()?)
 }
 
 /// Per-bucket counts from the cumulative Prometheus buckets.
