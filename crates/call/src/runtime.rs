@@ -18,10 +18,12 @@ use trunkline_media::session::PacketKind;
 
 pub mod pacing;
 mod rtp_socket;
+pub mod send_thread;
 pub mod sip;
 
 use self::pacing::{PacingHistogram, SendClock};
 use self::rtp_socket::{RTP_POLL, RtpSocket};
+use self::send_thread::{RtpSendThread, Stream};
 use self::sip::SipLink;
 use crate::core::{AgentAction, Call, CallAction, SipEvent};
 use crate::record::{CallRecord, EndCause};
@@ -55,6 +57,9 @@ pub struct CallIo {
     pub records: Option<RecordSink>,
     /// Where the intervals between this call's RTP sends are counted (shared by all calls).
     pub pacing: Option<std::sync::Arc<PacingHistogram>>,
+    /// Where RTP is sent from at its exact time (see [`send_thread`]); `None` sends it from
+    /// this task as soon as it is built.
+    pub send_thread: Option<RtpSendThread>,
 }
 
 impl std::fmt::Debug for CallIo {
@@ -90,6 +95,7 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
         agent: agent_cfg,
         records,
         pacing,
+        send_thread,
     } = io;
     let mut send_clock = SendClock::default();
     let mut rtp = match RtpSocket::new(rtp) {
@@ -101,6 +107,14 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
             None
         }
     };
+    // With a send thread, RTP built at a tick leaves at that tick's scheduled time + the
+    // thread's delay, never before a packet built earlier.
+    let paced = send_thread.and_then(|th| {
+        let stream = Stream::new(rtp.as_ref()?.shared());
+        Some((th, stream))
+    });
+    let mut tick_at: Option<std::time::Instant> = None;
+    let mut last_send_at: Option<std::time::Instant> = None;
     let mut agent: Option<AgentHandle> = None;
     let mut agent_events: Option<mpsc::UnboundedReceiver<AgentEvent>> = None;
     let mut connecting: Option<Connecting> = None;
@@ -122,8 +136,15 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
         // else is done at this tick), then the actions.
         loop {
             while let Some(t) = call.poll_transmit(now, &mut buf) {
-                let res = match (t.kind, rtcp.as_ref()) {
-                    (PacketKind::Rtcp, Some(s)) => s.try_send_to(&buf[..t.len], t.destination),
+                let res = match (t.kind, rtcp.as_ref(), paced.as_ref()) {
+                    (PacketKind::Rtcp, Some(s), _) => s.try_send_to(&buf[..t.len], t.destination),
+                    (PacketKind::Rtp, _, Some((th, stream))) => {
+                        let at = tick_at.unwrap_or(now) + th.delay();
+                        let at = last_send_at.map_or(at, |last| at.max(last));
+                        last_send_at = Some(at);
+                        th.send_at(at, stream, &buf[..t.len], t.destination);
+                        Ok(t.len)
+                    }
                     _ => match rtp.as_ref() {
                         Some(s) => {
                             let res = s.send_to(&buf[..t.len], t.destination);
@@ -184,6 +205,7 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
             }
             // Acting may have finished a drain (agent ended → BYE): transmit and act again.
         }
+        tick_at = None;
         if call.is_done() {
             break;
         }
@@ -209,6 +231,8 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
             biased;
             () = &mut sleep => {
                 let now = std::time::Instant::now();
+                // The scheduled time of this tick (the wake-up itself may be late).
+                tick_at = Some(sleep.deadline().into_std());
                 if call.media().is_some()
                     && let Some(rtp) = rtp.as_mut()
                 {

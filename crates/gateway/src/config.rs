@@ -155,6 +155,10 @@ pub struct RtpSection {
     pub jitter_min_ms: u32,
     /// Jitter buffer maximum depth, ms.
     pub jitter_max_ms: u32,
+    /// RTP leaves from one dedicated thread this many ms after the 20 ms tick that built it,
+    /// so late scheduling of a call's task does not jitter the packet intervals (a constant
+    /// addition to the downlink latency). 0 sends from the call's task at once. At most 20.
+    pub send_delay_ms: u64,
 }
 
 impl Default for RtpSection {
@@ -167,6 +171,7 @@ impl Default for RtpSection {
             symmetric: true,
             jitter_min_ms: 40,
             jitter_max_ms: 200,
+            send_delay_ms: 5,
         }
     }
 }
@@ -506,6 +511,9 @@ impl Config {
         if self.rtp.jitter_min_ms > self.rtp.jitter_max_ms {
             errs.push("rtp.jitter_min_ms exceeds rtp.jitter_max_ms".into());
         }
+        if self.rtp.send_delay_ms > 20 {
+            errs.push("rtp.send_delay_ms must be 0–20".into());
+        }
         if !(self.agent.base_url.starts_with("wss://") || self.agent.base_url.starts_with("ws://"))
         {
             errs.push("agent.base_url must start with wss:// or ws://".into());
@@ -759,9 +767,12 @@ mod tests {
         let mut cfg = Config::default();
         cfg.trunk.caller_id = "0612345678".into();
         cfg.agent.uplink_chunk_ms = 500;
+        cfg.rtp.send_delay_ms = 25;
         let err = cfg.validate().expect_err("invalid").to_string();
         assert!(
-            err.contains("caller_id") && err.contains("uplink_chunk_ms"),
+            err.contains("caller_id")
+                && err.contains("uplink_chunk_ms")
+                && err.contains("send_delay_ms"),
             "{err}"
         );
     }

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use trunkline_agent::AgentConfig;
 use trunkline_agent::protocol::{AgentOverride, ConversationConfigOverride, DynamicVariable};
 use trunkline_call::record::EndCause;
+use trunkline_call::runtime::send_thread::RtpSendThread;
 use trunkline_call::runtime::sip::{
     IncomingCall, SipLink, SipStack, SipStackConfig, TrunkTarget, to_negotiated_media,
 };
@@ -48,6 +49,9 @@ pub enum StartError {
     /// The records database could not be opened.
     #[error("{0}")]
     Records(#[from] crate::records::RecordsError),
+    /// The RTP send thread could not be started.
+    #[error("rtp send thread: {0}")]
+    SendThread(std::io::Error),
 }
 
 struct Active {
@@ -66,6 +70,7 @@ pub struct Gateway {
     webhooks: Option<Webhooks>,
     next_port: Mutex<u16>,
     metrics: Arc<Metrics>,
+    send_thread: Option<RtpSendThread>,
     ready: AtomicBool,
     seq: AtomicU64,
     seed: u64,
@@ -204,6 +209,14 @@ impl Gateway {
         let (sip, incoming) = SipStack::start(stack_cfg)
             .await
             .map_err(|e| StartError::Sip(e.to_string()))?;
+        let metrics = Arc::new(Metrics::default());
+        let send_thread = match cfg.rtp.send_delay_ms {
+            0 => None,
+            ms => Some(
+                RtpSendThread::start(Duration::from_millis(ms), Some(metrics.pacing().clone()))
+                    .map_err(StartError::SendThread)?,
+            ),
+        };
         let gw = Arc::new(Gateway {
             next_port: Mutex::new(cfg.rtp.port_min & !1),
             cfg,
@@ -214,7 +227,8 @@ impl Gateway {
             records: Mutex::new(RecordBook::default()),
             store,
             webhooks,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
+            send_thread,
             ready: AtomicBool::new(true),
             seq: AtomicU64::new(0),
             seed,
@@ -585,6 +599,7 @@ impl Gateway {
                 agent,
                 records: Some(sink),
                 pacing: Some(gw.metrics.pacing().clone()),
+                send_thread: gw.send_thread.clone(),
             };
             let record = run(call, io).await;
             gw.metrics.call_ended(direction, &record);

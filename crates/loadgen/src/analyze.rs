@@ -125,6 +125,9 @@ pub struct Integrity {
     /// inserted, e.g. concealment of a late packet), phone audio missing (negative) or replaced
     /// in place (zero), when the stream realigns within 100 ms.
     pub shift: Option<i64>,
+    /// When what the agent heard is the phone's audio with some stretches deleted and nothing
+    /// else changed: the samples deleted in all. `None` if anything else differs.
+    pub deleted_only: Option<usize>,
 }
 
 impl Integrity {
@@ -172,7 +175,40 @@ pub fn integrity(heard: &[i16], played: &[i16]) -> Integrity {
     if let Some(i) = out.first_mismatch {
         out.shift = realign(&heard[a + i..], played, (f * 160 + i) % n);
     }
+    out.deleted_only = only_deletions(heard, played, a, f * 160);
     out
+}
+
+/// Walk `heard` from `h` against the looped `played` from `p`, realigning at each difference:
+/// the samples deleted in all if deletions alone explain every difference (the last 320
+/// samples may be cut short by the call's end).
+fn only_deletions(heard: &[i16], played: &[i16], mut h: usize, p: usize) -> Option<usize> {
+    let n = played.len();
+    let mut p = p % n;
+    let mut deleted = 0usize;
+    for _ in 0..64 {
+        let rest = heard.get(h..)?;
+        let Some(i) = rest
+            .iter()
+            .enumerate()
+            .position(|(k, s)| *s != played[(p + k) % n])
+        else {
+            return Some(deleted);
+        };
+        if rest.len() - i < 320 {
+            return None; // a difference too close to the end to tell what it is
+        }
+        match realign(&rest[i..], played, (p + i) % n) {
+            Some(d) if d < 0 => {
+                let d = d.unsigned_abs() as usize;
+                deleted += d;
+                h += i;
+                p = (p + i + d) % n;
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// Gateway-added uplink latency of each caller chunk the agent received: the chunk's arrival at
@@ -608,6 +644,21 @@ mod tests {
         let shifted = integrity(&ins, &played);
         assert_eq!(shifted.first_mismatch, Some(800));
         assert_eq!(shifted.shift, Some(160));
+        assert_eq!(shifted.deleted_only, None, "an insertion is not a deletion");
+        // Two frames missing at different places: deletions of 160 + 320 explain everything…
+        let mut del = vec![0i16; 480];
+        del.extend(&played[..800]);
+        del.extend(&played[960..1280]);
+        del.extend(played[1600..].iter().chain(played.iter()));
+        let missing = integrity(&del, &played);
+        assert_eq!(missing.shift, Some(-160));
+        assert_eq!(missing.deleted_only, Some(480));
+        // …unless something else differs too.
+        let last = del.len() - 400;
+        del[last] ^= 0x55;
+        assert_eq!(integrity(&del, &played).deleted_only, None);
+        assert_eq!(bad.deleted_only, None, "a sample replaced in place");
+        assert_eq!(ok.deleted_only, Some(0));
         assert!(!integrity(&[0; 4000], &played).aligned);
     }
 }

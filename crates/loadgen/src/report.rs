@@ -143,6 +143,12 @@ pub struct Defect {
     pub mismatched_samples: usize,
     /// Time from the agent's last interruption to the chunk carrying the defect.
     pub since_interruption_ms: Option<f64>,
+    /// Samples the gateway reports its jitter buffer skipped on purpose in this call (quiet
+    /// frames, to shrink its depth: `uplink.dropped_samples` of the call record).
+    pub gateway_dropped_samples: Option<u64>,
+    /// The difference is exactly that: deletions adding up to the samples the gateway reports
+    /// having skipped, everything else sample-exact. Adaptation, not loss.
+    pub accounted: bool,
 }
 
 /// The gateway's own send-pacing histogram over one level. Quantiles are bucket upper bounds
@@ -240,6 +246,9 @@ pub struct PhaseReport {
     pub integrity_checked: Option<usize>,
     /// Of which exact.
     pub integrity_exact: Option<usize>,
+    /// Of the others, those whose only difference is quiet audio the gateway's jitter buffer
+    /// reports having skipped to shrink its depth (see [`Defect::accounted`]).
+    pub integrity_accounted: Option<usize>,
     /// Samples compared in all.
     pub integrity_compared_samples: Option<usize>,
     /// Samples that differed.
@@ -356,7 +365,10 @@ pub fn summary_table(r: &RunReport) -> String {
     );
     for p in &r.phases {
         let exact = match (p.integrity_exact, p.integrity_checked) {
-            (Some(e), Some(c)) => format!("{e}/{c}"),
+            (Some(e), Some(c)) => match p.integrity_accounted.unwrap_or(0) {
+                0 => format!("{e}/{c}"),
+                a => format!("{e}+{a}/{c}"),
+            },
             _ => "n/a".into(),
         };
         let _ = writeln!(
@@ -449,7 +461,12 @@ pub fn summary_table(r: &RunReport) -> String {
                     let int = d.since_interruption_ms.map_or(String::new(), |v| {
                         format!(" ({v:.0} ms after an interruption)")
                     });
-                    format!("{:.2}s:{sh}{int}", d.at_s)
+                    let why = if d.accounted {
+                        " = jitter-buffer shrink the gateway reports"
+                    } else {
+                        ""
+                    };
+                    format!("{:.2}s:{sh}{int}{why}", d.at_s)
                 })
                 .collect();
             let _ = writeln!(

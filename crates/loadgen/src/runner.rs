@@ -906,7 +906,7 @@ async fn run_phase(
     let mut integ_by_key: std::collections::HashMap<String, Integrity> = Default::default();
     if ctx.checkable {
         let mut integ = Integrity::default();
-        let (mut checked, mut exact) = (0usize, 0usize);
+        let (mut checked, mut exact, mut accounted) = (0usize, 0usize, 0usize);
         for r in &recs {
             let one = analyze::integrity(&r.caller_audio, &ctx.expected);
             checked += 1;
@@ -921,11 +921,23 @@ async fn run_phase(
                         .max()
                         .map(|t| c.duration_since(*t).as_secs_f64() * 1000.0)
                 });
+                // The gateway's own account of the call: did its jitter buffer skip exactly
+                // the missing samples (quiet audio, to shrink its depth)?
+                let dropped = match (ctx.target.http, r.dynamic_variables.get("call_sid")) {
+                    (Some(h), Some(sid)) => gateway_dropped_samples(h, &cfg.token, sid).await,
+                    _ => None,
+                };
+                let is_accounted = dropped.is_some_and(|d| {
+                    d > 0 && one.deleted_only.and_then(|x| u64::try_from(x).ok()) == Some(d)
+                });
+                accounted += usize::from(is_accounted);
                 report.integrity_defects.push(Defect {
                     at_s: one.first_mismatch.unwrap_or(0) as f64 / 8000.0,
                     shift_samples: one.shift,
                     mismatched_samples: one.mismatched,
                     since_interruption_ms,
+                    gateway_dropped_samples: dropped,
+                    accounted: is_accounted,
                 });
             }
             integ.compared += one.compared;
@@ -936,6 +948,7 @@ async fn run_phase(
         }
         report.integrity_checked = Some(checked);
         report.integrity_exact = Some(exact);
+        report.integrity_accounted = Some(accounted);
         report.integrity_mismatched_samples = Some(integ.mismatched);
         report.integrity_compared_samples = Some(integ.compared);
     }
@@ -1276,6 +1289,18 @@ async fn post(addr: SocketAddr, path: &str, token: &str, body: &str) -> std::io:
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0))
+}
+
+/// `uplink.dropped_samples` of the gateway's record of call `sid` (`GET /api/calls/{sid}`):
+/// the samples its jitter buffer skipped on purpose.
+async fn gateway_dropped_samples(addr: SocketAddr, token: &str, sid: &str) -> Option<u64> {
+    let req = format!(
+        "GET /api/calls/{sid} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    let text = request(addr, &req).await.ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v["call"]["uplink"]["dropped_samples"].as_u64()
 }
 
 /// One HTTP/1.1 exchange on a fresh connection (`Connection: close`): the raw response, as

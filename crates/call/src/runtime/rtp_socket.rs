@@ -21,6 +21,7 @@
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
@@ -39,7 +40,7 @@ pub(crate) const MAX_PER_TICK: usize = 50;
 /// A non-blocking RTP socket outside the reactor, with kernel receive timestamps.
 #[derive(Debug)]
 pub(crate) struct RtpSocket {
-    sock: UdpSocket,
+    sock: Arc<UdpSocket>,
     cmsg: Vec<u8>,
 }
 
@@ -52,9 +53,14 @@ impl RtpSocket {
             debug!(error = %e, "SO_TIMESTAMPNS unavailable: arrival times are read times");
         }
         Ok(RtpSocket {
-            sock,
+            sock: Arc::new(sock),
             cmsg: nix::cmsg_space!(TimeSpec),
         })
+    }
+
+    /// The socket, for the RTP send thread.
+    pub(crate) fn shared(&self) -> Arc<UdpSocket> {
+        self.sock.clone()
     }
 
     /// Send one datagram (never blocks: a full send buffer is `WouldBlock`).
