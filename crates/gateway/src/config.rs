@@ -597,13 +597,17 @@ impl Config {
         );
         let _ = writeln!(
             w,
-            "RTP: {}:{}-{}, codecs {}, telephone-event PT {}, timeout {} s",
+            "RTP: {}:{}-{}, codecs {}, telephone-event PT {}, timeout {} s, {}",
             self.rtp.bind_ip,
             self.rtp.port_min,
             self.rtp.port_max,
             self.trunk.codecs.join("/"),
             self.trunk.dtmf_payload_type,
-            self.rtp.timeout_secs
+            self.rtp.timeout_secs,
+            match self.rtp.send_delay_ms {
+                0 => "sent from each call's task".to_owned(),
+                ms => format!("sent by the send thread {ms} ms after each tick"),
+            }
         );
         let _ = writeln!(
             w,
