@@ -340,6 +340,8 @@ impl TrunkCall {
 struct Shared {
     calls: Mutex<Vec<TrunkCall>>,
     changed: Notify,
+    /// Replaces `TrunkConfig::hangup_after` for calls answered from now on.
+    hangup_override: Mutex<Option<Duration>>,
 }
 
 /// A call placed by the trunk to the gateway (origination).
@@ -419,6 +421,14 @@ impl TrunkEmulator {
     /// The SIP address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Calls whose media starts from now on hang up after `after` instead of
+    /// `TrunkConfig::hangup_after`; `None` goes back to the configured value.
+    pub fn set_hangup_after(&self, after: Option<Duration>) {
+        if let Ok(mut o) = self.shared.hangup_override.lock() {
+            *o = after;
+        }
     }
 
     /// Everything seen so far.
@@ -920,7 +930,14 @@ impl Task {
                 },
             ));
         }
-        if let Some(after) = self.cfg.hangup_after {
+        let hangup_after = self
+            .shared
+            .hangup_override
+            .lock()
+            .ok()
+            .and_then(|o| *o)
+            .or(self.cfg.hangup_after);
+        if let Some(after) = hangup_after {
             self.timers.push((now + after, Timer::Hangup { dialog }));
         }
         if let Ok(mut calls) = self.shared.calls.lock()

@@ -160,3 +160,34 @@ async fn busy_no_answer_rejection_and_wrong_password_end_with_their_cause() {
     assert_eq!(rec.end_cause, Some(EndCause::AuthFailed { status: 403 }));
     assert_eq!(rec.status, "failed");
 }
+
+/// The trunk emulator's hang-up time can be changed for the calls answered next (the load
+/// tester's short warm-up call), and set back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phones_hangup_time_can_be_overridden_for_later_calls() {
+    let d = deploy(trunk(|_| {}), AgentEmulatorConfig::default(), |_| {}).await;
+    let held = |rec: &trunkline_call::CallRecord| {
+        let ts = &rec.timestamps;
+        ts.ended_ms
+            .unwrap_or(0)
+            .saturating_sub(ts.answered_ms.unwrap_or(u64::MAX))
+    };
+    d.trunk.set_hangup_after(Some(Duration::from_millis(800)));
+    let short = d.call("+33612345678").await;
+    let short = d.finished(&short, 20).await;
+    assert_eq!(short.end_cause, Some(EndCause::RemoteHangup));
+    assert!(
+        (700..3000).contains(&held(&short)),
+        "held {} ms",
+        held(&short)
+    );
+    d.trunk.set_hangup_after(None);
+    let long = d.call("+33612345679").await;
+    let long = d.finished(&long, 20).await;
+    assert_eq!(long.end_cause, Some(EndCause::RemoteHangup));
+    assert!(
+        held(&long) >= 5500,
+        "configured 6 s: held {} ms",
+        held(&long)
+    );
+}

@@ -219,6 +219,9 @@ impl Default for RunConfig {
     }
 }
 
+/// How long the warm-up call is held (at most `--hold`): long enough for the greeting to play.
+const WARM_UP_HOLD: Duration = Duration::from_secs(3);
+
 /// The capture used by default: 10 s of µ-law speech without gaps or telephone-events.
 pub fn default_pcap() -> PathBuf {
     PathBuf::from(concat!(
@@ -413,9 +416,11 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
         });
     }
 
-    // Warm-up: one call placed and completed before measuring (lazy initialisation in the gateway
-    // — phone-number metadata, first connections — is not per-call cost). Not reported.
+    // Warm-up: one short call placed and completed before measuring (lazy initialisation in the
+    // gateway — phone-number metadata, first connections — is not per-call cost). Not reported.
     let mut next_index = 0u64;
+    let warm_hold = cfg.hold.min(WARM_UP_HOLD);
+    ctx.trunk.set_hangup_after(Some(warm_hold));
     let warm = run_phase(
         &ctx,
         Level {
@@ -423,11 +428,13 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
             calls: 1,
             duration: None,
         },
+        warm_hold,
         &mut next_index,
         0.0,
         play_bytes,
     )
     .await;
+    ctx.trunk.set_hangup_after(None);
     if warm.failed > 0 {
         return Err(anyhow!("the warm-up call failed: {:?}", warm.failures));
     }
@@ -444,7 +451,15 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
     let mut i = 0;
     while i < levels.len() {
         let level = levels[i];
-        let mut phase = run_phase(&ctx, level, &mut next_index, idle_cpu_per_s, play_bytes).await;
+        let mut phase = run_phase(
+            &ctx,
+            level,
+            cfg.hold,
+            &mut next_index,
+            idle_cpu_per_s,
+            play_bytes,
+        )
+        .await;
         if let Some(th) = cfg.find_max {
             let verdict = th.broken(&phase);
             phase.threshold_broken = verdict.clone();
@@ -713,6 +728,7 @@ struct Placed {
 async fn run_phase(
     ctx: &Arc<Ctx>,
     level: Level,
+    hold: Duration,
     next_index: &mut u64,
     idle_cpu_per_s: f64,
     play_bytes: u64,
@@ -723,7 +739,7 @@ async fn run_phase(
         None => None,
     };
     let sem = Arc::new(Semaphore::new(level.concurrency.max(1)));
-    let per_call = cfg.ring_time + cfg.hold + Duration::from_millis(1500);
+    let per_call = cfg.ring_time + hold + Duration::from_millis(1500);
     if let Ok(mut t) = ctx.triggers.lock() {
         t.clear();
     }
@@ -749,7 +765,7 @@ async fn run_phase(
     let stop = Arc::new(tokio::sync::Notify::new());
     let sampler = {
         let (ctx, samples, stop, bar) = (ctx.clone(), samples.clone(), stop.clone(), bar.clone());
-        let (ring, hold) = (ctx.cfg.ring_time, ctx.cfg.hold);
+        let ring = ctx.cfg.ring_time;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
