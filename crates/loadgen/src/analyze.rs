@@ -175,7 +175,10 @@ pub fn integrity(heard: &[i16], played: &[i16]) -> Integrity {
     if let Some(i) = out.first_mismatch {
         out.shift = realign(&heard[a + i..], played, (f * 160 + i) % n);
     }
-    out.deleted_only = only_deletions(heard, played, a, f * 160);
+    out.deleted_only = match out.first_mismatch {
+        None => Some(0),
+        Some(_) => only_deletions(heard, played, a, f * 160),
+    };
     out
 }
 

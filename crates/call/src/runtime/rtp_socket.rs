@@ -171,14 +171,20 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn datagrams_waiting_at_a_tick_are_read_with_their_arrival_times() {
+    /// An `RtpSocket` on loopback, its address, and a plain socket to send to it from.
+    async fn bound() -> (RtpSocket, SocketAddr, UdpSocket) {
         let rx = tokio::net::UdpSocket::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = rx.local_addr().expect("addr");
-        let mut rx = RtpSocket::new(rx).expect("rtp socket");
+        let rx = RtpSocket::new(rx).expect("rtp socket");
         let tx = UdpSocket::bind("127.0.0.1:0").expect("bind tx");
+        (rx, addr, tx)
+    }
+
+    #[tokio::test]
+    async fn datagrams_waiting_at_a_tick_are_read_with_their_arrival_times() {
+        let (mut rx, addr, tx) = bound().await;
         let mut buf = [0u8; 256];
         assert_eq!(rx.drain(&mut buf, Instant::now(), |_, _, _| {}), 0);
 
@@ -204,12 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flood_is_read_at_most_max_per_tick_at_a_time() {
-        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = rx.local_addr().expect("addr");
-        let mut rx = RtpSocket::new(rx).expect("rtp socket");
-        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind tx");
+        let (mut rx, addr, tx) = bound().await;
         for _ in 0..(MAX_PER_TICK + 10) {
             tx.send_to(&[0u8; 172], addr).expect("send");
         }
