@@ -452,6 +452,17 @@ async fn reader_loop<R: AsyncRead + Unpin>(
     }
 }
 
+/// What woke [`UaRunner::next_event_or`].
+#[derive(Debug)]
+pub enum Wake<T> {
+    /// The UA has an event.
+    Event(UaEvent),
+    /// The caller's other future completed.
+    Other(T),
+    /// The transports are gone.
+    Closed,
+}
+
 /// Drives a [`Ua`] over [`Transports`]: sends what it queues, feeds it what arrives, fires its timers
 /// on time, and hands out its events. The only place besides the examples that reads the clock.
 ///
@@ -503,12 +514,27 @@ impl UaRunner {
 
     /// Sends what is queued, then waits for input or a timer until the UA has an event. `None` when
     /// the transports are gone. Cancel-safe (a send interrupted by cancellation is retried).
-    #[allow(clippy::disallowed_methods)] // the I/O layer owns the clock
     pub async fn next_event(&mut self) -> Option<UaEvent> {
+        match self
+            .next_event_or(std::future::pending::<std::convert::Infallible>())
+            .await
+        {
+            Wake::Event(ev) => Some(ev),
+            Wake::Closed => None,
+        }
+    }
+
+    /// [`UaRunner::next_event`], or whatever `other` yields first (a command channel of the
+    /// caller, say): the one drive loop of a UA that also listens to something else. `other` is
+    /// dropped when the UA has an event first, so it must be cancel-safe (`mpsc::Receiver::recv`
+    /// is).
+    #[allow(clippy::disallowed_methods)] // the I/O layer owns the clock
+    pub async fn next_event_or<F: Future>(&mut self, other: F) -> Wake<F::Output> {
+        let mut other = std::pin::pin!(other);
         loop {
             self.flush().await;
             if let Some(ev) = self.ua.poll_event() {
-                return Some(ev);
+                return Wake::Event(ev);
             }
             let deadline = self.ua.poll_timeout();
             let sleep = async {
@@ -519,10 +545,11 @@ impl UaRunner {
             };
             tokio::select! {
                 msg = self.rx.recv() => {
-                    let msg = msg?;
+                    let Some(msg) = msg else { return Wake::Closed };
                     self.ua.handle_datagram(msg.data, msg.source, msg.transport, std::time::Instant::now());
                 }
                 () = sleep => self.ua.handle_timeout(std::time::Instant::now()),
+                v = &mut other => return Wake::Other(v),
             }
         }
     }
