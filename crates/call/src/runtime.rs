@@ -19,12 +19,12 @@ use trunkline_media::session::PacketKind;
 pub mod pacing;
 mod rtp_socket;
 pub mod send_thread;
-pub mod sip;
+pub mod sip_task;
 
 use self::pacing::{PacingHistogram, SendClock};
 use self::rtp_socket::{RTP_POLL, RtpSocket};
 use self::send_thread::{RtpSendThread, Stream};
-use self::sip::SipLink;
+use self::sip_task::SipLink;
 use crate::core::{AgentAction, Call, CallAction, SipEvent};
 use crate::record::{CallRecord, EndCause};
 

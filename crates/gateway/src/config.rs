@@ -38,6 +38,100 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
+/// A SIP transport (`udp`, `tcp`, `tls`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum SipTransport {
+    /// UDP (port 5060).
+    Udp,
+    /// TCP (port 5060).
+    Tcp,
+    /// TLS over TCP (port 5061).
+    Tls,
+}
+
+impl SipTransport {
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SipTransport::Udp => "udp",
+            SipTransport::Tcp => "tcp",
+            SipTransport::Tls => "tls",
+        }
+    }
+
+    /// The port a host without one is reached on (RFC 3263 §4.2).
+    pub fn default_port(self) -> u16 {
+        match self {
+            SipTransport::Tls => 5061,
+            _ => 5060,
+        }
+    }
+}
+
+/// A codec the trunk may use.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum CodecName {
+    /// G.711 µ-law.
+    #[serde(rename = "PCMU")]
+    Pcmu,
+    /// G.711 A-law.
+    #[serde(rename = "PCMA")]
+    Pcma,
+}
+
+impl CodecName {
+    /// The SDP encoding name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodecName::Pcmu => "PCMU",
+            CodecName::Pcma => "PCMA",
+        }
+    }
+}
+
+/// When an outbound call connects to the agent.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectAt {
+    /// At the 200 OK.
+    Answer,
+    /// At the first 18x (the agent's audio is held until answer).
+    Ringing,
+}
+
+impl ConnectAt {
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectAt::Answer => "answer",
+            ConnectAt::Ringing => "ringing",
+        }
+    }
+}
+
+/// How caller DTMF reaches the agent.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DtmfDelivery {
+    /// As a `user_message` ("The caller pressed 5").
+    UserMessage,
+    /// As a `contextual_update`.
+    ContextualUpdate,
+    /// Not at all.
+    Off,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
 /// SIP signalling.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -45,7 +139,7 @@ pub struct SipSection {
     /// UDP and TCP listen address.
     pub listen: SocketAddr,
     /// Transports to listen on: any of `udp`, `tcp`, `tls`.
-    pub transports: Vec<String>,
+    pub transports: Vec<SipTransport>,
     /// TLS listen address (with `tls` in `transports`).
     pub tls_listen: Option<SocketAddr>,
     /// PEM certificate chain for TLS.
@@ -70,7 +164,7 @@ impl Default for SipSection {
     fn default() -> Self {
         SipSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
-            transports: vec!["udp".into(), "tcp".into()],
+            transports: vec![SipTransport::Udp, SipTransport::Tcp],
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -94,7 +188,7 @@ pub struct TrunkSection {
     /// Where to send outbound INVITEs (`host:port`), when not the termination URI's host.
     pub outbound_proxy: Option<String>,
     /// `udp`, `tcp` or `tls`.
-    pub transport: String,
+    pub transport: SipTransport,
     /// Digest user name (the password comes from `TRUNKLINE_TRUNK_PASSWORD`).
     pub username: Option<String>,
     /// Caller ID for outbound calls (E.164; a Twilio number or verified caller ID).
@@ -104,7 +198,7 @@ pub struct TrunkSection {
     /// Sources (IPs or CIDRs) allowed to send us INVITEs. Default: Twilio's signalling ranges.
     pub inbound_allowed_sources: Vec<String>,
     /// Codecs to offer, in order of preference: `PCMU`, `PCMA`.
-    pub codecs: Vec<String>,
+    pub codecs: Vec<CodecName>,
     /// Offer/accept RFC 4733 telephone-event on this payload type.
     pub dtmf_payload_type: u8,
 }
@@ -126,12 +220,12 @@ impl Default for TrunkSection {
         TrunkSection {
             termination_uri: "sip:example.pstn.twilio.com".into(),
             outbound_proxy: None,
-            transport: "udp".into(),
+            transport: SipTransport::Udp,
             username: None,
             caller_id: "+15005550006".into(),
             ring_timeout_secs: 30,
             inbound_allowed_sources: TWILIO_SIGNALLING.iter().map(|s| s.to_string()).collect(),
-            codecs: vec!["PCMU".into(), "PCMA".into()],
+            codecs: vec![CodecName::Pcmu, CodecName::Pcma],
             dtmf_payload_type: 101,
         }
     }
@@ -186,13 +280,13 @@ pub struct AgentSection {
     /// The agent id.
     pub agent_id: String,
     /// `answer` (default) or `ringing`: when outbound calls connect to the agent.
-    pub connect_at: String,
+    pub connect_at: ConnectAt,
     /// Seconds allowed to reach the agent.
     pub connect_timeout_secs: u64,
     /// Size of each `user_audio_chunk`, 20–100 ms.
     pub uplink_chunk_ms: u64,
     /// How caller DTMF reaches the agent: `user_message`, `contextual_update` or `off`.
-    pub dtmf_mode: String,
+    pub dtmf_mode: DtmfDelivery,
     /// Longest call, seconds.
     pub max_call_secs: u64,
     /// After the agent ends, the longest wait for its last words to play, seconds.
@@ -210,10 +304,10 @@ impl Default for AgentSection {
         AgentSection {
             base_url: "wss://api.elevenlabs.io".into(),
             agent_id: String::new(),
-            connect_at: "answer".into(),
+            connect_at: ConnectAt::Answer,
             connect_timeout_secs: 10,
             uplink_chunk_ms: 40,
-            dtmf_mode: "user_message".into(),
+            dtmf_mode: DtmfDelivery::UserMessage,
             max_call_secs: 3600,
             drain_timeout_secs: 15,
             transfer_enabled: false,
@@ -319,14 +413,14 @@ pub struct LogSection {
     /// `tracing` filter (`info`, `trunkline_call=debug,info`, …); `RUST_LOG` wins when set.
     pub level: String,
     /// `human` or `json`.
-    pub format: String,
+    pub format: LogFormat,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
         LogSection {
             level: "info".into(),
-            format: "human".into(),
+            format: LogFormat::Human,
         }
     }
 }
@@ -458,21 +552,10 @@ impl Config {
     /// Check what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
-        for t in &self.sip.transports {
-            if !matches!(t.as_str(), "udp" | "tcp" | "tls") {
-                errs.push(format!("sip.transports: unknown transport {t:?}"));
-            }
-        }
-        if self.sip.transports.iter().any(|t| t == "tls")
+        if self.sip.transports.contains(&SipTransport::Tls)
             && (self.sip.tls_cert.is_none() || self.sip.tls_key.is_none())
         {
             errs.push("sip.transports has tls but sip.tls_cert / sip.tls_key are not set".into());
-        }
-        if !matches!(self.trunk.transport.as_str(), "udp" | "tcp" | "tls") {
-            errs.push(format!(
-                "trunk.transport: unknown {:?}",
-                self.trunk.transport
-            ));
         }
         if !self.trunk.termination_uri.starts_with("sip:")
             && !self.trunk.termination_uri.starts_with("sips:")
@@ -485,13 +568,6 @@ impl Config {
                 self.trunk.caller_id
             ));
         }
-        for c in &self.trunk.codecs {
-            if !matches!(c.as_str(), "PCMU" | "PCMA") {
-                errs.push(format!(
-                    "trunk.codecs: unsupported codec {c:?} (PCMU, PCMA)"
-                ));
-            }
-        }
         if self.trunk.codecs.is_empty() {
             errs.push("trunk.codecs is empty".into());
         }
@@ -499,7 +575,7 @@ impl Config {
             errs.push("trunk.dtmf_payload_type must be dynamic (96–127)".into());
         }
         for s in &self.trunk.inbound_allowed_sources {
-            if parse_cidr(s).is_none() {
+            if crate::policy::parse_source(s).is_none() {
                 errs.push(format!(
                     "trunk.inbound_allowed_sources: bad address/CIDR {s:?}"
                 ));
@@ -518,17 +594,8 @@ impl Config {
         {
             errs.push("agent.base_url must start with wss:// or ws://".into());
         }
-        if !matches!(self.agent.connect_at.as_str(), "answer" | "ringing") {
-            errs.push("agent.connect_at must be answer or ringing".into());
-        }
         if !(20..=100).contains(&self.agent.uplink_chunk_ms) {
             errs.push("agent.uplink_chunk_ms must be 20–100".into());
-        }
-        if !matches!(
-            self.agent.dtmf_mode.as_str(),
-            "user_message" | "contextual_update" | "off"
-        ) {
-            errs.push("agent.dtmf_mode must be user_message, contextual_update or off".into());
         }
         for n in &self.policy.pinned_numbers {
             if !is_e164(n) {
@@ -551,9 +618,6 @@ impl Config {
         if self.policy.calls_per_second <= 0.0 {
             errs.push("policy.calls_per_second must be positive".into());
         }
-        if !matches!(self.log.format.as_str(), "human" | "json") {
-            errs.push("log.format must be human or json".into());
-        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -570,7 +634,12 @@ impl Config {
             w,
             "SIP: listening on {} ({}){}",
             self.sip.listen,
-            self.sip.transports.join(", "),
+            self.sip
+                .transports
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             self.sip
                 .external_ip
                 .map(|ip| format!(", advertising {ip} (NAT)"))
@@ -580,7 +649,7 @@ impl Config {
             w,
             "Trunk: outbound INVITEs to {} over {}{}, caller ID {}, CANCEL after {} s",
             self.trunk.termination_uri,
-            self.trunk.transport,
+            self.trunk.transport.as_str(),
             match (&self.trunk.username, &secrets.trunk_password) {
                 (Some(u), Some(_)) => format!(", digest user {u}"),
                 (Some(u), None) => format!(", digest user {u} (TRUNKLINE_TRUNK_PASSWORD not set!)"),
@@ -601,7 +670,12 @@ impl Config {
             self.rtp.bind_ip,
             self.rtp.port_min,
             self.rtp.port_max,
-            self.trunk.codecs.join("/"),
+            self.trunk
+                .codecs
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join("/"),
             self.trunk.dtmf_payload_type,
             self.rtp.timeout_secs,
             match self.rtp.send_delay_ms {
@@ -623,7 +697,7 @@ impl Config {
             } else {
                 "public agent, no API key"
             },
-            self.agent.connect_at,
+            self.agent.connect_at.as_str(),
             self.agent.uplink_chunk_ms
         );
         let _ = writeln!(
@@ -686,19 +760,6 @@ fn env_value(raw: &str) -> toml::Value {
 pub fn is_e164(s: &str) -> bool {
     s.strip_prefix('+')
         .is_some_and(|d| (8..=15).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit()))
-}
-
-/// An IP or CIDR (`10.0.0.0/8`, `::1`, `54.172.60.0/30`).
-pub fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (ip, bits) = match s.split_once('/') {
-        Some((ip, bits)) => (ip.parse::<IpAddr>().ok()?, bits.parse::<u8>().ok()?),
-        None => {
-            let ip = s.parse::<IpAddr>().ok()?;
-            (ip, if ip.is_ipv4() { 32 } else { 128 })
-        }
-    };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    (bits <= max).then_some((ip, bits))
 }
 
 #[cfg(test)]
@@ -795,21 +856,5 @@ mod tests {
             !shown.contains("xi-secret") && !shown.contains("abc"),
             "{shown}"
         );
-    }
-
-    #[test]
-    fn cidr_matching() {
-        use trunkline_call::runtime::sip::cidr_contains;
-        let (net, bits) = parse_cidr("54.172.60.0/30").expect("cidr");
-        assert!(cidr_contains(net, bits, "54.172.60.3".parse().expect("ip")));
-        assert!(!cidr_contains(
-            net,
-            bits,
-            "54.172.60.4".parse().expect("ip")
-        ));
-        let (v6, bits) = parse_cidr("2001:db8::/32").expect("cidr");
-        assert!(cidr_contains(v6, bits, "2001:db8::1".parse().expect("ip")));
-        assert!(parse_cidr("1.2.3.4/33").is_none());
-        assert!(parse_cidr("nope").is_none());
     }
 }

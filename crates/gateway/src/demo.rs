@@ -11,22 +11,20 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use trunkline_agent::AudioFormat;
 use trunkline_call::CallRecord;
+use trunkline_call::agent::AudioFormat;
+use trunkline_call::media::G711;
 use trunkline_emulators::agent::audio::{encode_for, phrase_16k};
 use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig, ConnectionRecord, Script};
 use trunkline_emulators::trunk::{PlaySource, TrunkCall, TrunkConfig, TrunkEmulator};
-use trunkline_media::g711::G711;
 
-use crate::api::{ApiState, router};
-use crate::config::{Config, Secrets};
-use crate::policy::Policy;
-use crate::service::Gateway;
+use crate::config::{Config, ConnectAt, Secrets, SipTransport};
+use crate::server::Server;
 
 /// The speech the phone says (a real PCMU capture, shipped in the binary).
 const SPEECH_PCAP: &[u8] =
@@ -106,7 +104,7 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
 
     let mut cfg = Config::default();
     cfg.sip.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
-    cfg.sip.transports = vec!["udp".into()];
+    cfg.sip.transports = vec![SipTransport::Udp];
     cfg.trunk.termination_uri = "sip:demo.pstn.twilio.com".into();
     cfg.trunk.outbound_proxy = Some(trunk.addr().to_string());
     cfg.trunk.username = Some("demo".into());
@@ -116,33 +114,21 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     cfg.agent.agent_id = "agent_demo".into();
     cfg.records.database_url = "sqlite::memory:".into();
     if opts.connect_at_ringing {
-        cfg.agent.connect_at = "ringing".into();
+        cfg.agent.connect_at = ConnectAt::Ringing;
     }
     let secrets = Secrets {
         trunk_password: Some("demo-password".into()),
         api_tokens: vec![("demo".into(), "demo-token".into())],
         ..Secrets::default()
     };
-    let gateway = Gateway::start(cfg.clone(), secrets.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    let state = Arc::new(ApiState {
-        policy: Mutex::new(Policy::new(
-            cfg.policy.clone(),
-            cfg.http.allowed_origins.clone(),
-            &secrets,
-        )),
-        calls: Arc::new(gateway.clone()),
-        max_body_bytes: cfg.http.max_body_bytes,
-    });
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("http: {e}"))?;
-    let http = listener.local_addr().map_err(|e| format!("{e}"))?;
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let server = Server::start_on(cfg.clone(), secrets.clone(), listener)
+        .await
+        .map_err(|e| e.to_string())?;
+    let http = server.http_addr();
+    let gateway = server.gateway().clone();
 
     // The widget's request.
     let triggered = Instant::now();

@@ -3,7 +3,12 @@
 //!
 //! - [`api`]: the HTTP API (axum): the widget trigger, ElevenLabs-compatible shapes, records, health, metrics.
 //! - [`config`]: the TOML configuration, environment overrides and secrets.
-//! - [`policy`]: authentication, destination policy, rate limits and capacity (toll-fraud guard).
+//! - [`policy`]: authentication, destination policy, rate limits and capacity (toll-fraud guard),
+//!   and the inbound source policy.
+//! - [`setup`]: the configuration turned into the typed configs of the crates below, once.
+//! - [`server`]: the bootstrap (gateway + HTTP API) and the orderly shutdown, used by every
+//!   entry point.
+//! - [`service`]: the call registry: spawning, hang-up, drain, records.
 
 pub mod api;
 pub mod config;
@@ -11,5 +16,7 @@ pub mod demo;
 pub mod metrics;
 pub mod policy;
 pub mod records;
+pub mod server;
 pub mod service;
+pub mod setup;
 pub mod webhook;

@@ -3,20 +3,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
-use trunkline_agent::AudioFormat;
+use trunkline_call::agent::AudioFormat;
 use trunkline_call::record::EndCause;
+use trunkline_call::sip::TransportKind;
 use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig};
 use trunkline_emulators::trunk::{Outcome, PlaySource, TrunkConfig, TrunkEmulator};
-use trunkline_gateway::api::{ApiState, router};
-use trunkline_gateway::config::{Config, Secrets};
+use trunkline_gateway::config::{Config, LogFormat, Secrets};
 use trunkline_gateway::demo::{self, DemoOptions};
-use trunkline_gateway::policy::Policy;
-use trunkline_gateway::service::Gateway;
+use trunkline_gateway::server::Server;
 
 /// Trunkline: a SIP trunk ↔ ElevenLabs Conversational AI voice gateway.
 #[derive(Debug, Parser)]
@@ -183,63 +181,26 @@ async fn serve(path: PathBuf, grace_secs: u64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logs(&cfg.log.level, cfg.log.format == "json");
+    init_logs(&cfg.log.level, cfg.log.format == LogFormat::Json);
     let secrets = Secrets::from_env(|k| std::env::var(k).ok());
     if cfg.agent.agent_id.is_empty() {
         warn!("agent.agent_id is not set: calls will fail to reach the agent");
     }
-    let gateway = match Gateway::start(cfg.clone(), secrets.clone()).await {
-        Ok(g) => g,
+    let server = match Server::start(cfg.clone(), secrets).await {
+        Ok(s) => s,
         Err(e) => {
             error!(error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    let state = Arc::new(ApiState {
-        policy: Mutex::new(Policy::new(
-            cfg.policy.clone(),
-            cfg.http.allowed_origins.clone(),
-            &secrets,
-        )),
-        calls: Arc::new(gateway.clone()),
-        max_body_bytes: cfg.http.max_body_bytes,
-    });
-    let listener = match tokio::net::TcpListener::bind(cfg.http.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            error!(error = %e, listen = %cfg.http.listen, "cannot bind HTTP");
-            return ExitCode::FAILURE;
-        }
-    };
     info!(
-        http = %cfg.http.listen,
-        sip = ?gateway.sip_addr(trunkline_sip::transaction::TransportKind::Udp),
+        http = %server.http_addr(),
+        sip = ?server.gateway().sip_addr(TransportKind::Udp),
         "trunkline serving"
     );
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
-    if let Err(e) = server.await {
-        error!(error = %e, "http server");
-    }
+    shutdown_signal().await;
     // Graceful shutdown: no new calls, let active calls finish, then hang up the rest.
-    gateway.stop_accepting();
-    let active = gateway.active_calls();
-    if active > 0 {
-        info!(active, grace_secs, "waiting for active calls");
-        if !gateway.drain(Duration::from_secs(grace_secs)).await {
-            warn!(
-                remaining = gateway.active_calls(),
-                "grace period over: hanging up"
-            );
-            gateway.hangup_all(EndCause::Shutdown);
-            gateway.drain(Duration::from_secs(5)).await;
-        }
-    }
-    // Let the BYEs leave and be answered, then make sure every record is on disk.
-    if !gateway.wait_sip_idle(Duration::from_secs(5)).await {
-        warn!("some SIP legs were still being torn down at exit");
-    }
-    gateway.flush_records().await;
+    server.shutdown(Duration::from_secs(grace_secs)).await;
     info!("stopped");
     ExitCode::SUCCESS
 }

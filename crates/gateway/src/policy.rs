@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use ipnet::IpNet;
+
 use phonenumber::{Mode, Type as PhoneNumberType};
 
 use crate::config::{PolicySection, Secrets};
@@ -352,6 +354,65 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// One entry of `trunk.inbound_allowed_sources`: an address (`192.0.2.7`, `::1`) or a network
+/// (`54.172.60.0/30`, `2001:db8::/32`). `None` if it is neither.
+pub fn parse_source(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// Who may send us INVITEs (`trunk.inbound_allowed_sources`): checked on every INVITE outside
+/// a dialog, before anything else is done with it (a refused source gets 403 and is counted).
+///
+/// What it protects against, and what not: a UDP source address can be forged, so over UDP
+/// this stops scanners and stray traffic, not a determined attacker who can also receive the
+/// answer's media somewhere; TLS connections and digest authentication cannot be forged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboundSources {
+    nets: Vec<IpNet>,
+}
+
+impl InboundSources {
+    /// From the configured entries; the error names the first one that does not parse.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+        let nets = entries
+            .iter()
+            .map(|e| {
+                parse_source(e.as_ref()).ok_or_else(|| format!("bad address/CIDR {:?}", e.as_ref()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { nets })
+    }
+
+    /// Whether `ip` may send INVITEs. An IPv4 address also matches an IPv4-mapped IPv6 network
+    /// (`::ffff:10.0.0.0/104`), and an IPv4-mapped IPv6 source matches IPv4 networks: a
+    /// dual-stack socket reports IPv4 peers that way.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let v4 = match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(a) => a.to_ipv4_mapped(),
+        };
+        let mapped = v4.map(|a| IpAddr::V6(a.to_ipv6_mapped()));
+        self.nets.iter().any(|n| {
+            n.contains(&ip)
+                || v4.is_some_and(|a| n.contains(&IpAddr::V4(a)))
+                || mapped.is_some_and(|m| n.contains(&m))
+        })
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.nets.len()
+    }
+
+    /// True when no source may call in.
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,6 +573,32 @@ mod tests {
         assert!(
             p.admit(&d, 0, t0 + Duration::from_secs(3), 2).is_ok(),
             "new day"
+        );
+    }
+
+    #[test]
+    fn inbound_sources_match_addresses_and_networks() {
+        let s = InboundSources::parse(&["54.172.60.0/30", "2001:db8::/32", "192.0.2.7"])
+            .expect("parses");
+        let ip = |t: &str| t.parse::<IpAddr>().expect("ip");
+        assert!(s.allows(ip("54.172.60.0")));
+        assert!(s.allows(ip("54.172.60.3")));
+        assert!(!s.allows(ip("54.172.60.4")));
+        assert!(s.allows(ip("192.0.2.7")));
+        assert!(!s.allows(ip("192.0.2.8")));
+        assert!(s.allows(ip("2001:db8::1")));
+        assert!(!s.allows(ip("2001:db9::1")));
+        // A dual-stack socket reports an IPv4 peer as IPv4-mapped IPv6.
+        assert!(s.allows(ip("::ffff:54.172.60.2")));
+        let mapped = InboundSources::parse(&["::ffff:10.0.0.0/104"]).expect("parses");
+        assert!(mapped.allows(ip("10.1.2.3")));
+        assert!(!mapped.allows(ip("11.1.2.3")));
+        assert!(InboundSources::parse(&["1.2.3.4/33"]).is_err());
+        assert!(InboundSources::parse(&["nope"]).is_err());
+        assert!(
+            InboundSources::parse::<&str>(&[])
+                .expect("empty")
+                .is_empty()
         );
     }
 }

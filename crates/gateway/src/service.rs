@@ -11,30 +11,22 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
-use trunkline_agent::AgentConfig;
-use trunkline_agent::protocol::{AgentOverride, ConversationConfigOverride, DynamicVariable};
+use trunkline_call::agent::{
+    AgentConfig, AgentOverride, ConversationConfigOverride, DynamicVariable,
+};
+use trunkline_call::media::{G711, JitterConfig, MediaConfig, WallClock};
 use trunkline_call::record::EndCause;
 use trunkline_call::runtime::send_thread::RtpSendThread;
-use trunkline_call::runtime::sip::{
-    IncomingCall, SipLink, SipStack, SipStackConfig, TrunkTarget, to_negotiated_media,
-};
+use trunkline_call::runtime::sip_task::{IncomingLeg, SipLink, SipStack};
 use trunkline_call::runtime::{CallCommand, CallIo, RecordSink, run};
-use trunkline_call::{AgentConnectAt, Call, CallConfig, CallRecord, DtmfMode, SipEvent};
-use trunkline_media::g711::G711;
-use trunkline_media::jitter::JitterConfig;
-use trunkline_media::rtcp::WallClock;
-use trunkline_media::session::MediaConfig;
-use trunkline_sip::auth::Credentials;
-use trunkline_sip::message::Uri;
-use trunkline_sip::sdp::{self, Codec, MediaParams};
-use trunkline_sip::transaction::{TimerConfig, TransportKind};
-use trunkline_sip::transport::{TransportConfig, tls_server_config_from_files};
-use trunkline_sip::ua::UaConfig;
+use trunkline_call::sip::{MediaParams, TransportKind};
+use trunkline_call::{Call, CallRecord, SipAction, SipEvent};
 
 use crate::api::{BoxFuture, CallService, ListQuery, OutboundRequest, PlaceError, Placed};
-use crate::config::{Config, Secrets, parse_cidr};
+use crate::config::{Config, Secrets};
 use crate::metrics::Metrics;
 use crate::records::RecordStore;
+use crate::setup::Setup;
 use crate::webhook::Webhooks;
 
 /// Why the service could not start.
@@ -52,6 +44,9 @@ pub enum StartError {
     /// The RTP send thread could not be started.
     #[error("rtp send thread: {0}")]
     SendThread(std::io::Error),
+    /// The HTTP listener could not be bound.
+    #[error("http: {0}")]
+    Http(String),
 }
 
 struct Active {
@@ -62,6 +57,7 @@ struct Active {
 pub struct Gateway {
     cfg: Config,
     secrets: Secrets,
+    setup: Setup,
     sip: SipStack,
     trunk_destination: Mutex<Option<SocketAddr>>,
     active: Mutex<HashMap<String, Active>>,
@@ -126,78 +122,8 @@ impl Gateway {
     pub async fn start(cfg: Config, secrets: Secrets) -> Result<Arc<Gateway>, StartError> {
         cfg.validate()
             .map_err(|e| StartError::Config(e.to_string()))?;
-        let mut transports = TransportConfig {
-            external_addr: cfg.sip.external_ip,
-            ..TransportConfig::default()
-        };
-        for t in &cfg.sip.transports {
-            match t.as_str() {
-                "udp" => transports.udp = Some(cfg.sip.listen),
-                "tcp" => transports.tcp = Some(cfg.sip.listen),
-                "tls" => {
-                    let listen = cfg
-                        .sip
-                        .tls_listen
-                        .unwrap_or_else(|| SocketAddr::new(cfg.sip.listen.ip(), 5061));
-                    let (Some(cert), Some(key)) = (&cfg.sip.tls_cert, &cfg.sip.tls_key) else {
-                        return Err(StartError::Config("tls needs tls_cert and tls_key".into()));
-                    };
-                    transports.tls = Some(listen);
-                    transports.tls_server = Some(
-                        tls_server_config_from_files(cert.as_ref(), key.as_ref())
-                            .map_err(|e| StartError::Config(e.to_string()))?,
-                    );
-                }
-                _ => {}
-            }
-        }
-        let trunk_transport = match cfg.trunk.transport.as_str() {
-            "tcp" => TransportKind::Tcp,
-            "tls" => TransportKind::Tls,
-            _ => TransportKind::Udp,
-        };
-        let request_uri_host = Uri::parse(&cfg.trunk.termination_uri)
-            .ok()
-            .and_then(|u| u.as_sip().map(|s| s.host_port.to_string()))
-            .ok_or_else(|| StartError::Config("trunk.termination_uri has no host".into()))?;
-        let credentials = match (&cfg.trunk.username, &secrets.trunk_password) {
-            (Some(u), Some(p)) => Some(Credentials {
-                username: u.clone(),
-                password: p.clone(),
-            }),
-            _ => None,
-        };
-        let ua = UaConfig {
-            user_agent: cfg.sip.user_agent.clone(),
-            contact_user: "trunkline".into(),
-            timers: TimerConfig {
-                t1: Duration::from_millis(cfg.sip.t1_ms),
-                t2: Duration::from_millis(cfg.sip.t2_ms),
-                t4: Duration::from_millis(cfg.sip.t4_ms),
-                ..TimerConfig::default()
-            },
-            ..UaConfig::default()
-        };
         let seed = random_seed();
-        let stack_cfg = SipStackConfig {
-            transports,
-            ua,
-            trunk: TrunkTarget {
-                request_uri_host,
-                transport: trunk_transport,
-                credentials,
-                caller_id: cfg.trunk.caller_id.clone(),
-                session_expires: (cfg.sip.session_expires_secs > 0)
-                    .then(|| Duration::from_secs(cfg.sip.session_expires_secs)),
-            },
-            inbound_allowed: cfg
-                .trunk
-                .inbound_allowed_sources
-                .iter()
-                .filter_map(|s| parse_cidr(s))
-                .collect(),
-            seed,
-        };
+        let setup = Setup::new(&cfg, &secrets, seed).map_err(|e| StartError::Config(e.0))?;
         let store = RecordStore::open(&cfg.records.database_url).await?;
         let webhooks = match &cfg.records.webhook_url {
             Some(url) if !url.is_empty() => Some(
@@ -206,14 +132,14 @@ impl Gateway {
             ),
             _ => None,
         };
-        let (sip, incoming) = SipStack::start(stack_cfg)
+        let (sip, incoming) = SipStack::start(setup.stack.clone())
             .await
             .map_err(|e| StartError::Sip(e.to_string()))?;
         let metrics = Arc::new(Metrics::default());
-        let send_thread = match cfg.rtp.send_delay_ms {
-            0 => None,
-            ms => Some(
-                RtpSendThread::start(Duration::from_millis(ms), Some(metrics.pacing().clone()))
+        let send_thread = match setup.send_delay {
+            None => None,
+            Some(delay) => Some(
+                RtpSendThread::start(delay, Some(metrics.pacing().clone()))
                     .map_err(StartError::SendThread)?,
             ),
         };
@@ -221,6 +147,7 @@ impl Gateway {
             next_port: Mutex::new(cfg.rtp.port_min & !1),
             cfg,
             secrets,
+            setup,
             sip,
             trunk_destination: Mutex::new(None),
             active: Mutex::new(HashMap::new()),
@@ -325,34 +252,11 @@ impl Gateway {
         if let Some(d) = self.trunk_destination.lock().ok().and_then(|d| *d) {
             return Ok(d);
         }
-        let default_port = if self.cfg.trunk.transport == "tls" {
-            5061
-        } else {
-            5060
-        };
-        let (host, port) = match &self.cfg.trunk.outbound_proxy {
-            Some(p) => match p.parse::<SocketAddr>() {
-                Ok(a) => (a.ip().to_string(), a.port()),
-                Err(_) => match p.rsplit_once(':') {
-                    Some((h, port)) if port.parse::<u16>().is_ok() => {
-                        (h.to_owned(), port.parse().unwrap_or(default_port))
-                    }
-                    _ => (p.clone(), default_port),
-                },
-            },
-            None => {
-                let uri = Uri::parse(&self.cfg.trunk.termination_uri)
-                    .map_err(|e| format!("termination uri: {e}"))?;
-                let sip = uri.as_sip().ok_or("termination uri is not sip:")?;
-                let host = sip.host_port.host.to_string();
-                let host = host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned();
-                (host, sip.host_port.port.unwrap_or(default_port))
-            }
-        };
-        let addr = tokio::net::lookup_host((host.as_str(), port))
+        let (host, port) = (
+            self.setup.trunk_address.host.as_str(),
+            self.setup.trunk_address.port,
+        );
+        let addr = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| format!("resolve {host}: {e}"))?
             .next()
@@ -421,20 +325,7 @@ impl Gateway {
     }
 
     fn media_params(&self, ip: IpAddr, port: u16, session_id: u64) -> MediaParams {
-        let mut p = MediaParams::g711(ip, port, session_id);
-        p.codecs = self
-            .cfg
-            .trunk
-            .codecs
-            .iter()
-            .filter_map(|c| match c.as_str() {
-                "PCMU" => Some(Codec::pcmu()),
-                "PCMA" => Some(Codec::pcma()),
-                _ => None,
-            })
-            .collect();
-        p.dtmf_pt = Some(self.cfg.trunk.dtmf_payload_type);
-        p
+        self.setup.media_params(ip, port, session_id)
     }
 
     #[allow(clippy::disallowed_methods)]
@@ -455,30 +346,6 @@ impl Gateway {
             ..m.jitter
         };
         m
-    }
-
-    fn call_config(&self) -> CallConfig {
-        let a = &self.cfg.agent;
-        CallConfig {
-            ring_timeout: Duration::from_secs(self.cfg.trunk.ring_timeout_secs),
-            agent_connect: if a.connect_at == "ringing" {
-                AgentConnectAt::Ringing
-            } else {
-                AgentConnectAt::Answer
-            },
-            agent_connect_timeout: Duration::from_secs(a.connect_timeout_secs),
-            uplink_chunk: Duration::from_millis(a.uplink_chunk_ms),
-            max_duration: Duration::from_secs(a.max_call_secs),
-            drain_timeout: Duration::from_secs(a.drain_timeout_secs),
-            dtmf_mode: match a.dtmf_mode.as_str() {
-                "contextual_update" => DtmfMode::ContextualUpdate,
-                "off" => DtmfMode::Off,
-                _ => DtmfMode::UserMessage,
-            },
-            transfer_enabled: a.transfer_enabled,
-            transfer_allow_prefixes: a.transfer_allow_prefixes.clone(),
-            ..CallConfig::default()
-        }
     }
 
     fn agent_config(
@@ -633,7 +500,12 @@ impl Gateway {
         );
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
-        let call = Call::outbound(self.call_config(), self.media_template(&sid), record, now);
+        let call = Call::outbound(
+            self.setup.call.clone(),
+            self.media_template(&sid),
+            record,
+            now,
+        );
         let mut vars: BTreeMap<String, DynamicVariable> = req
             .dynamic_variables
             .into_iter()
@@ -664,48 +536,50 @@ impl Gateway {
         })
     }
 
-    async fn inbound_loop(gw: Arc<Gateway>, mut incoming: mpsc::UnboundedReceiver<IncomingCall>) {
+    async fn inbound_loop(gw: Arc<Gateway>, mut incoming: mpsc::UnboundedReceiver<IncomingLeg>) {
         while let Some(inc) = incoming.recv().await {
             gw.clone().answer_inbound(inc).await;
         }
     }
 
-    async fn answer_inbound(self: Arc<Self>, inc: IncomingCall) {
-        use trunkline_call::SipAction;
+    async fn answer_inbound(self: Arc<Self>, leg: IncomingLeg) {
+        let IncomingLeg {
+            call: inc,
+            events,
+            link,
+        } = leg;
         if !self.ready.load(Ordering::SeqCst)
             || self.active_calls() >= self.cfg.policy.max_concurrent_calls
         {
             self.metrics.refused("inbound_at_capacity");
-            inc.link.send(SipAction::Reject { status: 503 });
+            link.send(SipAction::Reject { status: 503 });
             return;
         }
-        let Some(offer) = inc.offer else {
-            inc.link.send(SipAction::Reject { status: 488 });
+        if !inc.has_offer {
+            link.send(SipAction::Reject { status: 488 });
             return;
-        };
+        }
         let Ok((rtp, rtcp)) = self.allocate_rtp().await else {
-            inc.link.send(SipAction::Reject { status: 503 });
+            link.send(SipAction::Reject { status: 503 });
             return;
         };
         let port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
         let sid = self.new_sid();
         let ip = self.media_ip(inc.source);
         let params = self.media_params(ip, port, splitmix(self.seed ^ fxhash(&sid)) >> 16);
-        let Ok(answer) = sdp::answer(&offer, &params) else {
-            inc.link.send(SipAction::Reject { status: 488 });
-            return;
+        let neg = match self.sip.answer_offer(inc.leg, params).await {
+            Ok(n) => n,
+            Err(refuse) => {
+                link.send(SipAction::Reject { status: refuse.0 });
+                return;
+            }
         };
-        let Some(neg) = to_negotiated_media(&answer.negotiated) else {
-            inc.link.send(SipAction::Reject { status: 488 });
-            return;
-        };
-        self.sip.set_answer(inc.leg, params, answer.sdp);
         let mut record = CallRecord::new(sid.clone(), "inbound", inc.from.clone(), inc.to.clone());
         record.sip_call_id = Some(inc.call_id.clone());
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         let call = Call::inbound(
-            self.call_config(),
+            self.setup.call.clone(),
             self.media_template(&sid),
             neg,
             record,
@@ -723,7 +597,7 @@ impl Gateway {
         }
         let agent = self.agent_config(vars, None);
         info!(call_sid = %sid, source = %inc.source, "inbound call");
-        self.spawn_call(sid, call, rtp, rtcp, inc.events, inc.link, agent);
+        self.spawn_call(sid, call, rtp, rtcp, events, link, agent);
     }
 }
 

@@ -278,7 +278,7 @@ async fn start_gateway(sipp_sip: SocketAddr, agent: &AgentEmulator) -> (Arc<Gate
         .try_init();
     let mut cfg = Config::default();
     cfg.sip.listen = "127.0.0.1:0".parse().expect("addr");
-    cfg.sip.transports = vec!["udp".into()];
+    cfg.sip.transports = vec![trunkline_gateway::config::SipTransport::Udp];
     cfg.trunk.termination_uri = "sip:trunkline-test.pstn.twilio.com".into();
     cfg.trunk.outbound_proxy = Some(sipp_sip.to_string());
     cfg.trunk.username = Some(USER.into());

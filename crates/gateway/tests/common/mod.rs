@@ -3,16 +3,15 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
 use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig};
 use trunkline_emulators::trunk::{PlaySource, TrunkConfig, TrunkEmulator};
-use trunkline_gateway::api::{ApiState, router};
-use trunkline_gateway::config::{Config, Secrets};
-use trunkline_gateway::policy::Policy;
+use trunkline_gateway::config::{Config, Secrets, SipTransport};
+use trunkline_gateway::server::Server;
 use trunkline_gateway::service::Gateway;
 
 pub const TOKEN: &str = "e2e-token";
@@ -38,7 +37,7 @@ pub struct Deployment {
 pub fn base_config(trunk: &TrunkEmulator, agent: &AgentEmulator) -> Config {
     let mut cfg = Config::default();
     cfg.sip.listen = "127.0.0.1:0".parse().expect("addr");
-    cfg.sip.transports = vec!["udp".into()];
+    cfg.sip.transports = vec![SipTransport::Udp];
     cfg.trunk.termination_uri = "sip:trunkline-test.pstn.twilio.com".into();
     cfg.trunk.outbound_proxy = Some(trunk.addr().to_string());
     cfg.trunk.username = Some("trunkline".into());
@@ -77,24 +76,12 @@ pub async fn deploy(
         api_tokens: vec![("e2e".into(), TOKEN.into())],
         ..Secrets::default()
     };
-    let gateway = Gateway::start(cfg.clone(), secrets.clone())
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let server = Server::start_on(cfg, secrets, listener)
         .await
         .expect("gateway");
-    let state = Arc::new(ApiState {
-        policy: Mutex::new(Policy::new(
-            cfg.policy.clone(),
-            cfg.http.allowed_origins.clone(),
-            &secrets,
-        )),
-        calls: Arc::new(gateway.clone()),
-        max_body_bytes: cfg.http.max_body_bytes,
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let http = listener.local_addr().expect("addr");
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let http = server.http_addr();
+    let gateway = server.gateway().clone();
     Deployment {
         gateway,
         http,

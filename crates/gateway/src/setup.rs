@@ -1,0 +1,292 @@
+//! The configuration turned, once at start, into the typed configs of the crates below
+//! (ARCHITECTURE.md: "nothing below `gateway` reads config files or env"). Everything that was a
+//! string in the file is an enum or a parsed value here, so a bad value is a start-up error
+//! (and a `check-config` error), never a decision made at call time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use trunkline_call::legs::{DEFAULT_NOTIFY_TIMEOUT, LegsConfig, SourceFilter, TrunkTarget};
+use trunkline_call::runtime::sip_task::SipStackConfig;
+use trunkline_call::sip::{
+    Codec, Credentials, HostPort, MediaParams, TimerConfig, TransportConfig, TransportKind,
+    UaConfig, Uri, tls_server_config_from_files,
+};
+use trunkline_call::{AgentConnectAt, CallConfig, DtmfMode};
+
+use crate::config::{CodecName, Config, ConnectAt, DtmfDelivery, Secrets, SipTransport};
+use crate::policy::InboundSources;
+
+/// Why the configuration cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
+
+/// Where outbound INVITEs are sent: a host to resolve (the outbound proxy, else the termination
+/// URI's host) and its port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkAddress {
+    /// Host name or address literal (without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// The typed configuration of one gateway.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The SIP stack: transports, UA, legs (trunk target, inbound source filter).
+    pub stack: SipStackConfig,
+    /// Every call's behaviour.
+    pub call: CallConfig,
+    /// Codecs to offer/accept, in order of preference.
+    pub codecs: Vec<Codec>,
+    /// The telephone-event payload type.
+    pub dtmf_pt: u8,
+    /// Where outbound INVITEs go (resolved at the first call).
+    pub trunk_address: TrunkAddress,
+    /// The inbound source policy.
+    pub inbound: InboundSources,
+    /// RTP send thread delay (`None`: send from each call's task).
+    pub send_delay: Option<Duration>,
+}
+
+impl Setup {
+    /// Build everything from `cfg` (already validated), `secrets`, and the seed of the SIP ids.
+    pub fn new(cfg: &Config, secrets: &Secrets, seed: u64) -> Result<Setup, SetupError> {
+        let mut transports = TransportConfig {
+            external_addr: cfg.sip.external_ip,
+            ..TransportConfig::default()
+        };
+        for t in &cfg.sip.transports {
+            match t {
+                SipTransport::Udp => transports.udp = Some(cfg.sip.listen),
+                SipTransport::Tcp => transports.tcp = Some(cfg.sip.listen),
+                SipTransport::Tls => {
+                    let listen = cfg
+                        .sip
+                        .tls_listen
+                        .unwrap_or_else(|| SocketAddr::new(cfg.sip.listen.ip(), 5061));
+                    let (Some(cert), Some(key)) = (&cfg.sip.tls_cert, &cfg.sip.tls_key) else {
+                        return Err(SetupError("tls needs tls_cert and tls_key".into()));
+                    };
+                    transports.tls = Some(listen);
+                    transports.tls_server = Some(
+                        tls_server_config_from_files(cert.as_ref(), key.as_ref())
+                            .map_err(|e| SetupError(e.to_string()))?,
+                    );
+                }
+            }
+        }
+        let termination = Uri::parse(&cfg.trunk.termination_uri)
+            .map_err(|e| SetupError(format!("trunk.termination_uri: {e}")))?;
+        let request_uri_host = termination
+            .as_sip()
+            .map(|s| s.host_port.clone())
+            .ok_or_else(|| SetupError("trunk.termination_uri has no host".into()))?;
+        let trunk_address = trunk_address(cfg, &request_uri_host)?;
+        let credentials = match (&cfg.trunk.username, &secrets.trunk_password) {
+            (Some(u), Some(p)) => Some(Credentials {
+                username: u.clone(),
+                password: p.clone(),
+            }),
+            _ => None,
+        };
+        let inbound = InboundSources::parse(&cfg.trunk.inbound_allowed_sources)
+            .map_err(|e| SetupError(format!("trunk.inbound_allowed_sources: {e}")))?;
+        let filter = {
+            let inbound = Arc::new(inbound.clone());
+            SourceFilter::new(move |ip| inbound.allows(ip))
+        };
+        let ua = UaConfig {
+            user_agent: cfg.sip.user_agent.clone(),
+            contact_user: "trunkline".into(),
+            timers: TimerConfig {
+                t1: Duration::from_millis(cfg.sip.t1_ms),
+                t2: Duration::from_millis(cfg.sip.t2_ms),
+                t4: Duration::from_millis(cfg.sip.t4_ms),
+                ..TimerConfig::default()
+            },
+            ..UaConfig::default()
+        };
+        let stack = SipStackConfig {
+            transports,
+            ua,
+            legs: LegsConfig {
+                trunk: TrunkTarget {
+                    request_uri_host,
+                    transport: transport_kind(cfg.trunk.transport),
+                    credentials,
+                    caller_id: cfg.trunk.caller_id.clone(),
+                    session_expires: (cfg.sip.session_expires_secs > 0)
+                        .then(|| Duration::from_secs(cfg.sip.session_expires_secs)),
+                },
+                inbound: filter,
+                notify_timeout: DEFAULT_NOTIFY_TIMEOUT,
+            },
+            seed,
+        };
+        let a = &cfg.agent;
+        let call = CallConfig {
+            ring_timeout: Duration::from_secs(cfg.trunk.ring_timeout_secs),
+            agent_connect: match a.connect_at {
+                ConnectAt::Answer => AgentConnectAt::Answer,
+                ConnectAt::Ringing => AgentConnectAt::Ringing,
+            },
+            agent_connect_timeout: Duration::from_secs(a.connect_timeout_secs),
+            uplink_chunk: Duration::from_millis(a.uplink_chunk_ms),
+            max_duration: Duration::from_secs(a.max_call_secs),
+            drain_timeout: Duration::from_secs(a.drain_timeout_secs),
+            dtmf_mode: match a.dtmf_mode {
+                DtmfDelivery::UserMessage => DtmfMode::UserMessage,
+                DtmfDelivery::ContextualUpdate => DtmfMode::ContextualUpdate,
+                DtmfDelivery::Off => DtmfMode::Off,
+            },
+            transfer_enabled: a.transfer_enabled,
+            transfer_allow_prefixes: a.transfer_allow_prefixes.clone(),
+            ..CallConfig::default()
+        };
+        Ok(Setup {
+            stack,
+            call,
+            codecs: cfg
+                .trunk
+                .codecs
+                .iter()
+                .map(|c| match c {
+                    CodecName::Pcmu => Codec::pcmu(),
+                    CodecName::Pcma => Codec::pcma(),
+                })
+                .collect(),
+            dtmf_pt: cfg.trunk.dtmf_payload_type,
+            trunk_address,
+            inbound,
+            send_delay: (cfg.rtp.send_delay_ms > 0)
+                .then(|| Duration::from_millis(cfg.rtp.send_delay_ms)),
+        })
+    }
+
+    /// Our media parameters for one call: `ip`/`port` in the SDP, the configured codecs and
+    /// telephone-event.
+    pub fn media_params(&self, ip: std::net::IpAddr, port: u16, session_id: u64) -> MediaParams {
+        let mut p = MediaParams::g711(ip, port, session_id);
+        p.codecs = self.codecs.clone();
+        p.dtmf_pt = Some(self.dtmf_pt);
+        p
+    }
+}
+
+/// The SIP transport kind of a configured transport.
+pub fn transport_kind(t: SipTransport) -> TransportKind {
+    match t {
+        SipTransport::Udp => TransportKind::Udp,
+        SipTransport::Tcp => TransportKind::Tcp,
+        SipTransport::Tls => TransportKind::Tls,
+    }
+}
+
+/// Where outbound INVITEs are sent: `trunk.outbound_proxy` (`host:port`, `[v6]:port`, or a
+/// host alone) if set, else the termination URI's host, with the transport's default port.
+fn trunk_address(cfg: &Config, termination: &HostPort) -> Result<TrunkAddress, SetupError> {
+    let default_port = cfg.trunk.transport.default_port();
+    let strip = |h: &str| h.trim_start_matches('[').trim_end_matches(']').to_owned();
+    match &cfg.trunk.outbound_proxy {
+        Some(p) => {
+            if let Ok(a) = p.parse::<SocketAddr>() {
+                return Ok(TrunkAddress {
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                });
+            }
+            let hp = HostPort::parse(p)
+                .map_err(|e| SetupError(format!("trunk.outbound_proxy {p:?}: {e}")))?;
+            Ok(TrunkAddress {
+                host: strip(&hp.host.to_string()),
+                port: hp.port.unwrap_or(default_port),
+            })
+        }
+        None => Ok(TrunkAddress {
+            host: strip(&termination.host.to_string()),
+            port: termination.port.unwrap_or(default_port),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(cfg: &Config) -> Setup {
+        Setup::new(cfg, &Secrets::default(), 1).expect("setup")
+    }
+
+    #[test]
+    fn trunk_address_from_the_termination_uri_or_the_proxy() {
+        let mut cfg = Config::default();
+        cfg.trunk.termination_uri = "sip:example.pstn.twilio.com".into();
+        assert_eq!(
+            setup(&cfg).trunk_address,
+            TrunkAddress {
+                host: "example.pstn.twilio.com".into(),
+                port: 5060
+            }
+        );
+        cfg.trunk.transport = SipTransport::Tls;
+        assert_eq!(setup(&cfg).trunk_address.port, 5061);
+        cfg.trunk.outbound_proxy = Some("[2001:db8::1]:5080".into());
+        assert_eq!(
+            setup(&cfg).trunk_address,
+            TrunkAddress {
+                host: "2001:db8::1".into(),
+                port: 5080
+            }
+        );
+        cfg.trunk.outbound_proxy = Some("edge.example.net".into());
+        assert_eq!(
+            setup(&cfg).trunk_address,
+            TrunkAddress {
+                host: "edge.example.net".into(),
+                port: 5061
+            }
+        );
+        // The Request-URI keeps the termination host whatever the next hop.
+        assert_eq!(
+            setup(&cfg).stack.legs.trunk.request_uri_host.to_string(),
+            "example.pstn.twilio.com"
+        );
+    }
+
+    #[test]
+    fn config_words_become_typed_values() {
+        let text = "[trunk]\ntransport = \"tcp\"\ncodecs = [\"PCMA\"]\n[agent]\nconnect_at = \"ringing\"\ndtmf_mode = \"off\"\n";
+        let cfg = Config::from_toml_and_env(text, []).expect("parses");
+        let s = setup(&cfg);
+        assert_eq!(s.stack.legs.trunk.transport, TransportKind::Tcp);
+        assert_eq!(s.codecs, vec![Codec::pcma()]);
+        assert_eq!(s.call.agent_connect, AgentConnectAt::Ringing);
+        assert_eq!(s.call.dtmf_mode, DtmfMode::Off);
+        for bad in [
+            "[trunk]\ntransport = \"sctp\"\n",
+            "[trunk]\ncodecs = [\"G729\"]\n",
+            "[agent]\nconnect_at = \"later\"\n",
+            "[agent]\ndtmf_mode = \"sms\"\n",
+            "[sip]\ntransports = [\"udp\", \"ws\"]\n",
+            "[log]\nformat = \"xml\"\n",
+        ] {
+            let err = Config::from_toml_and_env(bad, [])
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("unknown variant"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_inbound_filter_is_the_configured_policy() {
+        let mut cfg = Config::default();
+        cfg.trunk.inbound_allowed_sources = vec!["127.0.0.1/32".into()];
+        let s = setup(&cfg);
+        assert!(s.stack.legs.inbound.allows([127, 0, 0, 1].into()));
+        assert!(!s.stack.legs.inbound.allows([127, 0, 0, 2].into()));
+    }
+}
