@@ -15,6 +15,7 @@ use trunkline_emulators::trunk::{Outcome, PlaySource, TrunkConfig, TrunkEmulator
 use trunkline_gateway::config::{Config, LogFormat, Secrets};
 use trunkline_gateway::demo::{self, DemoOptions};
 use trunkline_gateway::server::Server;
+use trunkline_gateway::setup::Setup;
 
 /// Trunkline: a SIP trunk ↔ ElevenLabs Conversational AI voice gateway.
 #[derive(Debug, Parser)]
@@ -168,6 +169,11 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         }
     };
     let secrets = Secrets::from_env(|k| std::env::var(k).ok());
+    // Everything the gateway parses at start (sources, URIs, certificates) is checked too.
+    if let Err(e) = Setup::new(&cfg, &secrets, 0) {
+        eprintln!("{}: invalid configuration:\n  - {e}", path.display());
+        return ExitCode::FAILURE;
+    }
     println!("{}: OK\n", path.display());
     print!("{}", cfg.explain(&secrets));
     ExitCode::SUCCESS

@@ -669,3 +669,39 @@ async fn metrics_count_a_completed_call_without_personal_data_in_labels() {
     let active = total(&m1, "trunkline_active_calls", |_| true);
     assert_eq!(active, 0.0, "no call left active");
 }
+
+/// `check-config` on the shipped file, and on files whose mistakes only the typed setup sees
+/// (a word that names no transport, a CIDR that does not parse): the mistake is named and the
+/// exit status is non-zero, before anything is bound.
+#[test]
+fn check_config_reports_what_the_gateway_would_refuse_at_start() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/trunkline.toml");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", shipped])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("Trunk: outbound INVITEs"), "{stdout}");
+    let dir = TempDir::new("check-config");
+    for (name, text, expect) in [
+        (
+            "cidr",
+            "[trunk]\ninbound_allowed_sources = [\"10.0.0.0/33\"]\n",
+            "trunk.inbound_allowed_sources",
+        ),
+        ("transport", "[trunk]\ntransport = \"sctp\"\n", "unknown variant"),
+        ("codec", "[trunk]\ncodecs = [\"G729\"]\n", "unknown variant"),
+    ] {
+        let path = dir.0.join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(stderr.contains(expect), "{name}: {stderr}");
+    }
+}
