@@ -4,13 +4,16 @@
 //! Server behaviour (§8.2), applied to every new request before the application sees it:
 //! - unparseable or invalid requests → 400 with the reason in the phrase (505 for a wrong version);
 //!   malformed responses dropped silently (§8.1.3.1 / §18.1.2); each counted in [`UaStats`];
+//! - an INVITE whose Record-Route or Contact cannot be parsed → 400 (no dialog could be built);
 //! - `Max-Forwards: 0` → 483; merged requests (§8.2.2.2) → 482;
 //! - unknown methods → 501, known but unsupported → 405 with `Allow` (§8.2.1);
 //! - `Require` with an option tag we do not support → 420 with `Unsupported` (§8.2.2.3);
 //! - a To tag that matches no dialog → 481 (§12.2.2); CSeq out of order in a dialog → 500;
 //! - OPTIONS answered 200 with `Allow`, `Accept`, `Supported` (§11.2; trunks ping with it);
 //! - BYE in a dialog answered 200 (§15.1.2); re-INVITE glare → 491 (§14.2);
-//! - session timers (RFC 4028): `Session-Expires` below our `Min-SE` → 422.
+//! - session timers (RFC 4028): `Session-Expires` below our `Min-SE` → 422;
+//! - 18x/2xx to an INVITE carry its `Record-Route` values verbatim and in order (§12.1.1), and our
+//!   in-dialog requests follow the route set to the first route's address (§12.2.1.1, §16.12).
 //!
 //! Client behaviour: INVITE with a new Call-ID/From tag, early dialogs from 1xx with a To tag
 //! (§12.1.2, confirmed by the 2xx with its route set, dropped when the call fails), ACK for 2xx
@@ -383,7 +386,8 @@ impl Ua {
     }
 
     /// A response to server transaction `tx` with our To tag (the same for every response of the
-    /// transaction), Contact on 1xx/2xx to INVITE, and `Allow`/`Supported` on 2xx.
+    /// transaction), Contact and the request's `Record-Route` values (verbatim, in order: §12.1.1)
+    /// on 101–299 to INVITE, and `Allow`/`Supported` on 2xx.
     pub fn make_response(&mut self, tx: TxId, status: u16) -> Option<Response> {
         let (request, tag, transport) = match self.server_invites.get(&tx) {
             Some(s) => (s.request.clone(), Some(s.to_tag.clone()), s.transport),
@@ -394,6 +398,7 @@ impl Ua {
             let tag = tag.unwrap_or_else(|| self.endpoint.ids().tag());
             r.set_to_tag(&tag);
         }
+        copy_record_route(&request, &mut r);
         if request.method == Method::Invite && (101..300).contains(&status) {
             r.push_header("Contact", format!("<{}>", self.contact(transport)));
         }
@@ -405,7 +410,8 @@ impl Ua {
     }
 
     /// Sends `response` on server transaction `tx`. For an INVITE, a 2xx or a 1xx with To tag
-    /// creates the UAS dialog; a 2xx is retransmitted until ACKed.
+    /// creates the UAS dialog; a 2xx is retransmitted until ACKed. A 1xx/2xx to an INVITE built
+    /// without [`Ua::make_response`] gets the request's `Record-Route` here (§12.1.1).
     pub fn respond(
         &mut self,
         tx: TxId,
@@ -414,6 +420,11 @@ impl Ua {
     ) -> Result<Option<DialogId>, UaError> {
         if response.header("Server").next().is_none() {
             response.push_header("Server", self.config.user_agent.clone());
+        }
+        if let Some(si) = self.server_invites.get(&tx)
+            && response.header("Record-Route").next().is_none()
+        {
+            copy_record_route(&si.request, &mut response);
         }
         let status = response.status;
         let mut dialog_id = None;
@@ -923,6 +934,17 @@ impl Ua {
                     self.answer_options(tx, now);
                 }
                 Method::Invite => {
+                    // §12.1.1: the UAS dialog is built from Record-Route and Contact; if either
+                    // cannot be parsed, no 1xx/2xx could be sent: say so now instead.
+                    if let Err(e) = request.record_route().and(request.contact()) {
+                        self.stats.bad_requests += 1;
+                        if let Some(mut r) = self.make_response(tx, 400) {
+                            r.reason = e.reason_phrase();
+                            let _ = self.endpoint.respond(tx, r, now);
+                        }
+                        self.server_invites.remove(&tx);
+                        return;
+                    }
                     if let Err(min) =
                         crate::dialog::negotiate_session_expires(&request, self.config.min_se)
                     {
@@ -1401,6 +1423,24 @@ pub struct InviteParams {
     pub session_expires: Option<Duration>,
     /// Extra header fields.
     pub extra_headers: Vec<(String, String)>,
+}
+
+/// RFC 3261 §12.1.1: a UAS copies every `Record-Route` value of an INVITE into the responses that
+/// establish the dialog (101–199 with a To tag, 2xx), verbatim — URIs, URI and header parameters,
+/// known or not — and in order, each header line as received. The caller's ACK and later requests
+/// follow that route set, so a record-routing proxy (Kamailio, Twilio's edge) stays on the path.
+///
+/// A re-INVITE's 18x/2xx get them too: RR in a target refresh changes neither side's route set
+/// (§12.2), so the copy is harmless there, and a proxy that record-routes in-dialog requests sees
+/// its entries come back as it would for the initial INVITE. 100 Trying is hop-by-hop and has no
+/// To tag: nothing is copied; nor to error responses, which establish nothing.
+fn copy_record_route(request: &Request, response: &mut Response) {
+    if request.method == Method::Invite
+        && (101..300).contains(&response.status)
+        && response.to_tag().is_some()
+    {
+        response.headers.copy_from(&request.headers, "Record-Route");
+    }
 }
 
 fn bump_cseq(req: &mut Request) {

@@ -1,6 +1,7 @@
 //! Interop with SIPp (Debian `sip-tester`) on loopback: SIPp's built-in `uac` against the example
 //! UAS over UDP and TCP, the example UAC against SIPp UAS scenarios (407/401 digest challenge,
-//! re-INVITE and far-end BYE), CANCEL during ringing and re-INVITE against the example UAS.
+//! re-INVITE and far-end BYE), CANCEL during ringing, re-INVITE and Record-Route echo (a call as
+//! if through record-routing proxies) against the example UAS.
 //!
 //! Skipped with a message when `sipp` is not on PATH (CI installs it). The examples are built once
 //! with `cargo build -p trunkline-sip --examples` and run from `target/<profile>/examples/`.
@@ -280,6 +281,29 @@ fn sipp_reinvite_hold_and_unhold_mid_call_against_example_uas() {
         let mut args = vec![
             "-sf".into(),
             format!("{SCENARIOS}/uac_reinvite.xml"),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(base_args(free_port()));
+        args.extend(["-t".into(), transport.into(), "-m".into(), "3".into()]);
+        assert_sipp_ok(&sipp(&args), 3);
+    }
+}
+
+#[test]
+fn sipp_through_a_record_routing_proxy_gets_its_record_route_back_in_18x_and_200() {
+    // RFC 3261 §12.1.1, checked by SIPp (not by our own parser): the INVITE carries two
+    // Record-Route lines (one with two values); the 180 and the 200 must echo them verbatim and
+    // in order, the 100 none; ACK and BYE then carry SIPp's route set.
+    if !have_sipp() {
+        return;
+    }
+    for (transport, flag) in [("u1", None), ("t1", Some("tcp"))] {
+        let port = free_port();
+        let extra: Vec<&str> = flag.map(|f| vec!["--transport", f]).unwrap_or_default();
+        let _uas = start_uas(port, &extra);
+        let mut args = vec![
+            "-sf".into(),
+            format!("{SCENARIOS}/uac_record_route.xml"),
             format!("127.0.0.1:{port}"),
         ];
         args.extend(base_args(free_port()));
