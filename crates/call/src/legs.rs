@@ -150,7 +150,9 @@ enum Role {
     /// We place the call to `to`.
     Outbound { to: String, destination: SocketAddr },
     /// The phone called; `offer` is theirs, until answered.
-    Inbound { offer: Option<SessionDescription> },
+    Inbound {
+        offer: Option<Box<SessionDescription>>,
+    },
 }
 
 #[derive(Debug)]
@@ -587,7 +589,7 @@ impl Legs {
         self.stats.inbound_offered += 1;
         let leg = self.next_inbound;
         self.next_inbound += 1;
-        let offer = parse_sdp(&request.body);
+        let offer = parse_sdp(&request.body).map(Box::new);
         let user_of = |na: Option<NameAddr>| {
             na.and_then(|n| n.uri.user().map(str::to_owned))
                 .unwrap_or_default()

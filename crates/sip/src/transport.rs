@@ -453,6 +453,8 @@ async fn reader_loop<R: AsyncRead + Unpin>(
 }
 
 /// What woke [`UaRunner::next_event_or`].
+// Returned by value and matched at once: boxing the event would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Wake<T> {
     /// The UA has an event.
