@@ -3,8 +3,10 @@
 //!
 //! - Termination (the gateway calls out): `100 trying -- your call is important to us`, then —
 //!   with credentials configured — `407 Proxy Authentication required` with
-//!   `Digest realm="sip.twilio.com",qop="auth",nonce=…,opaque=…`, verified on the retry (MD5,
-//!   qop=auth, 403 on a wrong password); then 180, optional 183 with SDP (early media), and 200
+//!   `Digest realm="sip.twilio.com",qop="auth",nonce=…,opaque=…`, verified on the retry with
+//!   `trunkline_sip::auth` as strictly as a real trunk ([`DigestChallenges`]: a nonce we issued,
+//!   else a new 407; its opaque echoed, `uri` = Request-URI, our realm, MD5 with qop=auth and the
+//!   right password, else 403); then 180, optional 183 with SDP (early media), and 200
 //!   with a PCMU/PCMA + telephone-event answer (Twilio picks the first codec of the offer it
 //!   supports) — or busy (486), no answer (ring until CANCEL → 487), or any scripted rejection.
 //! - Origination (the trunk calls the gateway): an INVITE offering PCMU then PCMA and
@@ -38,7 +40,7 @@ use trunkline_media::capture::{CaptureError, extract_rtp_streams, read_udp_file}
 use trunkline_media::dtmf::DtmfSender;
 use trunkline_media::g711::G711;
 use trunkline_media::rtp::{RtpHeader, parse_rtp, write_rtp};
-use trunkline_sip::auth::{Algorithm, Qop, digest_response};
+use trunkline_sip::auth::{Algorithm, Authorization, Qop};
 use trunkline_sip::dialog::DialogId;
 use trunkline_sip::message::{Method, NameAddr, Request, Uri};
 use trunkline_sip::sdp::{self, MediaParams, SessionDescription};
@@ -402,7 +404,7 @@ impl TrunkEmulator {
             cfg,
             addr,
             shared: shared.clone(),
-            nonce_seq: 0,
+            challenges: DigestChallenges::new(),
             calls: HashMap::new(),
             by_tx: HashMap::new(),
             by_dialog: HashMap::new(),
@@ -491,7 +493,7 @@ struct Task {
     cfg: TrunkConfig,
     addr: SocketAddr,
     shared: Arc<Shared>,
-    nonce_seq: u64,
+    challenges: DigestChallenges,
     calls: HashMap<String, CallState>,
     by_tx: HashMap<TxId, String>,
     by_dialog: HashMap<DialogId, String>,
@@ -741,39 +743,29 @@ impl Task {
         self.respond(tx, 100, Some("trying -- your call is important to us"), now);
 
         if let Some((user, pass)) = self.cfg.credentials.clone() {
-            match request.header("Proxy-Authorization").next() {
-                None => {
-                    self.nonce_seq += 1;
-                    let nonce = format!(
-                        "{:016x}{:08x}",
-                        self.nonce_seq * 0x9E37_79B9,
-                        now.elapsed().as_nanos() as u32
-                    );
+            match self.challenges.check(&request, &user, &pass) {
+                DigestVerdict::Accept => self.update(index, |c| c.auth_ok = Some(true)),
+                DigestVerdict::Challenge => {
+                    let value = self.challenges.issue(now.elapsed().as_nanos() as u32);
+                    if request.header("Proxy-Authorization").next().is_some() {
+                        self.update(index, |c| c.auth_ok = Some(false));
+                    }
                     if let Some(mut r) = self.ua.make_response(tx, 407) {
                         r.reason = "Proxy Authentication required".into();
-                        r.push_header(
-                            "Proxy-Authenticate",
-                            format!(
-                                "Digest realm=\"{TWILIO_REALM}\",qop=\"auth\",nonce=\"{nonce}\",opaque=\"{:x}\"",
-                                self.nonce_seq
-                            ),
-                        );
+                        r.push_header("Proxy-Authenticate", value);
                         let _ = self.ua.respond(tx, r, now);
                     }
                     return;
                 }
-                Some(auth) => {
-                    let ok = verify_digest(auth, "INVITE", &user, &pass);
-                    self.update(index, |c| c.auth_ok = Some(ok));
-                    if !ok {
-                        self.respond(tx, 403, Some("Forbidden"), now);
-                        self.update(index, |c| {
-                            c.final_status = Some(403);
-                            c.ended_by = Some("rejected".into());
-                            c.ended_at = Some(now);
-                        });
-                        return;
-                    }
+                DigestVerdict::Forbidden => {
+                    self.update(index, |c| c.auth_ok = Some(false));
+                    self.respond(tx, 403, Some("Forbidden"), now);
+                    self.update(index, |c| {
+                        c.final_status = Some(403);
+                        c.ended_by = Some("rejected".into());
+                        c.ended_at = Some(now);
+                    });
+                    return;
                 }
             }
         }
@@ -1291,71 +1283,204 @@ impl MediaPlayer {
     }
 }
 
-/// Check a `Proxy-Authorization: Digest …` value (MD5 or SHA-256, with or without qop=auth).
-pub fn verify_digest(value: &str, method: &str, user: &str, password: &str) -> bool {
-    let Some(rest) = value.trim().strip_prefix("Digest") else {
-        return false;
-    };
-    let mut f: HashMap<String, String> = HashMap::new();
-    for part in split_params(rest) {
-        if let Some((k, v)) = part.split_once('=') {
-            f.insert(
-                k.trim().to_ascii_lowercase(),
-                v.trim().trim_matches('"').to_owned(),
-            );
-        }
-    }
-    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
-    if get("username") != user || get("realm") != TWILIO_REALM {
-        return false;
-    }
-    let algorithm = if get("algorithm").is_empty() {
-        Algorithm::Md5
-    } else {
-        match Algorithm::parse(get("algorithm")) {
-            Some(a) => a,
-            None => return false,
-        }
-    };
-    let qop = match get("qop") {
-        "auth" => Some(Qop::Auth),
-        "" => None,
-        _ => return false,
-    };
-    let nc = u32::from_str_radix(get("nc"), 16).unwrap_or(0);
-    let expected = digest_response(
-        algorithm,
-        user,
-        TWILIO_REALM,
-        password,
-        get("nonce"),
-        get("cnonce"),
-        nc,
-        qop,
-        method,
-        get("uri"),
-        b"",
-    );
-    expected == get("response")
+/// What the trunk makes of the credentials on an INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestVerdict {
+    /// The credentials answer one of our challenges with the right password.
+    Accept,
+    /// No credentials, or they answer a nonce we never issued: challenge (again) with 407.
+    Challenge,
+    /// Credentials that fail: 403, as Twilio answers bad credentials (TWILIO.md item 7).
+    Forbidden,
 }
 
-/// Split `a="x,y", b=z` on commas outside quotes.
-fn split_params(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in s.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                cur.push(c);
+/// Nonces remembered at most; the oldest are forgotten first (a client then gets a new 407).
+const MAX_ISSUED_NONCES: usize = 4096;
+
+/// The digest challenges this trunk issued (nonce → opaque), and the check of an answer to one
+/// of them, strict as a real trunk: realm `sip.twilio.com`, a nonce we issued, its `opaque`
+/// echoed, `uri` equal to the Request-URI, MD5 with `qop=auth` (what the challenge offered), and
+/// the right user name and response.
+#[derive(Debug, Default)]
+pub struct DigestChallenges {
+    seq: u64,
+    issued: HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl DigestChallenges {
+    /// No challenge issued yet.
+    pub fn new() -> DigestChallenges {
+        DigestChallenges::default()
+    }
+
+    /// A fresh challenge: the `Proxy-Authenticate` value Twilio sends
+    /// (`Digest realm="sip.twilio.com",qop="auth",nonce=…,opaque=…`). `salt` varies the nonce
+    /// between emulator instances.
+    pub fn issue(&mut self, salt: u32) -> String {
+        self.seq += 1;
+        let nonce = format!("{:016x}{salt:08x}", self.seq * 0x9E37_79B9);
+        let opaque = format!("{:x}", self.seq);
+        if self.order.len() >= MAX_ISSUED_NONCES
+            && let Some(old) = self.order.pop_front()
+        {
+            self.issued.remove(&old);
+        }
+        self.order.push_back(nonce.clone());
+        self.issued.insert(nonce.clone(), opaque.clone());
+        format!(
+            "Digest realm=\"{TWILIO_REALM}\",qop=\"auth\",nonce=\"{nonce}\",opaque=\"{opaque}\""
+        )
+    }
+
+    /// Checks the `Proxy-Authorization` values of `request` against `user` / `password`.
+    pub fn check(&self, request: &Request, user: &str, password: &str) -> DigestVerdict {
+        let mut values = request.header("Proxy-Authorization").peekable();
+        if values.peek().is_none() {
+            return DigestVerdict::Challenge;
+        }
+        // Credentials for another realm are not ours to judge; ours must be there and right.
+        let mut ours = None;
+        for v in values {
+            match Authorization::parse(v) {
+                Ok(a) if a.realm == TWILIO_REALM => ours = Some(a),
+                Ok(_) => {}
+                Err(e) => {
+                    debug!(error = %e, "trunk: malformed Proxy-Authorization");
+                    return DigestVerdict::Forbidden;
+                }
             }
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
+        }
+        let Some(auth) = ours else {
+            return DigestVerdict::Forbidden;
+        };
+        let Some(opaque) = self.issued.get(&auth.nonce) else {
+            return DigestVerdict::Challenge;
+        };
+        let uri_ok = auth.uri == request.uri.to_string()
+            || Uri::parse(&auth.uri).is_ok_and(|u| u == request.uri);
+        let ok = auth.opaque.as_deref() == Some(opaque.as_str())
+            && uri_ok
+            && auth.algorithm_kind() == Some(Algorithm::Md5)
+            && auth.qop == Some(Qop::Auth)
+            && auth.username == user
+            && auth.verify(password, request.method.as_str(), &request.body);
+        if ok {
+            DigestVerdict::Accept
+        } else {
+            DigestVerdict::Forbidden
         }
     }
-    if !cur.trim().is_empty() {
-        out.push(cur);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trunkline_sip::auth::{Challenge, Credentials, DigestClient};
+
+    const RURI: &str = "sip:+15550001111@example.pstn.twilio.com";
+
+    fn invite() -> Request {
+        Request::new(Method::Invite, Uri::parse(RURI).unwrap())
     }
-    out
+
+    /// `request` with credentials answering `challenge` (a `Proxy-Authenticate` value).
+    fn answered(challenge: &str, password: &str, uri: &str) -> Request {
+        let mut c = DigestClient::new(Credentials {
+            username: "trunkline".into(),
+            password: password.into(),
+        });
+        let a = c
+            .authorize(
+                &Challenge::parse(challenge).unwrap(),
+                "INVITE",
+                uri,
+                b"",
+                "cn",
+            )
+            .unwrap();
+        let mut r = invite();
+        r.headers.push("Proxy-Authorization", a.to_string());
+        r
+    }
+
+    #[test]
+    fn right_answer_to_our_challenge_is_accepted() {
+        let mut ch = DigestChallenges::new();
+        let value = ch.issue(1);
+        assert_eq!(
+            ch.check(&invite(), "trunkline", "s3cret"),
+            DigestVerdict::Challenge
+        );
+        let r = answered(&value, "s3cret", RURI);
+        assert_eq!(ch.check(&r, "trunkline", "s3cret"), DigestVerdict::Accept);
+        assert_eq!(ch.check(&r, "other", "s3cret"), DigestVerdict::Forbidden);
+        let r = answered(&value, "wrong", RURI);
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+    }
+
+    #[test]
+    fn nonce_opaque_uri_and_realm_are_checked() {
+        let mut ch = DigestChallenges::new();
+        let value = ch.issue(1);
+        // A nonce we never issued: a new challenge.
+        let foreign = value.replace("nonce=\"", "nonce=\"ff");
+        let r = answered(&foreign, "s3cret", RURI);
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Challenge
+        );
+        // Opaque not echoed, or another one.
+        let no_opaque = value.split(",opaque=").next().unwrap().to_owned();
+        let r = answered(&no_opaque, "s3cret", RURI);
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+        let r = answered(
+            &value.replace("opaque=\"1\"", "opaque=\"2\""),
+            "s3cret",
+            RURI,
+        );
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+        // A digest-uri that is not the Request-URI.
+        let r = answered(&value, "s3cret", "sip:+15550002222@example.pstn.twilio.com");
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+        // Another realm only.
+        let r = answered(&value.replace(TWILIO_REALM, "evil.example"), "s3cret", RURI);
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+        // Garbage.
+        let mut r = invite();
+        r.headers.push("Proxy-Authorization", "Digest username=\"x");
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+    }
+
+    #[test]
+    fn old_nonces_are_forgotten() {
+        let mut ch = DigestChallenges::new();
+        let first = ch.issue(1);
+        for _ in 0..MAX_ISSUED_NONCES {
+            ch.issue(1);
+        }
+        let r = answered(&first, "s3cret", RURI);
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Challenge
+        );
+    }
 }
