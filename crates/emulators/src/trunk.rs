@@ -40,6 +40,7 @@ use trunkline_media::capture::{CaptureError, extract_rtp_streams, read_udp_file}
 use trunkline_media::dtmf::DtmfSender;
 use trunkline_media::g711::G711;
 use trunkline_media::rtp::{RtpHeader, parse_rtp, write_rtp};
+use trunkline_media::udp;
 use trunkline_sip::auth::{Algorithm, Authorization, Qop};
 use trunkline_sip::dialog::DialogId;
 use trunkline_sip::message::{Method, NameAddr, Request, Uri};
@@ -1057,12 +1058,7 @@ struct DtmfPlan {
     samples: u16,
 }
 
-/// Enable `SO_TIMESTAMPNS` on `sock`: every datagram then carries the kernel's receive time,
-/// which [`recv_stamped`] reads.
-pub fn enable_rx_timestamps(sock: &UdpSocket) -> std::io::Result<()> {
-    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
-        .map_err(std::io::Error::from)
-}
+pub use trunkline_media::udp::enable_rx_timestamps;
 
 /// Receive one datagram into `buf`: its length, when this task got it, and the kernel's receive
 /// time (`SO_TIMESTAMPNS`, see [`enable_rx_timestamps`]) moved onto the [`Instant`] clock (the
@@ -1072,45 +1068,17 @@ pub async fn recv_stamped(
     sock: &UdpSocket,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, Instant, Option<Instant>)> {
-    let (n, stamp) = sock
-        .async_io(Interest::READABLE, || recvmsg_stamped(sock, buf))
+    let mut space = udp::StampSpace::new();
+    let d = sock
+        .async_io(Interest::READABLE, || {
+            udp::recv_stamped(sock, buf, &mut space)
+        })
         .await?;
     let at = Instant::now();
-    let kernel_at = stamp.map(|k| {
-        let age = SystemTime::now()
-            .duration_since(k)
-            .unwrap_or(Duration::ZERO);
-        at.checked_sub(age).unwrap_or(at)
-    });
-    Ok((n, at, kernel_at))
-}
-
-fn recvmsg_stamped(
-    sock: &UdpSocket,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, Option<SystemTime>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
-    use std::os::fd::AsRawFd;
-    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
-    let mut iov = [std::io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrStorage>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::empty(),
-    )
-    .map_err(std::io::Error::from)?;
-    let mut stamp = None;
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::ScmTimestampns(ts) = c {
-                let secs = u64::try_from(ts.tv_sec()).unwrap_or(0);
-                let nanos = u32::try_from(ts.tv_nsec()).unwrap_or(0);
-                stamp = Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos));
-            }
-        }
-    }
-    Ok((msg.bytes, stamp))
+    let kernel_at = d
+        .stamp
+        .map(|k| udp::kernel_arrival(at, SystemTime::now(), k, Duration::MAX));
+    Ok((d.len, at, kernel_at))
 }
 
 impl MediaPlayer {
