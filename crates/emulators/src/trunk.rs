@@ -46,7 +46,7 @@ use trunkline_sip::dialog::DialogId;
 use trunkline_sip::message::{Method, NameAddr, Request, Uri};
 use trunkline_sip::sdp::{self, MediaParams, SessionDescription};
 use trunkline_sip::transaction::{IdGen, SplitMix64, TransportKind, TxId};
-use trunkline_sip::transport::{TransportConfig, Transports};
+use trunkline_sip::transport::{TransportConfig, Transports, UaRunner, Wake};
 use trunkline_sip::ua::{EndReason, InviteParams, Ua, UaConfig, UaEvent};
 
 /// The digest realm Twilio uses.
@@ -398,9 +398,7 @@ impl TrunkEmulator {
         let shared = Arc::new(Shared::default());
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let task = Task {
-            ua,
-            transports,
-            rx,
+            runner: UaRunner::new(ua, transports, rx),
             cmd_rx,
             cfg,
             addr,
@@ -487,9 +485,7 @@ struct MediaTask {
 }
 
 struct Task {
-    ua: Ua,
-    transports: Transports,
-    rx: mpsc::Receiver<trunkline_sip::transport::Incoming>,
+    runner: UaRunner,
     cmd_rx: mpsc::UnboundedReceiver<CmdBox>,
     cfg: TrunkConfig,
     addr: SocketAddr,
@@ -506,53 +502,42 @@ struct Task {
 }
 
 impl Task {
-    #[allow(clippy::disallowed_methods)] // an emulator's I/O loop owns the clock
+    /// The trunk's loop: [`UaRunner`] drives the UA (transmissions, datagrams, its timers) while
+    /// this task also waits for origination commands and its own scripted timers (answer after
+    /// the ring time, hang-up, re-INVITE).
     async fn run(mut self) {
         loop {
-            while let Some(t) = self.ua.poll_transmit() {
-                if let Err(e) = self.transports.send(t).await {
-                    debug!(error = %e, "trunk send");
-                }
-            }
-            let now = Instant::now();
-            while let Some(ev) = self.ua.poll_event() {
-                self.on_event(ev, now).await;
-            }
+            let now = self.runner.now();
             let due: Vec<Timer> = {
                 let (due, later): (Vec<_>, Vec<_>) =
                     self.timers.drain(..).partition(|(t, _)| *t <= now);
                 self.timers = later;
                 due.into_iter().map(|(_, t)| t).collect()
             };
-            let had_due = !due.is_empty();
             for t in due {
                 self.on_timer(t, now).await;
             }
-            if had_due {
-                continue;
-            }
-            let next = self
-                .timers
-                .iter()
-                .map(|(t, _)| *t)
-                .chain(self.ua.poll_timeout())
-                .min();
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending::<()>().await,
+            let next_timer = self.timers.iter().map(|(t, _)| *t).min();
+            let cmd_rx = &mut self.cmd_rx;
+            let other = async move {
+                tokio::select! {
+                    c = cmd_rx.recv() => Some(c),
+                    () = sleep_until(next_timer) => None,
                 }
             };
-            tokio::select! {
-                m = self.rx.recv() => match m {
-                    Some(m) => self.ua.handle_datagram(m.data, m.source, m.transport, Instant::now()),
-                    None => break,
-                },
-                c = self.cmd_rx.recv() => match c {
-                    Some(CmdBox(o)) => self.originate(*o, Instant::now()).await,
-                    None => break,
-                },
-                () = sleep => self.ua.handle_timeout(Instant::now()),
+            match self.runner.next_event_or(other).await {
+                Wake::Event(ev) => {
+                    let now = self.runner.now();
+                    self.on_event(ev, now).await;
+                }
+                Wake::Other(Some(Some(CmdBox(o)))) => {
+                    let now = self.runner.now();
+                    self.originate(*o, now).await;
+                }
+                // A timer of ours is due: fired at the top of the loop.
+                Wake::Other(None) => {}
+                // Every `TrunkEmulator` handle is gone, or the transports are.
+                Wake::Other(Some(None)) | Wake::Closed => break,
             }
         }
     }
@@ -579,11 +564,11 @@ impl Task {
     }
 
     fn respond(&mut self, tx: TxId, status: u16, reason: Option<&str>, now: Instant) {
-        if let Some(mut r) = self.ua.make_response(tx, status) {
+        if let Some(mut r) = self.runner.ua().make_response(tx, status) {
             if let Some(reason) = reason {
                 r.reason = reason.to_owned();
             }
-            let _ = self.ua.respond(tx, r, now);
+            let _ = self.runner.ua().respond(tx, r, now);
         }
     }
 
@@ -632,17 +617,17 @@ impl Task {
                         Err(_) => status = 488,
                     }
                 }
-                if let Some(mut r) = self.ua.make_response(tx, status) {
+                if let Some(mut r) = self.runner.ua().make_response(tx, status) {
                     if let Some(b) = body {
                         r.set_body("application/sdp", Bytes::from(b));
                     }
-                    let _ = self.ua.respond(tx, r, now);
+                    let _ = self.runner.ua().respond(tx, r, now);
                 }
                 if request.method == Method::Refer {
                     for (code, reason, last) in [(100, "Trying", false), (200, "OK", true)] {
-                        if let Some(d) = self.ua.dialog_mut(&dialog) {
+                        if let Some(d) = self.runner.ua().dialog_mut(&dialog) {
                             let n = d.new_refer_notify(code, reason, last);
-                            let _ = self.ua.send_built_in_dialog(&dialog, n, now);
+                            let _ = self.runner.ua().send_built_in_dialog(&dialog, n, now);
                         }
                     }
                 }
@@ -751,10 +736,10 @@ impl Task {
                     if request.header("Proxy-Authorization").next().is_some() {
                         self.update(index, |c| c.auth_ok = Some(false));
                     }
-                    if let Some(mut r) = self.ua.make_response(tx, 407) {
+                    if let Some(mut r) = self.runner.ua().make_response(tx, 407) {
                         r.reason = "Proxy Authentication required".into();
                         r.push_header("Proxy-Authenticate", value);
-                        let _ = self.ua.respond(tx, r, now);
+                        let _ = self.runner.ua().respond(tx, r, now);
                     }
                     return;
                 }
@@ -799,11 +784,11 @@ impl Task {
         let sdp_text = answer.sdp.to_string();
         if self.cfg.early_media
             && self.cfg.outcome == Outcome::Answer
-            && let Some(mut r) = self.ua.make_response(tx, 183)
+            && let Some(mut r) = self.runner.ua().make_response(tx, 183)
         {
             r.reason = "Session Progress".into();
             r.set_body("application/sdp", Bytes::from(sdp_text.clone()));
-            let _ = self.ua.respond(tx, r, now);
+            let _ = self.runner.ua().respond(tx, r, now);
         }
         let at = now + self.cfg.ring_time;
         match self.cfg.outcome {
@@ -858,11 +843,11 @@ impl Task {
                 else {
                     return;
                 };
-                let Some(mut r) = self.ua.make_response(tx, 200) else {
+                let Some(mut r) = self.runner.ua().make_response(tx, 200) else {
                     return;
                 };
                 r.set_body("application/sdp", Bytes::from(sdp_text));
-                if let Ok(Some(d)) = self.ua.respond(tx, r, now) {
+                if let Ok(Some(d)) = self.runner.ua().respond(tx, r, now) {
                     self.update(call, |c| c.final_status = Some(200));
                     self.by_dialog.insert(d.clone(), cid.clone());
                     self.start_media(&cid, d, sock, &negotiated, now);
@@ -870,7 +855,7 @@ impl Task {
             }
             Timer::Hangup { dialog } => {
                 if self.by_dialog.contains_key(&dialog) {
-                    let _ = self.ua.bye(&dialog, now);
+                    let _ = self.runner.ua().bye(&dialog, now);
                 }
             }
             Timer::Reinvite { dialog, call } => {
@@ -879,7 +864,7 @@ impl Task {
                 };
                 c.media_params.session_version += 1;
                 let body = sdp::build_offer(&c.media_params).to_string();
-                if let Ok(tx) = self.ua.send_in_dialog(
+                if let Ok(tx) = self.runner.ua().send_in_dialog(
                     &dialog,
                     Method::Invite,
                     Some(("application/sdp".into(), Bytes::from(body))),
@@ -1000,7 +985,7 @@ impl Task {
                 ("User-Agent".into(), "Twilio Gateway".into()),
             ],
         };
-        let Ok(tx) = self.ua.invite(params_inv, now) else {
+        let Ok(tx) = self.runner.ua().invite(params_inv, now) else {
             return;
         };
         let cid = format!("orig-{}", o.call_sid);
@@ -1025,6 +1010,14 @@ impl Task {
         self.pending
             .insert(cid.clone(), PendingEntry { sock, answer: None });
         self.by_tx.insert(tx, cid);
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
