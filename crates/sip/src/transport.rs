@@ -453,6 +453,9 @@ async fn reader_loop<R: AsyncRead + Unpin>(
 }
 
 /// What woke [`UaRunner::next_event_or`].
+// Returned by value once per wake-up and matched at once, never stored: boxing the event would
+// cost an allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Wake<T> {
     /// The UA has an event.
