@@ -5,6 +5,8 @@
 //! - [`close`]: close codes and `error` events mapped to a typed [`CloseReason`] (§2.8).
 //! - [`client`]: URLs, signed URLs (§2.1), TLS, the handshake (§2.2), one reader and one writer
 //!   task per connection, drop-oldest audio back-pressure.
+//! - `conn` (private): the state a connection shares between the handle and its tasks, so
+//!   `client` → `session` → `conn` point one way.
 //! - [`fuzzing`]: entry points of the fuzz targets.
 //! - [`session`]: what the call layer uses: [`AgentSession`] / [`AgentHandle`] / [`AgentEvent`],
 //!   client tool handlers ([`ToolRegistry`]).
@@ -24,6 +26,7 @@
 
 pub mod client;
 pub mod close;
+mod conn;
 pub mod fuzzing;
 pub mod protocol;
 pub mod session;

@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::client::{Control, Shared};
 use crate::close::Closed;
+use crate::conn::{Control, Shared};
 use crate::protocol::{
     AgentToolResponse, AudioFormat, ClientMessage, ClientToolCall, ClientToolResult,
     ContextualUpdate, ConversationInitiationMetadataEvent, ErrorEvent, ServerEvent,

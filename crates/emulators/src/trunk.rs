@@ -3,8 +3,10 @@
 //!
 //! - Termination (the gateway calls out): `100 trying -- your call is important to us`, then —
 //!   with credentials configured — `407 Proxy Authentication required` with
-//!   `Digest realm="sip.twilio.com",qop="auth",nonce=…,opaque=…`, verified on the retry (MD5,
-//!   qop=auth, 403 on a wrong password); then 180, optional 183 with SDP (early media), and 200
+//!   `Digest realm="sip.twilio.com",qop="auth",nonce=…,opaque=…`, verified on the retry with
+//!   `trunkline_sip::auth` as strictly as a real trunk ([`DigestChallenges`]: a nonce we issued,
+//!   else a new 407; its opaque echoed, `uri` = Request-URI, our realm, MD5 with qop=auth and the
+//!   right password, else 403); then 180, optional 183 with SDP (early media), and 200
 //!   with a PCMU/PCMA + telephone-event answer (Twilio picks the first codec of the offer it
 //!   supports) — or busy (486), no answer (ring until CANCEL → 487), or any scripted rejection.
 //! - Origination (the trunk calls the gateway): an INVITE offering PCMU then PCMA and
@@ -38,12 +40,13 @@ use trunkline_media::capture::{CaptureError, extract_rtp_streams, read_udp_file}
 use trunkline_media::dtmf::DtmfSender;
 use trunkline_media::g711::G711;
 use trunkline_media::rtp::{RtpHeader, parse_rtp, write_rtp};
-use trunkline_sip::auth::{Algorithm, Qop, digest_response};
+use trunkline_media::udp;
+use trunkline_sip::auth::{Algorithm, Authorization, Qop};
 use trunkline_sip::dialog::DialogId;
 use trunkline_sip::message::{Method, NameAddr, Request, Uri};
 use trunkline_sip::sdp::{self, MediaParams, SessionDescription};
 use trunkline_sip::transaction::{IdGen, SplitMix64, TransportKind, TxId};
-use trunkline_sip::transport::{TransportConfig, Transports};
+use trunkline_sip::transport::{TransportConfig, Transports, UaRunner, Wake};
 use trunkline_sip::ua::{EndReason, InviteParams, Ua, UaConfig, UaEvent};
 
 /// The digest realm Twilio uses.
@@ -395,14 +398,12 @@ impl TrunkEmulator {
         let shared = Arc::new(Shared::default());
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let task = Task {
-            ua,
-            transports,
-            rx,
+            runner: UaRunner::new(ua, transports, rx),
             cmd_rx,
             cfg,
             addr,
             shared: shared.clone(),
-            nonce_seq: 0,
+            challenges: DigestChallenges::new(),
             calls: HashMap::new(),
             by_tx: HashMap::new(),
             by_dialog: HashMap::new(),
@@ -484,14 +485,12 @@ struct MediaTask {
 }
 
 struct Task {
-    ua: Ua,
-    transports: Transports,
-    rx: mpsc::Receiver<trunkline_sip::transport::Incoming>,
+    runner: UaRunner,
     cmd_rx: mpsc::UnboundedReceiver<CmdBox>,
     cfg: TrunkConfig,
     addr: SocketAddr,
     shared: Arc<Shared>,
-    nonce_seq: u64,
+    challenges: DigestChallenges,
     calls: HashMap<String, CallState>,
     by_tx: HashMap<TxId, String>,
     by_dialog: HashMap<DialogId, String>,
@@ -503,53 +502,42 @@ struct Task {
 }
 
 impl Task {
-    #[allow(clippy::disallowed_methods)] // an emulator's I/O loop owns the clock
+    /// The trunk's loop: [`UaRunner`] drives the UA (transmissions, datagrams, its timers) while
+    /// this task also waits for origination commands and its own scripted timers (answer after
+    /// the ring time, hang-up, re-INVITE).
     async fn run(mut self) {
         loop {
-            while let Some(t) = self.ua.poll_transmit() {
-                if let Err(e) = self.transports.send(t).await {
-                    debug!(error = %e, "trunk send");
-                }
-            }
-            let now = Instant::now();
-            while let Some(ev) = self.ua.poll_event() {
-                self.on_event(ev, now).await;
-            }
+            let now = self.runner.now();
             let due: Vec<Timer> = {
                 let (due, later): (Vec<_>, Vec<_>) =
                     self.timers.drain(..).partition(|(t, _)| *t <= now);
                 self.timers = later;
                 due.into_iter().map(|(_, t)| t).collect()
             };
-            let had_due = !due.is_empty();
             for t in due {
                 self.on_timer(t, now).await;
             }
-            if had_due {
-                continue;
-            }
-            let next = self
-                .timers
-                .iter()
-                .map(|(t, _)| *t)
-                .chain(self.ua.poll_timeout())
-                .min();
-            let sleep = async {
-                match next {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending::<()>().await,
+            let next_timer = self.timers.iter().map(|(t, _)| *t).min();
+            let cmd_rx = &mut self.cmd_rx;
+            let other = async move {
+                tokio::select! {
+                    c = cmd_rx.recv() => Some(c),
+                    () = sleep_until(next_timer) => None,
                 }
             };
-            tokio::select! {
-                m = self.rx.recv() => match m {
-                    Some(m) => self.ua.handle_datagram(m.data, m.source, m.transport, Instant::now()),
-                    None => break,
-                },
-                c = self.cmd_rx.recv() => match c {
-                    Some(CmdBox(o)) => self.originate(*o, Instant::now()).await,
-                    None => break,
-                },
-                () = sleep => self.ua.handle_timeout(Instant::now()),
+            match self.runner.next_event_or(other).await {
+                Wake::Event(ev) => {
+                    let now = self.runner.now();
+                    self.on_event(ev, now).await;
+                }
+                Wake::Other(Some(Some(CmdBox(o)))) => {
+                    let now = self.runner.now();
+                    self.originate(*o, now).await;
+                }
+                // A timer of ours is due: fired at the top of the loop.
+                Wake::Other(None) => {}
+                // Every `TrunkEmulator` handle is gone, or the transports are.
+                Wake::Other(Some(None)) | Wake::Closed => break,
             }
         }
     }
@@ -576,11 +564,11 @@ impl Task {
     }
 
     fn respond(&mut self, tx: TxId, status: u16, reason: Option<&str>, now: Instant) {
-        if let Some(mut r) = self.ua.make_response(tx, status) {
+        if let Some(mut r) = self.runner.ua().make_response(tx, status) {
             if let Some(reason) = reason {
                 r.reason = reason.to_owned();
             }
-            let _ = self.ua.respond(tx, r, now);
+            let _ = self.runner.ua().respond(tx, r, now);
         }
     }
 
@@ -629,17 +617,17 @@ impl Task {
                         Err(_) => status = 488,
                     }
                 }
-                if let Some(mut r) = self.ua.make_response(tx, status) {
+                if let Some(mut r) = self.runner.ua().make_response(tx, status) {
                     if let Some(b) = body {
                         r.set_body("application/sdp", Bytes::from(b));
                     }
-                    let _ = self.ua.respond(tx, r, now);
+                    let _ = self.runner.ua().respond(tx, r, now);
                 }
                 if request.method == Method::Refer {
                     for (code, reason, last) in [(100, "Trying", false), (200, "OK", true)] {
-                        if let Some(d) = self.ua.dialog_mut(&dialog) {
+                        if let Some(d) = self.runner.ua().dialog_mut(&dialog) {
                             let n = d.new_refer_notify(code, reason, last);
-                            let _ = self.ua.send_built_in_dialog(&dialog, n, now);
+                            let _ = self.runner.ua().send_built_in_dialog(&dialog, n, now);
                         }
                     }
                 }
@@ -741,39 +729,29 @@ impl Task {
         self.respond(tx, 100, Some("trying -- your call is important to us"), now);
 
         if let Some((user, pass)) = self.cfg.credentials.clone() {
-            match request.header("Proxy-Authorization").next() {
-                None => {
-                    self.nonce_seq += 1;
-                    let nonce = format!(
-                        "{:016x}{:08x}",
-                        self.nonce_seq * 0x9E37_79B9,
-                        now.elapsed().as_nanos() as u32
-                    );
-                    if let Some(mut r) = self.ua.make_response(tx, 407) {
+            match self.challenges.check(&request, &user, &pass) {
+                DigestVerdict::Accept => self.update(index, |c| c.auth_ok = Some(true)),
+                DigestVerdict::Challenge => {
+                    let value = self.challenges.issue(now.elapsed().as_nanos() as u32);
+                    if request.header("Proxy-Authorization").next().is_some() {
+                        self.update(index, |c| c.auth_ok = Some(false));
+                    }
+                    if let Some(mut r) = self.runner.ua().make_response(tx, 407) {
                         r.reason = "Proxy Authentication required".into();
-                        r.push_header(
-                            "Proxy-Authenticate",
-                            format!(
-                                "Digest realm=\"{TWILIO_REALM}\",qop=\"auth\",nonce=\"{nonce}\",opaque=\"{:x}\"",
-                                self.nonce_seq
-                            ),
-                        );
-                        let _ = self.ua.respond(tx, r, now);
+                        r.push_header("Proxy-Authenticate", value);
+                        let _ = self.runner.ua().respond(tx, r, now);
                     }
                     return;
                 }
-                Some(auth) => {
-                    let ok = verify_digest(auth, "INVITE", &user, &pass);
-                    self.update(index, |c| c.auth_ok = Some(ok));
-                    if !ok {
-                        self.respond(tx, 403, Some("Forbidden"), now);
-                        self.update(index, |c| {
-                            c.final_status = Some(403);
-                            c.ended_by = Some("rejected".into());
-                            c.ended_at = Some(now);
-                        });
-                        return;
-                    }
+                DigestVerdict::Forbidden => {
+                    self.update(index, |c| c.auth_ok = Some(false));
+                    self.respond(tx, 403, Some("Forbidden"), now);
+                    self.update(index, |c| {
+                        c.final_status = Some(403);
+                        c.ended_by = Some("rejected".into());
+                        c.ended_at = Some(now);
+                    });
+                    return;
                 }
             }
         }
@@ -806,11 +784,11 @@ impl Task {
         let sdp_text = answer.sdp.to_string();
         if self.cfg.early_media
             && self.cfg.outcome == Outcome::Answer
-            && let Some(mut r) = self.ua.make_response(tx, 183)
+            && let Some(mut r) = self.runner.ua().make_response(tx, 183)
         {
             r.reason = "Session Progress".into();
             r.set_body("application/sdp", Bytes::from(sdp_text.clone()));
-            let _ = self.ua.respond(tx, r, now);
+            let _ = self.runner.ua().respond(tx, r, now);
         }
         let at = now + self.cfg.ring_time;
         match self.cfg.outcome {
@@ -865,11 +843,11 @@ impl Task {
                 else {
                     return;
                 };
-                let Some(mut r) = self.ua.make_response(tx, 200) else {
+                let Some(mut r) = self.runner.ua().make_response(tx, 200) else {
                     return;
                 };
                 r.set_body("application/sdp", Bytes::from(sdp_text));
-                if let Ok(Some(d)) = self.ua.respond(tx, r, now) {
+                if let Ok(Some(d)) = self.runner.ua().respond(tx, r, now) {
                     self.update(call, |c| c.final_status = Some(200));
                     self.by_dialog.insert(d.clone(), cid.clone());
                     self.start_media(&cid, d, sock, &negotiated, now);
@@ -877,7 +855,7 @@ impl Task {
             }
             Timer::Hangup { dialog } => {
                 if self.by_dialog.contains_key(&dialog) {
-                    let _ = self.ua.bye(&dialog, now);
+                    let _ = self.runner.ua().bye(&dialog, now);
                 }
             }
             Timer::Reinvite { dialog, call } => {
@@ -886,7 +864,7 @@ impl Task {
                 };
                 c.media_params.session_version += 1;
                 let body = sdp::build_offer(&c.media_params).to_string();
-                if let Ok(tx) = self.ua.send_in_dialog(
+                if let Ok(tx) = self.runner.ua().send_in_dialog(
                     &dialog,
                     Method::Invite,
                     Some(("application/sdp".into(), Bytes::from(body))),
@@ -1007,7 +985,7 @@ impl Task {
                 ("User-Agent".into(), "Twilio Gateway".into()),
             ],
         };
-        let Ok(tx) = self.ua.invite(params_inv, now) else {
+        let Ok(tx) = self.runner.ua().invite(params_inv, now) else {
             return;
         };
         let cid = format!("orig-{}", o.call_sid);
@@ -1032,6 +1010,14 @@ impl Task {
         self.pending
             .insert(cid.clone(), PendingEntry { sock, answer: None });
         self.by_tx.insert(tx, cid);
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1065,12 +1051,7 @@ struct DtmfPlan {
     samples: u16,
 }
 
-/// Enable `SO_TIMESTAMPNS` on `sock`: every datagram then carries the kernel's receive time,
-/// which [`recv_stamped`] reads.
-pub fn enable_rx_timestamps(sock: &UdpSocket) -> std::io::Result<()> {
-    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
-        .map_err(std::io::Error::from)
-}
+pub use trunkline_media::udp::enable_rx_timestamps;
 
 /// Receive one datagram into `buf`: its length, when this task got it, and the kernel's receive
 /// time (`SO_TIMESTAMPNS`, see [`enable_rx_timestamps`]) moved onto the [`Instant`] clock (the
@@ -1080,45 +1061,17 @@ pub async fn recv_stamped(
     sock: &UdpSocket,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, Instant, Option<Instant>)> {
-    let (n, stamp) = sock
-        .async_io(Interest::READABLE, || recvmsg_stamped(sock, buf))
+    let mut space = udp::StampSpace::new();
+    let d = sock
+        .async_io(Interest::READABLE, || {
+            udp::recv_stamped(sock, buf, &mut space)
+        })
         .await?;
     let at = Instant::now();
-    let kernel_at = stamp.map(|k| {
-        let age = SystemTime::now()
-            .duration_since(k)
-            .unwrap_or(Duration::ZERO);
-        at.checked_sub(age).unwrap_or(at)
-    });
-    Ok((n, at, kernel_at))
-}
-
-fn recvmsg_stamped(
-    sock: &UdpSocket,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, Option<SystemTime>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
-    use std::os::fd::AsRawFd;
-    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
-    let mut iov = [std::io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrStorage>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::empty(),
-    )
-    .map_err(std::io::Error::from)?;
-    let mut stamp = None;
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::ScmTimestampns(ts) = c {
-                let secs = u64::try_from(ts.tv_sec()).unwrap_or(0);
-                let nanos = u32::try_from(ts.tv_nsec()).unwrap_or(0);
-                stamp = Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos));
-            }
-        }
-    }
-    Ok((msg.bytes, stamp))
+    let kernel_at = d
+        .stamp
+        .map(|k| udp::kernel_arrival(at, SystemTime::now(), k, Duration::MAX));
+    Ok((d.len, at, kernel_at))
 }
 
 impl MediaPlayer {
@@ -1291,71 +1244,204 @@ impl MediaPlayer {
     }
 }
 
-/// Check a `Proxy-Authorization: Digest …` value (MD5 or SHA-256, with or without qop=auth).
-pub fn verify_digest(value: &str, method: &str, user: &str, password: &str) -> bool {
-    let Some(rest) = value.trim().strip_prefix("Digest") else {
-        return false;
-    };
-    let mut f: HashMap<String, String> = HashMap::new();
-    for part in split_params(rest) {
-        if let Some((k, v)) = part.split_once('=') {
-            f.insert(
-                k.trim().to_ascii_lowercase(),
-                v.trim().trim_matches('"').to_owned(),
-            );
-        }
-    }
-    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
-    if get("username") != user || get("realm") != TWILIO_REALM {
-        return false;
-    }
-    let algorithm = if get("algorithm").is_empty() {
-        Algorithm::Md5
-    } else {
-        match Algorithm::parse(get("algorithm")) {
-            Some(a) => a,
-            None => return false,
-        }
-    };
-    let qop = match get("qop") {
-        "auth" => Some(Qop::Auth),
-        "" => None,
-        _ => return false,
-    };
-    let nc = u32::from_str_radix(get("nc"), 16).unwrap_or(0);
-    let expected = digest_response(
-        algorithm,
-        user,
-        TWILIO_REALM,
-        password,
-        get("nonce"),
-        get("cnonce"),
-        nc,
-        qop,
-        method,
-        get("uri"),
-        b"",
-    );
-    expected == get("response")
+/// What the trunk makes of the credentials on an INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestVerdict {
+    /// The credentials answer one of our challenges with the right password.
+    Accept,
+    /// No credentials, or they answer a nonce we never issued: challenge (again) with 407.
+    Challenge,
+    /// Credentials that fail: 403, as Twilio answers bad credentials (TWILIO.md item 7).
+    Forbidden,
 }
 
-/// Split `a="x,y", b=z` on commas outside quotes.
-fn split_params(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in s.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                cur.push(c);
+/// Nonces remembered at most; the oldest are forgotten first (a client then gets a new 407).
+const MAX_ISSUED_NONCES: usize = 4096;
+
+/// The digest challenges this trunk issued (nonce → opaque), and the check of an answer to one
+/// of them, strict as a real trunk: realm `sip.twilio.com`, a nonce we issued, its `opaque`
+/// echoed, `uri` equal to the Request-URI, MD5 with `qop=auth` (what the challenge offered), and
+/// the right user name and response.
+#[derive(Debug, Default)]
+pub struct DigestChallenges {
+    seq: u64,
+    issued: HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl DigestChallenges {
+    /// No challenge issued yet.
+    pub fn new() -> DigestChallenges {
+        DigestChallenges::default()
+    }
+
+    /// A fresh challenge: the `Proxy-Authenticate` value Twilio sends
+    /// (`Digest realm="sip.twilio.com",qop="auth",nonce=…,opaque=…`). `salt` varies the nonce
+    /// between emulator instances.
+    pub fn issue(&mut self, salt: u32) -> String {
+        self.seq += 1;
+        let nonce = format!("{:016x}{salt:08x}", self.seq * 0x9E37_79B9);
+        let opaque = format!("{:x}", self.seq);
+        if self.order.len() >= MAX_ISSUED_NONCES
+            && let Some(old) = self.order.pop_front()
+        {
+            self.issued.remove(&old);
+        }
+        self.order.push_back(nonce.clone());
+        self.issued.insert(nonce.clone(), opaque.clone());
+        format!(
+            "Digest realm=\"{TWILIO_REALM}\",qop=\"auth\",nonce=\"{nonce}\",opaque=\"{opaque}\""
+        )
+    }
+
+    /// Checks the `Proxy-Authorization` values of `request` against `user` / `password`.
+    pub fn check(&self, request: &Request, user: &str, password: &str) -> DigestVerdict {
+        let mut values = request.header("Proxy-Authorization").peekable();
+        if values.peek().is_none() {
+            return DigestVerdict::Challenge;
+        }
+        // Credentials for another realm are not ours to judge; ours must be there and right.
+        let mut ours = None;
+        for v in values {
+            match Authorization::parse(v) {
+                Ok(a) if a.realm == TWILIO_REALM => ours = Some(a),
+                Ok(_) => {}
+                Err(e) => {
+                    debug!(error = %e, "trunk: malformed Proxy-Authorization");
+                    return DigestVerdict::Forbidden;
+                }
             }
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
+        }
+        let Some(auth) = ours else {
+            return DigestVerdict::Forbidden;
+        };
+        let Some(opaque) = self.issued.get(&auth.nonce) else {
+            return DigestVerdict::Challenge;
+        };
+        let uri_ok = auth.uri == request.uri.to_string()
+            || Uri::parse(&auth.uri).is_ok_and(|u| u == request.uri);
+        let ok = auth.opaque.as_deref() == Some(opaque.as_str())
+            && uri_ok
+            && auth.algorithm_kind() == Some(Algorithm::Md5)
+            && auth.qop == Some(Qop::Auth)
+            && auth.username == user
+            && auth.verify(password, request.method.as_str(), &request.body);
+        if ok {
+            DigestVerdict::Accept
+        } else {
+            DigestVerdict::Forbidden
         }
     }
-    if !cur.trim().is_empty() {
-        out.push(cur);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trunkline_sip::auth::{Challenge, Credentials, DigestClient};
+
+    const RURI: &str = "sip:+15550001111@example.pstn.twilio.com";
+
+    fn invite() -> Request {
+        Request::new(Method::Invite, Uri::parse(RURI).unwrap())
     }
-    out
+
+    /// `request` with credentials answering `challenge` (a `Proxy-Authenticate` value).
+    fn answered(challenge: &str, password: &str, uri: &str) -> Request {
+        let mut c = DigestClient::new(Credentials {
+            username: "trunkline".into(),
+            password: password.into(),
+        });
+        let a = c
+            .authorize(
+                &Challenge::parse(challenge).unwrap(),
+                "INVITE",
+                uri,
+                b"",
+                "cn",
+            )
+            .unwrap();
+        let mut r = invite();
+        r.headers.push("Proxy-Authorization", a.to_string());
+        r
+    }
+
+    #[test]
+    fn right_answer_to_our_challenge_is_accepted() {
+        let mut ch = DigestChallenges::new();
+        let value = ch.issue(1);
+        assert_eq!(
+            ch.check(&invite(), "trunkline", "s3cret"),
+            DigestVerdict::Challenge
+        );
+        let r = answered(&value, "s3cret", RURI);
+        assert_eq!(ch.check(&r, "trunkline", "s3cret"), DigestVerdict::Accept);
+        assert_eq!(ch.check(&r, "other", "s3cret"), DigestVerdict::Forbidden);
+        let r = answered(&value, "wrong", RURI);
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+    }
+
+    #[test]
+    fn nonce_opaque_uri_and_realm_are_checked() {
+        let mut ch = DigestChallenges::new();
+        let value = ch.issue(1);
+        // A nonce we never issued: a new challenge.
+        let foreign = value.replace("nonce=\"", "nonce=\"ff");
+        let r = answered(&foreign, "s3cret", RURI);
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Challenge
+        );
+        // Opaque not echoed, or another one.
+        let no_opaque = value.split(",opaque=").next().unwrap().to_owned();
+        let r = answered(&no_opaque, "s3cret", RURI);
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+        let r = answered(
+            &value.replace("opaque=\"1\"", "opaque=\"2\""),
+            "s3cret",
+            RURI,
+        );
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+        // A digest-uri that is not the Request-URI.
+        let r = answered(&value, "s3cret", "sip:+15550002222@example.pstn.twilio.com");
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+        // Another realm only.
+        let r = answered(&value.replace(TWILIO_REALM, "evil.example"), "s3cret", RURI);
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+        // Garbage.
+        let mut r = invite();
+        r.headers.push("Proxy-Authorization", "Digest username=\"x");
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Forbidden
+        );
+    }
+
+    #[test]
+    fn old_nonces_are_forgotten() {
+        let mut ch = DigestChallenges::new();
+        let first = ch.issue(1);
+        for _ in 0..MAX_ISSUED_NONCES {
+            ch.issue(1);
+        }
+        let r = answered(&first, "s3cret", RURI);
+        assert_eq!(
+            ch.check(&r, "trunkline", "s3cret"),
+            DigestVerdict::Challenge
+        );
+    }
 }

@@ -11,8 +11,11 @@
 //! - [`srtp`]: SRTP/SRTCP (RFC 3711) keyed by SDES `a=crypto` (RFC 4568).
 //! - [`session`]: [`session::MediaSession`], one per call, combining all of the above.
 //! - [`capture`]: pcap/pcapng reading and RTP stream extraction.
+//! - [`udp`]: the one I/O helper, `recvmsg` with the kernel's receive stamp (`SO_TIMESTAMPNS`),
+//!   shared by the gateway's RTP socket and the trunk emulator.
 //!
-//! Nothing here reads the clock, sleeps or owns a socket: time comes in as `now: Instant`.
+//! Nothing here reads the clock, sleeps or owns a socket: time comes in as `now: Instant`. [`udp`]
+//! reads from a socket it is lent and returns the kernel's stamp; the caller reads the clock.
 
 pub mod agent_audio;
 pub mod capture;
@@ -27,5 +30,6 @@ pub mod rtcp;
 pub mod rtp;
 pub mod session;
 pub mod srtp;
+pub mod udp;
 
 pub use g711::G711;

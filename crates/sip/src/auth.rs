@@ -1,12 +1,17 @@
-//! Digest authentication as a client (UAC side of RFC 3261 §22.2–22.3).
+//! Digest authentication (RFC 3261 §22.2–22.3): answering challenges as a client, and parsing and
+//! checking the credentials a client sent.
 //!
 //! Implements RFC 2617 §3.2 (`WWW-Authenticate`/`Proxy-Authenticate` challenges, `Authorization`/
 //! `Proxy-Authorization` credentials, `qop=auth` and `auth-int`, `nc`/`cnonce`, `opaque` echoed),
 //! RFC 7616 §3.4 (`algorithm=SHA-256`, `-sess` variants, `algorithm` echoed) as adopted for SIP by
 //! RFC 8760 (preference SHA-256 over MD5 when a server offers both).
 //!
+//! Server side: [`Authorization::parse`] reads an `Authorization`/`Proxy-Authorization` value and
+//! [`Authorization::verify`] checks its `response` against a password. Which nonces, realms and
+//! digest-URIs to accept is the server's policy, left to the caller.
+//!
 //! Not supported: `SHA-512-256` (challenge rejected with [`AuthError::UnsupportedAlgorithm`]),
-//! `userhash`, `username*` (RFC 7616 §3.4.4), and server-side verification.
+//! `userhash`, `username*` (RFC 7616 §3.4.4).
 //!
 //! The cnonce is supplied by the caller (inject a seeded RNG in tests); the nonce count increments
 //! per nonce inside [`DigestClient`].
@@ -33,8 +38,9 @@ pub enum AuthError {
     /// The challenge is syntactically broken.
     #[error("malformed challenge")]
     Malformed,
-    /// `realm` or `nonce` is missing.
-    #[error("challenge lacks {0}")]
+    /// A required parameter is missing (`realm` or `nonce` of a challenge; `username`, `realm`,
+    /// `nonce`, `uri`, `response` of credentials, and `cnonce`/`nc` with a qop).
+    #[error("challenge or credentials lack {0}")]
     Missing(&'static str),
     /// The algorithm is not MD5, MD5-sess, SHA-256 or SHA-256-sess.
     #[error("unsupported digest algorithm {0}")]
@@ -119,7 +125,19 @@ pub enum Qop {
 }
 
 impl Qop {
-    fn as_str(self) -> &'static str {
+    /// Parses a qop token (case-insensitive).
+    pub fn parse(s: &str) -> Option<Qop> {
+        if s.eq_ignore_ascii_case("auth") {
+            Some(Qop::Auth)
+        } else if s.eq_ignore_ascii_case("auth-int") {
+            Some(Qop::AuthInt)
+        } else {
+            None
+        }
+    }
+
+    /// The token.
+    pub fn as_str(self) -> &'static str {
         match self {
             Qop::Auth => "auth",
             Qop::AuthInt => "auth-int",
@@ -355,6 +373,111 @@ impl fmt::Display for Authorization {
     }
 }
 
+impl Authorization {
+    /// Parses one `Authorization` / `Proxy-Authorization` value (RFC 2617 §3.2.2, RFC 7616
+    /// §3.4): `Digest` then `username`, `realm`, `nonce`, `uri` and `response` (required),
+    /// `algorithm` (checked to be one we support, kept as sent), `opaque`, and `qop` with its
+    /// `cnonce` and hex `nc` (both required when `qop` is present). Unknown parameters are
+    /// ignored.
+    pub fn parse(value: &str) -> Result<Authorization, AuthError> {
+        let value = value.trim();
+        let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("Digest") {
+            return Err(AuthError::NotDigest);
+        }
+        let (mut username, mut realm, mut nonce, mut uri, mut response) =
+            (None, None, None, None, None);
+        let (mut algorithm, mut cnonce, mut opaque, mut qop, mut nc) =
+            (None, None, None, None, None);
+        for (name, v) in auth_params(rest)? {
+            match name.as_str() {
+                "username" => username = Some(v),
+                "realm" => realm = Some(v),
+                "nonce" => nonce = Some(v),
+                "uri" => uri = Some(v),
+                "response" => response = Some(v),
+                "algorithm" => {
+                    if Algorithm::parse(&v).is_none() {
+                        return Err(AuthError::UnsupportedAlgorithm(v));
+                    }
+                    algorithm = Some(v);
+                }
+                "cnonce" => cnonce = Some(v),
+                "opaque" => opaque = Some(v),
+                "qop" => qop = Some(Qop::parse(&v).ok_or(AuthError::UnsupportedQop(v))?),
+                "nc" => {
+                    // 8LHEX (RFC 2617 §3.2.2); shorter counts are read too.
+                    let ok = (1..=8).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_hexdigit());
+                    nc = Some(
+                        u32::from_str_radix(&v, 16)
+                            .ok()
+                            .filter(|_| ok)
+                            .ok_or(AuthError::Malformed)?,
+                    );
+                }
+                _ => {}
+            }
+        }
+        if qop.is_some() {
+            cnonce.as_ref().ok_or(AuthError::Missing("cnonce"))?;
+            nc.ok_or(AuthError::Missing("nc"))?;
+        } else {
+            // nc only means something with a qop (RFC 2617 §3.2.2).
+            nc = None;
+        }
+        Ok(Authorization {
+            username: username.ok_or(AuthError::Missing("username"))?,
+            realm: realm.ok_or(AuthError::Missing("realm"))?,
+            nonce: nonce.ok_or(AuthError::Missing("nonce"))?,
+            uri: uri.ok_or(AuthError::Missing("uri"))?,
+            response: response.ok_or(AuthError::Missing("response"))?,
+            algorithm,
+            cnonce,
+            opaque,
+            qop,
+            nc,
+        })
+    }
+
+    /// The algorithm the credentials name (MD5 when absent); `None` for one we do not support.
+    pub fn algorithm_kind(&self) -> Option<Algorithm> {
+        match &self.algorithm {
+            None => Some(Algorithm::Md5),
+            Some(a) => Algorithm::parse(a),
+        }
+    }
+
+    /// True when `response` is the digest of these parameters with `password`, for a request
+    /// `method` with `body` (hashed only for `auth-int`). Compares in constant time. It checks
+    /// the hash only: whether the nonce, opaque, realm and `uri` are acceptable is the caller's
+    /// decision.
+    pub fn verify(&self, password: &str, method: &str, body: &[u8]) -> bool {
+        let Some(algorithm) = self.algorithm_kind() else {
+            return false;
+        };
+        let expected = digest_response(
+            algorithm,
+            &self.username,
+            &self.realm,
+            password,
+            &self.nonce,
+            self.cnonce.as_deref().unwrap_or(""),
+            self.nc.unwrap_or(0),
+            self.qop,
+            method,
+            &self.uri,
+            body,
+        );
+        let got = self.response.as_bytes();
+        expected.len() == got.len()
+            && expected
+                .bytes()
+                .zip(got)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b.to_ascii_lowercase()))
+                == 0
+    }
+}
+
 /// Computes the digest `response` value (RFC 7616 §3.4.1–3.4.3).
 #[allow(clippy::too_many_arguments)]
 pub fn digest_response(
@@ -545,5 +668,103 @@ mod tests {
             "\u{e9}",
             "escaped multibyte char"
         );
+    }
+
+    fn md5_challenge() -> Challenge {
+        Challenge::parse(r#"Digest realm="sip.twilio.com",qop="auth",nonce="abc123",opaque="7f""#)
+            .unwrap()
+    }
+
+    #[test]
+    fn credentials_round_trip_through_display_and_parse() {
+        let mut c = DigestClient::new(Credentials {
+            username: "trunkline".into(),
+            password: "s3cret".into(),
+        });
+        let a = c
+            .authorize(
+                &md5_challenge(),
+                "INVITE",
+                "sip:+15550001111@example.pstn.twilio.com",
+                b"",
+                "cn0",
+            )
+            .unwrap();
+        let parsed = Authorization::parse(&a.to_string()).unwrap();
+        assert_eq!(parsed, a);
+        assert_eq!(parsed.qop, Some(Qop::Auth));
+        assert_eq!(parsed.nc, Some(1));
+        assert_eq!(parsed.opaque.as_deref(), Some("7f"));
+        assert!(parsed.verify("s3cret", "INVITE", b""));
+        assert!(!parsed.verify("wrong", "INVITE", b""));
+        assert!(!parsed.verify("s3cret", "BYE", b""));
+        let mut other_uri = parsed.clone();
+        other_uri.uri = "sip:+15550002222@example.pstn.twilio.com".into();
+        assert!(!other_uri.verify("s3cret", "INVITE", b""));
+        let mut upper = parsed.clone();
+        upper.response = upper.response.to_ascii_uppercase();
+        assert!(
+            upper.verify("s3cret", "INVITE", b""),
+            "hex case does not matter"
+        );
+    }
+
+    #[test]
+    fn credentials_with_sha256_and_without_qop() {
+        let ch = Challenge::parse(r#"Digest realm="r", nonce="n", algorithm=SHA-256"#).unwrap();
+        let mut c = DigestClient::new(Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        });
+        let a = c.authorize(&ch, "INVITE", "sip:x@y", b"", "cn").unwrap();
+        let parsed = Authorization::parse(&a.to_string()).unwrap();
+        assert_eq!(parsed.algorithm_kind(), Some(Algorithm::Sha256));
+        assert_eq!(
+            (parsed.qop, parsed.nc, parsed.cnonce.as_deref()),
+            (None, None, None)
+        );
+        assert!(parsed.verify("p", "INVITE", b""));
+    }
+
+    #[test]
+    fn credentials_parse_errors() {
+        let ok = r#"Digest username="u", realm="r", nonce="n", uri="sip:x@y", response="00""#;
+        assert!(Authorization::parse(ok).is_ok());
+        assert_eq!(
+            Authorization::parse(&ok.replace("Digest", "Basic")),
+            Err(AuthError::NotDigest)
+        );
+        assert_eq!(
+            Authorization::parse(&ok.replace(r#"uri="sip:x@y", "#, "")),
+            Err(AuthError::Missing("uri"))
+        );
+        assert_eq!(
+            Authorization::parse(&format!("{ok}, qop=auth, nc=00000001")),
+            Err(AuthError::Missing("cnonce"))
+        );
+        assert_eq!(
+            Authorization::parse(&format!("{ok}, qop=auth, cnonce=\"c\"")),
+            Err(AuthError::Missing("nc"))
+        );
+        assert_eq!(
+            Authorization::parse(&format!("{ok}, qop=auth, cnonce=\"c\", nc=+1")),
+            Err(AuthError::Malformed),
+            "nc is hex digits only"
+        );
+        assert_eq!(
+            Authorization::parse(&format!("{ok}, qop=auth-conf, cnonce=\"c\", nc=00000001")),
+            Err(AuthError::UnsupportedQop("auth-conf".into()))
+        );
+        assert_eq!(
+            Authorization::parse(&format!("{ok}, algorithm=SHA-512-256")),
+            Err(AuthError::UnsupportedAlgorithm("SHA-512-256".into()))
+        );
+        assert_eq!(
+            Authorization::parse(r#"Digest username="u, realm=r"#),
+            Err(AuthError::Malformed)
+        );
+        let a = Authorization::parse(&format!("{ok}, qop=AUTH, cnonce=\"c\", nc=0000000a, x=y"))
+            .unwrap();
+        assert_eq!((a.qop, a.nc), (Some(Qop::Auth), Some(10)));
     }
 }

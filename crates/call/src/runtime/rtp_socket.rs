@@ -9,8 +9,9 @@
 //!
 //! Reading late must not falsify what the media layer learns from arrival times (jitter buffer
 //! depth, RFC 3550 interarrival jitter, the RTP timeout): each datagram's arrival time is the
-//! kernel's receive timestamp (`SO_TIMESTAMPNS`), mapped onto the monotonic clock. Where the
-//! timestamp is missing, the read time is used.
+//! kernel's receive timestamp (`SO_TIMESTAMPNS`, read by `trunkline_media::udp`, which the
+//! trunk emulator shares), mapped onto the monotonic clock. Where the timestamp is missing, the
+//! read time is used.
 //!
 //! At most [`MAX_PER_TICK`] datagrams are read per tick: a flood is left to the kernel's receive
 //! buffer (which drops the excess) instead of starving the other calls of the worker.
@@ -18,18 +19,13 @@
 // The I/O layer owns the clock (the receive path maps kernel stamps onto it).
 #![allow(clippy::disallowed_methods)]
 
-use std::io::{self, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::errno::Errno;
-use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
-};
-use nix::sys::time::TimeSpec;
 use tracing::debug;
+use trunkline_media::udp::{StampSpace, enable_rx_timestamps, kernel_arrival, recv_stamped};
 
 /// How often the socket is read when the call has media but no tick of its own (early media).
 pub(crate) const RTP_POLL: Duration = Duration::from_millis(20);
@@ -41,7 +37,7 @@ pub(crate) const MAX_PER_TICK: usize = 50;
 #[derive(Debug)]
 pub(crate) struct RtpSocket {
     sock: Arc<UdpSocket>,
-    cmsg: Vec<u8>,
+    stamp_space: StampSpace,
 }
 
 impl RtpSocket {
@@ -49,12 +45,12 @@ impl RtpSocket {
     pub(crate) fn new(sock: tokio::net::UdpSocket) -> io::Result<Self> {
         let sock = sock.into_std()?;
         sock.set_nonblocking(true)?;
-        if let Err(e) = setsockopt(&sock, sockopt::ReceiveTimestampns, &true) {
+        if let Err(e) = enable_rx_timestamps(&sock) {
             debug!(error = %e, "SO_TIMESTAMPNS unavailable: arrival times are read times");
         }
         Ok(RtpSocket {
             sock: Arc::new(sock),
-            cmsg: nix::cmsg_space!(TimeSpec),
+            stamp_space: StampSpace::new(),
         })
     }
 
@@ -99,35 +95,21 @@ impl RtpSocket {
         MAX_PER_TICK
     }
 
+    /// One waiting datagram (`None` when there is none), from an IP sender.
     fn recv(
         &mut self,
         buf: &mut [u8],
     ) -> io::Result<Option<(usize, SocketAddr, Option<SystemTime>)>> {
         loop {
-            let mut iov = [IoSliceMut::new(buf)];
-            let msg = match recvmsg::<SockaddrStorage>(
-                self.sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut self.cmsg),
-                MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(m) => m,
-                Err(Errno::EAGAIN) => return Ok(None),
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
+            let d = match recv_stamped(&*self.sock, buf, &mut self.stamp_space) {
+                Ok(d) => d,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
             };
-            let mut stamp = None;
-            if let Ok(cmsgs) = msg.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::ScmTimestampns(ts) = c {
-                        stamp = SystemTime::UNIX_EPOCH.checked_add(Duration::from(ts));
-                    }
-                }
-            }
-            let Some(from) = msg.address.as_ref().and_then(to_std) else {
+            let Some(from) = d.from else {
                 continue; // not an IP datagram: nothing to answer, read the next one
             };
-            return Ok(Some((msg.bytes, from, stamp)));
+            return Ok(Some((d.len, from, d.stamp)));
         }
     }
 }
@@ -136,21 +118,7 @@ impl RtpSocket {
 /// `now` / `wall_now`. Clamped to `now` and to one second before it: a wall-clock step must not
 /// send arrival times into the future or far into the past.
 fn arrival(now: Instant, wall_now: SystemTime, stamp: SystemTime) -> Instant {
-    let age = wall_now
-        .duration_since(stamp)
-        .unwrap_or(Duration::ZERO)
-        .min(Duration::from_secs(1));
-    now.checked_sub(age).unwrap_or(now)
-}
-
-fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = a.as_sockaddr_in() {
-        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
-    }
-    if let Some(v6) = a.as_sockaddr_in6() {
-        return Some(SocketAddr::V6(SocketAddrV6::from(*v6)));
-    }
-    None
+    kernel_arrival(now, wall_now, stamp, Duration::from_secs(1))
 }
 
 #[cfg(test)]
