@@ -11,13 +11,15 @@ use trunkline_loadgen::runner::TOKEN;
 use trunkline_loadgen::{AgentFormat, Level, Mode, RunConfig, Thresholds, run_blocking};
 
 /// Replay RTP captures over many concurrent calls through a Trunkline gateway and measure the
-/// audio path. Without --gateway, starts a gateway of its own (a child process) on loopback,
-/// wired to its emulators; that gateway takes TRUNKLINE__SECTION__KEY environment overrides like
-/// `trunkline serve` (e.g. TRUNKLINE__AGENT__UPLINK_CHUNK_MS=100).
+/// audio path. Without --gateway, starts a gateway of its own on loopback, wired to its
+/// emulators: `trunkline serve` as a child process (see --gateway-bin), which takes
+/// TRUNKLINE__SECTION__KEY environment overrides like any `trunkline serve` (e.g.
+/// TRUNKLINE__AGENT__UPLINK_CHUNK_MS=100).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// HTTP base URL of a running gateway (http://host:port); omitted: start one in-process.
+    /// HTTP base URL of a running gateway (http://host:port); omitted: start one (a child
+    /// process).
     #[arg(long)]
     gateway: Option<String>,
     /// SIP (UDP) address of the running gateway, for --mode inbound.
@@ -87,17 +89,12 @@ struct Cli {
     /// Where the emulated agent listens (an external gateway's agent base_url: ws://ADDR).
     #[arg(long, default_value = "127.0.0.1:0")]
     agent_listen: SocketAddr,
-    /// Run the gateway inside this process (default without --gateway: a child process of this
-    /// executable, so its CPU and RSS are its own).
-    #[arg(long)]
-    in_process: bool,
-    /// Internal: run as the gateway child process, trunk proxy at this address.
-    #[arg(long, hide = true, requires = "serve_child_agent")]
-    serve_child_gateway: Option<SocketAddr>,
-    /// Internal: the agent URL of the gateway child process.
-    #[arg(long, hide = true)]
-    serve_child_agent: Option<String>,
-    /// Worker threads of the gateway's runtime (in-process or child).
+    /// The `trunkline` binary to start as the gateway (without --gateway); default: `trunkline`
+    /// next to this executable (build it with `cargo build -p trunkline-gateway --bin trunkline`,
+    /// same profile).
+    #[arg(long, value_name = "PATH")]
+    gateway_bin: Option<PathBuf>,
+    /// Worker threads of the started gateway's runtime (its TOKIO_WORKER_THREADS).
     #[arg(long, default_value_t = 2)]
     gateway_threads: usize,
     /// Worker threads of the load generator's runtime.
@@ -151,26 +148,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let cli = Cli::parse();
-    if let (Some(proxy), Some(agent)) = (cli.serve_child_gateway, &cli.serve_child_agent) {
-        return match trunkline_loadgen::runner::serve_child(proxy, agent, cli.gateway_threads) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("trunkline-load gateway child: {e:#}");
-                ExitCode::from(2)
-            }
-        };
-    }
-    let gateway_exe = if cli.gateway.is_none() && !cli.in_process {
-        match std::env::current_exe() {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!("trunkline-load: cannot find my own executable ({e}); use --in-process");
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        None
-    };
     let mut hold = cli.hold;
     let levels = if cli.find_max {
         vec![Level {
@@ -223,7 +200,7 @@ fn main() -> ExitCode {
         max_concurrency: cli.max_concurrency,
         trunk_listen: cli.trunk_listen,
         agent_listen: cli.agent_listen,
-        gateway_exe,
+        gateway_bin: cli.gateway_bin,
         gateway_threads: cli.gateway_threads,
         load_threads: cli.load_threads,
         progress: !cli.quiet,

@@ -1,12 +1,10 @@
 //! CPU and memory from `/proc` (proc(5)): per-thread CPU time (`/proc/<pid>/task/<tid>/stat`
-//! fields 14–15, `utime` + `stime`, in clock ticks) summed over the threads whose name starts
-//! with a prefix — the in-process gateway runs on its own runtime whose threads are named
-//! [`GATEWAY_THREAD`] — and the resident set (`VmRSS` of `/proc/<pid>/status`).
+//! fields 14–15, `utime` + `stime`, in clock ticks) summed over a process's threads (or those
+//! whose name starts with a prefix), and the resident set (`VmRSS` of `/proc/<pid>/status`).
+//! The gateway is another process (the child this tool starts, or one given by pid).
 
 use std::fs;
 
-/// Name of the in-process gateway's runtime threads.
-pub const GATEWAY_THREAD: &str = "gw-worker";
 /// Name of the load generator's (emulators') runtime threads.
 pub const LOAD_THREAD: &str = "load-worker";
 
@@ -62,20 +60,18 @@ pub fn rss_bytes(pid: &str) -> u64 {
 /// One sample of the gateway's and the whole process's resources.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
-    /// Gateway CPU seconds (its threads in-process, or the whole external process).
+    /// Gateway CPU seconds (all its process's threads).
     pub gateway_cpu_s: f64,
     /// This process's CPU seconds.
     pub process_cpu_s: f64,
-    /// Gateway RSS bytes (this process's when in-process: an upper bound).
+    /// Gateway RSS bytes.
     pub gateway_rss: u64,
 }
 
 /// Where the gateway's resources are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayProc {
-    /// In this process, on threads named [`GATEWAY_THREAD`].
-    InProcess,
-    /// Another process.
+    /// Another process (the child this tool started, or `--gateway-pid`).
     Pid(u32),
     /// Not measurable (an external gateway whose pid was not given).
     Unknown,
@@ -86,11 +82,6 @@ impl GatewayProc {
     pub fn sample(&self) -> Usage {
         let process_cpu_s = cpu_seconds("self", None);
         match self {
-            GatewayProc::InProcess => Usage {
-                gateway_cpu_s: cpu_seconds("self", Some(GATEWAY_THREAD)),
-                process_cpu_s,
-                gateway_rss: rss_bytes("self"),
-            },
             GatewayProc::Pid(p) => {
                 let pid = p.to_string();
                 Usage {

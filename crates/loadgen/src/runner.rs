@@ -2,12 +2,13 @@
 //! given rate and concurrency level by level, samples CPU and memory while they run, and reduces
 //! what the phone and the agent saw into a [`RunReport`].
 //!
-//! In-process (no `--gateway`), the gateway runs on its own tokio runtime whose threads are named
-//! [`GATEWAY_THREAD`]; the emulators and this driver run on another ([`LOAD_THREAD`]). The
-//! gateway's CPU is the sum of its threads' `utime + stime` (kernel work done on those threads —
-//! socket sends, wake-ups — included; softirq work charged to other threads is not). Memory can
-//! only be read per process: the RSS growth is reported with the emulators' own recording memory
-//! estimated and taken out, and is an upper bound.
+//! Without `--gateway`, the gateway is a child process (`trunkline serve`, see
+//! [`gateway_process`](crate::gateway_process)) wired on loopback to the emulators, which run with
+//! this driver on this process's runtime (threads named [`LOAD_THREAD`]). The gateway's CPU is
+//! the sum of its threads' `utime + stime` (kernel work done on those threads — socket sends,
+//! wake-ups — included; softirq work charged to other threads is not) and its memory its own
+//! process's RSS, both from `/proc/<pid>`. Its HTTP API is reached with a pooled client
+//! ([`api`](crate::api)).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,9 +18,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use trunkline_agent::AudioFormat;
 use trunkline_emulators::agent::{
@@ -28,51 +26,27 @@ use trunkline_emulators::agent::{
 use trunkline_emulators::trunk::{
     Originate, PlayPacket, PlaySource, RxPacket, TrunkCall, TrunkConfig, TrunkEmulator,
 };
-use trunkline_gateway::api::{ApiState, router};
-use trunkline_gateway::config::{Config, Secrets};
-use trunkline_gateway::policy::Policy;
-use trunkline_gateway::service::Gateway;
 use trunkline_media::g711::G711;
 
 use crate::analyze::{self, Integrity};
-use crate::procfs::{GATEWAY_THREAD, GatewayProc, LOAD_THREAD, Usage};
-use crate::report::{Defect, FindMax, PhaseReport, RunReport, Sample, SendPacing, Stats};
+use crate::api::GatewayApi;
+use crate::gateway_process::{self, GatewayProcess, GatewaySpec, TRUNK_PASSWORD, TRUNK_USER};
+use crate::procfs::{GatewayProc, LOAD_THREAD, Usage};
+use crate::prom;
+use crate::results::{
+    AgentFormat, Defect, FindMax, Mode, PhaseReport, RunReport, Sample, Stats, Thresholds,
+};
 use crate::schedule;
 use crate::sipspy::SipSpy;
-use trunkline_call::runtime::pacing::{PACING_BUCKETS_US, PacingSnapshot};
 
-/// The bearer token of the in-process gateway.
+/// The bearer token of the gateway this tool starts (and the default for an external one).
 pub const TOKEN: &str = "load-token";
 
-/// Outbound (HTTP trigger → gateway INVITEs the trunk) or inbound (the trunk INVITEs the gateway).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Calls placed with `POST /api/call/outbound`.
-    Outbound,
-    /// Calls placed by the trunk emulator sending INVITE to the gateway.
-    Inbound,
-}
-
-/// The agent's audio format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-pub enum AgentFormat {
-    /// µ-law 8 kHz both ways: passthrough.
-    #[value(name = "ulaw_8000")]
-    #[serde(rename = "ulaw_8000")]
-    Ulaw8000,
-    /// PCM 16 kHz both ways: the gateway transcodes and resamples.
-    #[value(name = "pcm_16000")]
-    #[serde(rename = "pcm_16000")]
-    Pcm16000,
-}
-
-impl AgentFormat {
-    fn audio(self) -> AudioFormat {
-        match self {
-            AgentFormat::Ulaw8000 => AudioFormat::Ulaw8000,
-            AgentFormat::Pcm16000 => AudioFormat::Pcm { sample_rate: 16000 },
-        }
+/// The agent emulator's audio format for `f`.
+fn audio_format(f: AgentFormat) -> AudioFormat {
+    match f {
+        AgentFormat::Ulaw8000 => AudioFormat::Ulaw8000,
+        AgentFormat::Pcm16000 => AudioFormat::Pcm { sample_rate: 16000 },
     }
 }
 
@@ -87,53 +61,16 @@ pub struct Level {
     pub duration: Option<Duration>,
 }
 
-/// Quality thresholds for `--find-max`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Thresholds {
-    /// Largest acceptable pacing p99, µs.
-    pub pacing_p99_us: u64,
-    /// Packets lost allowed.
-    pub max_lost: u64,
-    /// Failed calls allowed.
-    pub max_failed: usize,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Thresholds {
-            pacing_p99_us: 2000,
-            max_lost: 0,
-            max_failed: 0,
-        }
-    }
-}
-
-impl Thresholds {
-    /// Why `p` breaks the thresholds (`None`: it holds them).
-    pub fn broken(&self, p: &PhaseReport) -> Option<String> {
-        if p.failed > self.max_failed {
-            return Some(format!("{} failed calls", p.failed));
-        }
-        if p.lost > self.max_lost {
-            return Some(format!("{} packets lost", p.lost));
-        }
-        if p.pacing_us.p99 > self.pacing_p99_us as f64 {
-            return Some(format!("pacing p99 {:.0} µs", p.pacing_us.p99));
-        }
-        None
-    }
-}
-
 /// Everything a run needs.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// HTTP base URL of an external gateway (`None`: start one in-process).
+    /// HTTP base URL of an external gateway (`None`: start one, a child process).
     pub gateway: Option<String>,
     /// SIP address of an external gateway (inbound mode).
     pub gateway_sip: Option<SocketAddr>,
     /// Pid of an external gateway, for its CPU and RSS.
     pub gateway_pid: Option<u32>,
-    /// Bearer token for an external gateway.
+    /// Bearer token of the gateway's API (the gateway this tool starts is given it).
     pub token: String,
     /// Call direction.
     pub mode: Mode,
@@ -162,10 +99,10 @@ pub struct RunConfig {
     pub trunk_listen: SocketAddr,
     /// Where the emulated agent listens (an external gateway's agent base URL).
     pub agent_listen: SocketAddr,
-    /// Run the gateway as a child process of this executable (`trunkline-load`) instead of
-    /// in-process: its CPU and RSS are then its own, read from `/proc/<pid>`.
-    pub gateway_exe: Option<PathBuf>,
-    /// Worker threads of the in-process gateway's runtime.
+    /// The `trunkline` binary to start (`None`: the one next to this executable, see
+    /// [`gateway_process::default_bin`]).
+    pub gateway_bin: Option<PathBuf>,
+    /// Worker threads of the started gateway's runtime (`TOKIO_WORKER_THREADS`).
     pub gateway_threads: usize,
     /// Worker threads of the load generator's runtime.
     pub load_threads: usize,
@@ -207,7 +144,7 @@ impl Default for RunConfig {
             ring_time: Duration::from_millis(100),
             trunk_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             agent_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            gateway_exe: None,
+            gateway_bin: None,
             gateway_threads: 1,
             load_threads: 1,
             progress: false,
@@ -230,36 +167,24 @@ pub fn default_pcap() -> PathBuf {
     ))
 }
 
-/// Run on two runtimes of our own (gateway, load) and return the report.
+/// Run on a runtime of our own (threads named [`LOAD_THREAD`]) and return the report.
 pub fn run_blocking(cfg: RunConfig) -> anyhow::Result<RunReport> {
-    let gw_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.gateway_threads.max(1))
-        .thread_name(GATEWAY_THREAD)
-        .enable_all()
-        .build()?;
     let load_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.load_threads.max(1))
         .thread_name(LOAD_THREAD)
         .enable_all()
         .build()?;
-    let gw = gw_rt.handle().clone();
-    let result = load_rt.block_on(async move { load_rt_handle_run(cfg, gw).await });
-    gw_rt.shutdown_background();
+    let result = load_rt.block_on(async move { tokio::spawn(run(cfg)).await? });
     load_rt.shutdown_background();
     result
 }
 
-async fn load_rt_handle_run(cfg: RunConfig, gw: Handle) -> anyhow::Result<RunReport> {
-    tokio::spawn(run(cfg, gw)).await?
-}
-
-/// The in-process gateway, or how to reach an external one.
+/// The gateway: how to reach it, and the process when this tool started it.
 struct Target {
-    http: Option<SocketAddr>,
+    api: Option<GatewayApi>,
     sip: Option<SocketAddr>,
     proc_: GatewayProc,
-    _gateway: Option<Arc<Gateway>>,
-    _child: Option<tokio::process::Child>,
+    process: Option<GatewayProcess>,
 }
 
 struct Ctx {
@@ -283,9 +208,10 @@ struct Ctx {
     checkable: bool,
 }
 
-/// Run the configured levels (or the capacity search) and build the report.
+/// Start the emulators and the gateway (or reach it), run the configured levels (or the
+/// capacity search), stop the gateway if this tool started it, and build the report.
 #[allow(clippy::too_many_lines)]
-pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
+pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     let play = PlaySource::from_pcap(&cfg.pcap)
         .with_context(|| format!("reading {}", cfg.pcap.display()))?;
     if play.packets.is_empty() {
@@ -294,7 +220,7 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
     let play_bytes = play_source_bytes(&play);
     let trunk = TrunkEmulator::start(TrunkConfig {
         listen: cfg.trunk_listen,
-        credentials: Some(("trunkline".into(), "s3cret".into())),
+        credentials: Some((TRUNK_USER.into(), TRUNK_PASSWORD.into())),
         ring_time: cfg.ring_time,
         early_media: false,
         play: play.clone(),
@@ -310,8 +236,8 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
     let agent = AgentEmulator::start(
         cfg.agent_listen,
         AgentEmulatorConfig {
-            input_format: cfg.agent_format.audio(),
-            output_format: cfg.agent_format.audio(),
+            input_format: audio_format(cfg.agent_format),
+            output_format: audio_format(cfg.agent_format),
             record: cfg.integrity,
             vad: if cfg.agent_turns {
                 VadConfig::default()
@@ -337,7 +263,7 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
     let (target, spy) = match &cfg.gateway {
         None => {
             let spy = SipSpy::start(trunk.addr()).await?;
-            let t = start_gateway(&gw_rt, spy.addr(), &agent, &cfg).await?;
+            let t = start_gateway(spy.addr(), &agent, &cfg).await?;
             (t, Some(spy))
         }
         Some(url) => {
@@ -346,11 +272,10 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
                 .gateway_pid
                 .map_or(GatewayProc::Unknown, GatewayProc::Pid);
             let t = Target {
-                http: Some(http),
+                api: Some(GatewayApi::new(http, cfg.token.clone())),
                 sip: cfg.gateway_sip,
                 proc_,
-                _gateway: None,
-                _child: None,
+                process: None,
             };
             (t, None)
         }
@@ -383,27 +308,53 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
             .collect(),
         checkable,
     });
+    let result = measure(&ctx, play_bytes).await;
+    // Stop the gateway this tool started (SIGTERM, then wait for it), whatever the result.
+    if let Some(p) = &ctx.target.process {
+        match p.stop().await {
+            Ok(Some(st)) if !st.success() => eprintln!(
+                "trunkline-load: the gateway (pid {}) exited with {st}; its last output:\n{}",
+                p.pid(),
+                p.output_tail()
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("trunkline-load: stopping the gateway: {e:#}"),
+        }
+    }
+    result
+}
+
+/// The run proper, once everything is up: the warm-up call, the idle baseline, then each level
+/// (or `--serve-for`).
+#[allow(clippy::too_many_lines)]
+async fn measure(ctx: &Arc<Ctx>, play_bytes: u64) -> anyhow::Result<RunReport> {
+    let cfg = &ctx.cfg;
+    let checkable = ctx.checkable;
     let agent = &ctx.agent;
 
     if let Some(d) = cfg.serve_for {
         let pid = match ctx.target.proc_ {
             GatewayProc::Pid(p) => p.to_string(),
-            _ => std::process::id().to_string(),
+            GatewayProc::Unknown => "-".into(),
         };
         println!(
             "gateway: sip udp {} http {} pid {pid}; trunk emulator {}; agent emulator {}",
             ctx.target.sip.map_or("-".into(), |a| a.to_string()),
-            ctx.target.http.map_or("-".into(), |a| a.to_string()),
+            ctx.target
+                .api
+                .as_ref()
+                .map_or("-".into(), |a| a.addr().to_string()),
             ctx.trunk.addr(),
             agent.ws_base_url()
         );
-        let phase = serve_phase(&ctx, d).await;
+        let phase = serve_phase(ctx, d).await;
         return Ok(RunReport {
             tool: format!("trunkline-load {}", env!("CARGO_PKG_VERSION")),
             mode: cfg.mode,
             agent_format: cfg.agent_format,
             pcap: String::new(),
-            in_process: cfg.gateway.is_none() && cfg.gateway_exe.is_none(),
+            // The gateway never runs inside this process any more (kept for the report's readers).
+            in_process: false,
             rate_cps: 0.0,
             hold_s: 0.0,
             cpu_method: "serve mode: calls placed by another tool; gateway CPU % of a core and RSS sampled every 250 ms".into(),
@@ -422,7 +373,7 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
     let warm_hold = cfg.hold.min(WARM_UP_HOLD);
     ctx.trunk.set_hangup_after(Some(warm_hold));
     let warm = run_phase(
-        &ctx,
+        ctx,
         Level {
             concurrency: 1,
             calls: 1,
@@ -452,7 +403,7 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
     while i < levels.len() {
         let level = levels[i];
         let mut phase = run_phase(
-            &ctx,
+            ctx,
             level,
             cfg.hold,
             &mut next_index,
@@ -488,22 +439,21 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
         mode: cfg.mode,
         agent_format: cfg.agent_format,
         pcap: cfg.pcap.display().to_string(),
-        in_process: cfg.gateway.is_none() && cfg.gateway_exe.is_none(),
+        // The gateway never runs inside this process any more (kept for the report's readers).
+        in_process: false,
         rate_cps: cfg.rate,
         hold_s: cfg.hold.as_secs_f64(),
         cpu_method: match (&ctx.target.proc_, cfg.gateway.is_none()) {
             (GatewayProc::Pid(p), true) => format!(
-                "gateway child process (pid {p}, {} worker thread(s)): utime+stime of all its threads from /proc/{p}/task/*/stat, VmRSS from /proc/{p}/status; the emulators and this tool run in the parent",
-                cfg.gateway_threads
-            ),
-            (_, true) => format!(
-                "in-process: utime+stime of the gateway runtime's threads ({GATEWAY_THREAD}, {} worker(s)) from /proc/self/task/*/stat; the emulators run on {LOAD_THREAD} threads; RSS is the whole process's, emulator recordings estimated and subtracted (upper bound)",
+                "gateway child process (`trunkline serve`, pid {p}, {} worker thread(s)): utime+stime of all its threads from /proc/{p}/task/*/stat, VmRSS from /proc/{p}/status; the emulators and this tool run in the parent",
                 cfg.gateway_threads
             ),
             (GatewayProc::Pid(p), false) => {
                 format!("external gateway pid {p}: /proc/{p}/task/*/stat and /proc/{p}/status")
             }
-            _ => "external gateway without --gateway-pid: not measured".into(),
+            (GatewayProc::Unknown, _) => {
+                "external gateway without --gateway-pid: not measured".into()
+            }
         },
         idle_gateway_cpu_pct: idle_cpu_per_s * 100.0,
         integrity_checkable: checkable,
@@ -514,172 +464,31 @@ pub async fn run(cfg: RunConfig, gw_rt: Handle) -> anyhow::Result<RunReport> {
     })
 }
 
-/// The configuration of the gateway this tool starts itself (loopback, its emulators, policy
-/// limits out of the way), then `TRUNKLINE__SECTION__KEY` environment overrides exactly as
-/// `trunkline serve` applies them (e.g. `TRUNKLINE__AGENT__UPLINK_CHUNK_MS=100`), so any gateway
-/// setting can be load-tested. An override that does not parse is reported and ignored.
-pub fn gateway_config(proxy: SocketAddr, agent_ws: &str) -> (Config, Secrets) {
-    let cfg = with_env_overrides(base_gateway_config(proxy, agent_ws), std::env::vars());
-    let secrets = Secrets {
-        trunk_password: Some("s3cret".into()),
-        api_tokens: vec![("load".into(), TOKEN.into())],
-        ..Secrets::default()
-    };
-    (cfg, secrets)
-}
-
-fn base_gateway_config(proxy: SocketAddr, agent_ws: &str) -> Config {
-    let mut cfg = Config::default();
-    cfg.sip.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg.sip.transports = vec!["udp".into()];
-    cfg.trunk.termination_uri = "sip:trunkline-load.pstn.twilio.com".into();
-    cfg.trunk.outbound_proxy = Some(proxy.to_string());
-    cfg.trunk.username = Some("trunkline".into());
-    cfg.trunk.caller_id = "+15005550006".into();
-    cfg.trunk.inbound_allowed_sources = vec!["127.0.0.1/32".into()];
-    cfg.trunk.ring_timeout_secs = 30;
-    cfg.rtp.bind_ip = std::net::IpAddr::from([127, 0, 0, 1]);
-    cfg.rtp.port_min = 20000;
-    cfg.rtp.port_max = 60000;
-    cfg.agent.base_url = agent_ws.to_owned();
-    cfg.agent.agent_id = "agent_load".into();
-    cfg.agent.drain_timeout_secs = 2;
-    cfg.policy.max_concurrent_calls = 100_000;
-    cfg.policy.calls_per_second = 10_000.0;
-    cfg.policy.per_ip_per_minute = 1_000_000;
-    cfg.policy.per_destination_per_day = 1_000_000;
-    cfg.policy.denied_prefixes.clear();
-    cfg.records.database_url = "sqlite::memory:".into();
-    cfg
-}
-
-/// Apply `TRUNKLINE__SECTION__KEY` overrides from `env` to `cfg`.
-pub fn with_env_overrides(cfg: Config, env: impl IntoIterator<Item = (String, String)>) -> Config {
-    let env: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("TRUNKLINE__"))
-        .collect();
-    if env.is_empty() {
-        return cfg;
-    }
-    let text = match toml::to_string(&cfg) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("trunkline-load: cannot apply TRUNKLINE__ overrides: {e}");
-            return cfg;
-        }
-    };
-    match Config::from_toml_and_env(&text, env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("trunkline-load: ignoring TRUNKLINE__ overrides: {e}");
-            cfg
-        }
-    }
-}
-
-/// Start the gateway and its HTTP API on the current runtime; returns it with the API and SIP
-/// addresses.
-pub async fn serve_gateway(
-    cfg: Config,
-    secrets: Secrets,
-) -> anyhow::Result<(Arc<Gateway>, SocketAddr, Option<SocketAddr>)> {
-    let gateway = Gateway::start(cfg.clone(), secrets.clone())
-        .await
-        .map_err(|e| anyhow!("gateway: {e}"))?;
-    let state = Arc::new(ApiState {
-        policy: std::sync::Mutex::new(Policy::new(
-            cfg.policy.clone(),
-            cfg.http.allowed_origins.clone(),
-            &secrets,
-        )),
-        calls: Arc::new(gateway.clone()),
-        max_body_bytes: cfg.http.max_body_bytes,
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let http = listener.local_addr()?;
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let sip = gateway.sip_addr(trunkline_sip_kind());
-    Ok((gateway, http, sip))
-}
-
-/// The child-process side of `--gateway-process`: run the gateway on `threads` workers, print
-/// `READY <http> <sip>` on stdout, and exit when stdin closes (the parent ended).
-pub fn serve_child(proxy: SocketAddr, agent_ws: &str, threads: usize) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name(GATEWAY_THREAD)
-        .enable_all()
-        .build()?;
-    let (cfg, secrets) = gateway_config(proxy, agent_ws);
-    rt.block_on(async move {
-        let (_gw, http, sip) = serve_gateway(cfg, secrets).await?;
-        let sip = sip.ok_or_else(|| anyhow!("gateway has no UDP SIP address"))?;
-        println!("READY {http} {sip}");
-        let mut stdin = tokio::io::stdin();
-        let mut buf = [0u8; 64];
-        while stdin.read(&mut buf).await.unwrap_or(0) > 0 {}
-        anyhow::Ok(())
-    })
-}
-
+/// Start the gateway process, wired to the emulators (its outbound proxy is `proxy`, the
+/// INVITE timing relay in front of the trunk emulator).
 async fn start_gateway(
-    gw_rt: &Handle,
     proxy: SocketAddr,
     agent: &AgentEmulator,
     run: &RunConfig,
 ) -> anyhow::Result<Target> {
-    let (cfg, secrets) = gateway_config(proxy, &agent.ws_base_url());
-    if let Some(exe) = &run.gateway_exe {
-        let mut child = tokio::process::Command::new(exe)
-            .arg("--serve-child-gateway")
-            .arg(proxy.to_string())
-            .arg("--serve-child-agent")
-            .arg(agent.ws_base_url())
-            .arg("--gateway-threads")
-            .arg(run.gateway_threads.to_string())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| anyhow!("gateway child has no pid"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .map_err(|_| anyhow!("gateway child did not start in 30 s"))??
-            .ok_or_else(|| anyhow!("gateway child exited"))?;
-        let mut parts = line.split_whitespace();
-        let (Some("READY"), Some(http), Some(sip)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(anyhow!("gateway child said {line:?}"));
-        };
-        return Ok(Target {
-            http: Some(http.parse()?),
-            sip: Some(sip.parse()?),
-            proc_: GatewayProc::Pid(pid),
-            _gateway: None,
-            _child: Some(child),
-        });
-    }
-    let (gateway, http, sip) = gw_rt.spawn(serve_gateway(cfg, secrets)).await??;
-    Ok(Target {
-        http: Some(http),
-        sip,
-        proc_: GatewayProc::InProcess,
-        _gateway: Some(gateway),
-        _child: None,
+    let bin = match &run.gateway_bin {
+        Some(b) => b.clone(),
+        None => gateway_process::default_bin().context("finding the gateway binary")?,
+    };
+    let process = GatewayProcess::start(&GatewaySpec {
+        bin,
+        trunk: proxy,
+        agent_ws: agent.ws_base_url(),
+        token: run.token.clone(),
+        worker_threads: run.gateway_threads,
     })
-}
-
-fn trunkline_sip_kind() -> trunkline_sip::transaction::TransportKind {
-    trunkline_sip::transaction::TransportKind::Udp
+    .await?;
+    Ok(Target {
+        api: Some(GatewayApi::new(process.http(), run.token.clone())),
+        sip: Some(process.sip()),
+        proc_: GatewayProc::Pid(process.pid()),
+        process: Some(process),
+    })
 }
 
 async fn resolve_http(url: &str) -> anyhow::Result<SocketAddr> {
@@ -734,10 +543,7 @@ async fn run_phase(
     play_bytes: u64,
 ) -> PhaseReport {
     let cfg = &ctx.cfg;
-    let pacing_before = match ctx.target.http {
-        Some(h) => scrape_send_pacing(h, &cfg.token).await,
-        None => None,
-    };
+    let pacing_before = scrape_send_pacing(ctx).await;
     let sem = Arc::new(Semaphore::new(level.concurrency.max(1)));
     let per_call = cfg.ring_time + hold + Duration::from_millis(1500);
     if let Ok(mut t) = ctx.triggers.lock() {
@@ -891,16 +697,13 @@ async fn run_phase(
         .filter_map(|c| key_of(cfg.mode, c).map(|k| (k, c)))
         .collect();
 
-    let pacing_after = match ctx.target.http {
-        Some(h) => scrape_send_pacing(h, &cfg.token).await,
-        None => None,
-    };
+    let pacing_after = scrape_send_pacing(ctx).await;
     let mut report = PhaseReport {
         concurrency: level.concurrency,
         placed: placed.len(),
         gateway_send_pacing: pacing_before
             .zip(pacing_after)
-            .and_then(|(b, a)| send_pacing_between(&b, &a)),
+            .and_then(|(b, a)| prom::send_pacing_between(&b, &a)),
         ..PhaseReport::default()
     };
     // The agent's side of the phase: its connections (one per call, in accept order), keyed like
@@ -939,8 +742,8 @@ async fn run_phase(
                 });
                 // The gateway's own account of the call: did its jitter buffer skip exactly
                 // the missing samples (quiet audio, to shrink its depth)?
-                let dropped = match (ctx.target.http, r.dynamic_variables.get("call_sid")) {
-                    (Some(h), Some(sid)) => gateway_dropped_samples(h, &cfg.token, sid).await,
+                let dropped = match (&ctx.target.api, r.dynamic_variables.get("call_sid")) {
+                    (Some(api), Some(sid)) => gateway_dropped_samples(api, sid).await,
                     _ => None,
                 };
                 let is_accounted = dropped.is_some_and(|d| {
@@ -1134,7 +937,7 @@ async fn run_phase(
     let s = samples.lock().map(|s| s.clone()).unwrap_or_default();
     let mut cpu_sum = 0.0;
     let mut call_seconds = 0.0;
-    let mut peak: Option<(u64, u64, u64)> = None; // (live, rss, recording estimate)
+    let mut peak: Option<(u64, u64)> = None; // (live, rss)
     for w in s.windows(2) {
         let (t0, _, u0, _) = w[0];
         let (t1, live, u1, rec) = w[1];
@@ -1153,8 +956,8 @@ async fn run_phase(
             cpu_sum += gw - idle_cpu_per_s * dt;
             call_seconds += live as f64 * dt;
         }
-        if peak.is_none_or(|(l, _, _)| live >= l) {
-            peak = Some((live, u1.gateway_rss, rec));
+        if peak.is_none_or(|(l, _)| live >= l) {
+            peak = Some((live, u1.gateway_rss));
         }
     }
     if call_seconds > 0.0 {
@@ -1175,20 +978,14 @@ async fn run_phase(
         report.steady_process_cpu_pct =
             Some(steady.iter().map(|x| x.process_cpu_pct).sum::<f64>() / n);
     }
-    if let Some((live, rss, rec)) = peak
+    if let Some((live, rss)) = peak
         && live > 0
         && !matches!(ctx.target.proc_, GatewayProc::Unknown)
     {
         report.peak_live_calls = live;
         report.rss_before_bytes = rss_before;
         report.rss_peak_bytes = rss;
-        let grown = rss.saturating_sub(rss_before);
-        let net = if matches!(ctx.target.proc_, GatewayProc::InProcess) {
-            grown.saturating_sub(rec)
-        } else {
-            grown
-        };
-        report.rss_per_call_bytes = Some(net / live);
+        report.rss_per_call_bytes = Some(rss.saturating_sub(rss_before) / live);
     }
     report
 }
@@ -1278,11 +1075,10 @@ async fn place(ctx: &Ctx, index: u64) -> (Option<u16>, Option<String>) {
             (None, None)
         }
         Mode::Outbound => {
-            let Some(http) = ctx.target.http else {
+            let Some(api) = &ctx.target.api else {
                 return (None, Some("no gateway HTTP address".into()));
             };
-            let body = format!(r#"{{"phoneNumber": "{}"}}"#, number(index));
-            match post(http, "/api/call/outbound", &ctx.cfg.token, &body).await {
+            match api.trigger(&number(index)).await {
                 Ok(200) => (Some(200), None),
                 Ok(s) => (Some(s), Some(format!("HTTP {s}"))),
                 Err(e) => (None, Some(format!("HTTP error: {e}"))),
@@ -1291,148 +1087,14 @@ async fn place(ctx: &Ctx, index: u64) -> (Option<u16>, Option<String>) {
     }
 }
 
-async fn post(addr: SocketAddr, path: &str, token: &str, body: &str) -> std::io::Result<u16> {
-    let text = request(
-        addr,
-        &format!(
-            "POST {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .await?;
-    Ok(text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0))
-}
-
 /// `uplink.dropped_samples` of the gateway's record of call `sid` (`GET /api/calls/{sid}`):
 /// the samples its jitter buffer skipped on purpose.
-async fn gateway_dropped_samples(addr: SocketAddr, token: &str, sid: &str) -> Option<u64> {
-    let req = format!(
-        "GET /api/calls/{sid} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
-    );
-    let text = request(addr, &req).await.ok()?;
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    v["call"]["uplink"]["dropped_samples"].as_u64()
-}
-
-/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`): the raw response, as
-/// much of it as arrived.
-async fn request(addr: SocketAddr, req: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw).await;
-    Ok(String::from_utf8_lossy(&raw).into_owned())
+async fn gateway_dropped_samples(api: &GatewayApi, sid: &str) -> Option<u64> {
+    api.call_record(sid).await?["uplink"]["dropped_samples"].as_u64()
 }
 
 /// The gateway's own send-pacing histogram (`trunkline_rtp_send_pacing_seconds` on
-/// `/metrics`), per bucket; `None` if the gateway does not export it.
-async fn scrape_send_pacing(addr: SocketAddr, token: &str) -> Option<PacingSnapshot> {
-    let req = format!(
-        "GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
-    );
-    parse_send_pacing(&request(addr, &req).await.ok()?)
-}
-
-/// Per-bucket counts from the cumulative Prometheus buckets.
-pub fn parse_send_pacing(text: &str) -> Option<PacingSnapshot> {
-    let mut snap = PacingSnapshot::default();
-    let mut found = 0;
-    let mut prev = 0u64;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("trunkline_rtp_send_pacing_seconds_bucket{le=\"") else {
-            continue;
-        };
-        let (le, value) = rest.split_once("\"} ")?;
-        let cumulative: u64 = value.trim().parse().ok()?;
-        let i = if le == "+Inf" {
-            PACING_BUCKETS_US.len()
-        } else {
-            let secs: f64 = le.parse().ok()?;
-            let us = (secs * 1e6).round() as u64;
-            PACING_BUCKETS_US.iter().position(|b| *b == us)?
-        };
-        snap.counts[i] = cumulative.saturating_sub(prev);
-        prev = cumulative;
-        found += 1;
-    }
-    (found == PACING_BUCKETS_US.len() + 1).then_some(snap)
-}
-
-/// What the gateway measured between two scrapes.
-pub fn send_pacing_between(before: &PacingSnapshot, after: &PacingSnapshot) -> Option<SendPacing> {
-    let mut d = PacingSnapshot::default();
-    for i in 0..d.counts.len() {
-        d.counts[i] = after.counts[i].saturating_sub(before.counts[i]);
-    }
-    let count = d.count();
-    if count == 0 {
-        return None;
-    }
-    let highest = d.counts.iter().rposition(|c| *c > 0);
-    Some(SendPacing {
-        intervals: count,
-        p50_le_us: d.quantile_bound_us(0.5),
-        p90_le_us: d.quantile_bound_us(0.9),
-        p99_le_us: d.quantile_bound_us(0.99),
-        p999_le_us: d.quantile_bound_us(0.999),
-        max_le_us: highest.and_then(|i| PACING_BUCKETS_US.get(i).copied()),
-        over_2ms: d
-            .counts
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| PACING_BUCKETS_US.get(*i).is_none_or(|b| *b > 2_000))
-            .map(|(_, c)| c)
-            .sum(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_gateways_send_pacing_is_read_back_from_its_metrics_text() {
-        let m = trunkline_gateway::metrics::Metrics::default();
-        let text0 = m.render(0, 0);
-        let before = parse_send_pacing(&text0).expect("exported");
-        assert_eq!(before.count(), 0);
-        for us in [50u64, 60, 70, 1_200, 2_500, 30_000] {
-            m.pacing().record(Duration::from_micros(us));
-        }
-        let after = parse_send_pacing(&m.render(0, 0)).expect("exported");
-        assert_eq!(after.counts, m.pacing().snapshot().counts);
-        let p = send_pacing_between(&before, &after).expect("intervals");
-        assert_eq!(p.intervals, 6);
-        assert_eq!(p.p50_le_us, Some(100));
-        assert_eq!(p.max_le_us, Some(40_000));
-        assert_eq!(p.over_2ms, 2);
-        assert!(parse_send_pacing("no such metric").is_none());
-    }
-
-    #[test]
-    fn the_self_started_gateway_takes_trunkline_env_overrides_like_serve() {
-        let proxy: SocketAddr = "127.0.0.1:5060".parse().expect("addr");
-        let base = base_gateway_config(proxy, "ws://127.0.0.1:1");
-        assert_eq!(base.agent.uplink_chunk_ms, 40);
-        let env = [
-            (
-                "TRUNKLINE__AGENT__UPLINK_CHUNK_MS".to_owned(),
-                "100".to_owned(),
-            ),
-            ("PATH".to_owned(), "/bin".to_owned()),
-        ];
-        let cfg = with_env_overrides(base.clone(), env);
-        assert_eq!(cfg.agent.uplink_chunk_ms, 100);
-        // Everything else is the load configuration, untouched.
-        assert_eq!(cfg.trunk.outbound_proxy, base.trunk.outbound_proxy);
-        assert_eq!(cfg.policy, base.policy);
-        // A bad override is ignored, not fatal.
-        let bad = [("TRUNKLINE__NOPE".to_owned(), "1".to_owned())];
-        assert_eq!(with_env_overrides(base.clone(), bad), base);
-    }
+/// `/metrics`), per bucket; `None` if it does not export it.
+async fn scrape_send_pacing(ctx: &Ctx) -> Option<prom::Buckets> {
+    prom::send_pacing(&ctx.target.api.as_ref()?.metrics_text().await?)
 }

@@ -1,5 +1,5 @@
-//! A short load run end to end, as CI runs it: the `trunkline-load` binary starts the gateway (a
-//! child process), the trunk and agent emulators, places 20 outbound calls 10 at a time, and
+//! A short load run end to end, as CI runs it: the `trunkline-load` binary starts the gateway (the
+//! `trunkline` binary, `trunkline serve`, as a child process), the trunk and agent emulators, places 20 outbound calls 10 at a time, and
 //! must report zero failures, zero loss and sample-exact µ-law passthrough; its JSON report must
 //! parse and its HTML report be a self-contained page with plots.
 //!
@@ -11,6 +11,8 @@
 //! must be sample-exact or differ only by a quiet frame the gateway's jitter buffer reports
 //! having skipped to shrink its depth (adaptation to jitter the generator's own phones produce
 //! under load, which the gateway is right to absorb), never by unaccounted loss.
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,10 +35,13 @@ fn run(args: &[&str], name: &str) -> (Value, String, String) {
     let _turn = ONE_LOAD_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let gateway = common::trunkline_bin();
     let dir = out_dir(name);
     let (json, html) = (dir.join("report.json"), dir.join("report.html"));
     let out = Command::new(env!("CARGO_BIN_EXE_trunkline-load"))
         .args(args)
+        .arg("--gateway-bin")
+        .arg(&gateway)
         .arg("--quiet")
         .arg("--json")
         .arg(&json)
@@ -130,6 +135,19 @@ fn twenty_outbound_calls_pass_without_failure_loss_or_altered_audio() {
     );
     assert!(p["samples"].as_array().is_some_and(|s| s.len() >= 10));
     assert_eq!(r["in_process"], false, "the gateway ran as a child process");
+    assert!(
+        r["cpu_method"]
+            .as_str()
+            .is_some_and(|m| m.contains("trunkline serve")),
+        "{r}"
+    );
+    // The gateway's own pacing histogram, scraped from its /metrics before and after.
+    assert!(
+        p["gateway_send_pacing"]["intervals"]
+            .as_u64()
+            .is_some_and(|n| n >= 20 * 150),
+        "{table}"
+    );
     // The page: the summary and inline SVG plots, nothing fetched from elsewhere.
     assert!(page.starts_with("<!DOCTYPE html>"));
     assert!(page.matches("<svg").count() >= 11, "plots in the page");
