@@ -9,7 +9,6 @@
 //! ```
 //! Exit status 0 only if the call was answered and ended cleanly (our BYE answered 2xx, or the far
 //! end's BYE answered by us); 1 otherwise; 2 on bad arguments.
-#![allow(clippy::disallowed_methods)] // the I/O layer owns the clock
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -20,7 +19,7 @@ use trunkline_sip::auth::Credentials;
 use trunkline_sip::message::{Method, NameAddr, Uri};
 use trunkline_sip::sdp::{self, MediaParams, SessionDescription};
 use trunkline_sip::transaction::{IdGen, SplitMix64, TransportKind};
-use trunkline_sip::transport::{TransportConfig, Transports, tls_client_config};
+use trunkline_sip::transport::{TransportConfig, Transports, UaRunner, Wake, tls_client_config};
 use trunkline_sip::ua::{EndReason, InviteParams, Ua, UaConfig, UaEvent, uri_destination};
 
 struct Args {
@@ -87,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+#[allow(clippy::disallowed_methods)] // a seed, not protocol time
 fn seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -182,7 +182,7 @@ async fn run(args: Args) -> Result<(), String> {
             config.tcp = Some(bind);
         }
     }
-    let (transports, mut rx) = Transports::bind(config).await.map_err(|e| e.to_string())?;
+    let (transports, rx) = Transports::bind(config).await.map_err(|e| e.to_string())?;
     let mut ua = Ua::new(
         UaConfig {
             contact_user: "uac".into(),
@@ -200,6 +200,7 @@ async fn run(args: Args) -> Result<(), String> {
         .local_addr(listen_kind)
         .ok_or("no local address")?;
     ua.set_sent_by(transport, local);
+    let mut runner = UaRunner::new(ua, transports, rx);
 
     let media_port = 40000 + (std::process::id() % 10000) as u16 * 2 % 20000;
     let offer = sdp::build_offer(&MediaParams::g711(local.ip(), media_port, seed() >> 16));
@@ -217,9 +218,10 @@ async fn run(args: Args) -> Result<(), String> {
         }),
         _ => None,
     };
-    let start = Instant::now();
+    let start = runner.now();
     let deadline = start + args.timeout;
-    let invite = ua
+    let invite = runner
+        .ua()
         .invite(
             InviteParams {
                 target: args.target.clone(),
@@ -243,47 +245,42 @@ async fn run(args: Args) -> Result<(), String> {
     let mut linger_until: Option<Instant> = None;
     let mut session_version = 1u64;
     loop {
-        while let Some(t) = ua.poll_transmit() {
-            if let Err(e) = transports.send(t).await {
-                eprintln!("send: {e}");
-            }
-        }
+        let now = runner.now();
         if let Some(until) = linger_until
-            && Instant::now() >= until
+            && now >= until
         {
             break;
         }
-        let now = Instant::now();
         if now >= deadline && outcome.is_none() {
             outcome = Some(Err("timed out".into()));
-            linger_until = Some(now);
-            continue;
+            break;
         }
-        let mut wake = ua.poll_timeout().unwrap_or(deadline).min(deadline);
-        if let Some(h) = hangup_at {
-            wake = wake.min(h);
-        }
-        if let Some(l) = linger_until {
-            wake = wake.min(l);
-        }
-        tokio::select! {
-            msg = rx.recv() => {
-                let Some(msg) = msg else { return Err("transport closed".into()) };
-                ua.handle_datagram(msg.data, msg.source, msg.transport, Instant::now());
-            }
-            _ = tokio::time::sleep_until(wake.into()) => {
-                let now = Instant::now();
-                ua.handle_timeout(now);
-                if let (Some(h), Some(d)) = (hangup_at, &dialog) && h <= now {
+        // Our own next deadline: hang-up time, overall timeout, end of linger.
+        let wake = [
+            outcome.is_none().then_some(deadline),
+            hangup_at,
+            linger_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(deadline);
+        let woke = runner
+            .next_event_or(tokio::time::sleep_until(wake.into()))
+            .await;
+        let now = runner.now();
+        match woke {
+            Wake::Closed => return Err("transport closed".into()),
+            Wake::Other(()) => {
+                if let (Some(h), Some(d)) = (hangup_at, &dialog)
+                    && h <= now
+                {
                     hangup_at = None;
                     println!("hanging up");
-                    ua.bye(d, now).map_err(|e| e.to_string())?;
+                    runner.ua().bye(d, now).map_err(|e| e.to_string())?;
                 }
             }
-        }
-        let now = Instant::now();
-        while let Some(ev) = ua.poll_event() {
-            match ev {
+            Wake::Event(ev) => match ev {
                 UaEvent::Response {
                     tx,
                     method: Method::Invite,
@@ -326,7 +323,7 @@ async fn run(args: Args) -> Result<(), String> {
                 }
                 UaEvent::DialogRequest { tx, request, .. } => {
                     // re-INVITE/UPDATE: answer the offer (hold → recvonly etc.); others: 200.
-                    let mut resp = ua.make_response(tx, 200).ok_or("no transaction")?;
+                    let mut resp = runner.ua().make_response(tx, 200).ok_or("no transaction")?;
                     if matches!(request.method, Method::Invite | Method::Update)
                         && !request.body.is_empty()
                     {
@@ -341,11 +338,16 @@ async fn run(args: Args) -> Result<(), String> {
                             Some(a) => {
                                 resp.set_body("application/sdp", Bytes::from(a.sdp.to_string()))
                             }
-                            None => resp = ua.make_response(tx, 488).ok_or("no transaction")?,
+                            None => {
+                                resp = runner.ua().make_response(tx, 488).ok_or("no transaction")?
+                            }
                         }
                     }
                     println!("{} in dialog → {}", request.method, resp.status);
-                    ua.respond(tx, resp, now).map_err(|e| e.to_string())?;
+                    runner
+                        .ua()
+                        .respond(tx, resp, now)
+                        .map_err(|e| e.to_string())?;
                 }
                 UaEvent::DialogTerminated { reason, .. } => {
                     println!("dialog ended: {reason:?}");
@@ -359,13 +361,17 @@ async fn run(args: Args) -> Result<(), String> {
                     }
                 }
                 UaEvent::SessionRefreshDue { dialog: d } => {
-                    let _ = ua.send_in_dialog(&d, Method::Update, None, Vec::new(), now);
+                    let _ = runner
+                        .ua()
+                        .send_in_dialog(&d, Method::Update, None, Vec::new(), now);
                 }
                 _ => {}
-            }
+            },
         }
     }
-    let s = ua.stats();
+    // Send what the last events queued (a final answer, say) before leaving.
+    runner.flush().await;
+    let s = runner.ua().stats();
     if s != Default::default() {
         println!("ua stats: {s:?}");
     }

@@ -7,7 +7,6 @@
 //! ```
 //! `--transport` may be repeated (default udp). `--ring-ms` delays the 200 after the 180 (so a
 //! caller can CANCEL during ringing). Runs until killed.
-#![allow(clippy::disallowed_methods)] // the I/O layer owns the clock
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +17,9 @@ use bytes::Bytes;
 use trunkline_sip::message::{Method, Request};
 use trunkline_sip::sdp::{self, MediaParams, SessionDescription};
 use trunkline_sip::transaction::{IdGen, SplitMix64, TransportKind};
-use trunkline_sip::transport::{TransportConfig, Transports, tls_server_config_from_files};
+use trunkline_sip::transport::{
+    TransportConfig, Transports, UaRunner, Wake, tls_server_config_from_files,
+};
 use trunkline_sip::ua::{Ua, UaConfig, UaEvent};
 
 struct Args {
@@ -70,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+#[allow(clippy::disallowed_methods)] // a seed, not protocol time
 fn seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -79,7 +81,6 @@ fn seed() -> u64 {
 }
 
 struct Uas {
-    ua: Ua,
     media_ip: IpAddr,
     ring: Duration,
     answers: VecDeque<(Instant, trunkline_sip::transaction::TxId)>,
@@ -108,13 +109,13 @@ impl Uas {
         )))
     }
 
-    fn answer_invite(&mut self, tx: trunkline_sip::transaction::TxId, now: Instant) {
-        let Some(request) = self.ua.endpoint().request(tx).cloned() else {
+    fn answer_invite(&mut self, ua: &mut Ua, tx: trunkline_sip::transaction::TxId, now: Instant) {
+        let Some(request) = ua.endpoint().request(tx).cloned() else {
             return;
         };
         let resp = match self.sdp_answer(&request) {
             Ok(body) => {
-                let Some(mut r) = self.ua.make_response(tx, 200) else {
+                let Some(mut r) = ua.make_response(tx, 200) else {
                     return;
                 };
                 if let Some((ct, b)) = body {
@@ -135,24 +136,24 @@ impl Uas {
                 }
                 r
             }
-            Err(status) => match self.ua.make_response(tx, status) {
+            Err(status) => match ua.make_response(tx, status) {
                 Some(r) => r,
                 None => return,
             },
         };
-        if let Err(e) = self.ua.respond(tx, resp, now) {
+        if let Err(e) = ua.respond(tx, resp, now) {
             tracing::debug!(error = %e, "respond");
         }
     }
 
-    fn on_event(&mut self, ev: UaEvent, now: Instant) {
+    fn on_event(&mut self, ua: &mut Ua, ev: UaEvent, now: Instant) {
         match ev {
             UaEvent::IncomingCall { tx, .. } => {
-                if let Some(r) = self.ua.make_response(tx, 180) {
-                    let _ = self.ua.respond(tx, r, now);
+                if let Some(r) = ua.make_response(tx, 180) {
+                    let _ = ua.respond(tx, r, now);
                 }
                 if self.ring.is_zero() {
-                    self.answer_invite(tx, now);
+                    self.answer_invite(ua, tx, now);
                 } else {
                     self.answers.push_back((now + self.ring, tx));
                 }
@@ -163,33 +164,31 @@ impl Uas {
                 request,
                 dialog,
             } => match request.method {
-                Method::Invite => self.answer_invite(tx, now),
-                Method::Update => self.answer_invite(tx, now),
+                Method::Invite => self.answer_invite(ua, tx, now),
+                Method::Update => self.answer_invite(ua, tx, now),
                 Method::Refer => {
-                    if let Some(r) = self.ua.make_response(tx, 202) {
-                        let _ = self.ua.respond(tx, r, now);
+                    if let Some(r) = ua.make_response(tx, 202) {
+                        let _ = ua.respond(tx, r, now);
                     }
                     // We do not place the referred call; report a final 503 (RFC 3515 §2.4.5).
-                    if let Some(d) = self.ua.dialog_mut(&dialog) {
+                    if let Some(d) = ua.dialog_mut(&dialog) {
                         let notify = d.new_refer_notify(503, "Service Unavailable", true);
-                        let _ = self.ua.send_built_in_dialog(&dialog, notify, now);
+                        let _ = ua.send_built_in_dialog(&dialog, notify, now);
                     }
                 }
                 _ => {
-                    if let Some(r) = self.ua.make_response(tx, 200) {
-                        let _ = self.ua.respond(tx, r, now);
+                    if let Some(r) = ua.make_response(tx, 200) {
+                        let _ = ua.respond(tx, r, now);
                     }
                 }
             },
             UaEvent::IncomingRequest { tx, .. } => {
-                if let Some(r) = self.ua.make_response(tx, 200) {
-                    let _ = self.ua.respond(tx, r, now);
+                if let Some(r) = ua.make_response(tx, 200) {
+                    let _ = ua.respond(tx, r, now);
                 }
             }
             UaEvent::SessionRefreshDue { dialog } => {
-                let _ = self
-                    .ua
-                    .send_in_dialog(&dialog, Method::Update, None, Vec::new(), now);
+                let _ = ua.send_in_dialog(&dialog, Method::Update, None, Vec::new(), now);
             }
             _ => {}
         }
@@ -229,7 +228,7 @@ async fn main() -> ExitCode {
             }
         }
     }
-    let (transports, mut rx) = match Transports::bind(config).await {
+    let (transports, rx) = match Transports::bind(config).await {
         Ok(x) => x,
         Err(e) => {
             eprintln!("bind {}: {e}", args.listen);
@@ -241,66 +240,63 @@ async fn main() -> ExitCode {
         user_agent: "trunkline-uas".into(),
         ..UaConfig::default()
     };
-    let mut uas = Uas {
-        ua: Ua::new(ua_config, IdGen::new(Box::new(SplitMix64::new(seed())))),
-        media_ip: args.external.unwrap_or(args.listen.ip()),
-        ring: args.ring,
-        answers: VecDeque::new(),
-        calls: 0,
-    };
+    let mut ua = Ua::new(ua_config, IdGen::new(Box::new(SplitMix64::new(seed()))));
     for t in &args.transports {
         if let Some(hp) = transports.sent_by(*t)
             && let (Some(ip), Some(port)) = (hp.ip(), hp.port)
         {
-            uas.ua.set_sent_by(*t, SocketAddr::new(ip, port));
+            ua.set_sent_by(*t, SocketAddr::new(ip, port));
         }
         if let Some(addr) = transports.local_addr(*t) {
             println!("listening on {t:?} {addr}");
         }
     }
+    let mut runner = UaRunner::new(ua, transports, rx);
+    let mut uas = Uas {
+        media_ip: args.external.unwrap_or(args.listen.ip()),
+        ring: args.ring,
+        answers: VecDeque::new(),
+        calls: 0,
+    };
     let far = Duration::from_secs(3600);
-    let mut next_stats = args.stats_every.map(|d| Instant::now() + d);
+    let mut next_stats = args.stats_every.map(|d| runner.now() + d);
     loop {
-        let now = Instant::now();
-        let mut deadline = uas.ua.poll_timeout().unwrap_or(now + far);
+        // Our own deadlines: the next delayed answer and the next stats line.
+        let mut deadline = runner.now() + far;
         if let Some((at, _)) = uas.answers.front() {
             deadline = deadline.min(*at);
         }
         if let Some(at) = next_stats {
             deadline = deadline.min(at);
         }
-        tokio::select! {
-            msg = rx.recv() => {
-                let Some(msg) = msg else { break };
-                let now = Instant::now();
-                uas.ua.handle_datagram(msg.data, msg.source, msg.transport, now);
-                // Take whatever else is already queued before writing.
-                while let Ok(m) = rx.try_recv() {
-                    uas.ua.handle_datagram(m.data, m.source, m.transport, now);
-                }
-            }
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                let now = Instant::now();
-                uas.ua.handle_timeout(now);
+        let wake = runner
+            .next_event_or(tokio::time::sleep_until(deadline.into()))
+            .await;
+        let now = runner.now();
+        match wake {
+            Wake::Event(ev) => uas.on_event(runner.ua(), ev, now),
+            Wake::Other(()) => {
                 while let Some((at, tx)) = uas.answers.front().copied() {
-                    if at > now { break; }
+                    if at > now {
+                        break;
+                    }
                     uas.answers.pop_front();
-                    uas.answer_invite(tx, now);
+                    uas.answer_invite(runner.ua(), tx, now);
                 }
-                if let (Some(at), Some(every)) = (next_stats, args.stats_every) && at <= now {
-                    println!("ua {:?} tx {:?} dialogs {}", uas.ua.stats(), uas.ua.endpoint().stats(), uas.ua.dialog_count());
+                if let (Some(at), Some(every)) = (next_stats, args.stats_every)
+                    && at <= now
+                {
+                    let ua = runner.ua();
+                    println!(
+                        "ua {:?} tx {:?} dialogs {}",
+                        ua.stats(),
+                        ua.endpoint().stats(),
+                        ua.dialog_count()
+                    );
                     next_stats = Some(now + every);
                 }
             }
-        }
-        let now = Instant::now();
-        while let Some(ev) = uas.ua.poll_event() {
-            uas.on_event(ev, now);
-        }
-        while let Some(t) = uas.ua.poll_transmit() {
-            if let Err(e) = transports.send(t).await {
-                tracing::debug!(error = %e, "send");
-            }
+            Wake::Closed => break,
         }
     }
     ExitCode::SUCCESS
