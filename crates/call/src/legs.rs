@@ -764,12 +764,15 @@ impl Legs {
                 }
             },
             (Method::Notify, Some(l)) => {
-                let waiting = l.refer.as_ref().is_some_and(|r| r.tx.is_none());
-                if waiting
-                    && let Some((code, line)) = parse_sipfrag(&request.body)
+                // The NOTIFY may overtake the 2xx to the REFER (RFC 6665 §4.1.2.4): a final one
+                // settles the transfer whether the REFER was answered yet or not.
+                if let Some((code, line)) = parse_sipfrag(&request.body)
                     && code >= 200
                     && let Some(r) = l.refer.take()
                 {
+                    if let Some(t) = r.tx {
+                        self.by_tx.remove(&t);
+                    }
                     event = Some(SipEvent::TransferResult {
                         tool_call_id: r.tool_call_id,
                         ok: code < 300,
