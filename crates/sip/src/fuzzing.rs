@@ -1,11 +1,17 @@
-//! The bodies of the `sip_message` and `sdp` fuzz targets (`fuzz/fuzz_targets/`), shared with
-//! the stable corpus replay (`tests/fuzz_corpus.rs`) so both exercise exactly the same calls.
+//! The bodies of the `sip_message`, `sdp` and `sip_ua` fuzz targets (`fuzz/fuzz_targets/`),
+//! shared with the stable corpus replays (`tests/fuzz_corpus.rs`, `tests/fuzz_corpus_ua.rs`) so
+//! both exercise exactly the same calls.
 //! They panic on purpose when an invariant breaks: that is what the fuzzer looks for.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::message::{Framing, Message, error_response, frame};
 use crate::sdp::{MediaParams, SessionDescription, answer, build_offer, negotiated};
+use crate::transaction::{IdGen, TransportKind};
+use crate::ua::{Ua, UaConfig};
 
 /// One `sip_message` fuzz input: framing, parse, accessors, validation, error response and
 /// re-serialisation must never panic, and what we print must parse again. Returns whether the
@@ -66,4 +72,37 @@ pub fn sdp(data: &[u8]) -> bool {
     }
     let _ = negotiated(&build_offer(&ours), &sd);
     true
+}
+
+/// One `sip_ua` fuzz input through the UA core and transaction layer: the first byte picks UDP or
+/// TCP, the rest is one datagram, delivered twice (a retransmission, one second apart from `t0`,
+/// the virtual epoch) and followed by every timer until none is left. Returns (messages sent,
+/// events raised). Panics if the timers never run out.
+pub fn sip_ua(data: &[u8], t0: Instant) -> (usize, usize) {
+    let Some((&first, datagram)) = data.split_first() else {
+        return (0, 0);
+    };
+    let transport = if first & 1 == 1 {
+        TransportKind::Tcp
+    } else {
+        TransportKind::Udp
+    };
+    let mut ua = Ua::new(UaConfig::default(), IdGen::seeded(1));
+    ua.set_sent_by(transport, SocketAddr::from(([127, 0, 0, 1], 5060)));
+    let peer = SocketAddr::from(([127, 0, 0, 2], 5062));
+    let (mut sent, mut events) = (0, 0);
+    for at in [t0, t0 + Duration::from_secs(1)] {
+        ua.handle_datagram(Bytes::copy_from_slice(datagram), peer, transport, at);
+        sent += std::iter::from_fn(|| ua.poll_transmit()).count();
+        events += std::iter::from_fn(|| ua.poll_event()).count();
+    }
+    let mut guard = 0;
+    while let Some(at) = ua.poll_timeout() {
+        ua.handle_timeout(at);
+        sent += std::iter::from_fn(|| ua.poll_transmit()).count();
+        events += std::iter::from_fn(|| ua.poll_event()).count();
+        guard += 1;
+        assert!(guard < 10_000, "timers must run out");
+    }
+    (sent, events)
 }
