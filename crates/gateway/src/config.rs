@@ -360,6 +360,23 @@ pub struct PolicySection {
     pub per_ip_per_minute: u32,
     /// Calls per destination number per day.
     pub per_destination_per_day: u32,
+    /// Accept `require_token = false` with neither `pinned_numbers` nor `allowed_prefixes`:
+    /// anyone who can reach the HTTP API may then call any number that is not denied. Refused
+    /// by [`Config::validate`] unless this is set.
+    pub allow_open_trigger_i_accept_toll_fraud_risk: bool,
+}
+
+/// Why an open trigger is refused (the `check-config` text).
+pub const OPEN_TRIGGER: &str = "policy.require_token = false with no policy.pinned_numbers and no \
+policy.allowed_prefixes lets anyone who reaches the HTTP API call any number (toll fraud): \
+require a token, pin the numbers or list allowed prefixes; to run an open trigger anyway set \
+policy.allow_open_trigger_i_accept_toll_fraud_risk = true";
+
+impl PolicySection {
+    /// True when anonymous requests may call any number that is not denied.
+    pub fn open_trigger(&self) -> bool {
+        !self.require_token && self.pinned_numbers.is_empty() && self.allowed_prefixes.is_empty()
+    }
 }
 
 impl Default for PolicySection {
@@ -383,6 +400,7 @@ impl Default for PolicySection {
             calls_per_second: 1.0,
             per_ip_per_minute: 10,
             per_destination_per_day: 10,
+            allow_open_trigger_i_accept_toll_fraud_risk: false,
         }
     }
 }
@@ -606,6 +624,9 @@ impl Config {
                 errs.push(format!("policy prefix {p:?} must be + and digits"));
             }
         }
+        if self.policy.open_trigger() && !self.policy.allow_open_trigger_i_accept_toll_fraud_risk {
+            errs.push(OPEN_TRIGGER.into());
+        }
         if self.policy.max_concurrent_calls == 0 {
             errs.push("policy.max_concurrent_calls must be at least 1".into());
         }
@@ -734,6 +755,15 @@ impl Config {
             self.policy.per_ip_per_minute,
             self.policy.per_destination_per_day
         );
+        if self.policy.open_trigger() {
+            let _ = writeln!(
+                w,
+                "WARNING: OPEN TRIGGER: no token required and no destination restriction; anyone \
+who reaches {} may call any number not denied, at your expense \
+(policy.allow_open_trigger_i_accept_toll_fraud_risk = true)",
+                self.http.listen
+            );
+        }
         let _ = writeln!(w, "Records: {}", self.records.database_url);
         s
     }
@@ -834,6 +864,36 @@ mod tests {
                 && err.contains("send_delay_ms"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_open_trigger_is_a_config_error_unless_loudly_accepted() {
+        let open = "[policy]\nrequire_token = false\n";
+        let cfg = Config::from_toml_and_env(open, []).expect("parses");
+        let err = cfg.validate().expect_err("open trigger refused").to_string();
+        assert!(
+            err.contains("toll fraud")
+                && err.contains("policy.allow_open_trigger_i_accept_toll_fraud_risk = true"),
+            "{err}"
+        );
+        // Any one restriction closes it.
+        for restricted in [
+            "[policy]\nrequire_token = false\npinned_numbers = [\"+33612345678\"]\n",
+            "[policy]\nrequire_token = false\nallowed_prefixes = [\"+33\"]\n",
+            "[policy]\nrequire_token = true\n",
+        ] {
+            let cfg = Config::from_toml_and_env(restricted, []).expect("parses");
+            assert!(cfg.validate().is_ok(), "{restricted}");
+            assert!(!cfg.explain(&Secrets::default()).contains("OPEN TRIGGER"));
+        }
+        // The override is accepted, and check-config says it loudly.
+        let cfg = Config::from_toml_and_env(
+            "[policy]\nrequire_token = false\nallow_open_trigger_i_accept_toll_fraud_risk = true\n",
+            [],
+        )
+        .expect("parses");
+        cfg.validate().expect("explicitly accepted");
+        assert!(cfg.explain(&Secrets::default()).contains("WARNING: OPEN TRIGGER"));
     }
 
     #[test]
