@@ -184,24 +184,32 @@ fn with_cors(mut resp: Response, origin: Option<&HeaderValue>) -> Response {
     resp
 }
 
+/// The token a request presents: `Authorization: Bearer <token>` (scheme case-insensitive), else
+/// `xi-api-key: <token>` (ElevenLabs' shape). `None` without credentials; `Some("")` when
+/// credentials are present but are not exactly one non-empty bearer token (`Basic …`,
+/// `Negotiate …`, `Bearer ` alone, spaces inside, not ASCII): never valid.
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        if let Some(t) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-        {
-            return Some(t.trim().to_owned());
+    fn one_token(s: &str) -> String {
+        let s = s.trim();
+        if s.is_empty() || !s.chars().all(|c| c.is_ascii_graphic()) {
+            String::new()
+        } else {
+            s.to_owned()
         }
-        return Some(String::new()); // present but not a bearer token: never matches
+    }
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let Ok(v) = v.to_str() else {
+            return Some(String::new());
+        };
+        let v = v.trim();
+        return Some(match v.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => one_token(rest),
+            _ => String::new(),
+        });
     }
     headers
         .get("xi-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_owned())
+        .map(|v| v.to_str().map(one_token).unwrap_or_default())
 }
 
 /// The `Origin` header if present: `Ok(Some)` when allowed, `Err` (403) when not.

@@ -498,29 +498,77 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
+/// Shortest API token accepted (`TRUNKLINE_API_TOKEN`), in characters.
+pub const MIN_API_TOKEN_LEN: usize = 16;
+
 impl Secrets {
-    /// Read from an environment (a closure, so tests need not touch the process's).
-    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Self {
+    /// Read from an environment (a closure, so tests need not touch the process's). API tokens
+    /// are checked here, at start: an empty or short token, a token with spaces or control
+    /// characters, or a name used twice is an error that names the token by its name (never by
+    /// its value) and says the minimum length ([`MIN_API_TOKEN_LEN`]).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let api_tokens = non_empty("TRUNKLINE_API_TOKEN")
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(|t| match t.split_once(':') {
-                        Some((name, tok)) => (name.to_owned(), tok.to_owned()),
-                        None => ("default".to_owned(), t.to_owned()),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Secrets {
+        let api_tokens = match get("TRUNKLINE_API_TOKEN") {
+            None => Vec::new(),
+            Some(v) => parse_api_tokens(&v).map_err(|e| ConfigError::Invalid(vec![e]))?,
+        };
+        Ok(Secrets {
             elevenlabs_api_key: non_empty("ELEVENLABS_API_KEY"),
             trunk_password: non_empty("TRUNKLINE_TRUNK_PASSWORD"),
             api_tokens,
             webhook_secret: non_empty("TRUNKLINE_WEBHOOK_SECRET"),
-        }
+        })
     }
+}
+
+/// `name:token,name2:token2` (a bare token is named `default`), every token at least
+/// [`MIN_API_TOKEN_LEN`] visible ASCII characters. Errors never contain a token.
+pub fn parse_api_tokens(v: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    if v.trim().is_empty() {
+        return Err(
+            "TRUNKLINE_API_TOKEN is set but empty (unset it, or give name:token pairs)".into(),
+        );
+    }
+    for (i, entry) in v.split(',').map(str::trim).enumerate() {
+        let (name, tok) = match entry.split_once(':') {
+            Some((name, tok)) => (name.trim(), tok.trim()),
+            None => ("default", entry),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "TRUNKLINE_API_TOKEN entry {}: the name must be letters, digits, '-', '_' or '.'",
+                i + 1
+            ));
+        }
+        if tok.chars().count() < MIN_API_TOKEN_LEN {
+            return Err(format!(
+                "TRUNKLINE_API_TOKEN: token {name:?} is empty or shorter than \
+                 {MIN_API_TOKEN_LEN} characters (the minimum; use a random string)"
+            ));
+        }
+        if !tok.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(format!(
+                "TRUNKLINE_API_TOKEN: token {name:?} must be visible ASCII characters without spaces"
+            ));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!(
+                "TRUNKLINE_API_TOKEN: the name {name:?} is used twice"
+            ));
+        }
+        if out.iter().any(|(_, t)| t == tok) {
+            return Err(format!(
+                "TRUNKLINE_API_TOKEN: token {name:?} is the same as another token"
+            ));
+        }
+        out.push((name.to_owned(), tok.to_owned()));
+    }
+    Ok(out)
 }
 
 impl Config {
@@ -870,7 +918,10 @@ mod tests {
     fn an_open_trigger_is_a_config_error_unless_loudly_accepted() {
         let open = "[policy]\nrequire_token = false\n";
         let cfg = Config::from_toml_and_env(open, []).expect("parses");
-        let err = cfg.validate().expect_err("open trigger refused").to_string();
+        let err = cfg
+            .validate()
+            .expect_err("open trigger refused")
+            .to_string();
         assert!(
             err.contains("toll fraud")
                 && err.contains("policy.allow_open_trigger_i_accept_toll_fraud_risk = true"),
@@ -893,22 +944,67 @@ mod tests {
         )
         .expect("parses");
         cfg.validate().expect("explicitly accepted");
-        assert!(cfg.explain(&Secrets::default()).contains("WARNING: OPEN TRIGGER"));
+        assert!(
+            cfg.explain(&Secrets::default())
+                .contains("WARNING: OPEN TRIGGER")
+        );
     }
 
     #[test]
     fn secrets_come_from_the_environment_and_never_print() {
         let s = Secrets::from_env(|k| match k {
-            "TRUNKLINE_API_TOKEN" => Some("widget:abc, backend:def".into()),
+            "TRUNKLINE_API_TOKEN" => {
+                Some("widget:abcabcabcabcabcabc, backend:defdefdefdefdefdef".into())
+            }
             "ELEVENLABS_API_KEY" => Some("xi-secret".into()),
             _ => None,
-        });
+        })
+        .expect("valid");
         assert_eq!(s.api_tokens.len(), 2);
-        assert_eq!(s.api_tokens[1], ("backend".into(), "def".into()));
+        assert_eq!(
+            s.api_tokens[1],
+            ("backend".into(), "defdefdefdefdefdef".into())
+        );
         let shown = format!("{s:?}");
         assert!(
             !shown.contains("xi-secret") && !shown.contains("abc"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn empty_short_or_odd_api_tokens_are_refused_at_start() {
+        let env =
+            |v: &'static str| move |k: &str| (k == "TRUNKLINE_API_TOKEN").then(|| v.to_owned());
+        for bad in [
+            "backend:",
+            "backend: ",
+            "",
+            " ",
+            "backend:shorttok",
+            "shorttok",
+            "backend:0123456789abcdef,",
+            "backend:0123456789abcdef,:0123456789abcdeX",
+            "backend:0123456789 abcdef",
+            "a:0123456789abcdef,a:0123456789abcdeX",
+            "a:0123456789abcdef,b:0123456789abcdef",
+        ] {
+            let err = Secrets::from_env(env(bad)).expect_err(bad).to_string();
+            assert!(err.contains("TRUNKLINE_API_TOKEN"), "{bad}: {err}");
+            assert!(!err.contains("shorttok") && !err.contains("0123"), "{err}");
+        }
+        let err = Secrets::from_env(env("backend:")).expect_err("empty");
+        assert!(err.to_string().contains("16 characters"), "{err}");
+        let ok = Secrets::from_env(env("0123456789abcdef")).expect("16 is enough");
+        assert_eq!(
+            ok.api_tokens,
+            vec![("default".into(), "0123456789abcdef".into())]
+        );
+        assert!(
+            Secrets::from_env(|_| None)
+                .expect("unset")
+                .api_tokens
+                .is_empty()
         );
     }
 }

@@ -21,6 +21,8 @@ use std::time::Instant;
 use ipnet::IpNet;
 
 use phonenumber::{Mode, Type as PhoneNumberType};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::config::{PolicySection, Secrets};
 
@@ -160,7 +162,9 @@ const MAX_BUCKETS: usize = 50_000;
 pub struct Policy {
     cfg: PolicySection,
     origins: Vec<String>,
-    tokens: Vec<(String, String)>,
+    /// Token names and the SHA-256 of each token (compared in constant time, whatever their
+    /// lengths).
+    tokens: Vec<(String, [u8; 32])>,
     ip_buckets: HashMap<IpAddr, Bucket>,
     token_buckets: HashMap<String, Bucket>,
     cps: Option<Bucket>,
@@ -175,7 +179,14 @@ impl Policy {
         Policy {
             cfg,
             origins: allowed_origins,
-            tokens: secrets.api_tokens.clone(),
+            // An empty token can never authenticate (`Secrets::from_env` refuses it at start;
+            // this guards secrets built in code).
+            tokens: secrets
+                .api_tokens
+                .iter()
+                .filter(|(_, t)| !t.is_empty())
+                .map(|(n, t)| (n.clone(), token_digest(t)))
+                .collect(),
             ip_buckets: HashMap::new(),
             token_buckets: HashMap::new(),
             cps: None,
@@ -189,18 +200,27 @@ impl Policy {
         !self.cfg.pinned_numbers.is_empty() || !self.cfg.allowed_prefixes.is_empty()
     }
 
-    /// Step 1: who is this? Tokens are compared in constant time.
+    /// Step 1: who is this? `bearer` is the token the request presented (`Some("")` when it
+    /// presented credentials that are not a bearer token: never valid). Tokens are compared in
+    /// constant time: SHA-256 of both sides, every configured token compared.
     pub fn authenticate(
         &self,
         bearer: Option<&str>,
         origin: Option<&str>,
     ) -> Result<Client, Refusal> {
         if let Some(given) = bearer {
-            return self
-                .tokens
-                .iter()
-                .find(|(_, t)| constant_time_eq(t.as_bytes(), given.as_bytes()))
-                .map(|(name, _)| Client::Token(name.clone()))
+            if given.is_empty() {
+                return Err(Refusal::Unauthorized);
+            }
+            let given = token_digest(given);
+            let mut found: Option<&String> = None;
+            for (name, digest) in &self.tokens {
+                if bool::from(digest.ct_eq(&given)) {
+                    found = Some(name);
+                }
+            }
+            return found
+                .map(|name| Client::Token(name.clone()))
                 .ok_or(Refusal::Unauthorized);
         }
         if let Some(o) = origin
@@ -347,11 +367,8 @@ impl Policy {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// One entry of `trunk.inbound_allowed_sources`: an address (`192.0.2.7`, `::1`) or a network
@@ -471,6 +488,27 @@ mod tests {
         assert_eq!(
             pinned.authenticate(None, Some("https://evil.example")),
             Err(Refusal::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn an_empty_token_never_authenticates() {
+        let secrets = Secrets {
+            api_tokens: vec![
+                ("empty".into(), String::new()),
+                ("backend".into(), "s3cret".into()),
+            ],
+            ..Secrets::default()
+        };
+        let p = Policy::new(PolicySection::default(), Vec::new(), &secrets);
+        assert_eq!(p.authenticate(Some(""), None), Err(Refusal::Unauthorized));
+        assert_eq!(
+            p.authenticate(Some("s3cre"), None),
+            Err(Refusal::Unauthorized)
+        );
+        assert_eq!(
+            p.authenticate(Some("s3cret"), None),
+            Ok(Client::Token("backend".into()))
         );
     }
 

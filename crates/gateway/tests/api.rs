@@ -68,12 +68,16 @@ struct Server {
 }
 
 async fn serve(f: impl FnOnce(&mut PolicySection)) -> Server {
-    let mut cfg = PolicySection::default();
-    f(&mut cfg);
     let secrets = Secrets {
         api_tokens: vec![("backend".into(), "s3cret-token".into())],
         ..Secrets::default()
     };
+    serve_with(secrets, f).await
+}
+
+async fn serve_with(secrets: Secrets, f: impl FnOnce(&mut PolicySection)) -> Server {
+    let mut cfg = PolicySection::default();
+    f(&mut cfg);
     let calls = Arc::new(Recorder::default());
     let state = Arc::new(ApiState {
         policy: Mutex::new(Policy::new(cfg, vec![WIDGET.into()], &secrets)),
@@ -309,6 +313,53 @@ async fn every_refusal_has_its_status_and_stable_message_and_places_nothing() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(srv.calls.placed.lock().expect("lock").len(), 1);
+}
+
+#[tokio::test]
+async fn only_a_bearer_token_authenticates_even_with_an_empty_token_configured() {
+    // `TRUNKLINE_API_TOKEN="backend:"` is refused at start; a Policy built in code with an empty
+    // token must still let nothing in with empty or non-bearer credentials.
+    let secrets = Secrets {
+        api_tokens: vec![
+            ("empty".into(), String::new()),
+            ("backend".into(), "s3cret-token".into()),
+        ],
+        ..Secrets::default()
+    };
+    let srv = serve_with(secrets, |c| c.calls_per_second = 100.0).await;
+    let body = r#"{"phoneNumber": "+33612345678"}"#;
+    for auth in [
+        ("Authorization", "Basic YWRtaW46YWRtaW4="),
+        ("Authorization", "Negotiate x"),
+        ("Authorization", "Bearer "),
+        ("Authorization", "Bearer"),
+        ("Authorization", "Bearer s3cret-token extra"),
+        ("Authorization", "Token s3cret-token"),
+        ("Authorization", "s3cret-token"),
+        ("xi-api-key", ""),
+        ("xi-api-key", " "),
+    ] {
+        let r = post_json(srv.addr, "/api/call/outbound", &[auth], body).await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (401, "Unauthorized"),
+            "{auth:?}"
+        );
+        let r = http(srv.addr, "GET", "/api/calls", &[auth], b"").await;
+        assert_eq!(r.status, 401, "GET /api/calls with {auth:?}");
+    }
+    assert!(srv.calls.placed.lock().expect("lock").is_empty());
+    // The real token, in either case of the scheme, still works.
+    for auth in ["Bearer s3cret-token", "bearer s3cret-token"] {
+        let r = post_json(
+            srv.addr,
+            "/api/call/outbound",
+            &[("Authorization", auth)],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{auth}: {}", r.body);
+    }
 }
 
 #[tokio::test]

@@ -690,7 +690,11 @@ fn check_config_reports_what_the_gateway_would_refuse_at_start() {
             "[trunk]\ninbound_allowed_sources = [\"10.0.0.0/33\"]\n",
             "trunk.inbound_allowed_sources",
         ),
-        ("transport", "[trunk]\ntransport = \"sctp\"\n", "unknown variant"),
+        (
+            "transport",
+            "[trunk]\ntransport = \"sctp\"\n",
+            "unknown variant",
+        ),
         ("codec", "[trunk]\ncodecs = [\"G729\"]\n", "unknown variant"),
     ] {
         let path = dir.0.join(format!("{name}.toml"));
