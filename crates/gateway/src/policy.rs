@@ -6,7 +6,8 @@
 //! 1. authentication — a bearer token, or (for a public browser widget) an allowed `Origin`
 //!    together with a restricted destination policy (pinned numbers or an allowlist) → 401
 //!    `Unauthorized`;
-//! 2. per-client rate limit (per IP, and per token) → 429 `Too many requests`;
+//! 2. per-client rate limit (per token for token clients, at ten times the per-IP rate; per IP
+//!    for everyone else) → 429 `Too many requests`;
 //! 3. the number: present (400 `Phone number is required`), E.164 after normalisation with
 //!    libphonenumber metadata (400 `Invalid phone number`);
 //! 4. destination policy — pinned numbers, allowlist, denylist, premium-rate and shared-cost
@@ -154,6 +155,9 @@ impl Bucket {
     }
 }
 
+/// A token client's request rate, in multiples of `per_ip_per_minute`.
+pub const TOKEN_RATE_FACTOR: f64 = 10.0;
+
 /// Most client buckets kept before idle ones are pruned.
 const MAX_BUCKETS: usize = 50_000;
 
@@ -245,9 +249,25 @@ impl Policy {
             .any(|o| o.trim_end_matches('/') == origin.trim_end_matches('/'))
     }
 
-    /// Step 2: per-IP and per-token request rate.
+    /// Step 2: request rate. A token client (a server) is counted per token at ten times
+    /// `per_ip_per_minute`, whatever its address (a backend behind one NAT address is not held
+    /// to a browser's rate); every other client per IP at `per_ip_per_minute`.
     pub fn rate_limit(&mut self, ip: IpAddr, client: &Client, now: Instant) -> Result<(), Refusal> {
         let per_min = f64::from(self.cfg.per_ip_per_minute.max(1));
+        if let Client::Token(name) = client {
+            let cap = per_min * TOKEN_RATE_FACTOR;
+            // One bucket per configured token: the table is bounded by the configuration.
+            let b = self.token_buckets.entry(name.clone()).or_insert(Bucket {
+                tokens: cap,
+                last: now,
+            });
+            return b
+                .take(cap, cap / 60.0, now)
+                .map_err(|retry_after| Refusal::RateLimited {
+                    limit: "per_token",
+                    retry_after,
+                });
+        }
         if self.ip_buckets.len() >= MAX_BUCKETS {
             self.ip_buckets
                 .retain(|_, b| !b.is_full(per_min, per_min / 60.0, now));
@@ -266,21 +286,7 @@ impl Policy {
             .map_err(|retry_after| Refusal::RateLimited {
                 limit: "per_ip",
                 retry_after,
-            })?;
-        if let Client::Token(name) = client {
-            // A token is a server: allow it ten times an IP's rate.
-            let cap = per_min * 10.0;
-            let b = self.token_buckets.entry(name.clone()).or_insert(Bucket {
-                tokens: cap,
-                last: now,
-            });
-            b.take(cap, cap / 60.0, now)
-                .map_err(|retry_after| Refusal::RateLimited {
-                    limit: "per_token",
-                    retry_after,
-                })?;
-        }
-        Ok(())
+            })
     }
 
     /// Steps 3–4: the number and where it goes. With pinned numbers and no number given, the
@@ -576,6 +582,46 @@ mod tests {
         );
         assert!(
             p.rate_limit(ip, &Client::Anonymous, t0 + Duration::from_secs(20))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn token_clients_get_ten_times_the_per_ip_rate_and_anonymous_clients_do_not() {
+        let mut p = policy(|c| c.per_ip_per_minute = 10);
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let t0 = Instant::now();
+        let token = Client::Token("backend".into());
+        for i in 0..100 {
+            assert!(p.rate_limit(ip, &token, t0).is_ok(), "token request {i}");
+        }
+        assert_eq!(
+            p.rate_limit(ip, &token, t0),
+            Err(Refusal::RateLimited {
+                limit: "per_token",
+                retry_after: 1
+            })
+        );
+        // The token's use does not eat the address's budget, nor the reverse.
+        for i in 0..10 {
+            assert!(p.rate_limit(ip, &Client::Anonymous, t0).is_ok(), "anon {i}");
+        }
+        assert!(matches!(
+            p.rate_limit(ip, &Client::Anonymous, t0),
+            Err(Refusal::RateLimited {
+                limit: "per_ip",
+                ..
+            })
+        ));
+        let widget = Client::Origin("https://shop.example".into());
+        let other: IpAddr = "192.0.2.9".parse().expect("ip");
+        for _ in 0..10 {
+            assert!(p.rate_limit(other, &widget, t0).is_ok());
+        }
+        assert!(p.rate_limit(other, &widget, t0).is_err(), "widget: per IP");
+        // 1.67 tokens per second refill.
+        assert!(
+            p.rate_limit(ip, &token, t0 + Duration::from_secs(1))
                 .is_ok()
         );
     }

@@ -364,32 +364,48 @@ async fn only_a_bearer_token_authenticates_even_with_an_empty_token_configured()
 
 #[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
+    // per_ip_per_minute = 2: a token client gets 20 a minute, a widget (no token) 2 per IP.
     let srv = serve(|c| {
         c.per_ip_per_minute = 2;
         c.calls_per_second = 100.0;
+        c.allowed_prefixes = vec!["+33".into()];
     })
     .await;
-    let ok = post_json(
-        srv.addr,
-        "/api/call/outbound",
-        &[TOKEN],
-        r#"{"to": "+33612345678"}"#,
-    )
-    .await;
-    assert_eq!(ok.status, 200);
-    let ok = post_json(
-        srv.addr,
-        "/api/call/outbound",
-        &[TOKEN],
-        r#"{"to": "+33612345679"}"#,
-    )
-    .await;
-    assert_eq!(ok.status, 200, "{}", ok.body);
+    for i in 0..20 {
+        let ok = post_json(
+            srv.addr,
+            "/api/call/outbound",
+            &[TOKEN],
+            &format!(r#"{{"to": "+336123456{i:02}"}}"#),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "token request {i}: {}", ok.body);
+    }
     let r = post_json(
         srv.addr,
         "/api/call/outbound",
         &[TOKEN],
         r#"{"to": "+33612345670"}"#,
+    )
+    .await;
+    assert_eq!((r.status, r.error().as_str()), (429, "Too many requests"));
+    assert_eq!(r.headers["retry-after"], "3");
+    // The widget from the same address still has its own two.
+    for i in 0..2 {
+        let ok = post_json(
+            srv.addr,
+            "/api/call/outbound",
+            &[("Origin", WIDGET)],
+            &format!(r#"{{"to": "+336123457{i:02}"}}"#),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "widget request {i}: {}", ok.body);
+    }
+    let r = post_json(
+        srv.addr,
+        "/api/call/outbound",
+        &[("Origin", WIDGET)],
+        r#"{"to": "+33612345799"}"#,
     )
     .await;
     assert_eq!((r.status, r.error().as_str()), (429, "Too many requests"));
