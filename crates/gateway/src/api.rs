@@ -310,16 +310,26 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn validate_variables(vars: &BTreeMap<String, Value>) -> Result<(), &'static str> {
-    if vars.len() > 64 {
+/// Most dynamic variables in one request.
+pub const MAX_VARIABLES: usize = 64;
+/// Longest dynamic variable name, bytes.
+pub const MAX_VARIABLE_NAME: usize = 64;
+/// Longest dynamic variable string value, characters.
+pub const MAX_VARIABLE_VALUE: usize = 1024;
+/// Longest `first_message`, characters.
+pub const MAX_FIRST_MESSAGE: usize = 2000;
+
+/// The shape and size of a request's dynamic variables (stable messages, 400).
+pub fn validate_variables(vars: &BTreeMap<String, Value>) -> Result<(), &'static str> {
+    if vars.len() > MAX_VARIABLES {
         return Err("Too many dynamic variables");
     }
     for (k, v) in vars {
-        if k.is_empty() || k.len() > 64 {
+        if k.is_empty() || k.len() > MAX_VARIABLE_NAME {
             return Err("Invalid dynamic variable name");
         }
         match v {
-            Value::String(s) if s.len() <= 1024 => {}
+            Value::String(s) if s.chars().count() <= MAX_VARIABLE_VALUE => {}
             Value::Number(_) | Value::Bool(_) => {}
             _ => return Err("Dynamic variables must be strings, numbers or booleans"),
         }
@@ -347,7 +357,10 @@ async fn trigger(
     if let Err(msg) = validate_variables(&dynamic_variables) {
         return Err(with_cors(error(StatusCode::BAD_REQUEST, msg), origin));
     }
-    if first_message.as_ref().is_some_and(|m| m.len() > 2000) {
+    if first_message
+        .as_ref()
+        .is_some_and(|m| m.chars().count() > MAX_FIRST_MESSAGE)
+    {
         return Err(with_cors(
             error(StatusCode::BAD_REQUEST, "first_message is too long"),
             origin,
@@ -366,6 +379,13 @@ async fn trigger(
             .map_err(|r| refusal(state, &r, origin))?;
         policy
             .rate_limit(peer.ip(), &client, now)
+            .map_err(|r| refusal(state, &r, origin))?;
+        policy
+            .request_content(
+                &client,
+                dynamic_variables.keys().map(String::as_str),
+                first_message.is_some(),
+            )
             .map_err(|r| refusal(state, &r, origin))?;
         let dest = policy
             .destination(number.as_deref())

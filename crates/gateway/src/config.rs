@@ -295,8 +295,14 @@ pub struct AgentSection {
     pub transfer_enabled: bool,
     /// Prefixes `transfer_call` may reach (empty = any, when enabled).
     pub transfer_allow_prefixes: Vec<String>,
-    /// Dynamic variables sent with every conversation (the call's own are added).
+    /// Dynamic variables sent with every conversation (the call's own are added). A trigger
+    /// request can never override them.
     pub dynamic_variables: BTreeMap<String, String>,
+    /// Dynamic variables a trigger request without a token (browser widget) may set; a token
+    /// client may set any key that is neither the operator's nor the call's own.
+    pub request_variables: Vec<String>,
+    /// Whether a trigger request without a token may set the agent's `first_message`.
+    pub allow_request_first_message: bool,
 }
 
 impl Default for AgentSection {
@@ -313,6 +319,8 @@ impl Default for AgentSection {
             transfer_enabled: false,
             transfer_allow_prefixes: Vec::new(),
             dynamic_variables: BTreeMap::new(),
+            request_variables: Vec::new(),
+            allow_request_first_message: false,
         }
     }
 }
@@ -657,6 +665,21 @@ impl Config {
         if !(20..=100).contains(&self.agent.uplink_chunk_ms) {
             errs.push("agent.uplink_chunk_ms must be 20–100".into());
         }
+        for k in &self.agent.request_variables {
+            if crate::policy::CALL_VARIABLES.contains(&k.as_str())
+                || self.agent.dynamic_variables.contains_key(k)
+            {
+                errs.push(format!(
+                    "agent.request_variables: {k:?} is the call's own or an operator's variable \
+                     (those always win; a request cannot set them)"
+                ));
+            } else if k.is_empty() || k.len() > crate::api::MAX_VARIABLE_NAME {
+                errs.push(format!(
+                    "agent.request_variables: {k:?} must be 1–{} characters",
+                    crate::api::MAX_VARIABLE_NAME
+                ));
+            }
+        }
         for n in &self.policy.pinned_numbers {
             if !is_e164(n) {
                 errs.push(format!("policy.pinned_numbers: {n:?} is not E.164"));
@@ -948,6 +971,23 @@ mod tests {
             cfg.explain(&Secrets::default())
                 .contains("WARNING: OPEN TRIGGER")
         );
+    }
+
+    #[test]
+    fn request_variables_cannot_name_the_operators_or_the_calls_own() {
+        for bad in [
+            "[agent]\nrequest_variables = [\"caller_id\"]\n",
+            "[agent]\nrequest_variables = [\"tier\"]\n[agent.dynamic_variables]\ntier = \"gold\"\n",
+            "[agent]\nrequest_variables = [\"\"]\n",
+        ] {
+            let cfg = Config::from_toml_and_env(bad, []).expect("parses");
+            let err = cfg.validate().expect_err(bad).to_string();
+            assert!(err.contains("agent.request_variables"), "{err}");
+        }
+        let cfg =
+            Config::from_toml_and_env("[agent]\nrequest_variables = [\"customer_name\"]\n", [])
+                .expect("parses");
+        cfg.validate().expect("valid");
     }
 
     #[test]

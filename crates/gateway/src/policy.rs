@@ -47,6 +47,12 @@ pub enum Refusal {
     },
     /// 503.
     AtCapacity,
+    /// 403: the request sets a dynamic variable this client may not set (the operator's, the
+    /// call's own, or, without a token, one not in `agent.request_variables`).
+    VariableNotAllowed,
+    /// 403: a `first_message` from a client without a token, not allowed by
+    /// `agent.allow_request_first_message`.
+    FirstMessageNotAllowed,
 }
 
 impl Refusal {
@@ -55,7 +61,9 @@ impl Refusal {
         match self {
             Refusal::MissingNumber | Refusal::InvalidNumber => 400,
             Refusal::Unauthorized => 401,
-            Refusal::DestinationNotAllowed(_) => 403,
+            Refusal::DestinationNotAllowed(_)
+            | Refusal::VariableNotAllowed
+            | Refusal::FirstMessageNotAllowed => 403,
             Refusal::RateLimited { .. } => 429,
             Refusal::AtCapacity => 503,
         }
@@ -70,6 +78,8 @@ impl Refusal {
             Refusal::DestinationNotAllowed(_) => "Destination not allowed",
             Refusal::RateLimited { .. } => "Too many requests",
             Refusal::AtCapacity => "At capacity",
+            Refusal::VariableNotAllowed => "Dynamic variable not allowed",
+            Refusal::FirstMessageNotAllowed => "first_message not allowed",
         }
     }
 
@@ -82,6 +92,8 @@ impl Refusal {
             Refusal::DestinationNotAllowed(why) => why,
             Refusal::RateLimited { limit, .. } => limit,
             Refusal::AtCapacity => "at_capacity",
+            Refusal::VariableNotAllowed => "request_variable_not_allowed",
+            Refusal::FirstMessageNotAllowed => "first_message_not_allowed",
         }
     }
 }
@@ -95,6 +107,57 @@ pub enum Client {
     Origin(String),
     /// Tokens are not required and none was given.
     Anonymous,
+}
+
+/// The dynamic variables every call sets itself (they always win over a request's).
+pub const CALL_VARIABLES: [&str; 5] = [
+    "call_sid",
+    "called_number",
+    "caller_id",
+    "direction",
+    "twilio_call_sid",
+];
+
+/// What a trigger request may carry for the agent (`[agent]` `request_variables`,
+/// `allow_request_first_message`, and the keys of `[agent.dynamic_variables]`).
+///
+/// - The operator's variables and the call's own ([`CALL_VARIABLES`]) always win: a request
+///   naming one of them is refused, whoever sends it.
+/// - A token client (the operator's backend) may add any other key.
+/// - A client without a token (browser widget, anonymous) may add only the keys in
+///   `request_variables` (none by default), and a `first_message` only with
+///   `allow_request_first_message`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestRules {
+    /// Keys a client without a token may set.
+    pub anonymous_variables: Vec<String>,
+    /// Whether a client without a token may set `first_message`.
+    pub anonymous_first_message: bool,
+    /// The operator's keys (`[agent.dynamic_variables]`); the call's own are always reserved.
+    pub operator_variables: Vec<String>,
+}
+
+impl RequestRules {
+    /// Whether `client` may send these variable names and (if `first_message`) a first message.
+    pub fn check<'a>(
+        &self,
+        client: &Client,
+        mut keys: impl Iterator<Item = &'a str>,
+        first_message: bool,
+    ) -> Result<(), Refusal> {
+        let token = matches!(client, Client::Token(_));
+        if keys.any(|k| {
+            CALL_VARIABLES.contains(&k)
+                || self.operator_variables.iter().any(|o| o == k)
+                || (!token && !self.anonymous_variables.iter().any(|a| a == k))
+        }) {
+            return Err(Refusal::VariableNotAllowed);
+        }
+        if first_message && !token && !self.anonymous_first_message {
+            return Err(Refusal::FirstMessageNotAllowed);
+        }
+        Ok(())
+    }
 }
 
 /// A normalised destination.
@@ -173,6 +236,7 @@ pub struct Policy {
     token_buckets: HashMap<String, Bucket>,
     cps: Option<Bucket>,
     daily: HashMap<String, (u64, u32)>,
+    request: RequestRules,
 }
 
 impl Policy {
@@ -195,7 +259,25 @@ impl Policy {
             token_buckets: HashMap::new(),
             cps: None,
             daily: HashMap::new(),
+            request: RequestRules::default(),
         }
+    }
+
+    /// What trigger requests may carry for the agent (default: nothing from a client without a
+    /// token, and never the call's own variables).
+    pub fn with_request_rules(mut self, rules: RequestRules) -> Self {
+        self.request = rules;
+        self
+    }
+
+    /// Step 2b: whether `client` may set these dynamic variables and a first message.
+    pub fn request_content<'a>(
+        &self,
+        client: &Client,
+        keys: impl Iterator<Item = &'a str>,
+        first_message: bool,
+    ) -> Result<(), Refusal> {
+        self.request.check(client, keys, first_message)
     }
 
     /// True when the destination policy cannot reach arbitrary numbers (pinned or allowlist),
@@ -515,6 +597,58 @@ mod tests {
         assert_eq!(
             p.authenticate(Some("s3cret"), None),
             Ok(Client::Token("backend".into()))
+        );
+    }
+
+    #[test]
+    fn request_variables_and_first_message_by_client() {
+        let rules = RequestRules {
+            anonymous_variables: vec!["customer_name".into()],
+            anonymous_first_message: false,
+            operator_variables: vec!["customer_tier".into()],
+        };
+        let token = Client::Token("backend".into());
+        let widget = Client::Origin("https://shop.example".into());
+        let check = |c: &Client, keys: &[&str], fm: bool| rules.check(c, keys.iter().copied(), fm);
+        // The operator's and the call's own keys: nobody.
+        for k in [
+            "customer_tier",
+            "caller_id",
+            "call_sid",
+            "called_number",
+            "direction",
+        ] {
+            assert_eq!(
+                check(&token, &[k], false),
+                Err(Refusal::VariableNotAllowed),
+                "{k}"
+            );
+            assert_eq!(
+                check(&widget, &[k], false),
+                Err(Refusal::VariableNotAllowed),
+                "{k}"
+            );
+        }
+        // Other keys: a token client any, a widget only the listed ones.
+        assert_eq!(check(&token, &["order_id", "customer_name"], true), Ok(()));
+        assert_eq!(check(&widget, &["customer_name"], false), Ok(()));
+        assert_eq!(
+            check(&widget, &["order_id"], false),
+            Err(Refusal::VariableNotAllowed)
+        );
+        assert_eq!(
+            check(&Client::Anonymous, &[], true),
+            Err(Refusal::FirstMessageNotAllowed)
+        );
+        let open = RequestRules {
+            anonymous_first_message: true,
+            ..RequestRules::default()
+        };
+        assert_eq!(open.check(&widget, std::iter::empty(), true), Ok(()));
+        // The default: nothing from a client without a token.
+        assert_eq!(
+            RequestRules::default().check(&widget, ["x"].into_iter(), false),
+            Err(Refusal::VariableNotAllowed)
         );
     }
 

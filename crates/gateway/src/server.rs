@@ -14,7 +14,7 @@ use trunkline_call::record::EndCause;
 
 use crate::api::{ApiState, router};
 use crate::config::{Config, Secrets};
-use crate::policy::Policy;
+use crate::policy::{Policy, RequestRules};
 use crate::service::{Gateway, StartError};
 
 /// A running gateway with its HTTP API.
@@ -46,11 +46,18 @@ impl Server {
             .map_err(|e| StartError::Http(e.to_string()))?;
         let gateway = Gateway::start(cfg.clone(), secrets.clone()).await?;
         let state = Arc::new(ApiState {
-            policy: Mutex::new(Policy::new(
-                cfg.policy.clone(),
-                cfg.http.allowed_origins.clone(),
-                &secrets,
-            )),
+            policy: Mutex::new(
+                Policy::new(
+                    cfg.policy.clone(),
+                    cfg.http.allowed_origins.clone(),
+                    &secrets,
+                )
+                .with_request_rules(RequestRules {
+                    anonymous_variables: cfg.agent.request_variables.clone(),
+                    anonymous_first_message: cfg.agent.allow_request_first_message,
+                    operator_variables: cfg.agent.dynamic_variables.keys().cloned().collect(),
+                }),
+            ),
             calls: Arc::new(gateway.clone()),
             max_body_bytes: cfg.http.max_body_bytes,
         });

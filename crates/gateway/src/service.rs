@@ -348,22 +348,19 @@ impl Gateway {
         m
     }
 
+    /// The agent's configuration for one call: `request` is what the trigger asked for (already
+    /// checked by policy), `own` the call's own variables.
     fn agent_config(
         &self,
-        vars: BTreeMap<String, DynamicVariable>,
+        request: BTreeMap<String, DynamicVariable>,
+        own: BTreeMap<String, DynamicVariable>,
         first_message: Option<String>,
     ) -> AgentConfig {
         let a = &self.cfg.agent;
         let mut c = AgentConfig::new(a.agent_id.clone()).with_base_url(a.base_url.clone());
         c.api_key = self.secrets.elevenlabs_api_key.clone();
         c.connect_timeout = Duration::from_secs(a.connect_timeout_secs);
-        let mut all: BTreeMap<String, DynamicVariable> = a
-            .dynamic_variables
-            .iter()
-            .map(|(k, v)| (k.clone(), DynamicVariable::from(v.as_str())))
-            .collect();
-        all.extend(vars);
-        c.initiation.dynamic_variables = all;
+        c.initiation.dynamic_variables = merge_variables(request, &a.dynamic_variables, own);
         if let Some(m) = first_message {
             c.initiation.conversation_config_override = Some(ConversationConfigOverride {
                 agent: Some(AgentOverride {
@@ -506,7 +503,7 @@ impl Gateway {
             record,
             now,
         );
-        let mut vars: BTreeMap<String, DynamicVariable> = req
+        let request_vars: BTreeMap<String, DynamicVariable> = req
             .dynamic_variables
             .into_iter()
             .filter_map(|(k, v)| {
@@ -522,11 +519,12 @@ impl Gateway {
                 Some((k, dv))
             })
             .collect();
+        let mut vars: BTreeMap<String, DynamicVariable> = BTreeMap::new();
         vars.insert("call_sid".into(), sid.clone().into());
         vars.insert("called_number".into(), req.to.e164.clone().into());
         vars.insert("caller_id".into(), self.cfg.trunk.caller_id.clone().into());
         vars.insert("direction".into(), "outbound".into());
-        let agent = self.agent_config(vars, req.first_message);
+        let agent = self.agent_config(request_vars, vars, req.first_message);
         self.spawn_call(sid.clone(), call, rtp, rtcp, leg.events, leg.link, agent);
         info!(call_sid = %sid, "outbound call placed");
         Ok(Placed {
@@ -595,10 +593,28 @@ impl Gateway {
                 vars.insert("twilio_call_sid".into(), v.clone().into());
             }
         }
-        let agent = self.agent_config(vars, None);
+        let agent = self.agent_config(BTreeMap::new(), vars, None);
         info!(call_sid = %sid, source = %inc.source, "inbound call");
         self.spawn_call(sid, call, rtp, rtcp, events, link, agent);
     }
+}
+
+/// The dynamic variables of a conversation: the request's, then the operator's
+/// (`[agent.dynamic_variables]`) over them, then the call's own over everything. Policy already
+/// refuses requests naming the operator's or the call's keys; this order holds even if it did not.
+pub fn merge_variables(
+    request: BTreeMap<String, DynamicVariable>,
+    operator: &BTreeMap<String, String>,
+    own: BTreeMap<String, DynamicVariable>,
+) -> BTreeMap<String, DynamicVariable> {
+    let mut all = request;
+    all.extend(
+        operator
+            .iter()
+            .map(|(k, v)| (k.clone(), DynamicVariable::from(v.as_str()))),
+    );
+    all.extend(own);
+    all
 }
 
 fn fxhash(s: &str) -> u64 {
@@ -658,5 +674,33 @@ impl Gateway {
     /// Calls up now.
     pub fn active_calls(&self) -> usize {
         self.active.lock().map(|a| a.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operator_and_the_call_win_over_the_request() {
+        let request: BTreeMap<String, DynamicVariable> = [
+            ("customer_tier", "platinum"),
+            ("caller_id", "+19005550100"),
+            ("order_id", "42"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), DynamicVariable::from(v)))
+        .collect();
+        let operator: BTreeMap<String, String> =
+            [("customer_tier".to_owned(), "basic".to_owned())].into();
+        let own: BTreeMap<String, DynamicVariable> = [(
+            "caller_id".to_owned(),
+            DynamicVariable::from("+15005550006"),
+        )]
+        .into();
+        let all = merge_variables(request, &operator, own);
+        assert_eq!(all["customer_tier"], DynamicVariable::from("basic"));
+        assert_eq!(all["caller_id"], DynamicVariable::from("+15005550006"));
+        assert_eq!(all["order_id"], DynamicVariable::from("42"));
     }
 }

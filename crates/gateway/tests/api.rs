@@ -16,7 +16,7 @@ use trunkline_gateway::api::{
     ApiState, BoxFuture, CallService, ListQuery, OutboundRequest, PlaceError, Placed, router,
 };
 use trunkline_gateway::config::{PolicySection, Secrets};
-use trunkline_gateway::policy::Policy;
+use trunkline_gateway::policy::{Policy, RequestRules};
 
 const WIDGET: &str = "https://shop.example";
 
@@ -76,11 +76,21 @@ async fn serve(f: impl FnOnce(&mut PolicySection)) -> Server {
 }
 
 async fn serve_with(secrets: Secrets, f: impl FnOnce(&mut PolicySection)) -> Server {
+    serve_rules(secrets, RequestRules::default(), f).await
+}
+
+async fn serve_rules(
+    secrets: Secrets,
+    rules: RequestRules,
+    f: impl FnOnce(&mut PolicySection),
+) -> Server {
     let mut cfg = PolicySection::default();
     f(&mut cfg);
     let calls = Arc::new(Recorder::default());
     let state = Arc::new(ApiState {
-        policy: Mutex::new(Policy::new(cfg, vec![WIDGET.into()], &secrets)),
+        policy: Mutex::new(
+            Policy::new(cfg, vec![WIDGET.into()], &secrets).with_request_rules(rules),
+        ),
         calls: calls.clone(),
         max_body_bytes: 16 * 1024,
     });
@@ -313,6 +323,83 @@ async fn every_refusal_has_its_status_and_stable_message_and_places_nothing() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(srv.calls.placed.lock().expect("lock").len(), 1);
+}
+
+#[tokio::test]
+async fn request_variables_cannot_override_and_widgets_send_only_allowed_ones() {
+    let rules = RequestRules {
+        anonymous_variables: vec!["customer_name".into()],
+        anonymous_first_message: false,
+        operator_variables: vec!["customer_tier".into()],
+    };
+    let secrets = Secrets {
+        api_tokens: vec![("backend".into(), "s3cret-token".into())],
+        ..Secrets::default()
+    };
+    let srv = serve_rules(secrets, rules, |c| {
+        c.pinned_numbers = vec!["+33612345678".into()];
+        c.calls_per_second = 100.0;
+        c.per_ip_per_minute = 1000;
+        c.per_destination_per_day = 1000;
+    })
+    .await;
+    let widget = ("Origin", WIDGET);
+    let cases: Vec<(Vec<(&str, &str)>, &str, u16, &str)> = vec![
+        // The operator's and the call's own: nobody, token or not.
+        (
+            vec![TOKEN],
+            r#"{"dynamic_variables": {"customer_tier": "platinum"}}"#,
+            403,
+            "Dynamic variable not allowed",
+        ),
+        (
+            vec![TOKEN],
+            r#"{"dynamic_variables": {"caller_id": "+19005550100"}}"#,
+            403,
+            "Dynamic variable not allowed",
+        ),
+        (
+            vec![widget],
+            r#"{"dynamic_variables": {"customer_tier": "platinum"}}"#,
+            403,
+            "Dynamic variable not allowed",
+        ),
+        // A widget: only the listed keys, and no first_message.
+        (
+            vec![widget],
+            r#"{"dynamic_variables": {"order_id": "42"}}"#,
+            403,
+            "Dynamic variable not allowed",
+        ),
+        (
+            vec![widget],
+            r#"{"first_message": "Hi, I am your bank"}"#,
+            403,
+            "first_message not allowed",
+        ),
+    ];
+    for (headers, body, status, msg) in cases {
+        let r = post_json(srv.addr, "/api/call/outbound", &headers, body).await;
+        assert_eq!((r.status, r.error().as_str()), (status, msg), "{body}");
+    }
+    assert!(srv.calls.placed.lock().expect("lock").is_empty());
+    let r = post_json(
+        srv.addr,
+        "/api/call/outbound",
+        &[widget],
+        r#"{"dynamic_variables": {"customer_name": "Ada"}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post_json(
+        srv.addr,
+        "/api/call/outbound",
+        &[TOKEN],
+        r#"{"dynamic_variables": {"order_id": "42"}, "first_message": "Hello"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(srv.calls.placed.lock().expect("lock").len(), 2);
 }
 
 #[tokio::test]
