@@ -329,8 +329,10 @@ pub fn validate_variables(vars: &BTreeMap<String, Value>) -> Result<(), &'static
             return Err("Invalid dynamic variable name");
         }
         match v {
-            Value::String(s) if s.chars().count() <= MAX_VARIABLE_VALUE => {}
-            Value::Number(_) | Value::Bool(_) => {}
+            Value::String(s) if s.chars().count() > MAX_VARIABLE_VALUE => {
+                return Err("Dynamic variable value too long");
+            }
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => {}
             _ => return Err("Dynamic variables must be strings, numbers or booleans"),
         }
     }

@@ -403,6 +403,26 @@ async fn request_variables_cannot_override_and_widgets_send_only_allowed_ones() 
 }
 
 #[tokio::test]
+async fn a_dynamic_variable_over_1024_characters_has_its_own_message() {
+    let srv = serve(|c| c.calls_per_second = 100.0).await;
+    let body = |n: usize| {
+        format!(
+            r#"{{"to": "+33612345678", "dynamic_variables": {{"note": "{}"}}}}"#,
+            "é".repeat(n)
+        )
+    };
+    let r = post_json(srv.addr, "/api/call/outbound", &[TOKEN], &body(1025)).await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (400, "Dynamic variable value too long")
+    );
+    assert!(srv.calls.placed.lock().expect("lock").is_empty());
+    // 1,024 characters (2,048 bytes) pass.
+    let r = post_json(srv.addr, "/api/call/outbound", &[TOKEN], &body(1024)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
 async fn only_a_bearer_token_authenticates_even_with_an_empty_token_configured() {
     // `TRUNKLINE_API_TOKEN="backend:"` is refused at start; a Policy built in code with an empty
     // token must still let nothing in with empty or non-bearer credentials.
