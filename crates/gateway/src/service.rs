@@ -384,7 +384,13 @@ impl Gateway {
             return;
         }
         if let Some(hooks) = &self.webhooks {
-            let before = book.by_sid.get(&r.call_sid).map(|p| p.status.as_str());
+            // The status last notified: the live record's, or the finished one's (the call's
+            // task stores its final record once more when it returns: not a new event).
+            let before = book
+                .by_sid
+                .get(&r.call_sid)
+                .or_else(|| book.recent.iter().rev().find(|f| f.call_sid == r.call_sid))
+                .map(|p| p.status.as_str());
             if before != Some(r.status.as_str()) && r.status != "ending" {
                 let event = match r.status.as_str() {
                     "in-progress" => "answered",
@@ -398,6 +404,7 @@ impl Gateway {
             // Finished calls live in the database; keep memory bounded.
             book.by_sid.remove(&r.call_sid);
             book.order.retain(|s| s != &r.call_sid);
+            book.recent.retain(|f| f.call_sid != r.call_sid);
             book.recent.push_back(r);
             if book.recent.len() > 1000 {
                 book.recent.pop_front();
@@ -660,10 +667,30 @@ impl CallService for Arc<Gateway> {
     }
     fn metrics(&self) -> String {
         let s = self.sip.stats();
-        self.metrics.render(
+        let mut out = self.metrics.render(
             Gateway::active_calls(self),
             s.inbound_refused_source.load(Ordering::Relaxed),
-        )
+        );
+        if let Some(hooks) = &self.webhooks {
+            let w = hooks.stats();
+            use std::fmt::Write;
+            let _ = writeln!(
+                out,
+                "# HELP trunkline_webhooks_total Status webhook events, by outcome (dropped: queue full).\n# TYPE trunkline_webhooks_total counter"
+            );
+            for (result, n) in [
+                ("delivered", &w.delivered),
+                ("failed", &w.failed),
+                ("dropped", &w.dropped),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "trunkline_webhooks_total{{result=\"{result}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+        out
     }
     fn refused(&self, label: &'static str) {
         self.metrics.refused(label);
