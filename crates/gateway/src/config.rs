@@ -293,8 +293,11 @@ pub struct AgentSection {
     pub drain_timeout_secs: u64,
     /// Let the agent's `transfer_call` tool send SIP REFER.
     pub transfer_enabled: bool,
-    /// Prefixes `transfer_call` may reach (empty = any, when enabled).
+    /// E.164 prefixes `transfer_call` numbers may reach; they also pass the trigger's
+    /// destination policy (denied prefixes, premium rate). Empty: no number.
     pub transfer_allow_prefixes: Vec<String>,
+    /// Hosts a `sip:` transfer target may name (exact match). Empty: no SIP URI.
+    pub transfer_allow_sip_hosts: Vec<String>,
     /// Dynamic variables sent with every conversation (the call's own are added). A trigger
     /// request can never override them.
     pub dynamic_variables: BTreeMap<String, String>,
@@ -318,6 +321,7 @@ impl Default for AgentSection {
             drain_timeout_secs: 15,
             transfer_enabled: false,
             transfer_allow_prefixes: Vec::new(),
+            transfer_allow_sip_hosts: Vec::new(),
             dynamic_variables: BTreeMap::new(),
             request_variables: Vec::new(),
             allow_request_first_message: false,
@@ -665,6 +669,34 @@ impl Config {
         if !(20..=100).contains(&self.agent.uplink_chunk_ms) {
             errs.push("agent.uplink_chunk_ms must be 20–100".into());
         }
+        if self.agent.transfer_enabled
+            && self.agent.transfer_allow_prefixes.is_empty()
+            && self.agent.transfer_allow_sip_hosts.is_empty()
+        {
+            errs.push(
+                "agent.transfer_enabled needs an allowlist: agent.transfer_allow_prefixes \
+                 (E.164 prefixes) and/or agent.transfer_allow_sip_hosts"
+                    .into(),
+            );
+        }
+        for p in &self.agent.transfer_allow_prefixes {
+            if !p.starts_with('+') || p.len() < 2 || !p[1..].chars().all(|c| c.is_ascii_digit()) {
+                errs.push(format!(
+                    "agent.transfer_allow_prefixes: {p:?} must be + and at least one digit"
+                ));
+            }
+        }
+        for h in &self.agent.transfer_allow_sip_hosts {
+            if h.is_empty()
+                || !h
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+            {
+                errs.push(format!(
+                    "agent.transfer_allow_sip_hosts: {h:?} must be a host name or address"
+                ));
+            }
+        }
         for k in &self.agent.request_variables {
             if crate::policy::CALL_VARIABLES.contains(&k.as_str())
                 || self.agent.dynamic_variables.contains_key(k)
@@ -988,6 +1020,30 @@ mod tests {
             Config::from_toml_and_env("[agent]\nrequest_variables = [\"customer_name\"]\n", [])
                 .expect("parses");
         cfg.validate().expect("valid");
+    }
+
+    #[test]
+    fn transfer_needs_an_allowlist() {
+        let err = Config::from_toml_and_env("[agent]\ntransfer_enabled = true\n", [])
+            .expect("parses")
+            .validate()
+            .expect_err("no allowlist")
+            .to_string();
+        assert!(err.contains("agent.transfer_allow_prefixes"), "{err}");
+        for bad in [
+            "[agent]\ntransfer_enabled = true\ntransfer_allow_prefixes = [\"+\"]\n",
+            "[agent]\ntransfer_enabled = true\ntransfer_allow_sip_hosts = [\"a@b\"]\n",
+        ] {
+            let cfg = Config::from_toml_and_env(bad, []).expect("parses");
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        for ok in [
+            "[agent]\ntransfer_enabled = true\ntransfer_allow_prefixes = [\"+3361\"]\n",
+            "[agent]\ntransfer_enabled = true\ntransfer_allow_sip_hosts = [\"pbx.example\"]\n",
+        ] {
+            let cfg = Config::from_toml_and_env(ok, []).expect("parses");
+            cfg.validate().expect(ok);
+        }
     }
 
     #[test]

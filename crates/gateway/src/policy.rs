@@ -191,6 +191,37 @@ pub fn normalise(raw: &str) -> Result<(Destination, PhoneNumberType), Refusal> {
     Ok((Destination { e164 }, kind))
 }
 
+/// The checks every destination passes, whoever asks (the trigger, the agent's `transfer_call`):
+/// not under a denied prefix, not premium rate / shared cost / pager by metadata.
+pub fn check_destination(
+    dest: &Destination,
+    kind: PhoneNumberType,
+    denied_prefixes: &[String],
+) -> Result<(), Refusal> {
+    if denied_prefixes
+        .iter()
+        .any(|p| dest.e164.starts_with(p.as_str()))
+    {
+        return Err(Refusal::DestinationNotAllowed("denied_prefix"));
+    }
+    if matches!(
+        kind,
+        PhoneNumberType::PremiumRate | PhoneNumberType::SharedCost | PhoneNumberType::Pager
+    ) {
+        return Err(Refusal::DestinationNotAllowed("premium_rate"));
+    }
+    Ok(())
+}
+
+/// The destination policy of a transfer number (after `agent.transfer_allow_prefixes`): valid
+/// E.164 by libphonenumber metadata and [`check_destination`]. The error is what the agent is
+/// told, with the refusal's label.
+pub fn check_transfer_number(e164: &str, denied_prefixes: &[String]) -> Result<(), String> {
+    let refused = |r: Refusal| format!("destination not allowed ({})", r.label());
+    let (dest, kind) = normalise(e164).map_err(refused)?;
+    check_destination(&dest, kind, denied_prefixes).map_err(refused)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -387,20 +418,7 @@ impl Policy {
                 Err(Refusal::DestinationNotAllowed("not_pinned"))
             };
         }
-        if self
-            .cfg
-            .denied_prefixes
-            .iter()
-            .any(|p| dest.e164.starts_with(p.as_str()))
-        {
-            return Err(Refusal::DestinationNotAllowed("denied_prefix"));
-        }
-        if matches!(
-            kind,
-            PhoneNumberType::PremiumRate | PhoneNumberType::SharedCost | PhoneNumberType::Pager
-        ) {
-            return Err(Refusal::DestinationNotAllowed("premium_rate"));
-        }
+        check_destination(&dest, kind, &self.cfg.denied_prefixes)?;
         if !self.cfg.allowed_prefixes.is_empty()
             && !self
                 .cfg
