@@ -339,7 +339,8 @@ pub fn validate_variables(vars: &BTreeMap<String, Value>) -> Result<(), &'static
     Ok(())
 }
 
-fn day_now() -> u64 {
+/// Today's UTC day number (days since the Unix epoch), the daily cap's day.
+pub fn day_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)

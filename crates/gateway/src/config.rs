@@ -425,6 +425,9 @@ pub struct RecordsSection {
     pub database_url: String,
     /// Status webhook URL (empty = none).
     pub webhook_url: Option<String>,
+    /// This gateway's name in the records: at start it marks the calls it left unfinished
+    /// `failed` (cause `gateway_restart`). Gateways sharing one database need distinct ids.
+    pub node_id: String,
 }
 
 impl Default for RecordsSection {
@@ -432,6 +435,7 @@ impl Default for RecordsSection {
         RecordsSection {
             database_url: "sqlite://trunkline.db".into(),
             webhook_url: None,
+            node_id: crate::records::DEFAULT_NODE.into(),
         }
     }
 }
@@ -729,6 +733,9 @@ impl Config {
         }
         if self.policy.open_trigger() && !self.policy.allow_open_trigger_i_accept_toll_fraud_risk {
             errs.push(OPEN_TRIGGER.into());
+        }
+        if self.records.node_id.trim().is_empty() {
+            errs.push("records.node_id must not be empty".into());
         }
         if self.policy.max_concurrent_calls == 0 {
             errs.push("policy.max_concurrent_calls must be at least 1".into());

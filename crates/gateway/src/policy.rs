@@ -267,7 +267,26 @@ pub struct Policy {
     token_buckets: HashMap<String, Bucket>,
     cps: Option<Bucket>,
     daily: HashMap<String, (u64, u32)>,
+    daily_sink: Option<DailySink>,
     request: RequestRules,
+}
+
+/// Where each admitted call's destination count is persisted (the records database), so the
+/// daily cap survives a restart: called with the UTC day and the E.164 number.
+#[derive(Clone)]
+pub struct DailySink(std::sync::Arc<dyn Fn(u64, &str) + Send + Sync>);
+
+impl DailySink {
+    /// A sink from a function (it must not block: queue the write).
+    pub fn new(f: impl Fn(u64, &str) + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for DailySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DailySink")
+    }
 }
 
 impl Policy {
@@ -290,8 +309,24 @@ impl Policy {
             token_buckets: HashMap::new(),
             cps: None,
             daily: HashMap::new(),
+            daily_sink: None,
             request: RequestRules::default(),
         }
+    }
+
+    /// The daily cap's state from storage: `counts` calls already placed per number on `day`,
+    /// and where to persist each new one.
+    pub fn with_daily_counts(
+        mut self,
+        day: u64,
+        counts: impl IntoIterator<Item = (String, u32)>,
+        sink: DailySink,
+    ) -> Self {
+        for (number, n) in counts {
+            self.daily.insert(number, (day, n));
+        }
+        self.daily_sink = Some(sink);
+        self
     }
 
     /// What trigger requests may carry for the agent (default: nothing from a client without a
@@ -469,6 +504,9 @@ impl Policy {
             self.daily.retain(|_, (d, _)| *d == day);
         }
         self.daily.insert(dest.e164.clone(), (day, used + 1));
+        if let Some(sink) = &self.daily_sink {
+            (sink.0)(day, &dest.e164);
+        }
         Ok(())
     }
 }

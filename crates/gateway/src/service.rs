@@ -124,7 +124,9 @@ impl Gateway {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let seed = random_seed();
         let setup = Setup::new(&cfg, &secrets, seed).map_err(|e| StartError::Config(e.0))?;
-        let store = RecordStore::open(&cfg.records.database_url).await?;
+        let store = RecordStore::open_as(&cfg.records.database_url, &cfg.records.node_id).await?;
+        // Calls this node left open when it last stopped (SIGKILL, crash) are over.
+        let interrupted = store.recover_interrupted().await?;
         let webhooks = match &cfg.records.webhook_url {
             Some(url) if !url.is_empty() => Some(
                 Webhooks::start(url.clone(), secrets.webhook_secret.clone())
@@ -136,6 +138,19 @@ impl Gateway {
             .await
             .map_err(|e| StartError::Sip(e.to_string()))?;
         let metrics = Arc::new(Metrics::default());
+        if !interrupted.is_empty() {
+            warn!(
+                calls = interrupted.len(),
+                node = %cfg.records.node_id,
+                "calls left open by the last run marked failed (gateway_restart)"
+            );
+        }
+        for r in &interrupted {
+            metrics.call_ended(&r.direction, r);
+            if let Some(hooks) = &webhooks {
+                hooks.notify(&r.status, r);
+            }
+        }
         let send_thread = match setup.send_delay {
             None => None,
             Some(delay) => Some(
@@ -427,6 +442,16 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The calls counted per destination on UTC `day` (the daily cap after a restart).
+    pub async fn daily_counts(&self, day: u64) -> Result<Vec<(String, u32)>, StartError> {
+        Ok(self.store.daily_counts(day).await?)
+    }
+
+    /// Persist one call to `number` on `day` (queued).
+    pub fn count_destination(&self, day: u64, number: &str) {
+        self.store.count_destination(day, number);
     }
 
     /// Wait until every record snapshot is in the database.

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{deploy, pcap, speech};
+use common::{TOKEN, deploy, pcap, post, speech};
 use trunkline_agent::AudioFormat;
 use trunkline_call::record::EndCause;
 use trunkline_emulators::agent::{AbortKind, AgentEmulatorConfig, Script, ToolCallSpec};
@@ -544,4 +544,78 @@ async fn transfer_call_tool_sends_refer_and_ends_after_notify_200() {
         Some("remote_bye"),
         "BYE after the transfer"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_daily_cap_and_fails_the_calls_left_open() {
+    use trunkline_call::CallRecord;
+    use trunkline_gateway::api::CallService;
+    use trunkline_gateway::config::Config;
+    use trunkline_gateway::records::RecordStore;
+    let dir = std::env::temp_dir().join(format!("trunkline-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let url = format!("sqlite://{}", dir.join("records.db").display());
+    // A call the last run left open (killed with SIGKILL mid-call).
+    {
+        let store = RecordStore::open(&url).await.expect("open");
+        let mut r = CallRecord::new(
+            "CAstale".into(),
+            "outbound",
+            "+15005550006".into(),
+            "+33612345670".into(),
+        );
+        r.status = "in-progress".into();
+        r.timestamps.answered_ms = Some(1_000);
+        store.save_now(&r).await.expect("save");
+    }
+    let tweak = |url: String| {
+        move |c: &mut Config| {
+            c.records.database_url = url;
+            c.policy.per_destination_per_day = 1;
+        }
+    };
+    let a = deploy(
+        trunk(|t| t.hangup_after = Some(Duration::from_secs(1))),
+        agent(|_| {}),
+        tweak(url.clone()),
+    )
+    .await;
+    let stale = CallService::get(&a.gateway, "CAstale".into())
+        .await
+        .expect("stale record");
+    assert_eq!(stale.status, "failed");
+    assert_eq!(stale.end_cause, Some(EndCause::GatewayRestart));
+    assert_eq!(stale.timestamps.ended_ms, None, "end time unknown");
+    let sid = a.call("+33612345678").await;
+    a.finished(&sid, 20).await;
+    a.gateway.flush_records().await;
+
+    // The restart: a new gateway on the same database.
+    let b = deploy(
+        trunk(|t| t.hangup_after = Some(Duration::from_secs(1))),
+        agent(|_| {}),
+        tweak(url.clone()),
+    )
+    .await;
+    let (status, j) = post(
+        b.http,
+        "/api/call/outbound",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        r#"{"phoneNumber": "+33612345678"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, j["error"].as_str()),
+        (429, Some("Too many requests"))
+    );
+    assert!(b.trunk.calls().is_empty(), "nothing reached the trunk");
+    // A finished call is not touched by the restart; another number still passes.
+    let done = CallService::get(&b.gateway, sid.clone())
+        .await
+        .expect("record");
+    assert_eq!(done.status, "completed");
+    let other = b.call("+33612345679").await;
+    b.finished(&other, 20).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
