@@ -129,7 +129,10 @@ pub struct CallConfig {
 /// A check on an E.164 transfer number (`+` and digits), supplied by the service that owns the
 /// destination policy; the error text is told to the agent.
 #[derive(Clone)]
-pub struct TransferCheck(Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>);
+pub struct TransferCheck(Arc<TransferCheckFn>);
+
+/// The predicate inside a [`TransferCheck`].
+type TransferCheckFn = dyn Fn(&str) -> Result<(), String> + Send + Sync;
 
 impl TransferCheck {
     /// A check from a predicate.

@@ -274,7 +274,10 @@ pub struct Policy {
 /// Where each admitted call's destination count is persisted (the records database), so the
 /// daily cap survives a restart: called with the UTC day and the E.164 number.
 #[derive(Clone)]
-pub struct DailySink(std::sync::Arc<dyn Fn(u64, &str) + Send + Sync>);
+pub struct DailySink(std::sync::Arc<DailySinkFn>);
+
+/// The function inside a [`DailySink`].
+type DailySinkFn = dyn Fn(u64, &str) + Send + Sync;
 
 impl DailySink {
     /// A sink from a function (it must not block: queue the write).

@@ -344,7 +344,8 @@ async fn request_variables_cannot_override_and_widgets_send_only_allowed_ones() 
     })
     .await;
     let widget = ("Origin", WIDGET);
-    let cases: Vec<(Vec<(&str, &str)>, &str, u16, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, u16, &'a str);
+    let cases: Vec<Case> = vec![
         // The operator's and the call's own: nobody, token or not.
         (
             vec![TOKEN],
