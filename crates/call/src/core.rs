@@ -29,6 +29,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -114,9 +115,52 @@ pub struct CallConfig {
     pub dtmf_digit_duration: Duration,
     /// Whether the agent's `transfer_call` tool may send REFER.
     pub transfer_enabled: bool,
-    /// Destinations `transfer_call` may reach (prefix match on the normalised target; empty =
-    /// any, when enabled).
+    /// E.164 prefixes a `transfer_call` number (`+…`, `tel:+…`, or the `+…` user part of an
+    /// allowed `sip:` URI) must start with. Empty: no number may be reached.
     pub transfer_allow_prefixes: Vec<String>,
+    /// Hosts a `sip:`/`sips:` transfer target may name (exact, case-insensitive). Empty: no SIP
+    /// URI may be reached. A number prefix never admits a SIP URI.
+    pub transfer_allow_sip_hosts: Vec<String>,
+    /// The destination policy every transfer number must also pass (the gateway's: E.164
+    /// metadata, denied prefixes, premium rate), after the prefix allowlist.
+    pub transfer_check: TransferCheck,
+}
+
+/// A check on an E.164 transfer number (`+` and digits), supplied by the service that owns the
+/// destination policy; the error text is told to the agent.
+#[derive(Clone)]
+pub struct TransferCheck(Arc<TransferCheckFn>);
+
+/// The predicate inside a [`TransferCheck`].
+type TransferCheckFn = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+impl TransferCheck {
+    /// A check from a predicate.
+    pub fn new(f: impl Fn(&str) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// No check beyond the allowlists (tests).
+    pub fn allow_all() -> Self {
+        Self::new(|_| Ok(()))
+    }
+
+    /// Whether `e164` may be reached.
+    pub fn check(&self, e164: &str) -> Result<(), String> {
+        (self.0)(e164)
+    }
+}
+
+impl Default for TransferCheck {
+    fn default() -> Self {
+        Self::allow_all()
+    }
+}
+
+impl std::fmt::Debug for TransferCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransferCheck")
+    }
 }
 
 impl Default for CallConfig {
@@ -132,6 +176,8 @@ impl Default for CallConfig {
             dtmf_digit_duration: Duration::from_millis(120),
             transfer_enabled: false,
             transfer_allow_prefixes: Vec::new(),
+            transfer_allow_sip_hosts: Vec::new(),
+            transfer_check: TransferCheck::allow_all(),
         }
     }
 }
@@ -1030,6 +1076,10 @@ impl Call {
         (format!("sent {sent} DTMF digits"), false)
     }
 
+    /// The REFER target for the agent's `transfer_call` destination, or why not. A number
+    /// (`+33 6 12…`, `tel:+336…`) must be E.164, start with an allowed prefix and pass the
+    /// destination policy; a `sip:`/`sips:` URI must name an allowed host, and a `+…` user part
+    /// must pass the number rules too.
     fn transfer_target(&self, dest: &str) -> Result<String, String> {
         if !self.cfg.transfer_enabled {
             return Err("call transfer is not enabled on this gateway".into());
@@ -1037,37 +1087,85 @@ impl Call {
         if dest.is_empty() {
             return Err("no destination given".into());
         }
-        let target = if let Some(rest) = dest.strip_prefix("tel:") {
-            format!("tel:{rest}")
-        } else if dest.starts_with("sip:") || dest.starts_with("sips:") {
-            dest.to_owned()
+        let lower = dest
+            .get(..5)
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        if lower.starts_with("sip:") || lower.starts_with("sips:") {
+            return self.sip_transfer_target(dest);
+        }
+        let number = if lower.starts_with("tel:") {
+            &dest[4..]
         } else {
-            let digits: String = dest
-                .chars()
-                .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
-                .collect();
-            let ok = digits.strip_prefix('+').is_some_and(|d| {
-                (8..=15).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit())
-            });
-            if !ok {
-                return Err(format!("not an E.164 number: {dest}"));
-            }
-            format!("tel:{digits}")
+            dest
         };
-        let bare = target
-            .trim_start_matches("tel:")
-            .trim_start_matches("sips:")
-            .trim_start_matches("sip:");
-        if !self.cfg.transfer_allow_prefixes.is_empty()
-            && !self
-                .cfg
-                .transfer_allow_prefixes
-                .iter()
-                .any(|p| bare.starts_with(p.as_str()))
+        Ok(format!("tel:{}", self.transfer_number(number)?))
+    }
+
+    fn transfer_number(&self, raw: &str) -> Result<String, String> {
+        let digits: String = raw
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
+            .collect();
+        let ok = digits
+            .strip_prefix('+')
+            .is_some_and(|d| (8..=15).contains(&d.len()) && d.chars().all(|c| c.is_ascii_digit()));
+        if !ok {
+            return Err(format!("not an E.164 number: {raw}"));
+        }
+        if !self
+            .cfg
+            .transfer_allow_prefixes
+            .iter()
+            .any(|p| digits.starts_with(p.as_str()))
         {
             return Err("destination not allowed".into());
         }
-        Ok(target)
+        self.cfg.transfer_check.check(&digits)?;
+        Ok(digits)
+    }
+
+    fn sip_transfer_target(&self, uri: &str) -> Result<String, String> {
+        let invalid = || format!("not a plain SIP URI: {uri}");
+        let (scheme, rest) = uri.split_once(':').ok_or_else(invalid)?;
+        // user@host[:port][;param=value…]: no headers (`?`), no display name, nothing to quote.
+        let (user, host_params) = rest.split_once('@').ok_or_else(invalid)?;
+        let user_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '_' | '.');
+        let param_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '=' | '-' | '_' | '.');
+        let mut parts = host_params.split(';');
+        let host_port = parts.next().unwrap_or_default();
+        if user.is_empty()
+            || !user.chars().all(user_ok)
+            || !parts.all(|p| !p.is_empty() && p.chars().all(param_ok))
+        {
+            return Err(invalid());
+        }
+        let (host, port) = match host_port.strip_prefix('[') {
+            Some(v6) => {
+                let (h, after) = v6.split_once(']').ok_or_else(invalid)?;
+                (h, after.strip_prefix(':').unwrap_or(after))
+            }
+            None => host_port.split_once(':').unwrap_or((host_port, "")),
+        };
+        let host_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':');
+        if host.is_empty()
+            || !host.chars().all(host_ok)
+            || !port.chars().all(|c| c.is_ascii_digit())
+        {
+            return Err(invalid());
+        }
+        if !self
+            .cfg
+            .transfer_allow_sip_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
+        {
+            return Err("destination not allowed".into());
+        }
+        if user.starts_with('+') {
+            self.transfer_number(user)?;
+        }
+        Ok(format!("{}:{rest}", scheme.to_ascii_lowercase()))
     }
 
     fn drain_media_events(&mut self, now: Instant) {

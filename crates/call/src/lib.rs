@@ -18,7 +18,7 @@ pub mod runtime;
 
 pub use crate::core::{
     AgentAction, AgentConnectAt, Call, CallAction, CallConfig, CallState, Direction, DtmfMode,
-    NegotiatedMedia, SipAction, SipEvent,
+    NegotiatedMedia, SipAction, SipEvent, TransferCheck,
 };
 pub use crate::record::{CallRecord, EndCause};
 

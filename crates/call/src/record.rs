@@ -64,6 +64,9 @@ pub enum EndCause {
         /// What failed.
         detail: String,
     },
+    /// The gateway stopped without ending the call (SIGKILL, crash, power loss); found still
+    /// open in the records at the next start. Its end time is unknown.
+    GatewayRestart,
 }
 
 impl EndCause {
@@ -98,6 +101,7 @@ impl EndCause {
             EndCause::Rejected { .. } => "rejected",
             EndCause::Transferred => "transferred",
             EndCause::MediaFailed { .. } => "media_failed",
+            EndCause::GatewayRestart => "gateway_restart",
         }
     }
 }

@@ -618,6 +618,101 @@ fn transfer_sends_refer_when_enabled_and_ends_after_success() {
     assert_eq!(h.call.record().end_cause, Some(EndCause::Transferred));
 }
 
+/// The bypasses of issue 17 item 11, each refused: no REFER leaves, the agent gets an error.
+#[test]
+fn transfer_targets_pass_the_destination_policy() {
+    use trunkline_call::TransferCheck;
+    let tool = |dest: &str, id: &str| AgentEvent::ToolCall {
+        call: Box::new(ClientToolCall {
+            tool_name: "transfer_call".into(),
+            tool_call_id: id.into(),
+            parameters: serde_json::json!({ "destination": dest }),
+            event_id: None,
+        }),
+        handled: false,
+    };
+    // What each destination gives: the REFER target, or None when refused (with an error result).
+    let outcome = |cfg: CallConfig, dest: &str| -> Option<String> {
+        let mut h = Harness::outbound(cfg);
+        h.connect(AudioFormat::Ulaw8000);
+        h.take_actions();
+        h.agent(tool(dest, "t"));
+        let refer = h.sip_actions().into_iter().find_map(|a| match a {
+            SipAction::Refer { target, .. } => Some(target),
+            _ => None,
+        });
+        let errored = h
+            .agent_actions()
+            .into_iter()
+            .any(|a| matches!(a, AgentAction::ToolResult { is_error: true, .. }));
+        assert_eq!(refer.is_none(), errored, "{dest}: refused ⇔ error result");
+        refer
+    };
+    let base = CallConfig {
+        transfer_enabled: true,
+        transfer_allow_prefixes: vec!["+3361".into()],
+        // The gateway's policy: here, +33 89… is premium rate.
+        transfer_check: TransferCheck::new(|n| {
+            if n.starts_with("+3389") {
+                Err("destination not allowed (premium_rate)".into())
+            } else {
+                Ok(())
+            }
+        }),
+        ..CallConfig::default()
+    };
+    // A sip: URI never passes a number prefix, whatever its host.
+    assert_eq!(outcome(base.clone(), "sip:+33612345678@evil.example"), None);
+    assert_eq!(outcome(base.clone(), "SIP:+33612345678@evil.example"), None);
+    assert_eq!(
+        outcome(base.clone(), "sips:+33612345678@evil.example"),
+        None
+    );
+    // An empty allowlist means no number, not any number.
+    let open = CallConfig {
+        transfer_allow_prefixes: Vec::new(),
+        ..base.clone()
+    };
+    assert_eq!(outcome(open, "+33612345678"), None);
+    // The destination policy applies after the allowlist.
+    let wide = CallConfig {
+        transfer_allow_prefixes: vec!["+33".into()],
+        ..base.clone()
+    };
+    assert_eq!(outcome(wide.clone(), "+33 8 91 23 45 67"), None);
+    assert_eq!(outcome(wide, "tel:+33891234567"), None);
+    // Allowed: a number under the prefix; a SIP URI on an allowed host, whose +number user part
+    // must pass the number rules too; nothing that smuggles headers or parameters.
+    assert_eq!(
+        outcome(base.clone(), "+33 6 12 34 56 78").as_deref(),
+        Some("tel:+33612345678")
+    );
+    let pbx = CallConfig {
+        transfer_allow_sip_hosts: vec!["pbx.example".into()],
+        ..base.clone()
+    };
+    assert_eq!(
+        outcome(pbx.clone(), "sip:+33612345678@PBX.example:5060").as_deref(),
+        Some("sip:+33612345678@PBX.example:5060")
+    );
+    assert_eq!(
+        outcome(pbx.clone(), "sip:1001@pbx.example;transport=tcp").as_deref(),
+        Some("sip:1001@pbx.example;transport=tcp")
+    );
+    assert_eq!(outcome(pbx.clone(), "sip:+14155550123@pbx.example"), None);
+    assert_eq!(outcome(pbx.clone(), "sip:+33612345678@evil.example"), None);
+    assert_eq!(
+        outcome(pbx.clone(), "sip:1001@pbx.example.evil.example"),
+        None
+    );
+    assert_eq!(
+        outcome(pbx.clone(), "sip:1001@pbx.example?Replaces=x"),
+        None
+    );
+    assert_eq!(outcome(pbx.clone(), "sip:a@evil.example@pbx.example"), None);
+    assert_eq!(outcome(pbx, "<sip:1001@pbx.example>"), None);
+}
+
 #[test]
 fn dtmf_from_the_phone_reaches_the_agent() {
     let mut h = Harness::outbound(CallConfig::default());

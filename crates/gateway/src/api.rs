@@ -184,24 +184,32 @@ fn with_cors(mut resp: Response, origin: Option<&HeaderValue>) -> Response {
     resp
 }
 
+/// The token a request presents: `Authorization: Bearer <token>` (scheme case-insensitive), else
+/// `xi-api-key: <token>` (ElevenLabs' shape). `None` without credentials; `Some("")` when
+/// credentials are present but are not exactly one non-empty bearer token (`Basic …`,
+/// `Negotiate …`, `Bearer ` alone, spaces inside, not ASCII): never valid.
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        if let Some(t) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-        {
-            return Some(t.trim().to_owned());
+    fn one_token(s: &str) -> String {
+        let s = s.trim();
+        if s.is_empty() || !s.chars().all(|c| c.is_ascii_graphic()) {
+            String::new()
+        } else {
+            s.to_owned()
         }
-        return Some(String::new()); // present but not a bearer token: never matches
+    }
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let Ok(v) = v.to_str() else {
+            return Some(String::new());
+        };
+        let v = v.trim();
+        return Some(match v.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => one_token(rest),
+            _ => String::new(),
+        });
     }
     headers
         .get("xi-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_owned())
+        .map(|v| v.to_str().map(one_token).unwrap_or_default())
 }
 
 /// The `Origin` header if present: `Ok(Some)` when allowed, `Err` (403) when not.
@@ -302,24 +310,37 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn validate_variables(vars: &BTreeMap<String, Value>) -> Result<(), &'static str> {
-    if vars.len() > 64 {
+/// Most dynamic variables in one request.
+pub const MAX_VARIABLES: usize = 64;
+/// Longest dynamic variable name, bytes.
+pub const MAX_VARIABLE_NAME: usize = 64;
+/// Longest dynamic variable string value, characters.
+pub const MAX_VARIABLE_VALUE: usize = 1024;
+/// Longest `first_message`, characters.
+pub const MAX_FIRST_MESSAGE: usize = 2000;
+
+/// The shape and size of a request's dynamic variables (stable messages, 400).
+pub fn validate_variables(vars: &BTreeMap<String, Value>) -> Result<(), &'static str> {
+    if vars.len() > MAX_VARIABLES {
         return Err("Too many dynamic variables");
     }
     for (k, v) in vars {
-        if k.is_empty() || k.len() > 64 {
+        if k.is_empty() || k.len() > MAX_VARIABLE_NAME {
             return Err("Invalid dynamic variable name");
         }
         match v {
-            Value::String(s) if s.len() <= 1024 => {}
-            Value::Number(_) | Value::Bool(_) => {}
+            Value::String(s) if s.chars().count() > MAX_VARIABLE_VALUE => {
+                return Err("Dynamic variable value too long");
+            }
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => {}
             _ => return Err("Dynamic variables must be strings, numbers or booleans"),
         }
     }
     Ok(())
 }
 
-fn day_now() -> u64 {
+/// Today's UTC day number (days since the Unix epoch), the daily cap's day.
+pub fn day_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)
@@ -339,7 +360,10 @@ async fn trigger(
     if let Err(msg) = validate_variables(&dynamic_variables) {
         return Err(with_cors(error(StatusCode::BAD_REQUEST, msg), origin));
     }
-    if first_message.as_ref().is_some_and(|m| m.len() > 2000) {
+    if first_message
+        .as_ref()
+        .is_some_and(|m| m.chars().count() > MAX_FIRST_MESSAGE)
+    {
         return Err(with_cors(
             error(StatusCode::BAD_REQUEST, "first_message is too long"),
             origin,
@@ -358,6 +382,13 @@ async fn trigger(
             .map_err(|r| refusal(state, &r, origin))?;
         policy
             .rate_limit(peer.ip(), &client, now)
+            .map_err(|r| refusal(state, &r, origin))?;
+        policy
+            .request_content(
+                &client,
+                dynamic_variables.keys().map(String::as_str),
+                first_message.is_some(),
+            )
             .map_err(|r| refusal(state, &r, origin))?;
         let dest = policy
             .destination(number.as_deref())

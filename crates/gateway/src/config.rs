@@ -293,10 +293,19 @@ pub struct AgentSection {
     pub drain_timeout_secs: u64,
     /// Let the agent's `transfer_call` tool send SIP REFER.
     pub transfer_enabled: bool,
-    /// Prefixes `transfer_call` may reach (empty = any, when enabled).
+    /// E.164 prefixes `transfer_call` numbers may reach; they also pass the trigger's
+    /// destination policy (denied prefixes, premium rate). Empty: no number.
     pub transfer_allow_prefixes: Vec<String>,
-    /// Dynamic variables sent with every conversation (the call's own are added).
+    /// Hosts a `sip:` transfer target may name (exact match). Empty: no SIP URI.
+    pub transfer_allow_sip_hosts: Vec<String>,
+    /// Dynamic variables sent with every conversation (the call's own are added). A trigger
+    /// request can never override them.
     pub dynamic_variables: BTreeMap<String, String>,
+    /// Dynamic variables a trigger request without a token (browser widget) may set; a token
+    /// client may set any key that is neither the operator's nor the call's own.
+    pub request_variables: Vec<String>,
+    /// Whether a trigger request without a token may set the agent's `first_message`.
+    pub allow_request_first_message: bool,
 }
 
 impl Default for AgentSection {
@@ -312,7 +321,10 @@ impl Default for AgentSection {
             drain_timeout_secs: 15,
             transfer_enabled: false,
             transfer_allow_prefixes: Vec::new(),
+            transfer_allow_sip_hosts: Vec::new(),
             dynamic_variables: BTreeMap::new(),
+            request_variables: Vec::new(),
+            allow_request_first_message: false,
         }
     }
 }
@@ -360,6 +372,23 @@ pub struct PolicySection {
     pub per_ip_per_minute: u32,
     /// Calls per destination number per day.
     pub per_destination_per_day: u32,
+    /// Accept `require_token = false` with neither `pinned_numbers` nor `allowed_prefixes`:
+    /// anyone who can reach the HTTP API may then call any number that is not denied. Refused
+    /// by [`Config::validate`] unless this is set.
+    pub allow_open_trigger_i_accept_toll_fraud_risk: bool,
+}
+
+/// Why an open trigger is refused (the `check-config` text).
+pub const OPEN_TRIGGER: &str = "policy.require_token = false with no policy.pinned_numbers and no \
+policy.allowed_prefixes lets anyone who reaches the HTTP API call any number (toll fraud): \
+require a token, pin the numbers or list allowed prefixes; to run an open trigger anyway set \
+policy.allow_open_trigger_i_accept_toll_fraud_risk = true";
+
+impl PolicySection {
+    /// True when anonymous requests may call any number that is not denied.
+    pub fn open_trigger(&self) -> bool {
+        !self.require_token && self.pinned_numbers.is_empty() && self.allowed_prefixes.is_empty()
+    }
 }
 
 impl Default for PolicySection {
@@ -383,6 +412,7 @@ impl Default for PolicySection {
             calls_per_second: 1.0,
             per_ip_per_minute: 10,
             per_destination_per_day: 10,
+            allow_open_trigger_i_accept_toll_fraud_risk: false,
         }
     }
 }
@@ -395,6 +425,9 @@ pub struct RecordsSection {
     pub database_url: String,
     /// Status webhook URL (empty = none).
     pub webhook_url: Option<String>,
+    /// This gateway's name in the records: at start it marks the calls it left unfinished
+    /// `failed` (cause `gateway_restart`). Gateways sharing one database need distinct ids.
+    pub node_id: String,
 }
 
 impl Default for RecordsSection {
@@ -402,6 +435,7 @@ impl Default for RecordsSection {
         RecordsSection {
             database_url: "sqlite://trunkline.db".into(),
             webhook_url: None,
+            node_id: crate::records::DEFAULT_NODE.into(),
         }
     }
 }
@@ -480,29 +514,77 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
+/// Shortest API token accepted (`TRUNKLINE_API_TOKEN`), in characters.
+pub const MIN_API_TOKEN_LEN: usize = 16;
+
 impl Secrets {
-    /// Read from an environment (a closure, so tests need not touch the process's).
-    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Self {
+    /// Read from an environment (a closure, so tests need not touch the process's). API tokens
+    /// are checked here, at start: an empty or short token, a token with spaces or control
+    /// characters, or a name used twice is an error that names the token by its name (never by
+    /// its value) and says the minimum length ([`MIN_API_TOKEN_LEN`]).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let api_tokens = non_empty("TRUNKLINE_API_TOKEN")
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .map(|t| match t.split_once(':') {
-                        Some((name, tok)) => (name.to_owned(), tok.to_owned()),
-                        None => ("default".to_owned(), t.to_owned()),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Secrets {
+        let api_tokens = match get("TRUNKLINE_API_TOKEN") {
+            None => Vec::new(),
+            Some(v) => parse_api_tokens(&v).map_err(|e| ConfigError::Invalid(vec![e]))?,
+        };
+        Ok(Secrets {
             elevenlabs_api_key: non_empty("ELEVENLABS_API_KEY"),
             trunk_password: non_empty("TRUNKLINE_TRUNK_PASSWORD"),
             api_tokens,
             webhook_secret: non_empty("TRUNKLINE_WEBHOOK_SECRET"),
-        }
+        })
     }
+}
+
+/// `name:token,name2:token2` (a bare token is named `default`), every token at least
+/// [`MIN_API_TOKEN_LEN`] visible ASCII characters. Errors never contain a token.
+pub fn parse_api_tokens(v: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    if v.trim().is_empty() {
+        return Err(
+            "TRUNKLINE_API_TOKEN is set but empty (unset it, or give name:token pairs)".into(),
+        );
+    }
+    for (i, entry) in v.split(',').map(str::trim).enumerate() {
+        let (name, tok) = match entry.split_once(':') {
+            Some((name, tok)) => (name.trim(), tok.trim()),
+            None => ("default", entry),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "TRUNKLINE_API_TOKEN entry {}: the name must be letters, digits, '-', '_' or '.'",
+                i + 1
+            ));
+        }
+        if tok.chars().count() < MIN_API_TOKEN_LEN {
+            return Err(format!(
+                "TRUNKLINE_API_TOKEN: token {name:?} is empty or shorter than \
+                 {MIN_API_TOKEN_LEN} characters (the minimum; use a random string)"
+            ));
+        }
+        if !tok.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(format!(
+                "TRUNKLINE_API_TOKEN: token {name:?} must be visible ASCII characters without spaces"
+            ));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!(
+                "TRUNKLINE_API_TOKEN: the name {name:?} is used twice"
+            ));
+        }
+        if out.iter().any(|(_, t)| t == tok) {
+            return Err(format!(
+                "TRUNKLINE_API_TOKEN: token {name:?} is the same as another token"
+            ));
+        }
+        out.push((name.to_owned(), tok.to_owned()));
+    }
+    Ok(out)
 }
 
 impl Config {
@@ -591,6 +673,49 @@ impl Config {
         if !(20..=100).contains(&self.agent.uplink_chunk_ms) {
             errs.push("agent.uplink_chunk_ms must be 20–100".into());
         }
+        if self.agent.transfer_enabled
+            && self.agent.transfer_allow_prefixes.is_empty()
+            && self.agent.transfer_allow_sip_hosts.is_empty()
+        {
+            errs.push(
+                "agent.transfer_enabled needs an allowlist: agent.transfer_allow_prefixes \
+                 (E.164 prefixes) and/or agent.transfer_allow_sip_hosts"
+                    .into(),
+            );
+        }
+        for p in &self.agent.transfer_allow_prefixes {
+            if !p.starts_with('+') || p.len() < 2 || !p[1..].chars().all(|c| c.is_ascii_digit()) {
+                errs.push(format!(
+                    "agent.transfer_allow_prefixes: {p:?} must be + and at least one digit"
+                ));
+            }
+        }
+        for h in &self.agent.transfer_allow_sip_hosts {
+            if h.is_empty()
+                || !h
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+            {
+                errs.push(format!(
+                    "agent.transfer_allow_sip_hosts: {h:?} must be a host name or address"
+                ));
+            }
+        }
+        for k in &self.agent.request_variables {
+            if crate::policy::CALL_VARIABLES.contains(&k.as_str())
+                || self.agent.dynamic_variables.contains_key(k)
+            {
+                errs.push(format!(
+                    "agent.request_variables: {k:?} is the call's own or an operator's variable \
+                     (those always win; a request cannot set them)"
+                ));
+            } else if k.is_empty() || k.len() > crate::api::MAX_VARIABLE_NAME {
+                errs.push(format!(
+                    "agent.request_variables: {k:?} must be 1–{} characters",
+                    crate::api::MAX_VARIABLE_NAME
+                ));
+            }
+        }
         for n in &self.policy.pinned_numbers {
             if !is_e164(n) {
                 errs.push(format!("policy.pinned_numbers: {n:?} is not E.164"));
@@ -605,6 +730,12 @@ impl Config {
             if !p.starts_with('+') || !p[1..].chars().all(|c| c.is_ascii_digit()) {
                 errs.push(format!("policy prefix {p:?} must be + and digits"));
             }
+        }
+        if self.policy.open_trigger() && !self.policy.allow_open_trigger_i_accept_toll_fraud_risk {
+            errs.push(OPEN_TRIGGER.into());
+        }
+        if self.records.node_id.trim().is_empty() {
+            errs.push("records.node_id must not be empty".into());
         }
         if self.policy.max_concurrent_calls == 0 {
             errs.push("policy.max_concurrent_calls must be at least 1".into());
@@ -734,6 +865,15 @@ impl Config {
             self.policy.per_ip_per_minute,
             self.policy.per_destination_per_day
         );
+        if self.policy.open_trigger() {
+            let _ = writeln!(
+                w,
+                "WARNING: OPEN TRIGGER: no token required and no destination restriction; anyone \
+who reaches {} may call any number not denied, at your expense \
+(policy.allow_open_trigger_i_accept_toll_fraud_risk = true)",
+                self.http.listen
+            );
+        }
         let _ = writeln!(w, "Records: {}", self.records.database_url);
         s
     }
@@ -837,18 +977,137 @@ mod tests {
     }
 
     #[test]
+    fn an_open_trigger_is_a_config_error_unless_loudly_accepted() {
+        let open = "[policy]\nrequire_token = false\n";
+        let cfg = Config::from_toml_and_env(open, []).expect("parses");
+        let err = cfg
+            .validate()
+            .expect_err("open trigger refused")
+            .to_string();
+        assert!(
+            err.contains("toll fraud")
+                && err.contains("policy.allow_open_trigger_i_accept_toll_fraud_risk = true"),
+            "{err}"
+        );
+        // Any one restriction closes it.
+        for restricted in [
+            "[policy]\nrequire_token = false\npinned_numbers = [\"+33612345678\"]\n",
+            "[policy]\nrequire_token = false\nallowed_prefixes = [\"+33\"]\n",
+            "[policy]\nrequire_token = true\n",
+        ] {
+            let cfg = Config::from_toml_and_env(restricted, []).expect("parses");
+            assert!(cfg.validate().is_ok(), "{restricted}");
+            assert!(!cfg.explain(&Secrets::default()).contains("OPEN TRIGGER"));
+        }
+        // The override is accepted, and check-config says it loudly.
+        let cfg = Config::from_toml_and_env(
+            "[policy]\nrequire_token = false\nallow_open_trigger_i_accept_toll_fraud_risk = true\n",
+            [],
+        )
+        .expect("parses");
+        cfg.validate().expect("explicitly accepted");
+        assert!(
+            cfg.explain(&Secrets::default())
+                .contains("WARNING: OPEN TRIGGER")
+        );
+    }
+
+    #[test]
+    fn request_variables_cannot_name_the_operators_or_the_calls_own() {
+        for bad in [
+            "[agent]\nrequest_variables = [\"caller_id\"]\n",
+            "[agent]\nrequest_variables = [\"tier\"]\n[agent.dynamic_variables]\ntier = \"gold\"\n",
+            "[agent]\nrequest_variables = [\"\"]\n",
+        ] {
+            let cfg = Config::from_toml_and_env(bad, []).expect("parses");
+            let err = cfg.validate().expect_err(bad).to_string();
+            assert!(err.contains("agent.request_variables"), "{err}");
+        }
+        let cfg =
+            Config::from_toml_and_env("[agent]\nrequest_variables = [\"customer_name\"]\n", [])
+                .expect("parses");
+        cfg.validate().expect("valid");
+    }
+
+    #[test]
+    fn transfer_needs_an_allowlist() {
+        let err = Config::from_toml_and_env("[agent]\ntransfer_enabled = true\n", [])
+            .expect("parses")
+            .validate()
+            .expect_err("no allowlist")
+            .to_string();
+        assert!(err.contains("agent.transfer_allow_prefixes"), "{err}");
+        for bad in [
+            "[agent]\ntransfer_enabled = true\ntransfer_allow_prefixes = [\"+\"]\n",
+            "[agent]\ntransfer_enabled = true\ntransfer_allow_sip_hosts = [\"a@b\"]\n",
+        ] {
+            let cfg = Config::from_toml_and_env(bad, []).expect("parses");
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        for ok in [
+            "[agent]\ntransfer_enabled = true\ntransfer_allow_prefixes = [\"+3361\"]\n",
+            "[agent]\ntransfer_enabled = true\ntransfer_allow_sip_hosts = [\"pbx.example\"]\n",
+        ] {
+            let cfg = Config::from_toml_and_env(ok, []).expect("parses");
+            cfg.validate().expect(ok);
+        }
+    }
+
+    #[test]
     fn secrets_come_from_the_environment_and_never_print() {
         let s = Secrets::from_env(|k| match k {
-            "TRUNKLINE_API_TOKEN" => Some("widget:abc, backend:def".into()),
+            "TRUNKLINE_API_TOKEN" => {
+                Some("widget:abcabcabcabcabcabc, backend:defdefdefdefdefdef".into())
+            }
             "ELEVENLABS_API_KEY" => Some("xi-secret".into()),
             _ => None,
-        });
+        })
+        .expect("valid");
         assert_eq!(s.api_tokens.len(), 2);
-        assert_eq!(s.api_tokens[1], ("backend".into(), "def".into()));
+        assert_eq!(
+            s.api_tokens[1],
+            ("backend".into(), "defdefdefdefdefdef".into())
+        );
         let shown = format!("{s:?}");
         assert!(
             !shown.contains("xi-secret") && !shown.contains("abc"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn empty_short_or_odd_api_tokens_are_refused_at_start() {
+        let env =
+            |v: &'static str| move |k: &str| (k == "TRUNKLINE_API_TOKEN").then(|| v.to_owned());
+        for bad in [
+            "backend:",
+            "backend: ",
+            "",
+            " ",
+            "backend:shorttok",
+            "shorttok",
+            "backend:0123456789abcdef,",
+            "backend:0123456789abcdef,:0123456789abcdeX",
+            "backend:0123456789 abcdef",
+            "a:0123456789abcdef,a:0123456789abcdeX",
+            "a:0123456789abcdef,b:0123456789abcdef",
+        ] {
+            let err = Secrets::from_env(env(bad)).expect_err(bad).to_string();
+            assert!(err.contains("TRUNKLINE_API_TOKEN"), "{bad}: {err}");
+            assert!(!err.contains("shorttok") && !err.contains("0123"), "{err}");
+        }
+        let err = Secrets::from_env(env("backend:")).expect_err("empty");
+        assert!(err.to_string().contains("16 characters"), "{err}");
+        let ok = Secrets::from_env(env("0123456789abcdef")).expect("16 is enough");
+        assert_eq!(
+            ok.api_tokens,
+            vec![("default".into(), "0123456789abcdef".into())]
+        );
+        assert!(
+            Secrets::from_env(|_| None)
+                .expect("unset")
+                .api_tokens
+                .is_empty()
         );
     }
 }

@@ -168,7 +168,13 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let secrets = Secrets::from_env(|k| std::env::var(k).ok());
+    let secrets = match Secrets::from_env(|k| std::env::var(k).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("environment: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Everything the gateway parses at start (sources, URIs, certificates) is checked too.
     if let Err(e) = Setup::new(&cfg, &secrets, 0) {
         eprintln!("{}: invalid configuration:\n  - {e}", path.display());
@@ -188,7 +194,13 @@ async fn serve(path: PathBuf, grace_secs: u64) -> ExitCode {
         }
     };
     init_logs(&cfg.log.level, cfg.log.format == LogFormat::Json);
-    let secrets = Secrets::from_env(|k| std::env::var(k).ok());
+    let secrets = match Secrets::from_env(|k| std::env::var(k).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
     if cfg.agent.agent_id.is_empty() {
         warn!("agent.agent_id is not set: calls will fail to reach the agent");
     }

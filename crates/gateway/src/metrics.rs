@@ -51,6 +51,7 @@ struct Inner {
     first_audio: Histogram,
     ping: Histogram,
     agent_closes: BTreeMap<String, u64>,
+    tool_calls: BTreeMap<(&'static str, &'static str), u64>,
     rtp_in: u64,
     rtp_out: u64,
     rtp_lost: i64,
@@ -104,6 +105,16 @@ impl Metrics {
                 .take_while(|c| c.is_ascii_alphanumeric())
                 .collect();
             *m.agent_closes.entry(reason).or_default() += 1;
+        }
+        for t in &r.tool_calls {
+            let tool = match t.name.as_str() {
+                "end_call" => "end_call",
+                "send_dtmf" => "send_dtmf",
+                "transfer_call" => "transfer_call",
+                _ => "other",
+            };
+            let result = if t.is_error { "error" } else { "ok" };
+            *m.tool_calls.entry((tool, result)).or_default() += 1;
         }
         m.rtp_in += r.uplink.packets;
         m.rtp_out += r.downlink.packets;
@@ -183,6 +194,16 @@ impl Metrics {
         );
         for (r, n) in &m.agent_closes {
             let _ = writeln!(out, "trunkline_agent_closes_total{{reason=\"{r}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_agent_tool_calls_total Client tool calls of ended calls, by tool and result (error: refused by policy or failed).\n# TYPE trunkline_agent_tool_calls_total counter"
+        );
+        for ((tool, result), n) in &m.tool_calls {
+            let _ = writeln!(
+                out,
+                "trunkline_agent_tool_calls_total{{tool=\"{tool}\",result=\"{result}\"}} {n}"
+            );
         }
         let _ = writeln!(
             out,

@@ -6,7 +6,8 @@
 //! 1. authentication — a bearer token, or (for a public browser widget) an allowed `Origin`
 //!    together with a restricted destination policy (pinned numbers or an allowlist) → 401
 //!    `Unauthorized`;
-//! 2. per-client rate limit (per IP, and per token) → 429 `Too many requests`;
+//! 2. per-client rate limit (per token for token clients, at ten times the per-IP rate; per IP
+//!    for everyone else) → 429 `Too many requests`;
 //! 3. the number: present (400 `Phone number is required`), E.164 after normalisation with
 //!    libphonenumber metadata (400 `Invalid phone number`);
 //! 4. destination policy — pinned numbers, allowlist, denylist, premium-rate and shared-cost
@@ -21,6 +22,8 @@ use std::time::Instant;
 use ipnet::IpNet;
 
 use phonenumber::{Mode, Type as PhoneNumberType};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::config::{PolicySection, Secrets};
 
@@ -44,6 +47,12 @@ pub enum Refusal {
     },
     /// 503.
     AtCapacity,
+    /// 403: the request sets a dynamic variable this client may not set (the operator's, the
+    /// call's own, or, without a token, one not in `agent.request_variables`).
+    VariableNotAllowed,
+    /// 403: a `first_message` from a client without a token, not allowed by
+    /// `agent.allow_request_first_message`.
+    FirstMessageNotAllowed,
 }
 
 impl Refusal {
@@ -52,7 +61,9 @@ impl Refusal {
         match self {
             Refusal::MissingNumber | Refusal::InvalidNumber => 400,
             Refusal::Unauthorized => 401,
-            Refusal::DestinationNotAllowed(_) => 403,
+            Refusal::DestinationNotAllowed(_)
+            | Refusal::VariableNotAllowed
+            | Refusal::FirstMessageNotAllowed => 403,
             Refusal::RateLimited { .. } => 429,
             Refusal::AtCapacity => 503,
         }
@@ -67,6 +78,8 @@ impl Refusal {
             Refusal::DestinationNotAllowed(_) => "Destination not allowed",
             Refusal::RateLimited { .. } => "Too many requests",
             Refusal::AtCapacity => "At capacity",
+            Refusal::VariableNotAllowed => "Dynamic variable not allowed",
+            Refusal::FirstMessageNotAllowed => "first_message not allowed",
         }
     }
 
@@ -79,6 +92,8 @@ impl Refusal {
             Refusal::DestinationNotAllowed(why) => why,
             Refusal::RateLimited { limit, .. } => limit,
             Refusal::AtCapacity => "at_capacity",
+            Refusal::VariableNotAllowed => "request_variable_not_allowed",
+            Refusal::FirstMessageNotAllowed => "first_message_not_allowed",
         }
     }
 }
@@ -92,6 +107,57 @@ pub enum Client {
     Origin(String),
     /// Tokens are not required and none was given.
     Anonymous,
+}
+
+/// The dynamic variables every call sets itself (they always win over a request's).
+pub const CALL_VARIABLES: [&str; 5] = [
+    "call_sid",
+    "called_number",
+    "caller_id",
+    "direction",
+    "twilio_call_sid",
+];
+
+/// What a trigger request may carry for the agent (`[agent]` `request_variables`,
+/// `allow_request_first_message`, and the keys of `[agent.dynamic_variables]`).
+///
+/// - The operator's variables and the call's own ([`CALL_VARIABLES`]) always win: a request
+///   naming one of them is refused, whoever sends it.
+/// - A token client (the operator's backend) may add any other key.
+/// - A client without a token (browser widget, anonymous) may add only the keys in
+///   `request_variables` (none by default), and a `first_message` only with
+///   `allow_request_first_message`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestRules {
+    /// Keys a client without a token may set.
+    pub anonymous_variables: Vec<String>,
+    /// Whether a client without a token may set `first_message`.
+    pub anonymous_first_message: bool,
+    /// The operator's keys (`[agent.dynamic_variables]`); the call's own are always reserved.
+    pub operator_variables: Vec<String>,
+}
+
+impl RequestRules {
+    /// Whether `client` may send these variable names and (if `first_message`) a first message.
+    pub fn check<'a>(
+        &self,
+        client: &Client,
+        mut keys: impl Iterator<Item = &'a str>,
+        first_message: bool,
+    ) -> Result<(), Refusal> {
+        let token = matches!(client, Client::Token(_));
+        if keys.any(|k| {
+            CALL_VARIABLES.contains(&k)
+                || self.operator_variables.iter().any(|o| o == k)
+                || (!token && !self.anonymous_variables.iter().any(|a| a == k))
+        }) {
+            return Err(Refusal::VariableNotAllowed);
+        }
+        if first_message && !token && !self.anonymous_first_message {
+            return Err(Refusal::FirstMessageNotAllowed);
+        }
+        Ok(())
+    }
 }
 
 /// A normalised destination.
@@ -125,6 +191,37 @@ pub fn normalise(raw: &str) -> Result<(Destination, PhoneNumberType), Refusal> {
     Ok((Destination { e164 }, kind))
 }
 
+/// The checks every destination passes, whoever asks (the trigger, the agent's `transfer_call`):
+/// not under a denied prefix, not premium rate / shared cost / pager by metadata.
+pub fn check_destination(
+    dest: &Destination,
+    kind: PhoneNumberType,
+    denied_prefixes: &[String],
+) -> Result<(), Refusal> {
+    if denied_prefixes
+        .iter()
+        .any(|p| dest.e164.starts_with(p.as_str()))
+    {
+        return Err(Refusal::DestinationNotAllowed("denied_prefix"));
+    }
+    if matches!(
+        kind,
+        PhoneNumberType::PremiumRate | PhoneNumberType::SharedCost | PhoneNumberType::Pager
+    ) {
+        return Err(Refusal::DestinationNotAllowed("premium_rate"));
+    }
+    Ok(())
+}
+
+/// The destination policy of a transfer number (after `agent.transfer_allow_prefixes`): valid
+/// E.164 by libphonenumber metadata and [`check_destination`]. The error is what the agent is
+/// told, with the refusal's label.
+pub fn check_transfer_number(e164: &str, denied_prefixes: &[String]) -> Result<(), String> {
+    let refused = |r: Refusal| format!("destination not allowed ({})", r.label());
+    let (dest, kind) = normalise(e164).map_err(refused)?;
+    check_destination(&dest, kind, denied_prefixes).map_err(refused)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -152,6 +249,9 @@ impl Bucket {
     }
 }
 
+/// A token client's request rate, in multiples of `per_ip_per_minute`.
+pub const TOKEN_RATE_FACTOR: f64 = 10.0;
+
 /// Most client buckets kept before idle ones are pruned.
 const MAX_BUCKETS: usize = 50_000;
 
@@ -160,11 +260,36 @@ const MAX_BUCKETS: usize = 50_000;
 pub struct Policy {
     cfg: PolicySection,
     origins: Vec<String>,
-    tokens: Vec<(String, String)>,
+    /// Token names and the SHA-256 of each token (compared in constant time, whatever their
+    /// lengths).
+    tokens: Vec<(String, [u8; 32])>,
     ip_buckets: HashMap<IpAddr, Bucket>,
     token_buckets: HashMap<String, Bucket>,
     cps: Option<Bucket>,
     daily: HashMap<String, (u64, u32)>,
+    daily_sink: Option<DailySink>,
+    request: RequestRules,
+}
+
+/// Where each admitted call's destination count is persisted (the records database), so the
+/// daily cap survives a restart: called with the UTC day and the E.164 number.
+#[derive(Clone)]
+pub struct DailySink(std::sync::Arc<DailySinkFn>);
+
+/// The function inside a [`DailySink`].
+type DailySinkFn = dyn Fn(u64, &str) + Send + Sync;
+
+impl DailySink {
+    /// A sink from a function (it must not block: queue the write).
+    pub fn new(f: impl Fn(u64, &str) + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for DailySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DailySink")
+    }
 }
 
 impl Policy {
@@ -175,12 +300,53 @@ impl Policy {
         Policy {
             cfg,
             origins: allowed_origins,
-            tokens: secrets.api_tokens.clone(),
+            // An empty token can never authenticate (`Secrets::from_env` refuses it at start;
+            // this guards secrets built in code).
+            tokens: secrets
+                .api_tokens
+                .iter()
+                .filter(|(_, t)| !t.is_empty())
+                .map(|(n, t)| (n.clone(), token_digest(t)))
+                .collect(),
             ip_buckets: HashMap::new(),
             token_buckets: HashMap::new(),
             cps: None,
             daily: HashMap::new(),
+            daily_sink: None,
+            request: RequestRules::default(),
         }
+    }
+
+    /// The daily cap's state from storage: `counts` calls already placed per number on `day`,
+    /// and where to persist each new one.
+    pub fn with_daily_counts(
+        mut self,
+        day: u64,
+        counts: impl IntoIterator<Item = (String, u32)>,
+        sink: DailySink,
+    ) -> Self {
+        for (number, n) in counts {
+            self.daily.insert(number, (day, n));
+        }
+        self.daily_sink = Some(sink);
+        self
+    }
+
+    /// What trigger requests may carry for the agent (default: nothing from a client without a
+    /// token, and never the call's own variables).
+    pub fn with_request_rules(mut self, rules: RequestRules) -> Self {
+        self.request = rules;
+        self
+    }
+
+    /// Step 2b: whether `client` may set these dynamic variables and a first message.
+    pub fn request_content<'a>(
+        &self,
+        client: &Client,
+        keys: impl Iterator<Item = &'a str>,
+        first_message: bool,
+    ) -> Result<(), Refusal> {
+        self.request.check(client, keys, first_message)
     }
 
     /// True when the destination policy cannot reach arbitrary numbers (pinned or allowlist),
@@ -189,18 +355,27 @@ impl Policy {
         !self.cfg.pinned_numbers.is_empty() || !self.cfg.allowed_prefixes.is_empty()
     }
 
-    /// Step 1: who is this? Tokens are compared in constant time.
+    /// Step 1: who is this? `bearer` is the token the request presented (`Some("")` when it
+    /// presented credentials that are not a bearer token: never valid). Tokens are compared in
+    /// constant time: SHA-256 of both sides, every configured token compared.
     pub fn authenticate(
         &self,
         bearer: Option<&str>,
         origin: Option<&str>,
     ) -> Result<Client, Refusal> {
         if let Some(given) = bearer {
-            return self
-                .tokens
-                .iter()
-                .find(|(_, t)| constant_time_eq(t.as_bytes(), given.as_bytes()))
-                .map(|(name, _)| Client::Token(name.clone()))
+            if given.is_empty() {
+                return Err(Refusal::Unauthorized);
+            }
+            let given = token_digest(given);
+            let mut found: Option<&String> = None;
+            for (name, digest) in &self.tokens {
+                if bool::from(digest.ct_eq(&given)) {
+                    found = Some(name);
+                }
+            }
+            return found
+                .map(|name| Client::Token(name.clone()))
                 .ok_or(Refusal::Unauthorized);
         }
         if let Some(o) = origin
@@ -225,9 +400,25 @@ impl Policy {
             .any(|o| o.trim_end_matches('/') == origin.trim_end_matches('/'))
     }
 
-    /// Step 2: per-IP and per-token request rate.
+    /// Step 2: request rate. A token client (a server) is counted per token at ten times
+    /// `per_ip_per_minute`, whatever its address (a backend behind one NAT address is not held
+    /// to a browser's rate); every other client per IP at `per_ip_per_minute`.
     pub fn rate_limit(&mut self, ip: IpAddr, client: &Client, now: Instant) -> Result<(), Refusal> {
         let per_min = f64::from(self.cfg.per_ip_per_minute.max(1));
+        if let Client::Token(name) = client {
+            let cap = per_min * TOKEN_RATE_FACTOR;
+            // One bucket per configured token: the table is bounded by the configuration.
+            let b = self.token_buckets.entry(name.clone()).or_insert(Bucket {
+                tokens: cap,
+                last: now,
+            });
+            return b
+                .take(cap, cap / 60.0, now)
+                .map_err(|retry_after| Refusal::RateLimited {
+                    limit: "per_token",
+                    retry_after,
+                });
+        }
         if self.ip_buckets.len() >= MAX_BUCKETS {
             self.ip_buckets
                 .retain(|_, b| !b.is_full(per_min, per_min / 60.0, now));
@@ -246,21 +437,7 @@ impl Policy {
             .map_err(|retry_after| Refusal::RateLimited {
                 limit: "per_ip",
                 retry_after,
-            })?;
-        if let Client::Token(name) = client {
-            // A token is a server: allow it ten times an IP's rate.
-            let cap = per_min * 10.0;
-            let b = self.token_buckets.entry(name.clone()).or_insert(Bucket {
-                tokens: cap,
-                last: now,
-            });
-            b.take(cap, cap / 60.0, now)
-                .map_err(|retry_after| Refusal::RateLimited {
-                    limit: "per_token",
-                    retry_after,
-                })?;
-        }
-        Ok(())
+            })
     }
 
     /// Steps 3–4: the number and where it goes. With pinned numbers and no number given, the
@@ -279,20 +456,7 @@ impl Policy {
                 Err(Refusal::DestinationNotAllowed("not_pinned"))
             };
         }
-        if self
-            .cfg
-            .denied_prefixes
-            .iter()
-            .any(|p| dest.e164.starts_with(p.as_str()))
-        {
-            return Err(Refusal::DestinationNotAllowed("denied_prefix"));
-        }
-        if matches!(
-            kind,
-            PhoneNumberType::PremiumRate | PhoneNumberType::SharedCost | PhoneNumberType::Pager
-        ) {
-            return Err(Refusal::DestinationNotAllowed("premium_rate"));
-        }
+        check_destination(&dest, kind, &self.cfg.denied_prefixes)?;
         if !self.cfg.allowed_prefixes.is_empty()
             && !self
                 .cfg
@@ -343,15 +507,15 @@ impl Policy {
             self.daily.retain(|_, (d, _)| *d == day);
         }
         self.daily.insert(dest.e164.clone(), (day, used + 1));
+        if let Some(sink) = &self.daily_sink {
+            (sink.0)(day, &dest.e164);
+        }
         Ok(())
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// One entry of `trunk.inbound_allowed_sources`: an address (`192.0.2.7`, `::1`) or a network
@@ -475,6 +639,79 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_token_never_authenticates() {
+        let secrets = Secrets {
+            api_tokens: vec![
+                ("empty".into(), String::new()),
+                ("backend".into(), "s3cret".into()),
+            ],
+            ..Secrets::default()
+        };
+        let p = Policy::new(PolicySection::default(), Vec::new(), &secrets);
+        assert_eq!(p.authenticate(Some(""), None), Err(Refusal::Unauthorized));
+        assert_eq!(
+            p.authenticate(Some("s3cre"), None),
+            Err(Refusal::Unauthorized)
+        );
+        assert_eq!(
+            p.authenticate(Some("s3cret"), None),
+            Ok(Client::Token("backend".into()))
+        );
+    }
+
+    #[test]
+    fn request_variables_and_first_message_by_client() {
+        let rules = RequestRules {
+            anonymous_variables: vec!["customer_name".into()],
+            anonymous_first_message: false,
+            operator_variables: vec!["customer_tier".into()],
+        };
+        let token = Client::Token("backend".into());
+        let widget = Client::Origin("https://shop.example".into());
+        let check = |c: &Client, keys: &[&str], fm: bool| rules.check(c, keys.iter().copied(), fm);
+        // The operator's and the call's own keys: nobody.
+        for k in [
+            "customer_tier",
+            "caller_id",
+            "call_sid",
+            "called_number",
+            "direction",
+        ] {
+            assert_eq!(
+                check(&token, &[k], false),
+                Err(Refusal::VariableNotAllowed),
+                "{k}"
+            );
+            assert_eq!(
+                check(&widget, &[k], false),
+                Err(Refusal::VariableNotAllowed),
+                "{k}"
+            );
+        }
+        // Other keys: a token client any, a widget only the listed ones.
+        assert_eq!(check(&token, &["order_id", "customer_name"], true), Ok(()));
+        assert_eq!(check(&widget, &["customer_name"], false), Ok(()));
+        assert_eq!(
+            check(&widget, &["order_id"], false),
+            Err(Refusal::VariableNotAllowed)
+        );
+        assert_eq!(
+            check(&Client::Anonymous, &[], true),
+            Err(Refusal::FirstMessageNotAllowed)
+        );
+        let open = RequestRules {
+            anonymous_first_message: true,
+            ..RequestRules::default()
+        };
+        assert_eq!(open.check(&widget, std::iter::empty(), true), Ok(()));
+        // The default: nothing from a client without a token.
+        assert_eq!(
+            RequestRules::default().check(&widget, ["x"].into_iter(), false),
+            Err(Refusal::VariableNotAllowed)
+        );
+    }
+
+    #[test]
     fn pinned_allowlist_and_denylist() {
         let pinned = policy(|c| c.pinned_numbers = vec!["+33612345678".into()]);
         assert_eq!(
@@ -538,6 +775,46 @@ mod tests {
         );
         assert!(
             p.rate_limit(ip, &Client::Anonymous, t0 + Duration::from_secs(20))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn token_clients_get_ten_times_the_per_ip_rate_and_anonymous_clients_do_not() {
+        let mut p = policy(|c| c.per_ip_per_minute = 10);
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let t0 = Instant::now();
+        let token = Client::Token("backend".into());
+        for i in 0..100 {
+            assert!(p.rate_limit(ip, &token, t0).is_ok(), "token request {i}");
+        }
+        assert_eq!(
+            p.rate_limit(ip, &token, t0),
+            Err(Refusal::RateLimited {
+                limit: "per_token",
+                retry_after: 1
+            })
+        );
+        // The token's use does not eat the address's budget, nor the reverse.
+        for i in 0..10 {
+            assert!(p.rate_limit(ip, &Client::Anonymous, t0).is_ok(), "anon {i}");
+        }
+        assert!(matches!(
+            p.rate_limit(ip, &Client::Anonymous, t0),
+            Err(Refusal::RateLimited {
+                limit: "per_ip",
+                ..
+            })
+        ));
+        let widget = Client::Origin("https://shop.example".into());
+        let other: IpAddr = "192.0.2.9".parse().expect("ip");
+        for _ in 0..10 {
+            assert!(p.rate_limit(other, &widget, t0).is_ok());
+        }
+        assert!(p.rate_limit(other, &widget, t0).is_err(), "widget: per IP");
+        // 1.67 tokens per second refill.
+        assert!(
+            p.rate_limit(ip, &token, t0 + Duration::from_secs(1))
                 .is_ok()
         );
     }

@@ -3,8 +3,14 @@
 //!
 //! Every snapshot a call emits at a state change is upserted in order by one writer task, so a
 //! crash loses nothing already known: after a restart the record is there, in the state it had
-//! reached (a call killed mid-conversation stays `in-progress` with its timestamps).
+//! reached (a call killed mid-conversation stays `in-progress` with its timestamps) until the next
+//! start of the same node ([`RecordStore::recover_interrupted`]) marks it `failed` with cause
+//! `gateway_restart` and no end time.
+//!
+//! The per-destination daily call counts (`policy.per_destination_per_day`) are kept here too, so
+//! a restart does not reset them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -12,6 +18,7 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::mpsc;
 use tracing::warn;
 use trunkline_call::CallRecord;
+use trunkline_call::record::EndCause;
 
 use crate::api::ListQuery;
 
@@ -39,18 +46,39 @@ const SCHEMA: &[&str] = &[
     )",
     "CREATE INDEX IF NOT EXISTS calls_created ON calls (created_ms)",
     "CREATE INDEX IF NOT EXISTS calls_status ON calls (status)",
+    "CREATE TABLE IF NOT EXISTS destination_daily (
+        day BIGINT NOT NULL,
+        number TEXT NOT NULL,
+        calls BIGINT NOT NULL,
+        PRIMARY KEY (day, number)
+    )",
 ];
+
+/// The node id of a store opened with [`RecordStore::open`] (`records.node_id`'s default).
+pub const DEFAULT_NODE: &str = "trunkline";
+
+/// Daily counts older than this many days are deleted at start.
+const KEEP_DAYS: i64 = 2;
 
 /// The records store.
 #[derive(Debug, Clone)]
 pub struct RecordStore {
     pool: AnyPool,
     writer: mpsc::UnboundedSender<Msg>,
+    node: Arc<str>,
 }
 
 impl RecordStore {
-    /// Open (and create) the database at `url` (`sqlite://file.db`, `postgres://…`).
+    /// Open (and create) the database at `url` (`sqlite://file.db`, `postgres://…`) as the
+    /// [`DEFAULT_NODE`].
     pub async fn open(url: &str) -> Result<RecordStore, RecordsError> {
+        Self::open_as(url, DEFAULT_NODE).await
+    }
+
+    /// Open the database as `node`: the calls it writes are marked with it, and only its own
+    /// unfinished calls are recovered at start (gateways sharing a PostgreSQL database need
+    /// distinct node ids).
+    pub async fn open_as(url: &str, node: &str) -> Result<RecordStore, RecordsError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let url = if sqlite && !url.contains("mode=") && !url.contains(":memory:") {
@@ -74,9 +102,79 @@ impl RecordStore {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await?;
         }
+        // Databases created before node ids: add the column (portable: no IF NOT EXISTS).
+        if sqlx::query("SELECT node FROM calls LIMIT 1")
+            .fetch_optional(&pool)
+            .await
+            .is_err()
+        {
+            sqlx::query("ALTER TABLE calls ADD COLUMN node TEXT")
+                .execute(&pool)
+                .await?;
+        }
+        let node: Arc<str> = Arc::from(node);
         let (writer, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(pool.clone(), rx));
-        Ok(RecordStore { pool, writer })
+        tokio::spawn(write_loop(pool.clone(), node.clone(), rx));
+        Ok(RecordStore { pool, writer, node })
+    }
+
+    /// Mark every call this node left unfinished (`initiated`, `ringing`, `in-progress`, …:
+    /// no end cause) as `failed` with cause `gateway_restart` and no end time, and return them.
+    /// Call at start, before taking calls.
+    pub async fn recover_interrupted(&self) -> Result<Vec<CallRecord>, RecordsError> {
+        let rows =
+            sqlx::query("SELECT call_sid, record FROM calls WHERE node = $1 AND end_cause IS NULL")
+                .bind(&*self.node)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let sid: String = row.try_get("call_sid")?;
+            let mut r = row
+                .try_get::<String, _>("record")
+                .ok()
+                .and_then(|t| serde_json::from_str::<CallRecord>(&t).ok())
+                .unwrap_or_else(|| CallRecord::new(sid, "unknown", String::new(), String::new()));
+            r.status = "failed".into();
+            r.end_cause = Some(EndCause::GatewayRestart);
+            r.timestamps.ended_ms = None;
+            upsert(&self.pool, &self.node, &r).await?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Count one call to `number` on UTC day `day` (queued, written in order; never blocks).
+    pub fn count_destination(&self, day: u64, number: &str) {
+        let msg = Msg::Count {
+            day: day as i64,
+            number: number.to_owned(),
+        };
+        if self.writer.send(msg).is_err() {
+            warn!("records writer gone");
+        }
+    }
+
+    /// The calls counted per destination on `day` (and old days' counts deleted).
+    pub async fn daily_counts(&self, day: u64) -> Result<Vec<(String, u32)>, RecordsError> {
+        let day = day as i64;
+        sqlx::query("DELETE FROM destination_daily WHERE day < $1")
+            .bind(day - KEEP_DAYS)
+            .execute(&self.pool)
+            .await?;
+        let rows = sqlx::query("SELECT number, calls FROM destination_daily WHERE day = $1")
+            .bind(day)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let n: i64 = r.try_get("calls")?;
+                Ok((
+                    r.try_get::<String, _>("number")?,
+                    u32::try_from(n).unwrap_or(u32::MAX),
+                ))
+            })
+            .collect()
     }
 
     /// Queue a snapshot for writing (never blocks the call).
@@ -88,7 +186,7 @@ impl RecordStore {
 
     /// Write a snapshot now and wait for it (shutdown, tests).
     pub async fn save_now(&self, record: &CallRecord) -> Result<(), RecordsError> {
-        upsert(&self.pool, record).await
+        upsert(&self.pool, &self.node, record).await
     }
 
     /// Wait until every queued snapshot is written.
@@ -148,13 +246,15 @@ impl RecordStore {
 
 enum Msg {
     Save(Box<CallRecord>),
+    Count { day: i64, number: String },
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-async fn write_loop(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn write_loop(pool: AnyPool, node: Arc<str>, mut rx: mpsc::UnboundedReceiver<Msg>) {
     while let Some(first) = rx.recv().await {
         // Coalesce what is queued: only the newest snapshot of each call needs writing.
         let mut batch: Vec<Box<CallRecord>> = Vec::new();
+        let mut counts: Vec<(i64, String)> = Vec::new();
         let mut acks = Vec::new();
         let mut next = Some(first);
         while let Some(m) = next.take().or_else(|| rx.try_recv().ok()) {
@@ -163,14 +263,20 @@ async fn write_loop(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Msg>) {
                     Some(slot) => *slot = r,
                     None => batch.push(r),
                 },
+                Msg::Count { day, number } => counts.push((day, number)),
                 Msg::Flush(ack) => {
                     acks.push(ack);
                     break;
                 }
             }
         }
+        for (day, number) in &counts {
+            if let Err(e) = count(&pool, *day, number).await {
+                warn!(error = %e, "daily count write failed");
+            }
+        }
         for r in &batch {
-            write(&pool, r).await;
+            write(&pool, &node, r).await;
         }
         for ack in acks {
             let _ = ack.send(());
@@ -178,9 +284,21 @@ async fn write_loop(pool: AnyPool, mut rx: mpsc::UnboundedReceiver<Msg>) {
     }
 }
 
-async fn write(pool: &AnyPool, r: &CallRecord) {
+async fn count(pool: &AnyPool, day: i64, number: &str) -> Result<(), RecordsError> {
+    sqlx::query(
+        "INSERT INTO destination_daily (day, number, calls) VALUES ($1, $2, 1)
+         ON CONFLICT (day, number) DO UPDATE SET calls = destination_daily.calls + 1",
+    )
+    .bind(day)
+    .bind(number)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn write(pool: &AnyPool, node: &str, r: &CallRecord) {
     for attempt in 0..3 {
-        match upsert(pool, r).await {
+        match upsert(pool, node, r).await {
             Ok(()) => return,
             Err(e) => {
                 warn!(error = %e, attempt, call_sid = %r.call_sid, "record write failed");
@@ -190,7 +308,7 @@ async fn write(pool: &AnyPool, r: &CallRecord) {
     }
 }
 
-async fn upsert(pool: &AnyPool, r: &CallRecord) -> Result<(), RecordsError> {
+async fn upsert(pool: &AnyPool, node: &str, r: &CallRecord) -> Result<(), RecordsError> {
     let json = serde_json::to_string(r).unwrap_or_else(|_| "{}".into());
     let created = r.timestamps.created_ms.unwrap_or(0) as i64;
     let updated = r
@@ -201,8 +319,8 @@ async fn upsert(pool: &AnyPool, r: &CallRecord) -> Result<(), RecordsError> {
         .unwrap_or(0) as i64;
     sqlx::query(
         "INSERT INTO calls (call_sid, created_ms, updated_ms, direction, status, from_number,
-                            to_number, conversation_id, end_cause, record)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                            to_number, conversation_id, end_cause, record, node)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (call_sid) DO UPDATE SET
             updated_ms = excluded.updated_ms, status = excluded.status,
             conversation_id = excluded.conversation_id, end_cause = excluded.end_cause,
@@ -218,6 +336,7 @@ async fn upsert(pool: &AnyPool, r: &CallRecord) -> Result<(), RecordsError> {
     .bind(r.conversation_id.clone())
     .bind(r.end_cause.as_ref().map(|c| c.label().to_owned()))
     .bind(json)
+    .bind(node)
     .execute(pool)
     .await?;
     Ok(())
@@ -226,7 +345,85 @@ async fn upsert(pool: &AnyPool, r: &CallRecord) -> Result<(), RecordsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trunkline_call::record::EndCause;
+
+    fn temp_db(name: &str) -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("trunkline-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let url = format!("sqlite://{}", dir.join("t.db").display());
+        (dir, url)
+    }
+
+    #[tokio::test]
+    async fn daily_counts_survive_a_restart() {
+        let (dir, url) = temp_db("daily");
+        let store = RecordStore::open(&url).await.expect("open");
+        store.count_destination(20_000, "+33612345678");
+        store.count_destination(20_000, "+33612345678");
+        store.count_destination(20_000, "+33612345679");
+        store.count_destination(19_990, "+33612345678");
+        store.flush().await;
+        drop(store);
+        let store = RecordStore::open(&url).await.expect("reopen");
+        let mut counts = store.daily_counts(20_000).await.expect("counts");
+        counts.sort();
+        assert_eq!(
+            counts,
+            vec![("+33612345678".into(), 2), ("+33612345679".into(), 1)]
+        );
+        // Old days are gone.
+        assert!(store.daily_counts(19_990).await.expect("counts").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn calls_left_open_by_this_node_are_failed_at_restart() {
+        let (dir, url) = temp_db("recover");
+        let store = RecordStore::open_as(&url, "node-a").await.expect("open");
+        let mut open = Vec::new();
+        for (i, status) in ["initiated", "ringing", "in-progress"].iter().enumerate() {
+            let mut r = CallRecord::new(format!("CA{i}"), "outbound", "+1".into(), "+2".into());
+            r.status = (*status).into();
+            r.timestamps.created_ms = Some(1000 + i as u64);
+            store.save_now(&r).await.expect("save");
+            open.push(r.call_sid);
+        }
+        let mut done = CallRecord::new("CAdone".into(), "outbound", "+1".into(), "+2".into());
+        done.status = "completed".into();
+        done.end_cause = Some(EndCause::RemoteHangup);
+        done.timestamps.ended_ms = Some(5000);
+        store.save_now(&done).await.expect("save");
+        drop(store);
+        let other = RecordStore::open_as(&url, "node-b").await.expect("open b");
+        let mut theirs = CallRecord::new("CAb".into(), "inbound", "+1".into(), "+2".into());
+        theirs.status = "in-progress".into();
+        other.save_now(&theirs).await.expect("save");
+        drop(other);
+
+        // Restart node-a.
+        let store = RecordStore::open_as(&url, "node-a").await.expect("reopen");
+        let recovered = store.recover_interrupted().await.expect("recover");
+        assert_eq!(recovered.len(), 3);
+        for sid in &open {
+            let r = store.get(sid).await.expect("record");
+            assert_eq!(r.status, "failed", "{sid}");
+            assert_eq!(r.end_cause, Some(EndCause::GatewayRestart), "{sid}");
+            assert_eq!(r.timestamps.ended_ms, None, "{sid}: end time unknown");
+        }
+        assert_eq!(store.get("CAdone").await.expect("done"), done);
+        let failed = store
+            .list(&ListQuery {
+                status: Some("failed".into()),
+                ..ListQuery::default()
+            })
+            .await;
+        assert_eq!(failed.len(), 3);
+        // Another node's open call is its own business.
+        assert_eq!(store.get("CAb").await.expect("b").status, "in-progress");
+        // Idempotent.
+        assert!(store.recover_interrupted().await.expect("again").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn records_survive_reopening_and_list_filters() {

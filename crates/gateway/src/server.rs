@@ -12,9 +12,9 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use trunkline_call::record::EndCause;
 
-use crate::api::{ApiState, router};
+use crate::api::{ApiState, day_now, router};
 use crate::config::{Config, Secrets};
-use crate::policy::Policy;
+use crate::policy::{DailySink, Policy, RequestRules};
 use crate::service::{Gateway, StartError};
 
 /// A running gateway with its HTTP API.
@@ -45,12 +45,31 @@ impl Server {
             .local_addr()
             .map_err(|e| StartError::Http(e.to_string()))?;
         let gateway = Gateway::start(cfg.clone(), secrets.clone()).await?;
+        // The daily cap continues from the records (a restart does not reset it).
+        let day = day_now();
+        let counts = gateway.daily_counts(day).await?;
+        let sink = {
+            let gw = Arc::downgrade(&gateway);
+            DailySink::new(move |day, number| {
+                if let Some(gw) = gw.upgrade() {
+                    gw.count_destination(day, number);
+                }
+            })
+        };
         let state = Arc::new(ApiState {
-            policy: Mutex::new(Policy::new(
-                cfg.policy.clone(),
-                cfg.http.allowed_origins.clone(),
-                &secrets,
-            )),
+            policy: Mutex::new(
+                Policy::new(
+                    cfg.policy.clone(),
+                    cfg.http.allowed_origins.clone(),
+                    &secrets,
+                )
+                .with_request_rules(RequestRules {
+                    anonymous_variables: cfg.agent.request_variables.clone(),
+                    anonymous_first_message: cfg.agent.allow_request_first_message,
+                    operator_variables: cfg.agent.dynamic_variables.keys().cloned().collect(),
+                })
+                .with_daily_counts(day, counts, sink),
+            ),
             calls: Arc::new(gateway.clone()),
             max_body_bytes: cfg.http.max_body_bytes,
         });

@@ -124,7 +124,9 @@ impl Gateway {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let seed = random_seed();
         let setup = Setup::new(&cfg, &secrets, seed).map_err(|e| StartError::Config(e.0))?;
-        let store = RecordStore::open(&cfg.records.database_url).await?;
+        let store = RecordStore::open_as(&cfg.records.database_url, &cfg.records.node_id).await?;
+        // Calls this node left open when it last stopped (SIGKILL, crash) are over.
+        let interrupted = store.recover_interrupted().await?;
         let webhooks = match &cfg.records.webhook_url {
             Some(url) if !url.is_empty() => Some(
                 Webhooks::start(url.clone(), secrets.webhook_secret.clone())
@@ -136,6 +138,19 @@ impl Gateway {
             .await
             .map_err(|e| StartError::Sip(e.to_string()))?;
         let metrics = Arc::new(Metrics::default());
+        if !interrupted.is_empty() {
+            warn!(
+                calls = interrupted.len(),
+                node = %cfg.records.node_id,
+                "calls left open by the last run marked failed (gateway_restart)"
+            );
+        }
+        for r in &interrupted {
+            metrics.call_ended(&r.direction, r);
+            if let Some(hooks) = &webhooks {
+                hooks.notify(&r.status, r);
+            }
+        }
         let send_thread = match setup.send_delay {
             None => None,
             Some(delay) => Some(
@@ -348,22 +363,19 @@ impl Gateway {
         m
     }
 
+    /// The agent's configuration for one call: `request` is what the trigger asked for (already
+    /// checked by policy), `own` the call's own variables.
     fn agent_config(
         &self,
-        vars: BTreeMap<String, DynamicVariable>,
+        request: BTreeMap<String, DynamicVariable>,
+        own: BTreeMap<String, DynamicVariable>,
         first_message: Option<String>,
     ) -> AgentConfig {
         let a = &self.cfg.agent;
         let mut c = AgentConfig::new(a.agent_id.clone()).with_base_url(a.base_url.clone());
         c.api_key = self.secrets.elevenlabs_api_key.clone();
         c.connect_timeout = Duration::from_secs(a.connect_timeout_secs);
-        let mut all: BTreeMap<String, DynamicVariable> = a
-            .dynamic_variables
-            .iter()
-            .map(|(k, v)| (k.clone(), DynamicVariable::from(v.as_str())))
-            .collect();
-        all.extend(vars);
-        c.initiation.dynamic_variables = all;
+        c.initiation.dynamic_variables = merge_variables(request, &a.dynamic_variables, own);
         if let Some(m) = first_message {
             c.initiation.conversation_config_override = Some(ConversationConfigOverride {
                 agent: Some(AgentOverride {
@@ -387,7 +399,13 @@ impl Gateway {
             return;
         }
         if let Some(hooks) = &self.webhooks {
-            let before = book.by_sid.get(&r.call_sid).map(|p| p.status.as_str());
+            // The status last notified: the live record's, or the finished one's (the call's
+            // task stores its final record once more when it returns: not a new event).
+            let before = book
+                .by_sid
+                .get(&r.call_sid)
+                .or_else(|| book.recent.iter().rev().find(|f| f.call_sid == r.call_sid))
+                .map(|p| p.status.as_str());
             if before != Some(r.status.as_str()) && r.status != "ending" {
                 let event = match r.status.as_str() {
                     "in-progress" => "answered",
@@ -401,6 +419,7 @@ impl Gateway {
             // Finished calls live in the database; keep memory bounded.
             book.by_sid.remove(&r.call_sid);
             book.order.retain(|s| s != &r.call_sid);
+            book.recent.retain(|f| f.call_sid != r.call_sid);
             book.recent.push_back(r);
             if book.recent.len() > 1000 {
                 book.recent.pop_front();
@@ -423,6 +442,16 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The calls counted per destination on UTC `day` (the daily cap after a restart).
+    pub async fn daily_counts(&self, day: u64) -> Result<Vec<(String, u32)>, StartError> {
+        Ok(self.store.daily_counts(day).await?)
+    }
+
+    /// Persist one call to `number` on `day` (queued).
+    pub fn count_destination(&self, day: u64, number: &str) {
+        self.store.count_destination(day, number);
     }
 
     /// Wait until every record snapshot is in the database.
@@ -506,7 +535,7 @@ impl Gateway {
             record,
             now,
         );
-        let mut vars: BTreeMap<String, DynamicVariable> = req
+        let request_vars: BTreeMap<String, DynamicVariable> = req
             .dynamic_variables
             .into_iter()
             .filter_map(|(k, v)| {
@@ -522,11 +551,12 @@ impl Gateway {
                 Some((k, dv))
             })
             .collect();
+        let mut vars: BTreeMap<String, DynamicVariable> = BTreeMap::new();
         vars.insert("call_sid".into(), sid.clone().into());
         vars.insert("called_number".into(), req.to.e164.clone().into());
         vars.insert("caller_id".into(), self.cfg.trunk.caller_id.clone().into());
         vars.insert("direction".into(), "outbound".into());
-        let agent = self.agent_config(vars, req.first_message);
+        let agent = self.agent_config(request_vars, vars, req.first_message);
         self.spawn_call(sid.clone(), call, rtp, rtcp, leg.events, leg.link, agent);
         info!(call_sid = %sid, "outbound call placed");
         Ok(Placed {
@@ -595,10 +625,28 @@ impl Gateway {
                 vars.insert("twilio_call_sid".into(), v.clone().into());
             }
         }
-        let agent = self.agent_config(vars, None);
+        let agent = self.agent_config(BTreeMap::new(), vars, None);
         info!(call_sid = %sid, source = %inc.source, "inbound call");
         self.spawn_call(sid, call, rtp, rtcp, events, link, agent);
     }
+}
+
+/// The dynamic variables of a conversation: the request's, then the operator's
+/// (`[agent.dynamic_variables]`) over them, then the call's own over everything. Policy already
+/// refuses requests naming the operator's or the call's keys; this order holds even if it did not.
+pub fn merge_variables(
+    request: BTreeMap<String, DynamicVariable>,
+    operator: &BTreeMap<String, String>,
+    own: BTreeMap<String, DynamicVariable>,
+) -> BTreeMap<String, DynamicVariable> {
+    let mut all = request;
+    all.extend(
+        operator
+            .iter()
+            .map(|(k, v)| (k.clone(), DynamicVariable::from(v.as_str()))),
+    );
+    all.extend(own);
+    all
 }
 
 fn fxhash(s: &str) -> u64 {
@@ -644,10 +692,30 @@ impl CallService for Arc<Gateway> {
     }
     fn metrics(&self) -> String {
         let s = self.sip.stats();
-        self.metrics.render(
+        let mut out = self.metrics.render(
             Gateway::active_calls(self),
             s.inbound_refused_source.load(Ordering::Relaxed),
-        )
+        );
+        if let Some(hooks) = &self.webhooks {
+            let w = hooks.stats();
+            use std::fmt::Write;
+            let _ = writeln!(
+                out,
+                "# HELP trunkline_webhooks_total Status webhook events, by outcome (dropped: queue full).\n# TYPE trunkline_webhooks_total counter"
+            );
+            for (result, n) in [
+                ("delivered", &w.delivered),
+                ("failed", &w.failed),
+                ("dropped", &w.dropped),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "trunkline_webhooks_total{{result=\"{result}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+        out
     }
     fn refused(&self, label: &'static str) {
         self.metrics.refused(label);
@@ -658,5 +726,33 @@ impl Gateway {
     /// Calls up now.
     pub fn active_calls(&self) -> usize {
         self.active.lock().map(|a| a.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operator_and_the_call_win_over_the_request() {
+        let request: BTreeMap<String, DynamicVariable> = [
+            ("customer_tier", "platinum"),
+            ("caller_id", "+19005550100"),
+            ("order_id", "42"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), DynamicVariable::from(v)))
+        .collect();
+        let operator: BTreeMap<String, String> =
+            [("customer_tier".to_owned(), "basic".to_owned())].into();
+        let own: BTreeMap<String, DynamicVariable> = [(
+            "caller_id".to_owned(),
+            DynamicVariable::from("+15005550006"),
+        )]
+        .into();
+        let all = merge_variables(request, &operator, own);
+        assert_eq!(all["customer_tier"], DynamicVariable::from("basic"));
+        assert_eq!(all["caller_id"], DynamicVariable::from("+15005550006"));
+        assert_eq!(all["order_id"], DynamicVariable::from("42"));
     }
 }

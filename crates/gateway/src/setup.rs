@@ -13,10 +13,10 @@ use trunkline_call::sip::{
     Codec, Credentials, HostPort, MediaParams, TimerConfig, TransportConfig, TransportKind,
     UaConfig, Uri, tls_server_config_from_files,
 };
-use trunkline_call::{AgentConnectAt, CallConfig, DtmfMode};
+use trunkline_call::{AgentConnectAt, CallConfig, DtmfMode, TransferCheck};
 
 use crate::config::{CodecName, Config, ConnectAt, DtmfDelivery, Secrets, SipTransport};
-use crate::policy::InboundSources;
+use crate::policy::{InboundSources, check_transfer_number};
 
 /// Why the configuration cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +145,12 @@ impl Setup {
             },
             transfer_enabled: a.transfer_enabled,
             transfer_allow_prefixes: a.transfer_allow_prefixes.clone(),
+            transfer_allow_sip_hosts: a.transfer_allow_sip_hosts.clone(),
+            // The trigger's destination policy applies to transfer numbers too.
+            transfer_check: {
+                let denied = cfg.policy.denied_prefixes.clone();
+                TransferCheck::new(move |n| check_transfer_number(n, &denied))
+            },
             ..CallConfig::default()
         };
         Ok(Setup {
@@ -279,6 +285,39 @@ mod tests {
                 .to_string();
             assert!(err.contains("unknown variant"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn transfer_numbers_pass_the_triggers_destination_policy() {
+        let mut cfg = Config::default();
+        cfg.agent.transfer_enabled = true;
+        cfg.agent.transfer_allow_prefixes = vec!["+33".into(), "+1".into()];
+        let s = setup(&cfg);
+        let check = |n: &str| s.call.transfer_check.check(n);
+        assert_eq!(check("+33612345678"), Ok(()));
+        // Premium rate by metadata, denied prefix, not a valid number.
+        assert_eq!(
+            check("+33891234567"),
+            Err("destination not allowed (denied_prefix)".into())
+        );
+        cfg.policy.denied_prefixes.clear();
+        let bare = setup(&cfg);
+        assert_eq!(
+            bare.call.transfer_check.check("+33891234567"),
+            Err("destination not allowed (premium_rate)".into())
+        );
+        assert_eq!(
+            check("+19005550123"),
+            Err("destination not allowed (denied_prefix)".into())
+        );
+        assert_eq!(
+            check("+99912345678"),
+            Err("destination not allowed (invalid_number)".into())
+        );
+        assert_eq!(
+            s.call.transfer_allow_prefixes,
+            cfg.agent.transfer_allow_prefixes
+        );
     }
 
     #[test]

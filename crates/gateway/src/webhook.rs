@@ -6,6 +6,8 @@
 //!   from `TRUNKLINE_WEBHOOK_SECRET` (a receiver recomputes it and rejects stale timestamps).
 //! - Never blocking a call: events go into a bounded queue; when it is full the event is dropped
 //!   and counted.
+//! - One delivery per event, each with an `event_id` (`<call_sid>:<event>`, the same on every
+//!   retry) in the body and the `X-Trunkline-Event-Id` header, so a receiver drops repeats.
 //! - Retried with exponential backoff (0.5, 1, 2, 4, 8 s) on network errors and 5xx/429; a 4xx
 //!   other than 429 is final.
 
@@ -39,8 +41,21 @@ pub struct WebhookStats {
 /// The webhook sender.
 #[derive(Debug, Clone)]
 pub struct Webhooks {
-    tx: mpsc::Sender<(String, String)>,
+    tx: mpsc::Sender<Queued>,
     stats: Arc<WebhookStats>,
+}
+
+/// One event waiting for delivery.
+#[derive(Debug)]
+struct Queued {
+    call_sid: String,
+    event_id: String,
+    body: String,
+}
+
+/// The id of one event of one call: stable across retries (and restarts), unique per event.
+pub fn event_id(call_sid: &str, event: &str) -> String {
+    format!("{call_sid}:{event}")
 }
 
 /// `hex(HMAC-SHA256(secret, "<timestamp>.<body>"))`.
@@ -95,8 +110,10 @@ impl Webhooks {
 
     /// Queue the event for `record`'s current status (never blocks).
     pub fn notify(&self, event: &str, record: &CallRecord) {
+        let event_id = event_id(&record.call_sid, event);
         let body = json!({
             "event": event,
+            "event_id": event_id,
             "call_sid": record.call_sid,
             "status": record.status,
             "direction": record.direction,
@@ -108,7 +125,12 @@ impl Webhooks {
             "timestamps": record.timestamps,
         })
         .to_string();
-        if self.tx.try_send((record.call_sid.clone(), body)).is_err() {
+        let queued = Queued {
+            call_sid: record.call_sid.clone(),
+            event_id,
+            body,
+        };
+        if self.tx.try_send(queued).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -118,10 +140,15 @@ async fn deliver(
     client: reqwest::Client,
     url: String,
     secret: String,
-    mut rx: mpsc::Receiver<(String, String)>,
+    mut rx: mpsc::Receiver<Queued>,
     stats: Arc<WebhookStats>,
 ) {
-    while let Some((sid, body)) = rx.recv().await {
+    while let Some(Queued {
+        call_sid: sid,
+        event_id,
+        body,
+    }) = rx.recv().await
+    {
         let mut delay = Duration::from_millis(500);
         let mut ok = false;
         for attempt in 1..=ATTEMPTS {
@@ -135,6 +162,7 @@ async fn deliver(
                 .header("Content-Type", "application/json")
                 .header("X-Trunkline-Timestamp", ts.to_string())
                 .header("X-Trunkline-Signature", format!("sha256={sig}"))
+                .header("X-Trunkline-Event-Id", event_id.as_str())
                 .body(body.clone())
                 .send()
                 .await;
@@ -260,6 +288,9 @@ mod tests {
             .expect("retried")
             .expect("second attempt");
         assert!(first.contains("\"event\":\"ringing\""));
+        assert!(first.contains("\"event_id\":\"CA1:ringing\""), "{first}");
+        // The retry is the same event: same id in the body and the header.
+        assert!(second.contains("\"event_id\":\"CA1:ringing\""), "{second}");
         let (head, body) = second.split_once("\r\n\r\n").expect("http");
         let header = |name: &str| {
             head.lines()
@@ -270,6 +301,7 @@ mod tests {
                 .unwrap_or_default()
         };
         let ts: u64 = header("x-trunkline-timestamp").parse().expect("timestamp");
+        assert_eq!(header("x-trunkline-event-id"), "CA1:ringing");
         assert_eq!(
             header("x-trunkline-signature"),
             format!("sha256={}", signature(b"s3cret", ts, body))

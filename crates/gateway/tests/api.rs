@@ -16,7 +16,7 @@ use trunkline_gateway::api::{
     ApiState, BoxFuture, CallService, ListQuery, OutboundRequest, PlaceError, Placed, router,
 };
 use trunkline_gateway::config::{PolicySection, Secrets};
-use trunkline_gateway::policy::Policy;
+use trunkline_gateway::policy::{Policy, RequestRules};
 
 const WIDGET: &str = "https://shop.example";
 
@@ -68,15 +68,29 @@ struct Server {
 }
 
 async fn serve(f: impl FnOnce(&mut PolicySection)) -> Server {
-    let mut cfg = PolicySection::default();
-    f(&mut cfg);
     let secrets = Secrets {
         api_tokens: vec![("backend".into(), "s3cret-token".into())],
         ..Secrets::default()
     };
+    serve_with(secrets, f).await
+}
+
+async fn serve_with(secrets: Secrets, f: impl FnOnce(&mut PolicySection)) -> Server {
+    serve_rules(secrets, RequestRules::default(), f).await
+}
+
+async fn serve_rules(
+    secrets: Secrets,
+    rules: RequestRules,
+    f: impl FnOnce(&mut PolicySection),
+) -> Server {
+    let mut cfg = PolicySection::default();
+    f(&mut cfg);
     let calls = Arc::new(Recorder::default());
     let state = Arc::new(ApiState {
-        policy: Mutex::new(Policy::new(cfg, vec![WIDGET.into()], &secrets)),
+        policy: Mutex::new(
+            Policy::new(cfg, vec![WIDGET.into()], &secrets).with_request_rules(rules),
+        ),
         calls: calls.clone(),
         max_body_bytes: 16 * 1024,
     });
@@ -312,33 +326,194 @@ async fn every_refusal_has_its_status_and_stable_message_and_places_nothing() {
 }
 
 #[tokio::test]
+async fn request_variables_cannot_override_and_widgets_send_only_allowed_ones() {
+    let rules = RequestRules {
+        anonymous_variables: vec!["customer_name".into()],
+        anonymous_first_message: false,
+        operator_variables: vec!["customer_tier".into()],
+    };
+    let secrets = Secrets {
+        api_tokens: vec![("backend".into(), "s3cret-token".into())],
+        ..Secrets::default()
+    };
+    let srv = serve_rules(secrets, rules, |c| {
+        c.pinned_numbers = vec!["+33612345678".into()];
+        c.calls_per_second = 100.0;
+        c.per_ip_per_minute = 1000;
+        c.per_destination_per_day = 1000;
+    })
+    .await;
+    let widget = ("Origin", WIDGET);
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        // The operator's and the call's own: nobody, token or not.
+        (
+            vec![TOKEN],
+            r#"{"dynamic_variables": {"customer_tier": "platinum"}}"#,
+            403,
+            "Dynamic variable not allowed",
+        ),
+        (
+            vec![TOKEN],
+            r#"{"dynamic_variables": {"caller_id": "+19005550100"}}"#,
+            403,
+            "Dynamic variable not allowed",
+        ),
+        (
+            vec![widget],
+            r#"{"dynamic_variables": {"customer_tier": "platinum"}}"#,
+            403,
+            "Dynamic variable not allowed",
+        ),
+        // A widget: only the listed keys, and no first_message.
+        (
+            vec![widget],
+            r#"{"dynamic_variables": {"order_id": "42"}}"#,
+            403,
+            "Dynamic variable not allowed",
+        ),
+        (
+            vec![widget],
+            r#"{"first_message": "Hi, I am your bank"}"#,
+            403,
+            "first_message not allowed",
+        ),
+    ];
+    for (headers, body, status, msg) in cases {
+        let r = post_json(srv.addr, "/api/call/outbound", &headers, body).await;
+        assert_eq!((r.status, r.error().as_str()), (status, msg), "{body}");
+    }
+    assert!(srv.calls.placed.lock().expect("lock").is_empty());
+    let r = post_json(
+        srv.addr,
+        "/api/call/outbound",
+        &[widget],
+        r#"{"dynamic_variables": {"customer_name": "Ada"}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post_json(
+        srv.addr,
+        "/api/call/outbound",
+        &[TOKEN],
+        r#"{"dynamic_variables": {"order_id": "42"}, "first_message": "Hello"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(srv.calls.placed.lock().expect("lock").len(), 2);
+}
+
+#[tokio::test]
+async fn a_dynamic_variable_over_1024_characters_has_its_own_message() {
+    let srv = serve(|c| c.calls_per_second = 100.0).await;
+    let body = |n: usize| {
+        format!(
+            r#"{{"to": "+33612345678", "dynamic_variables": {{"note": "{}"}}}}"#,
+            "é".repeat(n)
+        )
+    };
+    let r = post_json(srv.addr, "/api/call/outbound", &[TOKEN], &body(1025)).await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (400, "Dynamic variable value too long")
+    );
+    assert!(srv.calls.placed.lock().expect("lock").is_empty());
+    // 1,024 characters (2,048 bytes) pass.
+    let r = post_json(srv.addr, "/api/call/outbound", &[TOKEN], &body(1024)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn only_a_bearer_token_authenticates_even_with_an_empty_token_configured() {
+    // `TRUNKLINE_API_TOKEN="backend:"` is refused at start; a Policy built in code with an empty
+    // token must still let nothing in with empty or non-bearer credentials.
+    let secrets = Secrets {
+        api_tokens: vec![
+            ("empty".into(), String::new()),
+            ("backend".into(), "s3cret-token".into()),
+        ],
+        ..Secrets::default()
+    };
+    let srv = serve_with(secrets, |c| c.calls_per_second = 100.0).await;
+    let body = r#"{"phoneNumber": "+33612345678"}"#;
+    for auth in [
+        ("Authorization", "Basic YWRtaW46YWRtaW4="),
+        ("Authorization", "Negotiate x"),
+        ("Authorization", "Bearer "),
+        ("Authorization", "Bearer"),
+        ("Authorization", "Bearer s3cret-token extra"),
+        ("Authorization", "Token s3cret-token"),
+        ("Authorization", "s3cret-token"),
+        ("xi-api-key", ""),
+        ("xi-api-key", " "),
+    ] {
+        let r = post_json(srv.addr, "/api/call/outbound", &[auth], body).await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (401, "Unauthorized"),
+            "{auth:?}"
+        );
+        let r = http(srv.addr, "GET", "/api/calls", &[auth], b"").await;
+        assert_eq!(r.status, 401, "GET /api/calls with {auth:?}");
+    }
+    assert!(srv.calls.placed.lock().expect("lock").is_empty());
+    // The real token, in either case of the scheme, still works.
+    for auth in ["Bearer s3cret-token", "bearer s3cret-token"] {
+        let r = post_json(
+            srv.addr,
+            "/api/call/outbound",
+            &[("Authorization", auth)],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{auth}: {}", r.body);
+    }
+}
+
+#[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
+    // per_ip_per_minute = 2: a token client gets 20 a minute, a widget (no token) 2 per IP.
     let srv = serve(|c| {
         c.per_ip_per_minute = 2;
         c.calls_per_second = 100.0;
+        c.allowed_prefixes = vec!["+33".into()];
     })
     .await;
-    let ok = post_json(
-        srv.addr,
-        "/api/call/outbound",
-        &[TOKEN],
-        r#"{"to": "+33612345678"}"#,
-    )
-    .await;
-    assert_eq!(ok.status, 200);
-    let ok = post_json(
-        srv.addr,
-        "/api/call/outbound",
-        &[TOKEN],
-        r#"{"to": "+33612345679"}"#,
-    )
-    .await;
-    assert_eq!(ok.status, 200, "{}", ok.body);
+    for i in 0..20 {
+        let ok = post_json(
+            srv.addr,
+            "/api/call/outbound",
+            &[TOKEN],
+            &format!(r#"{{"to": "+336123456{i:02}"}}"#),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "token request {i}: {}", ok.body);
+    }
     let r = post_json(
         srv.addr,
         "/api/call/outbound",
         &[TOKEN],
         r#"{"to": "+33612345670"}"#,
+    )
+    .await;
+    assert_eq!((r.status, r.error().as_str()), (429, "Too many requests"));
+    assert_eq!(r.headers["retry-after"], "3");
+    // The widget from the same address still has its own two.
+    for i in 0..2 {
+        let ok = post_json(
+            srv.addr,
+            "/api/call/outbound",
+            &[("Origin", WIDGET)],
+            &format!(r#"{{"to": "+336123457{i:02}"}}"#),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "widget request {i}: {}", ok.body);
+    }
+    let r = post_json(
+        srv.addr,
+        "/api/call/outbound",
+        &[("Origin", WIDGET)],
+        r#"{"to": "+33612345799"}"#,
     )
     .await;
     assert_eq!((r.status, r.error().as_str()), (429, "Too many requests"));

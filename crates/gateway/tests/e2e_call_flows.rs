@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{deploy, pcap, speech};
+use common::{TOKEN, deploy, pcap, post, speech};
 use trunkline_agent::AudioFormat;
 use trunkline_call::record::EndCause;
 use trunkline_emulators::agent::{AbortKind, AgentEmulatorConfig, Script, ToolCallSpec};
@@ -367,8 +367,16 @@ async fn inbound_call_from_another_source_is_refused() {
     assert!(d.agent.records().is_empty());
 }
 
-/// A tiny HTTP endpoint that records the `event` of every POST and answers 200.
-async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+/// One delivery: the body's `event` and `event_id`, and the `X-Trunkline-Event-Id` header.
+#[derive(Debug)]
+struct Delivery {
+    event: String,
+    event_id: String,
+    header_id: String,
+}
+
+/// A tiny HTTP endpoint that records every POST and answers 200.
+async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Delivery>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -400,11 +408,22 @@ async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Str
                             })
                             .unwrap_or(0usize);
                         if body.len() >= len {
-                            let event = serde_json::from_str::<serde_json::Value>(body)
-                                .ok()
-                                .and_then(|j| j["event"].as_str().map(str::to_owned))
+                            let j =
+                                serde_json::from_str::<serde_json::Value>(body).unwrap_or_default();
+                            let field = |k: &str| j[k].as_str().unwrap_or_default().to_owned();
+                            let header_id = head
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("x-trunkline-event-id")
+                                        .then(|| v.trim().to_owned())
+                                })
                                 .unwrap_or_default();
-                            let _ = tx.send(event);
+                            let _ = tx.send(Delivery {
+                                event: field("event"),
+                                event_id: field("event_id"),
+                                header_id,
+                            });
                             let _ = s
                                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                                 .await;
@@ -437,7 +456,29 @@ async fn status_webhooks_follow_the_call() {
             _ => break,
         }
     }
-    assert_eq!(seen, ["initiated", "ringing", "answered", "completed"]);
+    // Nothing after the final event (it used to be delivered twice).
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(1500), events.recv()).await
+    {
+        seen.push(extra);
+    }
+    assert_eq!(
+        seen.iter().map(|d| d.event.as_str()).collect::<Vec<_>>(),
+        ["initiated", "ringing", "answered", "completed"],
+        "{seen:?}"
+    );
+    // Every delivery carries its event id, in the body and the header, unique per event.
+    let ids: std::collections::BTreeSet<&str> = seen.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 4, "{seen:?}");
+    for d in &seen {
+        assert!(d.event_id.starts_with(&sid), "{d:?}");
+        assert_eq!(d.header_id, d.event_id, "{d:?}");
+    }
+    use trunkline_gateway::api::CallService;
+    let metrics = CallService::metrics(&d.gateway);
+    assert!(
+        metrics.contains("trunkline_webhooks_total{result=\"delivered\"} 4"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,4 +544,78 @@ async fn transfer_call_tool_sends_refer_and_ends_after_notify_200() {
         Some("remote_bye"),
         "BYE after the transfer"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_daily_cap_and_fails_the_calls_left_open() {
+    use trunkline_call::CallRecord;
+    use trunkline_gateway::api::CallService;
+    use trunkline_gateway::config::Config;
+    use trunkline_gateway::records::RecordStore;
+    let dir = std::env::temp_dir().join(format!("trunkline-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let url = format!("sqlite://{}", dir.join("records.db").display());
+    // A call the last run left open (killed with SIGKILL mid-call).
+    {
+        let store = RecordStore::open(&url).await.expect("open");
+        let mut r = CallRecord::new(
+            "CAstale".into(),
+            "outbound",
+            "+15005550006".into(),
+            "+33612345670".into(),
+        );
+        r.status = "in-progress".into();
+        r.timestamps.answered_ms = Some(1_000);
+        store.save_now(&r).await.expect("save");
+    }
+    let tweak = |url: String| {
+        move |c: &mut Config| {
+            c.records.database_url = url;
+            c.policy.per_destination_per_day = 1;
+        }
+    };
+    let a = deploy(
+        trunk(|t| t.hangup_after = Some(Duration::from_secs(1))),
+        agent(|_| {}),
+        tweak(url.clone()),
+    )
+    .await;
+    let stale = CallService::get(&a.gateway, "CAstale".into())
+        .await
+        .expect("stale record");
+    assert_eq!(stale.status, "failed");
+    assert_eq!(stale.end_cause, Some(EndCause::GatewayRestart));
+    assert_eq!(stale.timestamps.ended_ms, None, "end time unknown");
+    let sid = a.call("+33612345678").await;
+    a.finished(&sid, 20).await;
+    a.gateway.flush_records().await;
+
+    // The restart: a new gateway on the same database.
+    let b = deploy(
+        trunk(|t| t.hangup_after = Some(Duration::from_secs(1))),
+        agent(|_| {}),
+        tweak(url.clone()),
+    )
+    .await;
+    let (status, j) = post(
+        b.http,
+        "/api/call/outbound",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        r#"{"phoneNumber": "+33612345678"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, j["error"].as_str()),
+        (429, Some("Too many requests"))
+    );
+    assert!(b.trunk.calls().is_empty(), "nothing reached the trunk");
+    // A finished call is not touched by the restart; another number still passes.
+    let done = CallService::get(&b.gateway, sid.clone())
+        .await
+        .expect("record");
+    assert_eq!(done.status, "completed");
+    let other = b.call("+33612345679").await;
+    b.finished(&other, 20).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -327,7 +327,7 @@ fn in_progress_with_conversation(r: &Value) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_call_keeps_what_was_known_about_the_call() {
+async fn sigkill_mid_call_keeps_what_was_known_and_the_restart_fails_the_call() {
     let s = Setup::new("sigkill", 0, Duration::from_secs(30)).await;
     let mut gw = s.spawn(30);
     gw.ready().await;
@@ -347,7 +347,10 @@ async fn sigkill_mid_call_keeps_what_was_known_about_the_call() {
     gw.ready().await;
     let after = gw.record(&sid).await;
     assert_eq!(after["call_sid"], sid.as_str());
-    assert_eq!(after["status"], "in-progress", "{after}");
+    // The restarted gateway knows the call is over: failed, cause gateway_restart, end unknown.
+    assert_eq!(after["status"], "failed", "{after}");
+    assert_eq!(after["end_cause"]["kind"], "gateway_restart", "{after}");
+    assert!(after["timestamps"]["ended_ms"].is_null(), "{after}");
     assert_eq!(after["direction"], "outbound");
     assert!(after["timestamps"]["answered_ms"].is_u64(), "{after}");
     assert_eq!(
@@ -357,7 +360,6 @@ async fn sigkill_mid_call_keeps_what_was_known_about_the_call() {
     assert!(after["conversation_id"].is_string(), "{after}");
     assert_eq!(after["conversation_id"], before["conversation_id"]);
     assert_eq!(after["sip_call_id"], before["sip_call_id"]);
-    assert!(after["end_cause"].is_null(), "{after}");
 }
 
 /// Start with `--grace-secs 1`, bring a call up, SIGTERM: asserts a clean exit 0 after the grace
@@ -696,6 +698,16 @@ fn check_config_reports_what_the_gateway_would_refuse_at_start() {
             "unknown variant",
         ),
         ("codec", "[trunk]\ncodecs = [\"G729\"]\n", "unknown variant"),
+        (
+            "open-trigger",
+            "[policy]\nrequire_token = false\n",
+            "policy.allow_open_trigger_i_accept_toll_fraud_risk = true",
+        ),
+        (
+            "transfer-without-allowlist",
+            "[agent]\ntransfer_enabled = true\n",
+            "agent.transfer_allow_prefixes",
+        ),
     ] {
         let path = dir.0.join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("write");
@@ -707,5 +719,20 @@ fn check_config_reports_what_the_gateway_would_refuse_at_start() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: accepted");
         assert!(stderr.contains(expect), "{name}: {stderr}");
+    }
+    // An empty API token is refused, with the minimum length and without the value.
+    for token in ["backend:", "backend:tooshort"] {
+        let out = Command::new(BIN)
+            .args(["check-config", "--config", shipped])
+            .env("TRUNKLINE_API_TOKEN", token)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{token}: accepted");
+        assert!(stderr.contains("16 characters"), "{stderr}");
+        assert!(
+            !stderr.contains("tooshort"),
+            "the token is never printed: {stderr}"
+        );
     }
 }

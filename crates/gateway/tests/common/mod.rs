@@ -14,7 +14,7 @@ use trunkline_gateway::config::{Config, Secrets, SipTransport};
 use trunkline_gateway::server::Server;
 use trunkline_gateway::service::Gateway;
 
-pub const TOKEN: &str = "e2e-token";
+pub const TOKEN: &str = "e2e-token-0123456789";
 
 pub fn pcap(name: &str) -> String {
     format!(
