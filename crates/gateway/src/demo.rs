@@ -118,7 +118,7 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     }
     let secrets = Secrets {
         trunk_password: Some("demo-password".into()),
-        api_tokens: vec![("demo".into(), "demo-token".into())],
+        api_tokens: vec![("demo".into(), "demo-token-0123456789".into())],
         ..Secrets::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -135,7 +135,7 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoReport, String> {
     let (status, body) = post_json(
         http,
         "/api/call/outbound",
-        &[("Authorization", "Bearer demo-token")],
+        &[("Authorization", "Bearer demo-token-0123456789")],
         r#"{"phoneNumber": "+33612345678"}"#,
     )
     .await?;

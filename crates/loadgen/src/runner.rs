@@ -40,7 +40,7 @@ use crate::schedule;
 use crate::sipspy::SipSpy;
 
 /// The bearer token of the gateway this tool starts (and the default for an external one).
-pub const TOKEN: &str = "load-token";
+pub const TOKEN: &str = "trunkline-load-token-0123456789";
 
 /// The agent emulator's audio format for `f`.
 fn audio_format(f: AgentFormat) -> AudioFormat {
