@@ -508,17 +508,27 @@ struct CmdBox(Box<Originate>);
 impl TrunkEmulator {
     /// Start on `cfg.listen` (UDP and TCP on the same port).
     pub async fn start(cfg: TrunkConfig) -> std::io::Result<TrunkEmulator> {
-        let udp = std::net::UdpSocket::bind(cfg.listen)?;
-        let addr = udp.local_addr()?;
-        drop(udp);
-        let tc = TransportConfig {
-            udp: Some(addr),
-            tcp: Some(addr),
-            ..TransportConfig::default()
+        // With port 0, the UDP port picked may be taken for TCP (or taken again before we bind
+        // it) by a parallel test: pick another, a few times.
+        let mut attempt = 0;
+        let (addr, transports, rx) = loop {
+            attempt += 1;
+            let udp = std::net::UdpSocket::bind(cfg.listen)?;
+            let addr = udp.local_addr()?;
+            drop(udp);
+            let tc = TransportConfig {
+                udp: Some(addr),
+                tcp: Some(addr),
+                ..TransportConfig::default()
+            };
+            match Transports::bind(tc).await {
+                Ok((t, rx)) => break (addr, t, rx),
+                Err(e) if cfg.listen.port() != 0 || attempt >= 10 => {
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+                Err(_) => {}
+            }
         };
-        let (transports, rx) = Transports::bind(tc)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
         // The "edge proxy" address our Record-Route entries name: a second UDP socket whose
         // requests reach the same UA, so a gateway that ignores the route set (and sends to our
         // Contact) is told apart from one that follows it.
@@ -2206,6 +2216,30 @@ mod tests {
             ch.check(&r, "trunkline", "s3cret"),
             DigestVerdict::Forbidden
         );
+    }
+
+    #[test]
+    fn wire_messages_keep_repeated_headers_verbatim_and_in_order() {
+        let raw = b"SIP/2.0 200 OK\r\nRecord-Route: <sip:a;lr;x=1>\r\ni: abc\r\n\
+Record-Route: <sip:b:5070;lr>,\r\n <sip:\"c,d\"@e;lr>\r\nTo: <sip:x@y>;tag=t1\r\n\
+CSeq: 7 INVITE\r\nContent-Length: 2\r\n\r\nhi";
+        let at = Instant::now();
+        let a: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        let m = WireMessage::parse(raw, at, a, a).unwrap();
+        assert_eq!(m.status(), Some(200));
+        assert_eq!(m.call_id(), Some("abc"), "compact form");
+        assert_eq!(
+            m.header_values("Record-Route"),
+            ["<sip:a;lr;x=1>", "<sip:b:5070;lr>", "<sip:\"c,d\"@e;lr>"]
+        );
+        assert_eq!(m.to_tag().as_deref(), Some("t1"));
+        assert_eq!(m.cseq(), Some((7, "INVITE".into())));
+        assert_eq!(m.body, "hi");
+        let stripped = strip_record_route(raw).unwrap();
+        let s = WireMessage::parse(&stripped, at, a, a).unwrap();
+        assert!(s.header_lines("Record-Route").is_empty());
+        assert_eq!(s.headers.len(), m.headers.len() - 2);
+        assert_eq!(s.body, "hi");
     }
 
     #[test]

@@ -633,8 +633,15 @@ async fn sipp_call_succeeds(name: &str, screen: &str, exit: Option<ExitStatus>, 
         Some(1),
         "{name}\n{screen}\n{trace}"
     );
-    assert_eq!(sipp_count(screen, "Failed call"), Some(0), "{name}\n{screen}");
-    assert!(exit.success(), "{name}: sipp exit {exit:?}\n{screen}\n{trace}");
+    assert_eq!(
+        sipp_count(screen, "Failed call"),
+        Some(0),
+        "{name}\n{screen}"
+    );
+    assert!(
+        exit.success(),
+        "{name}: sipp exit {exit:?}\n{screen}\n{trace}"
+    );
 }
 
 /// Termination through two record-routing proxies, the gateway hanging up: SIPp
