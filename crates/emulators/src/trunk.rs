@@ -46,7 +46,7 @@ use trunkline_sip::dialog::DialogId;
 use trunkline_sip::message::{Method, NameAddr, Request, Uri};
 use trunkline_sip::sdp::{self, MediaParams, SessionDescription};
 use trunkline_sip::transaction::{IdGen, SplitMix64, TransportKind, TxId};
-use trunkline_sip::transport::{TransportConfig, Transports, UaRunner, Wake};
+use trunkline_sip::transport::{Incoming, TransportConfig, Transports, UaRunner, Wake};
 use trunkline_sip::ua::{EndReason, InviteParams, Ua, UaConfig, UaEvent};
 
 /// The digest realm Twilio uses.
@@ -229,6 +229,23 @@ pub struct RxPacket {
     pub payload: Vec<u8>,
 }
 
+/// One RFC 4733 event the phone received (see [`TrunkCall::dtmf_events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RxDtmfEvent {
+    /// The digit of its first packet.
+    pub digit: Option<char>,
+    /// Its RTP timestamp (the event's start).
+    pub timestamp: u32,
+    /// Packets received for it (retransmitted end packets included).
+    pub packets: usize,
+    /// Packets with the end bit.
+    pub end_packets: usize,
+    /// Its final duration (of the end packets, else the last packet), in timestamp units.
+    pub duration: u16,
+    /// What is wrong with it; empty for a well-formed event.
+    pub problems: Vec<String>,
+}
+
 /// What the trunk saw of one call.
 #[derive(Debug, Clone, Default)]
 pub struct TrunkCall {
@@ -279,6 +296,24 @@ pub struct TrunkCall {
     pub sent_log: Vec<Instant>,
     /// RFC 4733 digits the phone sent (start of each event).
     pub dtmf_sent: Vec<(Instant, char)>,
+    /// The SIP Call-ID (for termination the same as `call_id`; origination records keep their
+    /// `orig-<CallSid>` key in `call_id`). [`TrunkEmulator::received_sip`] finds the messages by it.
+    pub sip_call_id: String,
+    /// Our tag in the dialog (the To tag of our responses on termination, the From tag of our
+    /// INVITE on origination).
+    pub local_tag: Option<String>,
+    /// Our Contact URI (the remote target the gateway must put in the Request-URI of its
+    /// in-dialog requests).
+    pub contact: String,
+    /// The `Record-Route` values this trunk's "proxies" stamped on the call, in header order: on
+    /// termination on our 18x/2xx (the gateway's route set is their reverse), on origination on
+    /// our INVITE (the gateway must echo them in its 18x/2xx and route with them in order).
+    pub record_route: Vec<String>,
+    /// CSeq numbers of the INVITEs (initial or re-INVITE) we answered with a 2xx: each needs the
+    /// gateway's ACK (RFC 3261 §13.2.2.4).
+    pub invite_2xx_cseqs: Vec<u32>,
+    /// RTP packets sent during 183 early media (before the 200).
+    pub early_rtp_sent: u64,
 }
 
 impl TrunkCall {
@@ -303,21 +338,117 @@ impl TrunkCall {
             .collect()
     }
 
-    /// Telephone-event digits received (one per event, by its RTP timestamp).
+    /// Telephone-event digits received (one per event, by its RTP timestamp), of the events that
+    /// are well-formed ([`TrunkCall::dtmf_events`] found no problem): a digit sent without its
+    /// marker, its three end packets or a sane duration is not counted.
     pub fn dtmf_received(&self) -> Vec<char> {
+        self.dtmf_events()
+            .into_iter()
+            .filter(|e| e.problems.is_empty())
+            .filter_map(|e| e.digit)
+            .collect()
+    }
+
+    /// The RFC 4733 events received, in order of their first packet (grouped by RTP timestamp),
+    /// each checked as a real phone's receiver would (RFC 4733 §2.5.1): the marker bit on the first
+    /// packet of the event and on no other, one event code throughout, a duration that never
+    /// shrinks, exactly three end packets (§2.5.1.4) carrying the same final duration and nothing
+    /// but end packets after the first one, a final duration of 40 ms to 2 s, and no overlap with
+    /// the next event (its timestamp at or after this one's end).
+    pub fn dtmf_events(&self) -> Vec<RxDtmfEvent> {
+        use trunkline_media::dtmf::{TelephoneEvent, event_to_char};
         let Some(pt) = self.dtmf_pt else {
             return Vec::new();
         };
-        let mut seen = Vec::new();
-        let mut out = Vec::new();
+        let mut order: Vec<u32> = Vec::new();
+        let mut by_ts: HashMap<u32, Vec<&RxPacket>> = HashMap::new();
         for p in self.rtp_in.iter().filter(|p| p.pt == pt) {
-            if p.payload.len() >= 4
-                && !seen.contains(&p.ts)
-                && let Some(c) = trunkline_media::dtmf::event_to_char(p.payload[0])
-            {
-                seen.push(p.ts);
-                out.push(c);
+            if !by_ts.contains_key(&p.ts) {
+                order.push(p.ts);
             }
+            by_ts.entry(p.ts).or_default().push(p);
+        }
+        let mut out: Vec<RxDtmfEvent> = Vec::new();
+        for ts in order {
+            let packets = &by_ts[&ts];
+            let mut e = RxDtmfEvent {
+                digit: None,
+                timestamp: ts,
+                packets: packets.len(),
+                end_packets: 0,
+                duration: 0,
+                problems: Vec::new(),
+            };
+            let mut code = None;
+            let mut last_duration = 0u16;
+            let mut end_duration = None;
+            for (i, p) in packets.iter().enumerate() {
+                let Ok(ev) = TelephoneEvent::parse(&p.payload) else {
+                    e.problems
+                        .push(format!("packet {i}: not a telephone-event payload"));
+                    continue;
+                };
+                if i == 0 {
+                    code = Some(ev.event);
+                    e.digit = event_to_char(ev.event);
+                    if !p.marker {
+                        e.problems
+                            .push("first packet of the event without the marker bit".into());
+                    }
+                } else {
+                    if p.marker {
+                        e.problems.push(format!("packet {i}: marker bit set again"));
+                    }
+                    if code != Some(ev.event) {
+                        e.problems.push(format!(
+                            "packet {i}: event {} in an event {code:?}",
+                            ev.event
+                        ));
+                    }
+                }
+                if ev.duration < last_duration {
+                    e.problems.push(format!(
+                        "packet {i}: duration {} shrank from {last_duration}",
+                        ev.duration
+                    ));
+                }
+                last_duration = ev.duration;
+                if ev.end {
+                    e.end_packets += 1;
+                    match end_duration {
+                        None => end_duration = Some(ev.duration),
+                        Some(d) if d != ev.duration => e.problems.push(format!(
+                            "packet {i}: end duration {} after {d}",
+                            ev.duration
+                        )),
+                        Some(_) => {}
+                    }
+                } else if end_duration.is_some() {
+                    e.problems
+                        .push(format!("packet {i}: not an end packet after the end"));
+                }
+            }
+            e.duration = end_duration.unwrap_or(last_duration);
+            if e.end_packets != 3 {
+                e.problems.push(format!(
+                    "{} end packets, RFC 4733 §2.5.1.4 sends three",
+                    e.end_packets
+                ));
+            }
+            if !(320..=16000).contains(&e.duration) {
+                e.problems.push(format!(
+                    "final duration {} samples is not 40 ms to 2 s",
+                    e.duration
+                ));
+            }
+            if let Some(prev) = out.last_mut()
+                && ts.wrapping_sub(prev.timestamp) < u32::from(prev.duration)
+            {
+                prev.problems.push(format!(
+                    "the next event (timestamp {ts}) starts before this one ends"
+                ));
+            }
+            out.push(e);
         }
         out
     }
@@ -345,6 +476,8 @@ struct Shared {
     changed: Notify,
     /// Replaces `TrunkConfig::hangup_after` for calls answered from now on.
     hangup_override: Mutex<Option<Duration>>,
+    /// Every SIP message received, as on the wire, by Call-ID.
+    wire: Mutex<HashMap<String, Vec<WireMessage>>>,
 }
 
 /// A call placed by the trunk to the gateway (origination).
@@ -364,6 +497,7 @@ pub struct Originate {
 #[derive(Debug, Clone)]
 pub struct TrunkEmulator {
     addr: SocketAddr,
+    edge: SocketAddr,
     shared: Arc<Shared>,
     cmd: mpsc::UnboundedSender<CmdBox>,
 }
@@ -374,17 +508,32 @@ struct CmdBox(Box<Originate>);
 impl TrunkEmulator {
     /// Start on `cfg.listen` (UDP and TCP on the same port).
     pub async fn start(cfg: TrunkConfig) -> std::io::Result<TrunkEmulator> {
-        let udp = std::net::UdpSocket::bind(cfg.listen)?;
-        let addr = udp.local_addr()?;
-        drop(udp);
-        let tc = TransportConfig {
-            udp: Some(addr),
-            tcp: Some(addr),
-            ..TransportConfig::default()
+        // With port 0, the UDP port picked may be taken for TCP (or taken again before we bind
+        // it) by a parallel test: pick another, a few times.
+        let mut attempt = 0;
+        let (addr, transports, rx) = loop {
+            attempt += 1;
+            let udp = std::net::UdpSocket::bind(cfg.listen)?;
+            let addr = udp.local_addr()?;
+            drop(udp);
+            let tc = TransportConfig {
+                udp: Some(addr),
+                tcp: Some(addr),
+                ..TransportConfig::default()
+            };
+            match Transports::bind(tc).await {
+                Ok((t, rx)) => break (addr, t, rx),
+                Err(e) if cfg.listen.port() != 0 || attempt >= 10 => {
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+                Err(_) => {}
+            }
         };
-        let (transports, rx) = Transports::bind(tc)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // The "edge proxy" address our Record-Route entries name: a second UDP socket whose
+        // requests reach the same UA, so a gateway that ignores the route set (and sends to our
+        // Contact) is told apart from one that follows it.
+        let edge_sock = UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).await?;
+        let edge = edge_sock.local_addr()?;
         let mut ua = Ua::new(
             UaConfig {
                 user_agent: "Twilio Gateway".into(),
@@ -395,13 +544,18 @@ impl TrunkEmulator {
         );
         ua.set_sent_by(TransportKind::Udp, addr);
         ua.set_sent_by(TransportKind::Tcp, addr);
+        let contact = ua.contact(TransportKind::Udp).to_string();
         let shared = Arc::new(Shared::default());
+        let (tap_tx, tap_rx) = mpsc::channel(8192);
+        tokio::spawn(tap(rx, edge_sock, addr, edge, shared.clone(), tap_tx));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let task = Task {
-            runner: UaRunner::new(ua, transports, rx),
+            runner: UaRunner::new(ua, transports, tap_rx),
             cmd_rx,
             cfg,
             addr,
+            edge,
+            contact,
             shared: shared.clone(),
             challenges: DigestChallenges::new(),
             calls: HashMap::new(),
@@ -414,14 +568,36 @@ impl TrunkEmulator {
         tokio::spawn(task.run());
         Ok(TrunkEmulator {
             addr,
+            edge,
             shared,
             cmd: cmd_tx,
         })
     }
 
-    /// The SIP address.
+    /// The SIP address (of our Contact).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address our `Record-Route` entries name (UDP): the "edge proxy" in-dialog requests
+    /// must be sent to when they follow the route set.
+    pub fn edge_addr(&self) -> SocketAddr {
+        self.edge
+    }
+
+    /// The SIP messages received on `call` (by its SIP Call-ID), in arrival order, as on the wire.
+    pub fn received_sip(&self, call: &TrunkCall) -> Vec<WireMessage> {
+        self.shared
+            .wire
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&call.sip_call_id).cloned())
+            .unwrap_or_default()
+    }
+
+    /// What is wrong in the SIP the gateway sent on `call` ([`sip_problems`]); empty when nothing.
+    pub fn sip_problems(&self, call: &TrunkCall) -> Vec<String> {
+        sip_problems(call, &self.received_sip(call), self.edge)
     }
 
     /// Calls whose media starts from now on hang up after `after` instead of
@@ -489,6 +665,9 @@ struct Task {
     cmd_rx: mpsc::UnboundedReceiver<CmdBox>,
     cfg: TrunkConfig,
     addr: SocketAddr,
+    edge: SocketAddr,
+    /// Our Contact URI.
+    contact: String,
     shared: Arc<Shared>,
     challenges: DigestChallenges,
     calls: HashMap<String, CallState>,
@@ -572,6 +751,49 @@ impl Task {
         }
     }
 
+    /// The `Record-Route` values of the proxies between this trunk's UA and the gateway, in header
+    /// order as the gateway sees them: the entry nearest the gateway names the edge socket, the
+    /// other our Contact socket (so a gateway that reverses the wrong way sends to the wrong
+    /// place). `in_responses`: in our responses (termination, the gateway is the UAC) rather than in
+    /// our INVITE (origination, the gateway is the UAS).
+    fn record_route(&self, in_responses: bool) -> Vec<String> {
+        let edge = format!("<sip:{};lr;r2=on;hop=edge>", self.edge);
+        let core = format!("<sip:{};lr;r2=on;hop=core>", self.addr);
+        // Each proxy prepends its entry: the one nearest the UAS comes first.
+        if in_responses {
+            vec![core, edge]
+        } else {
+            vec![edge, core]
+        }
+    }
+
+    /// A response to the gateway's INVITE carrying our proxies' `Record-Route` (one header line
+    /// each) and an optional SDP body; records our To tag. The dialog, for a 2xx.
+    fn respond_routed(
+        &mut self,
+        tx: TxId,
+        status: u16,
+        reason: &str,
+        sdp: Option<String>,
+        call: usize,
+        now: Instant,
+    ) -> Option<DialogId> {
+        let mut r = self.runner.ua().make_response(tx, status)?;
+        r.reason = reason.to_owned();
+        for v in self.record_route(true) {
+            r.push_header("Record-Route", v);
+        }
+        if let Some(b) = sdp {
+            r.set_body("application/sdp", Bytes::from(b));
+        }
+        if let Some(tag) = r.to_tag() {
+            self.update(call, |c| {
+                c.local_tag.get_or_insert(tag);
+            });
+        }
+        self.runner.ua().respond(tx, r, now).ok().flatten()
+    }
+
     async fn on_event(&mut self, ev: UaEvent, now: Instant) {
         match ev {
             UaEvent::IncomingCall { tx, request, .. } => self.on_invite(tx, request, now).await,
@@ -580,6 +802,11 @@ impl Task {
                     && let Some(c) = self.calls.get(cid)
                 {
                     let i = c.index;
+                    if let Some(p) = self.pending.remove(cid)
+                        && let Some(e) = p.early
+                    {
+                        e.abort();
+                    }
                     self.timers.retain(|(_, t)| !matches!(t, Timer::Answer { tx: x, .. } | Timer::Final { tx: x, .. } if *x == tx));
                     self.update(i, |c| {
                         c.final_status = Some(487);
@@ -621,7 +848,15 @@ impl Task {
                     if let Some(b) = body {
                         r.set_body("application/sdp", Bytes::from(b));
                     }
-                    let _ = self.runner.ua().respond(tx, r, now);
+                    if self.runner.ua().respond(tx, r, now).is_ok()
+                        && request.method == Method::Invite
+                        && (200..300).contains(&status)
+                        && let Some(cid) = self.by_dialog.get(&dialog)
+                        && let Some(c) = self.calls.get(cid)
+                        && let Ok(cseq) = request.cseq()
+                    {
+                        self.update(c.index, |c| c.invite_2xx_cseqs.push(cseq.seq));
+                    }
                 }
                 if request.method == Method::Refer {
                     for (code, reason, last) in [(100, "Trying", false), (200, "OK", true)] {
@@ -707,6 +942,9 @@ impl Task {
                     from: request.header("From").next().unwrap_or("").to_owned(),
                     to: request.header("To").next().unwrap_or("").to_owned(),
                     call_id: call_id.clone(),
+                    sip_call_id: call_id.clone(),
+                    contact: self.contact.clone(),
+                    record_route: self.record_route(true),
                     first_invite_at: Some(now),
                     ..TrunkCall::default()
                 });
@@ -780,15 +1018,33 @@ impl Task {
         if let Some(c) = self.calls.get_mut(&call_id) {
             c.media_params = params;
         }
-        self.respond(tx, 180, Some("Ringing"), now);
+        self.respond_routed(tx, 180, "Ringing", None, index, now);
         let sdp_text = answer.sdp.to_string();
-        if self.cfg.early_media
-            && self.cfg.outcome == Outcome::Answer
-            && let Some(mut r) = self.runner.ua().make_response(tx, 183)
-        {
-            r.reason = "Session Progress".into();
-            r.set_body("application/sdp", Bytes::from(sdp_text.clone()));
-            let _ = self.runner.ua().respond(tx, r, now);
+        let sock = Arc::new(sock);
+        let mut early = None;
+        if self.cfg.early_media && self.cfg.outcome == Outcome::Answer {
+            self.respond_routed(
+                tx,
+                183,
+                "Session Progress",
+                Some(sdp_text.clone()),
+                index,
+                now,
+            );
+            // The far end's early media (a quiet ringback) flows from the 183 on, as Twilio
+            // passes the PSTN's.
+            if let Some(dest) = answer.negotiated.remote_rtp {
+                let law = G711::from_payload_type(answer.negotiated.codec.pt).unwrap_or(G711::Ulaw);
+                let task = tokio::spawn(early_media(
+                    sock.clone(),
+                    dest,
+                    law,
+                    answer.negotiated.codec.pt,
+                    self.shared.clone(),
+                    index,
+                ));
+                early = Some(task.abort_handle());
+            }
         }
         let at = now + self.cfg.ring_time;
         match self.cfg.outcome {
@@ -799,6 +1055,7 @@ impl Task {
                     PendingEntry {
                         sock,
                         answer: Some((answer.negotiated, sdp_text)),
+                        early,
                     },
                 );
             }
@@ -826,6 +1083,12 @@ impl Task {
         match t {
             Timer::Final { tx, status, call } => {
                 self.respond(tx, status, None, now);
+                if let Some(cid) = self.by_tx.get(&tx)
+                    && let Some(p) = self.pending.remove(cid)
+                    && let Some(e) = p.early
+                {
+                    e.abort();
+                }
                 self.update(call, |c| {
                     c.final_status = Some(status);
                     c.ended_by = Some("rejected".into());
@@ -839,16 +1102,26 @@ impl Task {
                 let Some(PendingEntry {
                     sock,
                     answer: Some((negotiated, sdp_text)),
+                    early,
                 }) = self.pending.remove(&cid)
                 else {
                     return;
                 };
-                let Some(mut r) = self.runner.ua().make_response(tx, 200) else {
-                    return;
-                };
-                r.set_body("application/sdp", Bytes::from(sdp_text));
-                if let Ok(Some(d)) = self.runner.ua().respond(tx, r, now) {
-                    self.update(call, |c| c.final_status = Some(200));
+                if let Some(e) = early {
+                    e.abort();
+                }
+                let cseq = self
+                    .runner
+                    .ua()
+                    .endpoint()
+                    .request(tx)
+                    .and_then(|r| r.cseq().ok())
+                    .map(|c| c.seq);
+                if let Some(d) = self.respond_routed(tx, 200, "OK", Some(sdp_text), call, now) {
+                    self.update(call, |c| {
+                        c.final_status = Some(200);
+                        c.invite_2xx_cseqs.extend(cseq);
+                    });
                     self.by_dialog.insert(d.clone(), cid.clone());
                     self.start_media(&cid, d, sock, &negotiated, now);
                 }
@@ -888,7 +1161,7 @@ impl Task {
         &mut self,
         cid: &str,
         dialog: DialogId,
-        sock: UdpSocket,
+        sock: Arc<UdpSocket>,
         n: &sdp::Negotiated,
         now: Instant,
     ) {
@@ -927,7 +1200,7 @@ impl Task {
         }
         self.shared.changed.notify_waiters();
         let media = MediaPlayer {
-            sock: Arc::new(sock),
+            sock,
             dest: n.remote_rtp,
             law,
             codec_pt: n.codec.pt,
@@ -978,16 +1251,26 @@ impl Task {
                     "X-Twilio-AccountSid".into(),
                     "AC00000000000000000000000000000000".into(),
                 ),
-                (
-                    "Record-Route".into(),
-                    format!("<sip:{};lr;r2=on>", self.addr),
-                ),
                 ("User-Agent".into(), "Twilio Gateway".into()),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                self.record_route(false)
+                    .into_iter()
+                    .map(|v| ("Record-Route".to_owned(), v)),
+            )
+            .collect(),
         };
         let Ok(tx) = self.runner.ua().invite(params_inv, now) else {
             return;
         };
+        let (sip_call_id, local_tag) = self
+            .runner
+            .ua()
+            .endpoint()
+            .request(tx)
+            .map(|r| (r.call_id().unwrap_or_default().to_owned(), r.from_tag()))
+            .unwrap_or_default();
         let cid = format!("orig-{}", o.call_sid);
         let idx = self.new_record(TrunkCall {
             direction: "origination".into(),
@@ -995,6 +1278,10 @@ impl Task {
             from: o.from.clone(),
             to: o.to.clone(),
             call_id: cid.clone(),
+            sip_call_id,
+            local_tag,
+            contact: self.contact.clone(),
+            record_route: self.record_route(false),
             invites: 1,
             ..TrunkCall::default()
         });
@@ -1007,9 +1294,65 @@ impl Task {
                 offer: Some(offer),
             },
         );
-        self.pending
-            .insert(cid.clone(), PendingEntry { sock, answer: None });
+        self.pending.insert(
+            cid.clone(),
+            PendingEntry {
+                sock: Arc::new(sock),
+                answer: None,
+                early: None,
+            },
+        );
         self.by_tx.insert(tx, cid);
+    }
+}
+
+/// Between the transports and the UA: records every message received (on the Contact socket
+/// or the edge socket) as it was on the wire, and feeds it on. Responses lose their
+/// `Record-Route` on the way in: the "proxies" those entries name are this trunk itself, so
+/// its own UA must not route its ACK and BYE through them (a real edge proxy would forward them).
+#[allow(clippy::disallowed_methods)] // an emulator's I/O reads the clock
+async fn tap(
+    mut rx: mpsc::Receiver<Incoming>,
+    edge_sock: UdpSocket,
+    main: SocketAddr,
+    edge: SocketAddr,
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Incoming>,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (mut msg, local) = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => (m, main),
+                None => break,
+            },
+            r = edge_sock.recv_from(&mut buf) => match r {
+                Ok((n, source)) => (
+                    Incoming {
+                        data: Bytes::copy_from_slice(&buf[..n]),
+                        source,
+                        transport: TransportKind::Udp,
+                    },
+                    edge,
+                ),
+                Err(_) => continue,
+            },
+        };
+        if let Some(w) = WireMessage::parse(&msg.data, Instant::now(), msg.source, local) {
+            if w.status().is_some()
+                && !w.header_lines("Record-Route").is_empty()
+                && let Some(stripped) = strip_record_route(&msg.data)
+            {
+                msg.data = stripped;
+            }
+            let key = w.call_id().unwrap_or_default().to_owned();
+            if let Ok(mut wire) = shared.wire.lock() {
+                wire.entry(key).or_default().push(w);
+            }
+        }
+        if out.send(msg).await.is_err() {
+            break;
+        }
     }
 }
 
@@ -1022,8 +1365,50 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 struct PendingEntry {
-    sock: UdpSocket,
+    sock: Arc<UdpSocket>,
     answer: Option<(sdp::Negotiated, String)>,
+    /// The early-media sender, stopped at the answer.
+    early: Option<tokio::task::AbortHandle>,
+}
+
+/// Early media after our 183: a quiet 425 Hz ringback (peak 100, below any speech detector and
+/// the jitter buffer's quiet level) in 20 ms packets, its own SSRC, until aborted.
+async fn early_media(
+    sock: Arc<UdpSocket>,
+    dest: SocketAddr,
+    law: G711,
+    pt: u8,
+    shared: Arc<Shared>,
+    index: usize,
+) {
+    let mut out = vec![0u8; 1500];
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let ssrc = 0x5eed_0183u32 ^ index as u32;
+    let mut n = 0u32;
+    for seq in 0u16.. {
+        tick.tick().await;
+        let payload: Vec<u8> = (0..160)
+            .map(|_| {
+                let t = f64::from(n) / 8000.0;
+                n = n.wrapping_add(1);
+                law.encode((100.0 * (std::f64::consts::TAU * 425.0 * t).sin()) as i16)
+            })
+            .collect();
+        let h = RtpHeader {
+            marker: seq == 0,
+            payload_type: pt,
+            sequence: seq,
+            timestamp: u32::from(seq) * 160,
+            ssrc,
+        };
+        if let Ok(len) = write_rtp(&h, &payload, &mut out)
+            && sock.send_to(&out[..len], dest).await.is_ok()
+            && let Ok(mut calls) = shared.calls.lock()
+            && let Some(c) = calls.get_mut(index)
+        {
+            c.early_rtp_sent += 1;
+        }
+    }
 }
 
 struct MediaPlayer {
@@ -1244,6 +1629,408 @@ impl MediaPlayer {
     }
 }
 
+/// One SIP message the trunk received, as it was on the wire: start line and header lines
+/// verbatim (folded lines joined), independent of the SIP stack the trunk answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireMessage {
+    /// When the trunk read it.
+    pub at: Instant,
+    /// Where it came from.
+    pub source: SocketAddr,
+    /// The trunk address it arrived at: its Contact address ([`TrunkEmulator::addr`]) or its
+    /// edge ([`TrunkEmulator::edge_addr`], the address of its Record-Route entries).
+    pub local: SocketAddr,
+    /// The start line.
+    pub start_line: String,
+    /// Header lines in order: (name as sent, value as sent, trimmed).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+/// Compact header forms (RFC 3261 §7.3.3) of the headers looked up here.
+const COMPACT: [(&str, &str); 8] = [
+    ("i", "call-id"),
+    ("f", "from"),
+    ("t", "to"),
+    ("v", "via"),
+    ("m", "contact"),
+    ("l", "content-length"),
+    ("c", "content-type"),
+    ("k", "supported"),
+];
+
+fn header_name_is(sent: &str, name: &str) -> bool {
+    let full = |n: &str| {
+        let n = n.trim().to_ascii_lowercase();
+        COMPACT
+            .iter()
+            .find(|(c, _)| *c == n)
+            .map_or(n, |(_, f)| (*f).to_owned())
+    };
+    full(sent) == full(name)
+}
+
+impl WireMessage {
+    /// Splits a received datagram into start line, header lines and body; `None` when it has no
+    /// start line.
+    pub fn parse(raw: &[u8], at: Instant, source: SocketAddr, local: SocketAddr) -> Option<Self> {
+        let text = String::from_utf8_lossy(raw);
+        let (head, body) = match text.find("\r\n\r\n") {
+            Some(i) => (&text[..i], &text[i + 4..]),
+            None => match text.find("\n\n") {
+                Some(i) => (&text[..i], &text[i + 2..]),
+                None => (&text[..], ""),
+            },
+        };
+        let mut lines = head.lines().map(|l| l.trim_end_matches('\r'));
+        let start_line = lines.find(|l| !l.trim().is_empty())?.to_owned();
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for l in lines {
+            if l.starts_with([' ', '\t']) {
+                if let Some((_, v)) = headers.last_mut() {
+                    v.push(' ');
+                    v.push_str(l.trim());
+                }
+            } else if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        Some(WireMessage {
+            at,
+            source,
+            local,
+            start_line,
+            headers,
+            body: body.to_owned(),
+        })
+    }
+
+    /// The method of a request.
+    pub fn method(&self) -> Option<&str> {
+        (!self.start_line.starts_with("SIP/")).then(|| self.start_line.split(' ').next())?
+    }
+
+    /// The Request-URI of a request, as sent.
+    pub fn request_uri(&self) -> Option<&str> {
+        self.method()?;
+        self.start_line.split(' ').nth(1)
+    }
+
+    /// The status of a response.
+    pub fn status(&self) -> Option<u16> {
+        let rest = self.start_line.strip_prefix("SIP/2.0 ")?;
+        rest.split(' ').next()?.parse().ok()
+    }
+
+    /// The value of every `name` header line, in order (compact forms included).
+    pub fn header_lines(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| header_name_is(k, name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The first `name` header line.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_lines(name).into_iter().next()
+    }
+
+    /// Every value of a comma-separated header (`Record-Route`, `Route`, `Via`…) over all its
+    /// lines, in order, each verbatim (split at commas outside `<…>` and quotes).
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.header_lines(name)
+            .into_iter()
+            .flat_map(split_header_values)
+            .collect()
+    }
+
+    /// The Call-ID.
+    pub fn call_id(&self) -> Option<&str> {
+        self.header("Call-ID")
+    }
+
+    /// The CSeq: (number, method).
+    pub fn cseq(&self) -> Option<(u32, String)> {
+        let v = self.header("CSeq")?;
+        let (n, m) = v.trim().split_once(char::is_whitespace)?;
+        Some((n.trim().parse().ok()?, m.trim().to_owned()))
+    }
+
+    /// The tag of the From header.
+    pub fn from_tag(&self) -> Option<String> {
+        tag_param(self.header("From")?)
+    }
+
+    /// The tag of the To header.
+    pub fn to_tag(&self) -> Option<String> {
+        tag_param(self.header("To")?)
+    }
+}
+
+/// Splits one header line into its comma-separated values, verbatim (trimmed).
+pub fn split_header_values(line: &str) -> Vec<String> {
+    let (mut out, mut cur) = (Vec::new(), String::new());
+    let (mut angle, mut quoted) = (false, false);
+    for ch in line.chars() {
+        match ch {
+            '"' if !angle => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !angle && !quoted => {
+                out.push(cur.trim().to_owned());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_owned());
+    }
+    out
+}
+
+/// The `tag` parameter of a From/To value (after the `<…>` of a name-addr).
+fn tag_param(value: &str) -> Option<String> {
+    let params = match value.rfind('>') {
+        Some(i) => &value[i + 1..],
+        None => value,
+    };
+    params.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("tag")
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// The datagram with its `Record-Route` header lines removed (folded continuations included).
+fn strip_record_route(raw: &[u8]) -> Option<Bytes> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut out = String::with_capacity(raw.len());
+    let mut dropping = false;
+    for (i, l) in head.split("\r\n").enumerate() {
+        if i > 0 && l.starts_with([' ', '\t']) {
+            if dropping {
+                continue;
+            }
+        } else {
+            dropping = i > 0
+                && l.split_once(':')
+                    .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("Record-Route"));
+            if dropping {
+                continue;
+            }
+        }
+        out.push_str(l);
+        out.push_str("\r\n");
+    }
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&raw[end + 2..]);
+    Some(Bytes::from(bytes))
+}
+
+/// Checks the SIP the gateway sent on `call` (its messages as the trunk received them,
+/// [`TrunkEmulator::received_sip`]) against RFC 3261: the dialog's tags and Call-ID, the
+/// `Record-Route` echo in 18x/2xx (§12.1.1, verbatim and in order), the route set of every
+/// in-dialog request (§12.2.1.1: `Route` = the Record-Route values reversed for the UAC, in order
+/// for the UAS, sent to the first route's address = this trunk's edge, Request-URI = our
+/// Contact), the CSeq of in-dialog requests (ACK = its INVITE's number, others increasing), an
+/// ACK for every 2xx this trunk sent to an INVITE (§13.2.2.4), and no Record-Route on a 100.
+/// Returns what is wrong; empty when nothing is.
+pub fn sip_problems(call: &TrunkCall, msgs: &[WireMessage], edge: SocketAddr) -> Vec<String> {
+    let mut p = Vec::new();
+    let Some(local_tag) = call.local_tag.as_deref() else {
+        if call.final_status.is_some_and(|s| (200..300).contains(&s)) {
+            p.push("answered but no local tag recorded".into());
+        }
+        return p;
+    };
+    let termination = call.direction == "termination";
+    let name = |m: &WireMessage| m.start_line.clone();
+    for m in msgs {
+        if m.call_id() != Some(call.sip_call_id.as_str()) {
+            p.push(format!("{}: Call-ID {:?}", name(m), m.call_id()));
+        }
+    }
+    // The gateway's tag: the From tag of its INVITE (termination), the To tag of its 2xx
+    // (origination).
+    let remote_tag = if termination {
+        msgs.iter()
+            .find(|m| m.method() == Some("INVITE") && m.to_tag().is_none())
+            .and_then(WireMessage::from_tag)
+    } else {
+        msgs.iter()
+            .find(|m| m.status().is_some_and(|s| (200..300).contains(&s)))
+            .and_then(WireMessage::to_tag)
+    };
+    let Some(remote_tag) = remote_tag else {
+        if call.final_status.is_some_and(|s| (200..300).contains(&s)) {
+            p.push("answered, but no tag of the gateway's side seen".into());
+        }
+        return p;
+    };
+    let initial_cseq = if termination {
+        msgs.iter()
+            .filter(|m| m.method() == Some("INVITE") && m.to_tag().is_none())
+            .filter_map(|m| m.cseq().map(|c| c.0))
+            .max()
+    } else {
+        None
+    };
+    // Responses from the gateway.
+    for m in msgs.iter().filter(|m| m.status().is_some()) {
+        let status = m.status().unwrap_or(0);
+        let rr = m.header_values("Record-Route");
+        let is_invite = m.cseq().is_some_and(|c| c.1 == "INVITE");
+        if status == 100 && !rr.is_empty() {
+            p.push(format!("{}: a 100 carries Record-Route {rr:?}", name(m)));
+        }
+        if !termination && is_invite && (101..300).contains(&status) {
+            // Our INVITE: the gateway is the UAS and must echo our Record-Route.
+            if rr != call.record_route {
+                p.push(format!(
+                    "{}: Record-Route {rr:?}, the INVITE had {:?} (RFC 3261 §12.1.1: verbatim, \
+                     in order)",
+                    name(m),
+                    call.record_route
+                ));
+            }
+            if status >= 200 && m.to_tag().is_none() {
+                p.push(format!("{}: no To tag", name(m)));
+            }
+        }
+        // A response to a request of ours: From = its From (our tag), To = its To (the gateway's
+        // tag, once the dialog exists: a 100 or a tag-less 1xx has none yet). Every request we
+        // send on a call is in its dialog or creates it.
+        let (want_from, want_to) = (local_tag, remote_tag.as_str());
+        if m.from_tag().as_deref() != Some(want_from) {
+            p.push(format!(
+                "{}: From tag {:?}, ours is {want_from}",
+                name(m),
+                m.from_tag()
+            ));
+        }
+        if status > 100
+            && let Some(t) = m.to_tag()
+            && t != want_to
+        {
+            p.push(format!(
+                "{}: To tag {t}, the gateway's is {want_to}",
+                name(m)
+            ));
+        }
+    }
+    // Requests from the gateway in the dialog.
+    let want_route: Vec<String> = if termination {
+        call.record_route.iter().rev().cloned().collect()
+    } else {
+        call.record_route.clone()
+    };
+    let mut last_cseq: Option<(u32, String)> = None;
+    for m in msgs.iter().filter(|m| m.method().is_some()) {
+        let method = m.method().unwrap_or_default();
+        if termination && method == "INVITE" && m.to_tag().is_none() {
+            continue; // the initial INVITE (and its authenticated retry)
+        }
+        if termination
+            && method == "ACK"
+            && let Some((n, _)) = m.cseq()
+            && !call.invite_2xx_cseqs.contains(&n)
+            && let Some(invite) = msgs.iter().find(|i| {
+                i.method() == Some("INVITE")
+                    && i.to_tag().is_none()
+                    && i.cseq().map(|c| c.0) == Some(n)
+            })
+        {
+            // The ACK of a non-2xx final (the 407): part of the INVITE transaction, same
+            // Request-URI and CSeq number as its INVITE (RFC 3261 §17.1.1.3).
+            if m.request_uri() != invite.request_uri() {
+                p.push(format!("{}: not the Request-URI of its INVITE", name(m)));
+            }
+            continue;
+        }
+        if m.from_tag().as_deref() != Some(remote_tag.as_str()) {
+            p.push(format!(
+                "{}: From tag {:?}, the gateway's is {remote_tag}",
+                name(m),
+                m.from_tag()
+            ));
+        }
+        if m.to_tag().as_deref() != Some(local_tag) {
+            p.push(format!(
+                "{}: To tag {:?}, ours is {local_tag}",
+                name(m),
+                m.to_tag()
+            ));
+        }
+        if m.request_uri() != Some(call.contact.as_str()) {
+            p.push(format!(
+                "{}: Request-URI is not our Contact {} (RFC 3261 §12.2.1.1)",
+                name(m),
+                call.contact
+            ));
+        }
+        let route = m.header_values("Route");
+        if route != want_route {
+            p.push(format!(
+                "{}: Route {route:?}, the route set is {want_route:?} (RFC 3261 §12.2.1.1)",
+                name(m)
+            ));
+        }
+        if !want_route.is_empty() && m.local != edge {
+            p.push(format!(
+                "{}: sent to {}, not to the first route's address {edge}",
+                name(m),
+                m.local
+            ));
+        }
+        let Some((n, cm)) = m.cseq() else {
+            p.push(format!("{}: no CSeq", name(m)));
+            continue;
+        };
+        if cm != method {
+            p.push(format!("{}: CSeq method {cm}", name(m)));
+        }
+        if method == "ACK" {
+            if !call.invite_2xx_cseqs.contains(&n) {
+                p.push(format!("{}: CSeq {n} ACKs no 2xx of ours", name(m)));
+            }
+            continue;
+        }
+        if let Some(first) = initial_cseq
+            && n <= first
+        {
+            p.push(format!(
+                "{}: CSeq {n} not above the initial INVITE's {first}",
+                name(m)
+            ));
+        }
+        if let Some((ln, lm)) = &last_cseq
+            && (n < *ln || (n == *ln && *lm != method))
+        {
+            p.push(format!("{}: CSeq {n} after {ln} {lm}", name(m)));
+        }
+        last_cseq = Some((n, method.to_owned()));
+    }
+    // §13.2.2.4: every 2xx to an INVITE is ACKed.
+    for n in &call.invite_2xx_cseqs {
+        let acked = msgs
+            .iter()
+            .any(|m| m.method() == Some("ACK") && m.cseq().is_some_and(|c| c.0 == *n));
+        if !acked {
+            p.push(format!(
+                "no ACK for our 2xx to INVITE CSeq {n} (RFC 3261 §13.2.2.4)"
+            ));
+        }
+    }
+    p
+}
+
 /// What the trunk makes of the credentials on an INVITE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DigestVerdict {
@@ -1429,6 +2216,30 @@ mod tests {
             ch.check(&r, "trunkline", "s3cret"),
             DigestVerdict::Forbidden
         );
+    }
+
+    #[test]
+    fn wire_messages_keep_repeated_headers_verbatim_and_in_order() {
+        let raw = b"SIP/2.0 200 OK\r\nRecord-Route: <sip:a;lr;x=1>\r\ni: abc\r\n\
+Record-Route: <sip:b:5070;lr>,\r\n <sip:\"c,d\"@e;lr>\r\nTo: <sip:x@y>;tag=t1\r\n\
+CSeq: 7 INVITE\r\nContent-Length: 2\r\n\r\nhi";
+        let at = Instant::now();
+        let a: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        let m = WireMessage::parse(raw, at, a, a).unwrap();
+        assert_eq!(m.status(), Some(200));
+        assert_eq!(m.call_id(), Some("abc"), "compact form");
+        assert_eq!(
+            m.header_values("Record-Route"),
+            ["<sip:a;lr;x=1>", "<sip:b:5070;lr>", "<sip:\"c,d\"@e;lr>"]
+        );
+        assert_eq!(m.to_tag().as_deref(), Some("t1"));
+        assert_eq!(m.cseq(), Some((7, "INVITE".into())));
+        assert_eq!(m.body, "hi");
+        let stripped = strip_record_route(raw).unwrap();
+        let s = WireMessage::parse(&stripped, at, a, a).unwrap();
+        assert!(s.header_lines("Record-Route").is_empty());
+        assert_eq!(s.headers.len(), m.headers.len() - 2);
+        assert_eq!(s.body, "hi");
     }
 
     #[test]

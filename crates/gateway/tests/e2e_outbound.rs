@@ -24,6 +24,17 @@ fn trunk(f: impl FnOnce(&mut TrunkConfig)) -> TrunkConfig {
     t
 }
 
+/// A parameter of a `Digest` credentials value, quotes removed.
+fn digest_param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
+    let rest = value.trim().strip_prefix("Digest")?.trim();
+    rest.split(',').find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"'))
+    })
+}
+
 /// Index of `needle` (decoded µ-law) in `hay`.
 fn find(hay: &[i16], needle: &[i16]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
@@ -57,6 +68,56 @@ async fn outbound_call_greets_the_phone_and_relays_its_speech_exactly() {
         Some("local_bye"),
         "the phone hung up: {rec:?}"
     );
+
+    // The wire, as the trunk received it (not as our own SIP stack parsed it).
+    let wire = d.trunk.received_sip(t);
+    let problems = d.trunk.sip_problems(t);
+    assert!(problems.is_empty(), "{problems:#?}\n{wire:#?}");
+    // The digest answered the challenge for this very request: the emulator verified the nonce
+    // it issued, the opaque echoed and the response; here, independently, the digest-uri is the
+    // Request-URI of the INVITE that carries it (RFC 2617 §3.2.2).
+    let invites: Vec<_> = wire
+        .iter()
+        .filter(|m| m.method() == Some("INVITE"))
+        .collect();
+    assert_eq!(invites.len(), 2);
+    let creds = invites[1]
+        .header("Proxy-Authorization")
+        .expect("credentials on the retry");
+    assert_eq!(digest_param(creds, "uri"), invites[1].request_uri());
+    assert!(
+        digest_param(creds, "opaque").is_some_and(|o| !o.is_empty()),
+        "{creds}"
+    );
+    assert_eq!(digest_param(creds, "realm"), Some("sip.twilio.com"));
+    assert_eq!(invites[0].call_id(), invites[1].call_id());
+    assert_eq!(invites[0].from_tag(), invites[1].from_tag());
+    assert_eq!(
+        invites[1].cseq().map(|c| c.0),
+        invites[0].cseq().map(|c| c.0 + 1),
+        "CSeq + 1 on the retry"
+    );
+    // The 200 carried two Record-Route entries; the ACK routes through them, reversed, verbatim,
+    // to the edge the last one names — not to the trunk's Contact (RFC 3261 §12.1.2, §12.2.1.1).
+    let acks: Vec<_> = wire
+        .iter()
+        .filter(|m| m.method() == Some("ACK") && m.to_tag() == t.local_tag)
+        .collect();
+    assert!(!acks.is_empty(), "the gateway ACKed the 200\n{wire:#?}");
+    let reversed: Vec<String> = t.record_route.iter().rev().cloned().collect();
+    assert_eq!(t.record_route.len(), 2);
+    for ack in &acks {
+        assert_eq!(ack.header_values("Route"), reversed, "{ack:#?}");
+        assert_eq!(
+            ack.local,
+            d.trunk.edge_addr(),
+            "ACK sent to the first route"
+        );
+        assert_eq!(ack.request_uri(), Some(t.contact.as_str()));
+        assert_eq!(ack.cseq(), invites[1].cseq().map(|c| (c.0, "ACK".into())));
+    }
+    // Early media flowed between the 183 and the 200.
+    assert!(t.early_rtp_sent >= 3, "early RTP: {}", t.early_rtp_sent);
 
     // Downlink: the agent's greeting reached the phone, paced.
     let loud = t.loud_packets(2000);
@@ -190,4 +251,142 @@ async fn the_phones_hangup_time_can_be_overridden_for_later_calls() {
         "configured 6 s: held {} ms",
         held(&long)
     );
+}
+
+/// The gateway hangs up (the agent ends the call): its BYE follows the route set of the trunk's
+/// 200 — the two Record-Route values reversed, verbatim, sent to the edge the first one names —
+/// with the dialog's tags, a CSeq above the INVITE's, and our Contact as Request-URI; the 200 was
+/// ACKed the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_bye_and_ack_follow_the_trunks_record_route() {
+    let d = deploy(
+        trunk(|t| t.hangup_after = None),
+        AgentEmulatorConfig {
+            script: trunkline_emulators::agent::Script {
+                end_after_turns: Some(0),
+                end_call_tool_response: true,
+                ..Default::default()
+            },
+            ..AgentEmulatorConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    assert_eq!(rec.end_cause, Some(EndCause::AgentEnded), "{rec:?}");
+    let calls = d
+        .trunk
+        .wait_for(Duration::from_secs(3), |c| {
+            c.first().is_some_and(|c| c.ended_by.is_some())
+        })
+        .await;
+    let t = &calls[0];
+    assert_eq!(
+        t.ended_by.as_deref(),
+        Some("remote_bye"),
+        "the gateway sent BYE"
+    );
+    let wire = d.trunk.received_sip(t);
+    let problems = d.trunk.sip_problems(t);
+    assert!(problems.is_empty(), "{problems:#?}\n{wire:#?}");
+    let reversed: Vec<String> = t.record_route.iter().rev().cloned().collect();
+    let invite_cseq = wire
+        .iter()
+        .filter(|m| m.method() == Some("INVITE"))
+        .filter_map(|m| m.cseq())
+        .map(|c| c.0)
+        .max()
+        .expect("INVITE");
+    for method in ["ACK", "BYE"] {
+        let m = wire
+            .iter()
+            .find(|m| m.method() == Some(method) && m.to_tag() == t.local_tag)
+            .unwrap_or_else(|| panic!("no {method}\n{wire:#?}"));
+        assert_eq!(m.header_values("Route"), reversed, "{method}: {m:#?}");
+        assert_eq!(
+            m.local,
+            d.trunk.edge_addr(),
+            "{method} sent to the first route"
+        );
+        assert_eq!(m.request_uri(), Some(t.contact.as_str()), "{method}");
+        let (n, cm) = m.cseq().expect("CSeq");
+        assert_eq!(cm, method);
+        if method == "ACK" {
+            assert_eq!(n, invite_cseq);
+        } else {
+            assert!(n > invite_cseq, "BYE CSeq {n} after INVITE {invite_cseq}");
+        }
+    }
+}
+
+/// Origination: the trunk's INVITE carries two Record-Route values (edge first, as each proxy
+/// prepends its own); the gateway's 180 and 200 echo them verbatim and in order (RFC 3261
+/// §12.1.1), and when it hangs up its BYE carries them in order as Route, sent to the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_call_echoes_record_route_and_routes_its_bye_through_it() {
+    let d = deploy(
+        trunk(|t| t.hangup_after = None),
+        AgentEmulatorConfig {
+            script: trunkline_emulators::agent::Script {
+                end_after_turns: Some(0),
+                end_call_tool_response: true,
+                ..Default::default()
+            },
+            ..AgentEmulatorConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let gw = d
+        .gateway
+        .sip_addr(trunkline_sip::transaction::TransportKind::Udp)
+        .expect("sip addr");
+    d.trunk.originate(trunkline_emulators::trunk::Originate {
+        gateway: gw,
+        from: "+14155550123".into(),
+        to: "+15005550006".into(),
+        call_sid: "CAtwilioRR01".into(),
+    });
+    let calls = d
+        .trunk
+        .wait_for(Duration::from_secs(20), |c| {
+            c.first().is_some_and(|c| c.ended_at.is_some())
+        })
+        .await;
+    let t = &calls[0];
+    assert_eq!(t.final_status, Some(200), "{t:?}");
+    assert_eq!(
+        t.ended_by.as_deref(),
+        Some("remote_bye"),
+        "the gateway hung up"
+    );
+    let wire = d.trunk.received_sip(t);
+    let problems = d.trunk.sip_problems(t);
+    assert!(problems.is_empty(), "{problems:#?}\n{wire:#?}");
+    assert_eq!(t.record_route.len(), 2);
+    let answers: Vec<_> = wire
+        .iter()
+        .filter(|m| m.status().is_some_and(|s| (180..300).contains(&s)))
+        .collect();
+    assert!(
+        answers.iter().any(|m| m.status() == Some(200)) && answers.len() >= 2,
+        "18x and 200\n{wire:#?}"
+    );
+    for m in &answers {
+        assert_eq!(m.header_values("Record-Route"), t.record_route, "{m:#?}");
+        assert!(m.to_tag().is_some());
+    }
+    let bye = wire
+        .iter()
+        .find(|m| m.method() == Some("BYE"))
+        .unwrap_or_else(|| panic!("no BYE\n{wire:#?}"));
+    assert_eq!(bye.header_values("Route"), t.record_route);
+    assert_eq!(
+        bye.local,
+        d.trunk.edge_addr(),
+        "BYE sent to the first route"
+    );
+    assert_eq!(bye.request_uri(), Some(t.contact.as_str()));
+    assert_eq!(bye.to_tag(), t.local_tag);
 }

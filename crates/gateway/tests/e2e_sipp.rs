@@ -322,12 +322,18 @@ async fn start_gateway(sipp_sip: SocketAddr, agent: &AgentEmulator) -> (Arc<Gate
 /// Starts the one-call SIPp UAS in the background; its screen goes to `dir/screen.out` and its
 /// message trace to `dir/messages.log`.
 fn spawn_sipp(dir: &Path) -> (Guard, SocketAddr) {
+    spawn_sipp_scenario(dir, SCENARIO, &[])
+}
+
+/// Starts one call of `scenario` (`extra`: e.g. the remote address of a UAC) in the background.
+fn spawn_sipp_scenario(dir: &Path, scenario: &str, extra: &[&str]) -> (Guard, SocketAddr) {
     let port = free_port();
     let media = free_udp_range(4);
     let screen = std::fs::File::create(dir.join("screen.out")).expect("sipp screen file");
     let child = Command::new("sipp")
         .current_dir(PCAP_DIR)
-        .args(["-sf", SCENARIO, "-t", "u1", "-i", "127.0.0.1"])
+        .args(extra)
+        .args(["-sf", scenario, "-t", "u1", "-i", "127.0.0.1"])
         .args(["-p", &port.to_string(), "-mp", &media.to_string()])
         .args(["-m", "1", "-nostdin", "-timeout", "25s"])
         .args(["-trace_msg", "-message_file"])
@@ -614,6 +620,114 @@ async fn outbound_call_through_sipp_trunk_with_407_relays_its_rtp_to_the_agent_u
         "{:?}",
         started.elapsed()
     );
+    drop(sipp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs SIPp's `scenario` for one call while `drive` makes the gateway take part, then asserts
+/// SIPp counted one successful call and exited 0 (every `check_it` ereg in the scenario held).
+async fn sipp_call_succeeds(name: &str, screen: &str, exit: Option<ExitStatus>, trace: &str) {
+    let exit = exit.unwrap_or_else(|| panic!("{name}: SIPp still running\n{screen}\n{trace}"));
+    assert_eq!(
+        sipp_count(screen, "Successful call"),
+        Some(1),
+        "{name}\n{screen}\n{trace}"
+    );
+    assert_eq!(
+        sipp_count(screen, "Failed call"),
+        Some(0),
+        "{name}\n{screen}"
+    );
+    assert!(
+        exit.success(),
+        "{name}: sipp exit {exit:?}\n{screen}\n{trace}"
+    );
+}
+
+/// Termination through two record-routing proxies, the gateway hanging up: SIPp
+/// (`tests/sipp/uas_record_route_gateway_bye.xml`) checks the INVITE's Contact, Allow, Supported
+/// and SDP lines, and that the gateway's ACK and BYE carry its 200's two Record-Route values as
+/// Route, reversed and verbatim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn termination_ack_and_bye_route_through_sipps_record_route() {
+    if !have_sipp() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("trunkline-e2e-sipp-rr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sipp/uas_record_route_gateway_bye.xml"
+    );
+    let (mut sipp, sipp_addr) = spawn_sipp_scenario(&dir, scenario, &[]);
+    let agent = AgentEmulator::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        AgentEmulatorConfig {
+            script: trunkline_emulators::agent::Script {
+                end_after_turns: Some(0),
+                end_call_tool_response: true,
+                ..Default::default()
+            },
+            ..AgentEmulatorConfig::default()
+        },
+    )
+    .await
+    .expect("agent");
+    let (gateway, http) = start_gateway(sipp_addr, &agent).await;
+    let (status, j) = post(
+        http,
+        "/api/call/outbound",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        &format!(r#"{{"phoneNumber": "{NUMBER}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{j}");
+    let sid = j["call_sid"].as_str().expect("call_sid").to_owned();
+    let rec = gateway
+        .wait_call(&sid, Duration::from_secs(20))
+        .await
+        .expect("record exists");
+    let exit = sipp.exit_within(Duration::from_secs(10)).await;
+    let screen = std::fs::read_to_string(dir.join("screen.out")).unwrap_or_default();
+    let trace = std::fs::read_to_string(dir.join("messages.log")).unwrap_or_default();
+    sipp_call_succeeds("termination", &screen, exit, &trace).await;
+    assert_eq!(rec.end_cause, Some(EndCause::AgentEnded), "{rec:?}");
+    drop(sipp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Origination through two record-routing edge proxies: SIPp
+/// (`tests/sipp/uac_origination_record_route.xml`) calls the gateway and checks that its 180 and
+/// 200 echo both Record-Route values verbatim and in order, its 100 none, and the 200's Contact,
+/// Allow, Supported and SDP answer lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origination_responses_echo_sipps_record_route() {
+    if !have_sipp() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("trunkline-e2e-sipp-orig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let agent = AgentEmulator::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        AgentEmulatorConfig::default(),
+    )
+    .await
+    .expect("agent");
+    // No outbound call here: the trunk address is never used.
+    let (gateway, _http) = start_gateway("127.0.0.1:9".parse().expect("addr"), &agent).await;
+    let gw = gateway
+        .sip_addr(trunkline_sip::transaction::TransportKind::Udp)
+        .expect("sip addr")
+        .to_string();
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sipp/uac_origination_record_route.xml"
+    );
+    let (mut sipp, _) = spawn_sipp_scenario(&dir, scenario, &[gw.as_str()]);
+    let exit = sipp.exit_within(Duration::from_secs(25)).await;
+    let screen = std::fs::read_to_string(dir.join("screen.out")).unwrap_or_default();
+    let trace = std::fs::read_to_string(dir.join("messages.log")).unwrap_or_default();
+    sipp_call_succeeds("origination", &screen, exit, &trace).await;
     drop(sipp);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use trunkline_emulators::agent::AudioSent;
 use trunkline_emulators::trunk::TrunkCall;
 use trunkline_media::g711::G711;
+use trunkline_media::jitter::QUIET_PEAK;
 
 /// A packet later than this behind the media clock counts as late.
 pub const LATE_AFTER: Duration = Duration::from_millis(20);
@@ -126,7 +127,9 @@ pub struct Integrity {
     /// in place (zero), when the stream realigns within 100 ms.
     pub shift: Option<i64>,
     /// When what the agent heard is the phone's audio with some stretches deleted and nothing
-    /// else changed: the samples deleted in all. `None` if anything else differs.
+    /// else changed, every deleted stretch being quiet (peak ≤ [`QUIET_PEAK`], what the
+    /// gateway's jitter buffer may skip to shrink its depth): the samples deleted in all. `None`
+    /// if anything else differs, or a deleted stretch held louder audio (speech lost).
     pub deleted_only: Option<usize>,
 }
 
@@ -183,8 +186,8 @@ pub fn integrity(heard: &[i16], played: &[i16]) -> Integrity {
 }
 
 /// Walk `heard` from `h` against the looped `played` from `p`, realigning at each difference:
-/// the samples deleted in all if deletions alone explain every difference (the last 320
-/// samples may be cut short by the call's end).
+/// the samples deleted in all if deletions of quiet audio alone explain every difference (the
+/// last 320 samples may be cut short by the call's end).
 fn only_deletions(heard: &[i16], played: &[i16], mut h: usize, p: usize) -> Option<usize> {
     let n = played.len();
     let mut p = p % n;
@@ -204,6 +207,11 @@ fn only_deletions(heard: &[i16], played: &[i16], mut h: usize, p: usize) -> Opti
         match realign(&rest[i..], played, (p + i) % n) {
             Some(d) if d < 0 => {
                 let d = d.unsigned_abs() as usize;
+                let quiet = (0..d)
+                    .all(|k| played[(p + i + k) % n].unsigned_abs() <= QUIET_PEAK.unsigned_abs());
+                if !quiet {
+                    return None; // speech went missing: not the jitter buffer's adaptation
+                }
                 deleted += d;
                 h += i;
                 p = (p + i + d) % n;
@@ -648,18 +656,32 @@ mod tests {
         assert_eq!(shifted.first_mismatch, Some(800));
         assert_eq!(shifted.shift, Some(160));
         assert_eq!(shifted.deleted_only, None, "an insertion is not a deletion");
-        // Two frames missing at different places: deletions of 160 + 320 explain everything…
+        // Two quiet frames missing at different places: deletions of 160 + 320 explain
+        // everything…
+        let mut quiet_gaps = played.clone();
+        for (i, s) in quiet_gaps.iter_mut().enumerate() {
+            if (800..960).contains(&i) || (1280..1600).contains(&i) {
+                *s = (*s % 200).abs() + 1; // peak ≤ QUIET_PEAK, no run that aligns elsewhere
+            }
+        }
         let mut del = vec![0i16; 480];
-        del.extend(&played[..800]);
-        del.extend(&played[960..1280]);
-        del.extend(played[1600..].iter().chain(played.iter()));
-        let missing = integrity(&del, &played);
+        del.extend(&quiet_gaps[..800]);
+        del.extend(&quiet_gaps[960..1280]);
+        del.extend(quiet_gaps[1600..].iter().chain(quiet_gaps.iter()));
+        let missing = integrity(&del, &quiet_gaps);
         assert_eq!(missing.shift, Some(-160));
         assert_eq!(missing.deleted_only, Some(480));
-        // …unless something else differs too.
+        // …unless something else differs too…
         let last = del.len() - 400;
         del[last] ^= 0x55;
-        assert_eq!(integrity(&del, &played).deleted_only, None);
+        assert_eq!(integrity(&del, &quiet_gaps).deleted_only, None);
+        // …or a deleted frame was loud (speech lost, not the jitter buffer's adaptation).
+        let mut loud_del = vec![0i16; 480];
+        loud_del.extend(&played[..800]);
+        loud_del.extend(played[960..].iter().chain(played.iter()));
+        let lost = integrity(&loud_del, &played);
+        assert_eq!(lost.shift, Some(-160));
+        assert_eq!(lost.deleted_only, None, "a loud frame deleted");
         assert_eq!(bad.deleted_only, None, "a sample replaced in place");
         assert_eq!(ok.deleted_only, Some(0));
         assert!(!integrity(&[0; 4000], &played).aligned);
