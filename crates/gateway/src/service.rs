@@ -644,10 +644,16 @@ impl CallService for Arc<Gateway> {
     }
     fn metrics(&self) -> String {
         let s = self.sip.stats();
-        self.metrics.render(
+        let mut out = self.metrics.render(
             Gateway::active_calls(self),
             s.inbound_refused_source.load(Ordering::Relaxed),
-        )
+        );
+        crate::metrics::render_defences(
+            &mut out,
+            &self.metrics.defences,
+            &self.setup.stack.transports.stats,
+        );
+        out
     }
     fn refused(&self, label: &'static str) {
         self.metrics.refused(label);
