@@ -28,6 +28,7 @@ pub mod sip {
     pub use trunkline_sip::message::{HostPort, Uri};
     pub use trunkline_sip::sdp::{Codec, MediaParams};
     pub use trunkline_sip::transaction::{TimerConfig, TransportKind};
+    pub use trunkline_sip::transport::{AcceptFilter, TransportStats};
     pub use trunkline_sip::transport::{
         TransportConfig, TransportError, tls_client_config, tls_server_config_from_files,
     };

@@ -158,6 +158,20 @@ pub struct SipSection {
     pub t4_ms: u64,
     /// Session timer we ask for on outbound calls (RFC 4028), seconds; 0 = none.
     pub session_expires_secs: u64,
+
+    // Connection defences (TCP/TLS listeners).
+    /// Most accepted TCP/TLS connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Most accepted TCP/TLS connections open at once from one source IP.
+    pub max_connections_per_source: usize,
+    /// Close an accepted TCP/TLS connection that sent no complete SIP message (TLS handshake
+    /// included) within this many seconds.
+    pub first_message_timeout_secs: u64,
+    /// Close an established TCP/TLS connection after this many seconds without a byte.
+    pub idle_timeout_secs: u64,
+    /// Close TCP/TLS connections at accept unless they come from `trunk.inbound_allowed_sources`
+    /// (the trunk is our only SIP peer).
+    pub restrict_connections_to_trunk: bool,
 }
 
 impl Default for SipSection {
@@ -174,6 +188,12 @@ impl Default for SipSection {
             t2_ms: 4000,
             t4_ms: 5000,
             session_expires_secs: 0,
+
+            max_connections: 2048,
+            max_connections_per_source: 64,
+            first_message_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            restrict_connections_to_trunk: true,
         }
     }
 }
@@ -339,6 +359,12 @@ pub struct HttpSection {
     pub allowed_origins: Vec<String>,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
+
+    // Slow-client defences.
+    /// Close a connection whose request head is not complete this many seconds after it began.
+    pub header_timeout_secs: u64,
+    /// Answer 408 to a request (body included) not handled within this many seconds.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for HttpSection {
@@ -347,6 +373,9 @@ impl Default for HttpSection {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             allowed_origins: Vec::new(),
             max_body_bytes: 16 * 1024,
+
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -742,6 +771,25 @@ impl Config {
         }
         if self.policy.calls_per_second <= 0.0 {
             errs.push("policy.calls_per_second must be positive".into());
+        }
+        // Connection and slow-client defences: a zero would disable them or refuse everything.
+        for (key, v) in [
+            ("sip.max_connections", self.sip.max_connections as u64),
+            (
+                "sip.max_connections_per_source",
+                self.sip.max_connections_per_source as u64,
+            ),
+            (
+                "sip.first_message_timeout_secs",
+                self.sip.first_message_timeout_secs,
+            ),
+            ("sip.idle_timeout_secs", self.sip.idle_timeout_secs),
+            ("http.header_timeout_secs", self.http.header_timeout_secs),
+            ("http.request_timeout_secs", self.http.request_timeout_secs),
+        ] {
+            if v == 0 {
+                errs.push(format!("{key} must be at least 1"));
+            }
         }
         if errs.is_empty() {
             Ok(())

@@ -194,6 +194,7 @@ async fn serve(path: PathBuf, grace_secs: u64) -> ExitCode {
         }
     };
     init_logs(&cfg.log.level, cfg.log.format == LogFormat::Json);
+    raise_fd_limit();
     let secrets = match Secrets::from_env(|k| std::env::var(k).ok()) {
         Ok(s) => s,
         Err(e) => {
@@ -221,6 +222,27 @@ async fn serve(path: PathBuf, grace_secs: u64) -> ExitCode {
     server.shutdown(Duration::from_secs(grace_secs)).await;
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Raise the soft limit on open files to the hard limit: every SIP connection, HTTP client and
+/// RTP socket is a file descriptor, and the usual soft limit (1024) is reached long before the
+/// connection caps.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+            return;
+        };
+        if soft >= hard {
+            info!(open_files = soft, "file descriptor limit");
+            return;
+        }
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "file descriptor limit raised"),
+            Err(e) => warn!(soft, hard, error = %e, "cannot raise the file descriptor limit"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use trunkline_call::CallRecord;
 use trunkline_call::runtime::pacing::{PACING_BUCKETS_US, PacingHistogram};
+use trunkline_call::sip::TransportStats;
 
 /// Setup-latency histogram buckets, seconds.
 const BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0];
@@ -63,6 +64,8 @@ struct Inner {
 pub struct Metrics {
     inner: Mutex<Inner>,
     pacing: Arc<PacingHistogram>,
+    /// Counters of the connection and slow-client defences.
+    pub defences: Defences,
 }
 
 impl Metrics {
@@ -245,4 +248,60 @@ impl Metrics {
         );
         out
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection and slow-client defences (OPERATIONS.md, "Limits and defences").
+
+/// Counters of the HTTP server's defences (the SIP listeners' are in [`TransportStats`]).
+#[derive(Debug, Default)]
+pub struct Defences {
+    /// HTTP connections closed because the request head did not arrive within
+    /// `http.header_timeout_secs`.
+    pub http_header_timeouts: std::sync::atomic::AtomicU64,
+    /// HTTP requests answered 408 after `http.request_timeout_secs`.
+    pub http_request_timeouts: std::sync::atomic::AtomicU64,
+    /// HTTP accept failures (out of file descriptors) after which the listener paused.
+    pub http_accept_backoffs: std::sync::atomic::AtomicU64,
+}
+
+/// The defence counters in the text exposition: the HTTP server's and the SIP listeners'.
+pub fn render_defences(out: &mut String, d: &Defences, sip: &TransportStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP trunkline_http_timeouts_total HTTP connections closed (header) or requests answered 408 (request) after a timeout.\n# TYPE trunkline_http_timeouts_total counter\ntrunkline_http_timeouts_total{{kind=\"header\"}} {}\ntrunkline_http_timeouts_total{{kind=\"request\"}} {}",
+        d.http_header_timeouts.load(Relaxed),
+        d.http_request_timeouts.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trunkline_accept_backoffs_total Accept failures (out of file descriptors or memory) after which a listener paused.\n# TYPE trunkline_accept_backoffs_total counter\ntrunkline_accept_backoffs_total{{listener=\"http\"}} {}\ntrunkline_accept_backoffs_total{{listener=\"sip\"}} {}",
+        d.http_accept_backoffs.load(Relaxed),
+        sip.accept_backoffs.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trunkline_sip_connections_open Accepted SIP TCP/TLS connections open.\n# TYPE trunkline_sip_connections_open gauge\ntrunkline_sip_connections_open {}",
+        sip.accepted_open.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trunkline_sip_connections_refused_total SIP TCP/TLS connections closed at accept, by reason.\n# TYPE trunkline_sip_connections_refused_total counter\ntrunkline_sip_connections_refused_total{{reason=\"max_connections\"}} {}\ntrunkline_sip_connections_refused_total{{reason=\"max_connections_per_source\"}} {}\ntrunkline_sip_connections_refused_total{{reason=\"source\"}} {}",
+        sip.refused_total_cap.load(Relaxed),
+        sip.refused_per_source_cap.load(Relaxed),
+        sip.refused_source.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trunkline_sip_connections_closed_total SIP TCP/TLS connections closed by the gateway, by reason.\n# TYPE trunkline_sip_connections_closed_total counter\ntrunkline_sip_connections_closed_total{{reason=\"first_message_timeout\"}} {}\ntrunkline_sip_connections_closed_total{{reason=\"idle\"}} {}\ntrunkline_sip_connections_closed_total{{reason=\"unframeable\"}} {}",
+        sip.first_message_timeouts.load(Relaxed),
+        sip.idle_closes.load(Relaxed),
+        sip.framing_errors.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trunkline_sip_oversized_rejects_total Oversized SIP requests over TCP/TLS answered 413/513 before the close.\n# TYPE trunkline_sip_oversized_rejects_total counter\ntrunkline_sip_oversized_rejects_total {}",
+        sip.oversized_rejects.load(Relaxed)
+    );
 }

@@ -715,6 +715,11 @@ impl CallService for Arc<Gateway> {
                 );
             }
         }
+        crate::metrics::render_defences(
+            &mut out,
+            &self.metrics.defences,
+            &self.setup.stack.transports.stats,
+        );
         out
     }
     fn refused(&self, label: &'static str) {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use trunkline_call::legs::{DEFAULT_NOTIFY_TIMEOUT, LegsConfig, SourceFilter, TrunkTarget};
 use trunkline_call::runtime::sip_task::SipStackConfig;
 use trunkline_call::sip::{
-    Codec, Credentials, HostPort, MediaParams, TimerConfig, TransportConfig, TransportKind,
-    UaConfig, Uri, tls_server_config_from_files,
+    AcceptFilter, Codec, Credentials, HostPort, MediaParams, TimerConfig, TransportConfig,
+    TransportKind, UaConfig, Uri, tls_server_config_from_files,
 };
 use trunkline_call::{AgentConnectAt, CallConfig, DtmfMode, TransferCheck};
 
@@ -99,6 +99,15 @@ impl Setup {
             let inbound = Arc::new(inbound.clone());
             SourceFilter::new(move |ip| inbound.allows(ip))
         };
+        // Connection defences of the TCP/TLS listeners.
+        transports.max_connections = cfg.sip.max_connections;
+        transports.max_connections_per_source = cfg.sip.max_connections_per_source;
+        transports.first_message_timeout = Duration::from_secs(cfg.sip.first_message_timeout_secs);
+        transports.idle_timeout = Duration::from_secs(cfg.sip.idle_timeout_secs);
+        if cfg.sip.restrict_connections_to_trunk {
+            let inbound = Arc::new(inbound.clone());
+            transports.accept_filter = Some(AcceptFilter::new(move |ip| inbound.allows(ip)));
+        }
         let ua = UaConfig {
             user_agent: cfg.sip.user_agent.clone(),
             contact_user: "trunkline".into(),
@@ -327,5 +336,21 @@ mod tests {
         let s = setup(&cfg);
         assert!(s.stack.legs.inbound.allows([127, 0, 0, 1].into()));
         assert!(!s.stack.legs.inbound.allows([127, 0, 0, 2].into()));
+    }
+
+    #[test]
+    fn connection_defences_come_from_the_config_and_the_accept_filter_is_the_trunk() {
+        let mut cfg = Config::default();
+        cfg.trunk.inbound_allowed_sources = vec!["127.0.0.1/32".into()];
+        cfg.sip.max_connections = 7;
+        cfg.sip.max_connections_per_source = 3;
+        cfg.sip.first_message_timeout_secs = 2;
+        let t = setup(&cfg).stack.transports;
+        assert_eq!((t.max_connections, t.max_connections_per_source), (7, 3));
+        assert_eq!(t.first_message_timeout, Duration::from_secs(2));
+        let f = t.accept_filter.expect("restricted to the trunk by default");
+        assert!(f.allows([127, 0, 0, 1].into()) && !f.allows([127, 0, 0, 2].into()));
+        cfg.sip.restrict_connections_to_trunk = false;
+        assert!(setup(&cfg).stack.transports.accept_filter.is_none());
     }
 }

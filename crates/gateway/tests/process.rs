@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig};
-use trunkline_emulators::trunk::{TrunkConfig, TrunkEmulator};
+use trunkline_emulators::trunk::{Originate, TrunkConfig, TrunkEmulator};
 
 const BIN: &str = env!("CARGO_BIN_EXE_trunkline");
 const NUMBER: &str = "+33612345678";
@@ -58,6 +58,7 @@ struct Setup {
     dir: TempDir,
     config: PathBuf,
     http: SocketAddr,
+    sip: SocketAddr,
     trunk: TrunkEmulator,
     _agent: AgentEmulator,
 }
@@ -65,6 +66,16 @@ struct Setup {
 impl Setup {
     /// `rtp_slot` gives each test its own narrow RTP port range (tests run in parallel).
     async fn new(name: &str, rtp_slot: u16, hangup_after: Duration) -> Setup {
+        Self::new_with(name, rtp_slot, hangup_after, &[]).await
+    }
+
+    /// [`Setup::new`] with `extra` lines, each `(section, "key = value")`, added to the file.
+    async fn new_with(
+        name: &str,
+        rtp_slot: u16,
+        hangup_after: Duration,
+        extra: &[(&str, &str)],
+    ) -> Setup {
         let dir = TempDir::new(name);
         let trunk = TrunkEmulator::start(TrunkConfig {
             credentials: Some(("trunkline".into(), "s3cret".into())),
@@ -127,12 +138,24 @@ level = "info"
             agent = agent.ws_base_url(),
             db = db.display(),
         );
+        let mut toml = toml;
+        for (section, line) in extra {
+            let key = line.split('=').next().unwrap_or(line).trim();
+            match toml.lines().find(|l| l.starts_with(&format!("{key} ="))) {
+                Some(old) => toml = toml.replacen(&format!("{old}\n"), &format!("{line}\n"), 1),
+                None => {
+                    let header = format!("[{section}]\n");
+                    toml = toml.replacen(&header, &format!("{header}{line}\n"), 1);
+                }
+            }
+        }
         let config = dir.0.join("trunkline.toml");
         std::fs::write(&config, toml).expect("write config");
         Setup {
             dir,
             config,
             http,
+            sip,
             trunk,
             _agent: agent,
         }
@@ -140,11 +163,24 @@ level = "info"
 
     /// Start `trunkline serve` on this configuration (secrets from the environment).
     fn spawn(&self, grace_secs: u64) -> Proc {
+        self.spawn_under(grace_secs, &[])
+    }
+
+    /// [`Setup::spawn`] under a wrapper command (`prlimit --nofile=…`), if any.
+    fn spawn_under(&self, grace_secs: u64, wrapper: &[&str]) -> Proc {
         let n = std::fs::read_dir(&self.dir.0).map_or(0, |d| d.count());
         let log = self.dir.0.join(format!("gateway-{n}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["serve", "--config"])
             .arg(&self.config)
             .args(["--grace-secs", &grace_secs.to_string()])
@@ -735,4 +771,414 @@ fn check_config_reports_what_the_gateway_would_refuse_at_start() {
             "the token is never printed: {stderr}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile clients (issue 17 items 1, 2, 12).
+
+/// Writes `head` then one byte every 200 ms for up to 20 s (a slowloris): the task ends when the
+/// server closes the connection or the time is up, returning how long the server kept it.
+fn slowloris(addr: SocketAddr, head: &'static [u8]) -> tokio::task::JoinHandle<Duration> {
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(head).await.expect("head");
+        let mut buf = [0u8; 64];
+        for _ in 0..100 {
+            tokio::select! {
+                r = s.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break },
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if s.write_all(b"X").await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        t0.elapsed()
+    })
+}
+
+/// Resident set size of a process, kB.
+fn rss_kb(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends a SIP OPTIONS over UDP and returns how long the first response took.
+async fn udp_options_rtt(sip: SocketAddr, n: u32) -> Option<Duration> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.ok()?;
+    let me = sock.local_addr().ok()?;
+    let msg = format!(
+        "OPTIONS sip:trunkline@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-probe{n};rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=p{n}\r\nTo: <sip:trunkline@{sip}>\r\nCall-ID: probe{n}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    let t0 = Instant::now();
+    sock.send_to(msg.as_bytes(), sip).await.ok()?;
+    let mut buf = [0u8; 2048];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    assert!(buf[..len].starts_with(b"SIP/2.0 "), "a SIP response");
+    Some(t0.elapsed())
+}
+
+/// Time to a `/readyz` answer over a fresh connection, and its status.
+async fn readyz_rtt(http: SocketAddr) -> (Option<u16>, Duration) {
+    let t0 = Instant::now();
+    let status = try_get(http, "/readyz", false).await.map(|(s, _)| s);
+    (status, t0.elapsed())
+}
+
+fn gauge(m: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
+    total(m, name, |l| {
+        label.is_none_or(|(k, v)| l.get(k).is_some_and(|x| x == v))
+    })
+}
+
+/// Issue 17 item 1: one client trickling a request head used to hold SIGTERM up (no BYE, new
+/// calls answered) until it left. Now SIGTERM refuses new calls at once (`/readyz` and inbound
+/// INVITEs 503) and the BYE leaves when the grace period ends, whatever the slow client does
+/// (the header timeout is set long here so that it plays no part).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_http_client_does_not_hold_up_sigterm_the_bye_leaves_within_the_grace() {
+    let s = Setup::new_with(
+        "slow-sigterm",
+        4,
+        Duration::from_secs(30),
+        &[("http", "header_timeout_secs = 60")],
+    )
+    .await;
+    let mut gw = s.spawn(2);
+    gw.ready().await;
+    let sid = gw.call().await;
+    gw.record_until(&sid, 15, in_progress_with_conversation)
+        .await;
+    let slow = slowloris(gw.http, b"GET /readyz HTTP/1.1\r\nHost: gw\r\n");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let t0 = Instant::now();
+    gw.signal("-TERM");
+    // Not ready at once (HTTP still answers during the grace period).
+    loop {
+        let (status, _) = readyz_rtt(gw.http).await;
+        if status == Some(503) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "/readyz said {status:?} after SIGTERM\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A new inbound call is refused.
+    s.trunk.originate(Originate {
+        gateway: s.sip,
+        from: "+15005550006".into(),
+        to: "+15005550007".into(),
+        call_sid: "CAslowloris".into(),
+    });
+    let calls = s
+        .trunk
+        .wait_for(Duration::from_secs(2), |c| {
+            c.iter()
+                .any(|c| c.direction == "origination" && c.final_status.is_some())
+        })
+        .await;
+    let inbound = calls.iter().find(|c| c.direction == "origination");
+    assert_eq!(
+        inbound.and_then(|c| c.final_status),
+        Some(503),
+        "inbound INVITE after SIGTERM: {:?}\n{}",
+        calls
+            .iter()
+            .map(|c| (&c.direction, c.final_status))
+            .collect::<Vec<_>>(),
+        gw.log()
+    );
+    // The active call gets its BYE when the 2 s grace period ends, not when the client leaves.
+    let calls = s
+        .trunk
+        .wait_for(Duration::from_secs(5), |c| {
+            c.iter()
+                .any(|c| c.direction == "termination" && c.ended_by.is_some())
+        })
+        .await;
+    let bye_after = t0.elapsed();
+    let call = calls.iter().find(|c| c.direction == "termination");
+    assert_eq!(
+        call.and_then(|c| c.ended_by.as_deref()),
+        Some("remote_bye"),
+        "no BYE {bye_after:?} after SIGTERM\n{}",
+        gw.log()
+    );
+    assert!(
+        bye_after >= Duration::from_millis(1900) && bye_after < Duration::from_millis(3500),
+        "BYE {bye_after:?} after SIGTERM with a 2 s grace\n{}",
+        gw.log()
+    );
+    let st = gw.exited(Duration::from_secs(8)).await;
+    let st = st.unwrap_or_else(|| panic!("still running 8 s after SIGTERM\n{}", gw.log()));
+    assert!(st.success(), "{st}\n{}", gw.log());
+    let kept = slow.await.expect("slow client");
+    assert!(
+        kept < Duration::from_secs(15),
+        "the slow client held on {kept:?}"
+    );
+}
+
+/// Issue 17 item 1: the header read timeout closes a connection trickling its request head, the
+/// request timeout answers 408 to a body that never completes; both are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_http_clients_are_cut_off_by_the_header_and_request_timeouts() {
+    let s = Setup::new_with(
+        "http-timeouts",
+        5,
+        Duration::from_secs(30),
+        &[
+            ("http", "header_timeout_secs = 1"),
+            ("http", "request_timeout_secs = 1"),
+        ],
+    )
+    .await;
+    let mut gw = s.spawn(1);
+    gw.ready().await;
+
+    let kept = slowloris(gw.http, b"GET /readyz HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .expect("slow client");
+    assert!(
+        kept >= Duration::from_millis(900) && kept < Duration::from_secs(3),
+        "a trickled head kept the connection {kept:?} with a 1 s header timeout"
+    );
+
+    let mut c = TcpStream::connect(gw.http).await.expect("connect");
+    let head = format!(
+        "POST /api/call/outbound HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"phoneNumber\""
+    );
+    c.write_all(head.as_bytes()).await.expect("write");
+    let t0 = Instant::now();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "{text:?} after {:?}",
+        t0.elapsed()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+
+    let m = scrape(&gw).await;
+    let t = "trunkline_http_timeouts_total";
+    assert_eq!(gauge(&m, t, Some(("kind", "header"))), 1.0);
+    assert_eq!(gauge(&m, t, Some(("kind", "request"))), 1.0);
+    assert!(gw.call_count_is_zero().await);
+}
+
+impl Proc {
+    async fn call_count_is_zero(&self) -> bool {
+        let m = scrape(self).await;
+        gauge(&m, "trunkline_active_calls", None) == 0.0
+    }
+}
+
+/// Issue 17 item 2: idle TCP connections beyond `sip.max_connections` are closed at accept, so a
+/// flood cannot take the file descriptors the HTTP API and the rest of SIP need. The gateway runs
+/// with a hard limit of 256 open files (a flood of 400 would exhaust it without the cap) and a
+/// soft limit of 200 that it raises to 256 at start. Prints the RSS before, during and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tcp_connections_over_the_cap_leave_http_and_udp_sip_answering() {
+    const FLOOD: usize = 400;
+    const CAP: usize = 100;
+    let s = Setup::new_with(
+        "conn-flood",
+        6,
+        Duration::from_secs(30),
+        &[
+            ("sip", r#"transports = ["udp", "tcp"]"#),
+            ("sip", "max_connections = 100"),
+            ("sip", "max_connections_per_source = 1000"),
+        ],
+    )
+    .await;
+    let prlimit = std::path::Path::new("/usr/bin/prlimit").exists();
+    let mut gw = if prlimit {
+        s.spawn_under(1, &["/usr/bin/prlimit", "--nofile=200:256", "--"])
+    } else {
+        s.spawn(1)
+    };
+    gw.ready().await;
+    if prlimit {
+        let limits =
+            std::fs::read_to_string(format!("/proc/{}/limits", gw.pid())).unwrap_or_default();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or_default()
+            .to_owned();
+        let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+        assert_eq!(
+            nums,
+            ["256", "256"],
+            "soft limit raised to the hard one: {line}"
+        );
+    }
+    let rss_before = rss_kb(&gw.pid());
+
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        match TcpStream::connect(s.sip).await {
+            Ok(c) => flood.push(c),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    // Every connection over the cap is closed at accept and counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = scrape(&gw).await;
+        let refused = gauge(
+            &m,
+            "trunkline_sip_connections_refused_total",
+            Some(("reason", "max_connections")),
+        );
+        if refused >= (FLOOD - CAP) as f64 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "refused {refused}\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        gauge(&m, "trunkline_sip_connections_open", None),
+        CAP as f64
+    );
+    let rss_flood = rss_kb(&gw.pid());
+
+    // HTTP and UDP SIP answer within 100 ms (best of three, for a loaded CI machine).
+    let mut http_best = Duration::MAX;
+    let mut sip_best = Duration::MAX;
+    for n in 0..3 {
+        let (status, took) = readyz_rtt(gw.http).await;
+        assert_eq!(status, Some(200), "{}", gw.log());
+        http_best = http_best.min(took);
+        let rtt = udp_options_rtt(s.sip, n).await.expect("OPTIONS answered");
+        sip_best = sip_best.min(rtt);
+    }
+    assert!(
+        http_best < Duration::from_millis(100),
+        "HTTP took {http_best:?}"
+    );
+    assert!(
+        sip_best < Duration::from_millis(100),
+        "SIP/UDP took {sip_best:?}"
+    );
+
+    // Every place is given back when the clients leave.
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = scrape(&gw).await;
+        if gauge(&m, "trunkline_sip_connections_open", None) == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections still open\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_after = rss_kb(&gw.pid());
+    eprintln!(
+        "RSS: before {rss_before} kB, with {CAP} idle connections held (+{} refused) {rss_flood} kB, after they closed {rss_after} kB",
+        FLOOD - CAP
+    );
+}
+
+/// Issue 17 item 2: when the process is out of file descriptors the SIP listener pauses (and
+/// counts it) instead of spinning on `accept`, and serves again once descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_sip_listener_backs_off_and_recovers() {
+    if !std::path::Path::new("/usr/bin/prlimit").exists() {
+        eprintln!("prlimit not installed: skipped");
+        return;
+    }
+    let s = Setup::new_with(
+        "emfile",
+        7,
+        Duration::from_secs(30),
+        &[
+            ("sip", r#"transports = ["udp", "tcp"]"#),
+            ("sip", "max_connections = 1000"),
+            ("sip", "max_connections_per_source = 1000"),
+        ],
+    )
+    .await;
+    let mut gw = s.spawn_under(1, &["/usr/bin/prlimit", "--nofile=128:128", "--"]);
+    gw.ready().await;
+    let cpu = |pid: &str| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // utime + stime (fields 14 and 15, after the state and 10 others), in clock ticks
+        f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+    };
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        if let Ok(c) = TcpStream::connect(s.sip).await {
+            flood.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c0 = cpu(&gw.pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = cpu(&gw.pid()) - c0;
+    eprintln!("CPU while out of descriptors: {spent} ticks in 1 s");
+    assert!(
+        spent < 10,
+        "{spent} ticks of CPU in 1 s while out of descriptors: spinning"
+    );
+    drop(flood);
+    // Serves again: a fresh TCP connection gets its OPTIONS answered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(mut c) = TcpStream::connect(s.sip).await {
+            let me = c.local_addr().expect("addr");
+            let msg = format!(
+                "OPTIONS sip:trunkline@{sip} SIP/2.0\r\nVia: SIP/2.0/TCP {me};branch=z9hG4bK-tcp1\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=t1\r\nTo: <sip:trunkline@{sip}>\r\nCall-ID: tcpprobe@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                sip = s.sip
+            );
+            let _ = c.write_all(msg.as_bytes()).await;
+            let mut buf = [0u8; 16];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), c.read(&mut buf)).await
+                && buf[..n].starts_with(b"SIP/2.0 ")
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIP/TCP did not recover\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = scrape(&gw).await;
+    assert!(
+        gauge(
+            &m,
+            "trunkline_accept_backoffs_total",
+            Some(("listener", "sip"))
+        ) >= 1.0,
+        "{}",
+        gw.log()
+    );
 }

@@ -5,7 +5,12 @@
 //! - TCP and TLS (rustls): stream framing by Content-Length ([`message::frame`](crate::message::frame),
 //!   §18.3), CRLFCRLF keep-alives answered with CRLF (RFC 5626 §3.5.1), one connection per remote
 //!   address reused in both directions (responses go back over the connection the request came in on,
-//!   §18.2.2), connections closed after an idle timeout or on unframeable input.
+//!   §18.2.2), connections closed after an idle timeout or on unframeable input (an oversized
+//!   request is answered 413, or 513 for an oversized header section, before the close).
+//! - Defences for accepted connections (a public listener is a target): an accept filter (the
+//!   trunk's source ranges), a total and a per-source cap on open connections, a short deadline
+//!   for the first complete message (and the TLS handshake), accept back-off when the process is
+//!   out of file descriptors. Every refusal is counted in [`TransportStats`].
 //! - RFC 3581: the transaction layer adds `rport` to our Via and fills `received`/`rport` on incoming
 //!   requests; this layer only reports the real source address of every message.
 //! - NAT: [`TransportConfig::external_addr`] replaces the bound IP in [`Transports::sent_by`] (used for
@@ -24,6 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -32,7 +39,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::message::{Framing, Host, HostPort, frame};
+use crate::message::{Framing, Host, HostPort, ParseError, error_response, frame};
 pub use crate::transaction::{Transmit, TransportKind};
 use crate::ua::{Ua, UaEvent};
 
@@ -67,9 +74,50 @@ pub struct TransportConfig {
     pub tls_server_name: Option<String>,
     /// Public IP written in Via/Contact instead of the bound one (behind NAT).
     pub external_addr: Option<IpAddr>,
-    /// Close TCP/TLS connections idle for this long.
+    /// Close TCP/TLS connections idle for this long (no byte received).
     pub idle_timeout: Duration,
+    /// Close an accepted TCP/TLS connection that has not sent one complete message (keep-alives do
+    /// not count; for TLS the handshake is included) this long after it was accepted.
+    pub first_message_timeout: Duration,
+    /// Most accepted TCP/TLS connections open at once (outgoing ones are not counted); more are
+    /// closed at accept.
+    pub max_connections: usize,
+    /// Most accepted TCP/TLS connections open at once from one source IP address.
+    pub max_connections_per_source: usize,
+    /// Sources allowed to open TCP/TLS connections to us (`None`: any); others are closed at accept.
+    pub accept_filter: Option<AcceptFilter>,
+    /// The counters, shared with whoever holds a clone of this `Arc` (a fresh set by default).
+    pub stats: Arc<TransportStats>,
 }
+
+/// Which source addresses may open a TCP/TLS connection to us.
+#[derive(Clone)]
+pub struct AcceptFilter(Arc<dyn Fn(IpAddr) -> bool + Send + Sync>);
+
+impl AcceptFilter {
+    /// A filter from a predicate (true: accept).
+    pub fn new(f: impl Fn(IpAddr) -> bool + Send + Sync + 'static) -> Self {
+        AcceptFilter(Arc::new(f))
+    }
+
+    /// Whether `ip` may connect.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        (self.0)(ip)
+    }
+}
+
+impl std::fmt::Debug for AcceptFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AcceptFilter(..)")
+    }
+}
+
+/// Default of [`TransportConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
+/// Default of [`TransportConfig::max_connections_per_source`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+/// Default of [`TransportConfig::first_message_timeout`].
+pub const DEFAULT_FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for TransportConfig {
     fn default() -> Self {
@@ -82,6 +130,11 @@ impl Default for TransportConfig {
             tls_server_name: None,
             external_addr: None,
             idle_timeout: Duration::from_secs(300),
+            first_message_timeout: DEFAULT_FIRST_MESSAGE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            accept_filter: None,
+            stats: Arc::new(TransportStats::default()),
         }
     }
 }
@@ -106,6 +159,54 @@ pub struct TransportStats {
     pub idle_closes: AtomicU64,
     /// Sends that failed.
     pub send_errors: AtomicU64,
+    /// Accepted connections closed because no complete message (or TLS handshake) came within
+    /// [`TransportConfig::first_message_timeout`].
+    pub first_message_timeouts: AtomicU64,
+    /// Connections closed at accept: [`TransportConfig::max_connections`] reached.
+    pub refused_total_cap: AtomicU64,
+    /// Connections closed at accept: [`TransportConfig::max_connections_per_source`] reached.
+    pub refused_per_source_cap: AtomicU64,
+    /// Connections closed at accept: the source is outside [`TransportConfig::accept_filter`].
+    pub refused_source: AtomicU64,
+    /// Accept failures (out of file descriptors, EMFILE/ENFILE, or memory) after which the
+    /// listener paused before accepting again.
+    pub accept_backoffs: AtomicU64,
+    /// Oversized requests answered 413 (body) or 513 (header section) before the close.
+    pub oversized_rejects: AtomicU64,
+    /// Accepted TCP/TLS connections open now (a gauge: TLS handshakes in progress included).
+    pub accepted_open: AtomicU64,
+}
+
+/// Accepted connections open now, in total and per source.
+#[derive(Debug, Default)]
+struct Accepted {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// One accepted connection's place in [`Accepted`], given back on drop (when the connection's
+/// tasks are over and its socket closed).
+struct Slot {
+    inner: Arc<Inner>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut a) = self.inner.accepted.lock() {
+            a.total = a.total.saturating_sub(1);
+            self.inner
+                .stats
+                .accepted_open
+                .store(a.total as u64, Ordering::Relaxed);
+            if let Some(n) = a.per_source.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    a.per_source.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 type ConnMap = Mutex<HashMap<(TransportKind, SocketAddr), (u64, mpsc::UnboundedSender<Bytes>)>>;
@@ -121,7 +222,12 @@ struct Inner {
     tls_server_name: Option<String>,
     external: Option<IpAddr>,
     idle: Duration,
-    stats: TransportStats,
+    first_message: Duration,
+    max_connections: usize,
+    max_per_source: usize,
+    filter: Option<AcceptFilter>,
+    accepted: Mutex<Accepted>,
+    stats: Arc<TransportStats>,
 }
 
 /// The bound sockets. Cheap to clone; every clone sends through the same sockets and connections.
@@ -177,7 +283,12 @@ impl Transports {
             tls_server_name: config.tls_server_name.clone(),
             external: config.external_addr,
             idle: config.idle_timeout,
-            stats: TransportStats::default(),
+            first_message: config.first_message_timeout,
+            max_connections: config.max_connections,
+            max_per_source: config.max_connections_per_source,
+            filter: config.accept_filter.clone(),
+            accepted: Mutex::new(Accepted::default()),
+            stats: config.stats.clone(),
         });
         let this = Transports { inner };
         if let Some(sock) = udp {
@@ -185,45 +296,11 @@ impl Transports {
         }
         if let Some(l) = tcp {
             let t = this.clone();
-            tokio::spawn(async move {
-                loop {
-                    match l.accept().await {
-                        Ok((stream, peer)) => {
-                            let _ = stream.set_nodelay(true);
-                            let _ = t.adopt(TransportKind::Tcp, peer, stream);
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "tcp accept");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(accept_loop(l, t, None));
         }
         if let Some((l, acceptor)) = tls {
             let t = this.clone();
-            tokio::spawn(async move {
-                loop {
-                    match l.accept().await {
-                        Ok((stream, peer)) => {
-                            let _ = stream.set_nodelay(true);
-                            let (t, acceptor) = (t.clone(), acceptor.clone());
-                            tokio::spawn(async move {
-                                match acceptor.accept(stream).await {
-                                    Ok(tls) => {
-                                        let _ = t.adopt(TransportKind::Tls, peer, tls);
-                                    }
-                                    Err(e) => debug!(error = %e, %peer, "tls handshake failed"),
-                                }
-                            });
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "tls accept");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(accept_loop(l, t, Some(acceptor)));
         }
         Ok((this, rx))
     }
@@ -252,6 +329,41 @@ impl Transports {
     /// Number of open TCP/TLS connections.
     pub fn connection_count(&self) -> usize {
         self.inner.conns.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Number of accepted TCP/TLS connections holding a place under the caps (TLS handshakes in
+    /// progress included).
+    pub fn accepted_count(&self) -> usize {
+        self.inner.accepted.lock().map(|a| a.total).unwrap_or(0)
+    }
+
+    /// Takes a place for a connection from `ip` under the filter and the caps, or counts the
+    /// refusal.
+    fn admit(&self, ip: IpAddr) -> Option<Slot> {
+        let stats = &self.inner.stats;
+        if let Some(f) = &self.inner.filter
+            && !f.allows(ip)
+        {
+            stats.refused_source.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut a = self.inner.accepted.lock().ok()?;
+        if a.total >= self.inner.max_connections {
+            stats.refused_total_cap.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let n = a.per_source.entry(ip).or_default();
+        if *n >= self.inner.max_per_source {
+            stats.refused_per_source_cap.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        a.total += 1;
+        stats.accepted_open.store(a.total as u64, Ordering::Relaxed);
+        Some(Slot {
+            inner: self.inner.clone(),
+            ip,
+        })
     }
 
     /// Sends one transmission: a datagram, or a write on the connection to the destination (opened
@@ -306,7 +418,7 @@ impl Transports {
         let stream = TcpStream::connect(peer).await?;
         let _ = stream.set_nodelay(true);
         match kind {
-            TransportKind::Tcp => Ok(self.adopt(kind, peer, stream)),
+            TransportKind::Tcp => Ok(self.adopt(kind, peer, stream, None)),
             _ => {
                 let config = self
                     .inner
@@ -321,17 +433,20 @@ impl Transports {
                 let tls = tokio_rustls::TlsConnector::from(config)
                     .connect(name, stream)
                     .await?;
-                Ok(self.adopt(kind, peer, tls))
+                Ok(self.adopt(kind, peer, tls, None))
             }
         }
     }
 
-    /// Registers a connected stream and starts its reader and writer tasks.
+    /// Registers a connected stream and starts its reader and writer tasks. An accepted stream
+    /// brings its place under the caps (held until the socket is closed) and the deadline of its
+    /// first complete message.
     fn adopt<S>(
         &self,
         kind: TransportKind,
         peer: SocketAddr,
         stream: S,
+        accepted: Option<(Slot, Instant)>,
     ) -> mpsc::UnboundedSender<Bytes>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -341,20 +456,132 @@ impl Transports {
         if let Ok(mut conns) = self.inner.conns.lock() {
             conns.insert((kind, peer), (id, tx.clone()));
         }
-        let (read, write) = tokio::io::split(stream);
-        tokio::spawn(writer_loop(write, rx));
+        let (mut read, write) = tokio::io::split(stream);
+        let writer = tokio::spawn(writer_loop(write, rx));
         let inner = self.inner.clone();
         let pong = tx.clone();
         tokio::spawn(async move {
-            reader_loop(read, kind, peer, &inner, pong).await;
+            let (slot, first_deadline) = match accepted {
+                Some((slot, at)) => (Some(slot), Some(at)),
+                None => (None, None),
+            };
+            let end = reader_loop(&mut read, kind, peer, &inner, &pong, first_deadline).await;
             if let Ok(mut conns) = inner.conns.lock()
                 && conns.get(&(kind, peer)).is_some_and(|(cid, _)| *cid == id)
             {
                 conns.remove(&(kind, peer));
             }
+            let rejected = match end {
+                End::Reject(response) => {
+                    let _ = pong.send(response);
+                    true
+                }
+                End::Closed => false,
+            };
+            // The writer ends once every sender is gone (the map's and ours): what is queued is
+            // written, then the write side is shut down.
+            drop(pong);
+            let mut writer = writer;
+            if rejected {
+                // Keep reading (and discarding) while the response leaves, so the close does not
+                // turn into a reset that destroys the response before the peer reads it.
+                let drain = async {
+                    let mut scratch = [0u8; 1024];
+                    while let Ok(n) = read.read(&mut scratch).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(LINGER, drain).await;
+            }
+            if tokio::time::timeout(LINGER, &mut writer).await.is_err() {
+                // A peer that does not read: stop writing to it.
+                writer.abort();
+            }
+            drop(read);
+            drop(slot);
         });
         tx
     }
+}
+
+/// How long a closing connection may take to write what is queued (and, after a rejection, to
+/// let the peer read it).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The read buffer grows by this much when it is full: a typical SIP message fits in one step, so
+/// an idle connection holds little.
+const READ_CHUNK: usize = 2048;
+
+/// Accepts TCP connections (and runs the TLS handshake if `tls`), under the filter and the caps.
+#[allow(clippy::disallowed_methods)] // the I/O layer owns the clock
+async fn accept_loop(l: TcpListener, t: Transports, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        match l.accept().await {
+            Ok((stream, peer)) => {
+                backoff = Duration::ZERO;
+                let Some(slot) = t.admit(peer.ip()) else {
+                    // Refused: the socket closes here.
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let deadline = Instant::now() + t.inner.first_message;
+                match &tls {
+                    None => {
+                        let _ = t.adopt(TransportKind::Tcp, peer, stream, Some((slot, deadline)));
+                    }
+                    Some(acceptor) => {
+                        let (t, acceptor) = (t.clone(), acceptor.clone());
+                        tokio::spawn(async move {
+                            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => {
+                                    let _ = t.adopt(
+                                        TransportKind::Tls,
+                                        peer,
+                                        tls,
+                                        Some((slot, deadline)),
+                                    );
+                                }
+                                Ok(Err(e)) => debug!(error = %e, %peer, "tls handshake failed"),
+                                Err(_) => {
+                                    t.inner
+                                        .stats
+                                        .first_message_timeouts
+                                        .fetch_add(1, Ordering::Relaxed);
+                                    debug!(%peer, "tls handshake timed out");
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+            Err(e) if is_connection_error(&e) => debug!(error = %e, "accept"),
+            Err(e) => {
+                // Out of file descriptors (EMFILE/ENFILE) or memory: retrying at once would spin.
+                // Pause, longer while it lasts; connections wait in the backlog meanwhile.
+                t.inner
+                    .stats
+                    .accept_backoffs
+                    .fetch_add(1, Ordering::Relaxed);
+                backoff = (backoff * 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
+                warn!(error = %e, pause_ms = backoff.as_millis() as u64, "accept failed; pausing");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+/// An accept error about one connection (not about the listener or the process).
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
 }
 
 async fn udp_loop(sock: Arc<UdpSocket>, incoming: mpsc::Sender<Incoming>) {
@@ -399,19 +626,30 @@ async fn writer_loop<W: AsyncWrite + Unpin>(mut write: W, mut rx: mpsc::Unbounde
     let _ = write.shutdown().await;
 }
 
+/// How a reader ended.
+enum End {
+    /// Closed (end of stream, error, timeout, unframeable input, or nobody listening).
+    Closed,
+    /// Closed after this response (an oversized request).
+    Reject(Bytes),
+}
+
+#[allow(clippy::disallowed_methods)] // the I/O layer owns the clock
 async fn reader_loop<R: AsyncRead + Unpin>(
-    mut read: R,
+    read: &mut R,
     kind: TransportKind,
     peer: SocketAddr,
     inner: &Inner,
-    pong: mpsc::UnboundedSender<Bytes>,
-) {
-    let mut buf = BytesMut::with_capacity(8192);
+    pong: &mpsc::UnboundedSender<Bytes>,
+    mut first_deadline: Option<Instant>,
+) -> End {
+    let mut buf = BytesMut::new();
     loop {
         // Frame everything already buffered.
         loop {
             match frame(&buf) {
                 Framing::Complete(n) => {
+                    first_deadline = None;
                     let data = buf.split_to(n).freeze();
                     if inner
                         .incoming
@@ -423,7 +661,7 @@ async fn reader_loop<R: AsyncRead + Unpin>(
                         .await
                         .is_err()
                     {
-                        return;
+                        return End::Closed;
                     }
                 }
                 Framing::KeepAlive(n) => {
@@ -436,20 +674,63 @@ async fn reader_loop<R: AsyncRead + Unpin>(
                 Framing::Invalid(e) => {
                     inner.stats.framing_errors.fetch_add(1, Ordering::Relaxed);
                     debug!(error = %e, %peer, "closing unframeable stream");
-                    return;
+                    return match oversize_response(&buf, &e) {
+                        Some(r) => {
+                            inner
+                                .stats
+                                .oversized_rejects
+                                .fetch_add(1, Ordering::Relaxed);
+                            End::Reject(r)
+                        }
+                        None => End::Closed,
+                    };
                 }
             }
         }
-        buf.reserve(4096);
-        match tokio::time::timeout(inner.idle, read.read_buf(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
+        if buf.is_empty() {
+            // Give back what the last message used (its bytes live on in the frozen message).
+            buf = BytesMut::new();
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK);
+        }
+        let idle = Instant::now() + inner.idle;
+        let (deadline, first) = match first_deadline {
+            Some(at) if at < idle => (at, true),
+            _ => (idle, false),
+        };
+        match tokio::time::timeout_at(deadline, read.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return End::Closed,
             Ok(Ok(_)) => {}
+            Err(_) if first => {
+                inner
+                    .stats
+                    .first_message_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, "no complete message in time: closing");
+                return End::Closed;
+            }
             Err(_) => {
                 inner.stats.idle_closes.fetch_add(1, Ordering::Relaxed);
-                return;
+                return End::Closed;
             }
         }
     }
+}
+
+/// The response to an oversized request (RFC 3261 §21.4.11 413 for the body, §21.5.11 513 for
+/// the header section), if the buffered head is a request with what it takes to route a
+/// response (Via, CSeq, …); `None` for anything else (a response, an ACK, garbage).
+fn oversize_response(buf: &[u8], e: &ParseError) -> Option<Bytes> {
+    let (status, reason) = match e {
+        ParseError::BodyTooLarge => (413, "Request Entity Too Large"),
+        ParseError::HeadersTooLarge => (513, "Message Too Large"),
+        _ => return None,
+    };
+    let mut r = error_response(buf, e, "tl-oversize")?;
+    r.status = status;
+    r.reason = reason.to_owned();
+    Some(r.to_bytes())
 }
 
 /// What woke [`UaRunner::next_event_or`].

@@ -410,3 +410,242 @@ async fn ua_runners_complete_a_call_over_udp_loopback() {
         EndReason::RemoteBye
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Defences of accepted connections (issue 17 items 2 and 12).
+
+/// True if the peer closed `s` (EOF or reset) within `d`; bytes read meanwhile are discarded.
+async fn closed_within(s: &mut TcpStream, d: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+async fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// `OPTIONS` with a distinct Call-ID, to tell messages apart.
+fn options(n: u32) -> String {
+    OPTIONS.replace("Call-ID: c1", &format!("Call-ID: c{n}"))
+}
+
+#[tokio::test]
+async fn connections_over_the_total_cap_are_closed_at_accept_and_places_are_given_back() {
+    let (t, mut rx) = Transports::bind(TransportConfig {
+        tcp: Some(loopback()),
+        max_connections: 3,
+        ..TransportConfig::default()
+    })
+    .await
+    .unwrap();
+    let addr = t.local_addr(TransportKind::Tcp).unwrap();
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        kept.push(TcpStream::connect(addr).await.unwrap());
+    }
+    for n in 0..2 {
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut over, Duration::from_secs(2)).await,
+            "connection {} over the cap closed",
+            n + 4
+        );
+    }
+    assert_eq!(t.stats().refused_total_cap.load(Ordering::Relaxed), 2);
+    // The ones under the cap work.
+    kept[2].write_all(options(3).as_bytes()).await.unwrap();
+    assert!(recv(&mut rx).await.data.starts_with(b"OPTIONS"));
+    // A closed connection gives its place back.
+    drop(kept.pop());
+    timeout(Duration::from_secs(2), async {
+        while t.accepted_count() != 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the place is given back");
+    let mut again = TcpStream::connect(addr).await.unwrap();
+    again.write_all(options(4).as_bytes()).await.unwrap();
+    assert!(recv(&mut rx).await.data.starts_with(b"OPTIONS"));
+    assert_eq!(t.stats().refused_total_cap.load(Ordering::Relaxed), 2);
+    drop(kept);
+    drop(again);
+    timeout(Duration::from_secs(3), async {
+        while t.accepted_count() != 0 || t.connection_count() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("every connection and place released after the peers closed");
+}
+
+#[tokio::test]
+async fn one_source_cannot_take_more_than_its_share() {
+    let (t, mut rx) = Transports::bind(TransportConfig {
+        tcp: Some(loopback()),
+        max_connections_per_source: 2,
+        ..TransportConfig::default()
+    })
+    .await
+    .unwrap();
+    let addr = t.local_addr(TransportKind::Tcp).unwrap();
+    let _a = connect_from("127.0.0.1", addr).await;
+    let _b = connect_from("127.0.0.1", addr).await;
+    let mut c = connect_from("127.0.0.1", addr).await;
+    assert!(closed_within(&mut c, Duration::from_secs(2)).await);
+    assert_eq!(t.stats().refused_per_source_cap.load(Ordering::Relaxed), 1);
+    // Another source still gets in.
+    let mut other = connect_from("127.0.0.2", addr).await;
+    other.write_all(options(1).as_bytes()).await.unwrap();
+    let m = recv(&mut rx).await;
+    assert_eq!(m.source.ip().to_string(), "127.0.0.2");
+    assert_eq!(t.stats().refused_total_cap.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn sources_outside_the_accept_filter_are_closed_at_accept() {
+    let (t, mut rx) = Transports::bind(TransportConfig {
+        tcp: Some(loopback()),
+        accept_filter: Some(trunkline_sip::transport::AcceptFilter::new(|ip| {
+            ip.to_string() == "127.0.0.2"
+        })),
+        ..TransportConfig::default()
+    })
+    .await
+    .unwrap();
+    let addr = t.local_addr(TransportKind::Tcp).unwrap();
+    let mut outsider = connect_from("127.0.0.1", addr).await;
+    let _ = outsider.write_all(options(1).as_bytes()).await;
+    assert!(closed_within(&mut outsider, Duration::from_secs(2)).await);
+    assert_eq!(t.stats().refused_source.load(Ordering::Relaxed), 1);
+    let mut trunk = connect_from("127.0.0.2", addr).await;
+    trunk.write_all(options(2).as_bytes()).await.unwrap();
+    let m = recv(&mut rx).await;
+    assert!(
+        std::str::from_utf8(&m.data)
+            .unwrap()
+            .contains("Call-ID: c2")
+    );
+    assert!(rx.try_recv().is_err(), "nothing from the outsider");
+}
+
+#[tokio::test]
+async fn a_connection_without_a_complete_message_is_closed_after_the_first_message_timeout() {
+    let (t, mut rx) = Transports::bind(TransportConfig {
+        tcp: Some(loopback()),
+        first_message_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(60),
+        ..TransportConfig::default()
+    })
+    .await
+    .unwrap();
+    let addr = t.local_addr(TransportKind::Tcp).unwrap();
+    // Trickles a header and keep-alives, never a whole message: keeps sending, yet closed.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let t0 = std::time::Instant::now();
+    slow.write_all(b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\n")
+        .await
+        .unwrap();
+    let trickle = async {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if slow.write_all(b"X-Pad: y\r\n").await.is_err() {
+                break;
+            }
+        }
+    };
+    trickle.await;
+    assert!(closed_within(&mut slow, Duration::from_secs(2)).await);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(t.stats().first_message_timeouts.load(Ordering::Relaxed), 1);
+    assert_eq!(t.stats().idle_closes.load(Ordering::Relaxed), 0);
+
+    // One that sent a message is established: the short deadline no longer applies.
+    let mut good = TcpStream::connect(addr).await.unwrap();
+    good.write_all(options(1).as_bytes()).await.unwrap();
+    recv(&mut rx).await;
+    assert!(!closed_within(&mut good, Duration::from_millis(800)).await);
+    good.write_all(options(2).as_bytes()).await.unwrap();
+    assert!(
+        std::str::from_utf8(&recv(&mut rx).await.data)
+            .unwrap()
+            .contains("Call-ID: c2")
+    );
+    assert_eq!(t.stats().first_message_timeouts.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn an_oversized_request_gets_413_then_the_close_and_other_oversized_input_just_the_close() {
+    let (t, mut rx) = Transports::bind(TransportConfig {
+        tcp: Some(loopback()),
+        ..TransportConfig::default()
+    })
+    .await
+    .unwrap();
+    let addr = t.local_addr(TransportKind::Tcp).unwrap();
+    let read_all = |mut s: TcpStream| async move {
+        let mut out = Vec::new();
+        let _ = timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("closed within 5 s");
+        String::from_utf8_lossy(&out).into_owned()
+    };
+
+    // A body over the 64 KiB limit: 413 with the request's Via, Call-ID and CSeq, then the close,
+    // while the peer is still sending its body.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let big = OPTIONS.replace(
+        "Content-Length: 4\r\n\r\nbody",
+        "Content-Length: 100000\r\n\r\n",
+    );
+    s.write_all(big.as_bytes()).await.unwrap();
+    let _ = s.write_all(&[b'x'; 8192]).await;
+    let got = read_all(s).await;
+    assert!(
+        got.starts_with("SIP/2.0 413 Request Entity Too Large\r\n"),
+        "{got:?}"
+    );
+    assert!(
+        got.contains("Via: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bK1")
+            && got.contains("Call-ID: c1")
+            && got.contains("CSeq: 1 OPTIONS")
+            && got.contains("Content-Length: 0"),
+        "{got}"
+    );
+
+    // A header section over the limit: 513, then the close.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let huge = OPTIONS.replace(
+        "Content-Length: 4\r\n",
+        &format!("X-Pad: {}\r\nContent-Length: 4\r\n", "p".repeat(20_000)),
+    );
+    let _ = s.write_all(huge.as_bytes()).await;
+    let got = read_all(s).await;
+    assert!(
+        got.starts_with("SIP/2.0 513 Message Too Large\r\n"),
+        "{got:?}"
+    );
+
+    // An oversized response, or a head without a Via: closed without a word.
+    for text in [
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bK1\r\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c9\r\nCSeq: 1 OPTIONS\r\nContent-Length: 100000\r\n\r\n".to_owned(),
+        "OPTIONS sip:a@h SIP/2.0\r\nCSeq: 1 OPTIONS\r\nContent-Length: 100000\r\n\r\n".to_owned(),
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(text.as_bytes()).await.unwrap();
+        let got = read_all(s).await;
+        assert_eq!(got, "", "no answer to {text:?}");
+    }
+    assert_eq!(t.stats().oversized_rejects.load(Ordering::Relaxed), 2);
+    assert_eq!(t.stats().framing_errors.load(Ordering::Relaxed), 4);
+    assert!(rx.try_recv().is_err(), "nothing passed up");
+}
