@@ -64,6 +64,12 @@ pub enum EndCause {
         /// What failed.
         detail: String,
     },
+    /// The agent stopped answering: no pong to our WebSocket pings, or our writes blocked, for
+    /// the configured stall timeout (`agent.stall_timeout_secs`).
+    AgentTimeout,
+    /// Inbound: our 200 OK was never ACKed within 64·T1 (RFC 3261 §13.3.1.4); the SIP layer sent
+    /// BYE.
+    NoAck,
 }
 
 impl EndCause {
@@ -74,6 +80,8 @@ impl EndCause {
             EndCause::Busy { .. } => "busy",
             EndCause::NoAnswer { .. } => "no-answer",
             EndCause::RemoteCancel => "canceled",
+            // The dialog was never confirmed: the caller did not complete the call.
+            EndCause::NoAck => "failed",
             EndCause::ApiHangup | EndCause::Shutdown if !answered => "canceled",
             _ if answered => "completed",
             _ => "failed",
@@ -98,6 +106,8 @@ impl EndCause {
             EndCause::Rejected { .. } => "rejected",
             EndCause::Transferred => "transferred",
             EndCause::MediaFailed { .. } => "media_failed",
+            EndCause::AgentTimeout => "agent_timeout",
+            EndCause::NoAck => "no_ack",
         }
     }
 }
@@ -271,6 +281,10 @@ mod tests {
         assert_eq!(EndCause::RemoteHangup.status(true), "completed");
         assert_eq!(EndCause::ApiHangup.status(false), "canceled");
         assert_eq!(EndCause::ApiHangup.status(true), "completed");
+        assert_eq!(EndCause::NoAck.status(true), "failed");
+        assert_eq!(EndCause::NoAck.label(), "no_ack");
+        assert_eq!(EndCause::AgentTimeout.status(true), "completed");
+        assert_eq!(EndCause::AgentTimeout.label(), "agent_timeout");
         assert_eq!(
             EndCause::Rejected {
                 status: 503,

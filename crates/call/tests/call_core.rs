@@ -681,6 +681,34 @@ fn inbound_call_is_answered_once_the_agent_is_there() {
 }
 
 #[test]
+fn inbound_200_never_acked_ends_as_no_ack_and_closes_the_agent() {
+    let mut h = Harness::inbound(CallConfig::default());
+    h.agent(AgentEvent::Metadata {
+        conversation_id: "c".into(),
+        input_format: AudioFormat::Ulaw8000,
+        output_format: AudioFormat::Ulaw8000,
+    });
+    assert_eq!(h.sip_actions(), vec![SipAction::Ringing, SipAction::Accept]);
+    h.run_for(Duration::from_secs(2), true);
+    h.take_actions();
+    // Timer H-like: the UA gave up on the ACK and already sent BYE.
+    h.sip(SipEvent::NoAck);
+    let actions = h.take_actions();
+    assert!(
+        actions.contains(&CallAction::Agent(AgentAction::Close)),
+        "{actions:?}"
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(a, CallAction::Sip(_))),
+        "no second BYE: {actions:?}"
+    );
+    let rec = h.call.record();
+    assert_eq!(rec.end_cause, Some(EndCause::NoAck));
+    assert_eq!(rec.status, "failed");
+    assert!(h.call.is_done());
+}
+
+#[test]
 fn inbound_call_is_refused_when_the_agent_cannot_be_reached() {
     let mut h = Harness::inbound(CallConfig::default());
     h.run_for(Duration::from_secs(11), false);
