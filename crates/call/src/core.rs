@@ -921,6 +921,7 @@ impl Call {
                 self.begin_drain(EndCause::AgentEnded, now)
             }
             CloseReason::ClientClosed => {}
+            CloseReason::AgentTimeout { .. } => self.end(EndCause::AgentTimeout, now),
             reason => self.end(
                 EndCause::AgentError {
                     detail: format!("{reason:?}"),

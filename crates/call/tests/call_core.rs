@@ -395,6 +395,30 @@ fn agent_socket_lost_ends_the_call_with_bye_at_once() {
 }
 
 #[test]
+fn unresponsive_agent_ends_the_call_as_agent_timeout_with_bye() {
+    let mut h = Harness::outbound(CallConfig::default());
+    h.connect(AudioFormat::Ulaw8000);
+    h.run_for(Duration::from_millis(200), true);
+    h.agent(closed(
+        CloseReason::AgentTimeout {
+            detail: "no pong to our ping for 10 s".into(),
+        },
+        None,
+    ));
+    assert_eq!(h.sip_actions().last(), Some(&SipAction::Bye));
+    let rec = h.call.record();
+    assert_eq!(rec.end_cause, Some(EndCause::AgentTimeout));
+    assert!(
+        rec.agent_close
+            .as_deref()
+            .is_some_and(|c| c.starts_with("none AgentTimeout")),
+        "{:?}",
+        rec.agent_close
+    );
+    assert!(h.call.is_done());
+}
+
+#[test]
 fn phone_bye_closes_the_agent_and_finalises_the_record() {
     let mut h = Harness::outbound(CallConfig::default());
     h.connect(AudioFormat::Ulaw8000);

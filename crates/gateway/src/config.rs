@@ -297,6 +297,10 @@ pub struct AgentSection {
     pub transfer_allow_prefixes: Vec<String>,
     /// Dynamic variables sent with every conversation (the call's own are added).
     pub dynamic_variables: BTreeMap<String, String>,
+    /// End the call (cause `agent_timeout`) when the agent answers none of our WebSocket pings
+    /// (sent every quarter of this), or our writes to it stay blocked, this many seconds; 0
+    /// turns the detection off.
+    pub stall_timeout_secs: u64,
 }
 
 impl Default for AgentSection {
@@ -313,6 +317,7 @@ impl Default for AgentSection {
             transfer_enabled: false,
             transfer_allow_prefixes: Vec::new(),
             dynamic_variables: BTreeMap::new(),
+            stall_timeout_secs: 10,
         }
     }
 }
