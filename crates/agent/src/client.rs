@@ -8,6 +8,14 @@
 //! messages (pongs first) before audio and coalesces everything queued into one flush. Audio goes
 //! through a bounded drop-oldest queue, so [`crate::session::AgentHandle::send_audio`] never
 //! blocks and a stalled socket costs a bounded amount of memory.
+//!
+//! A dead agent is noticed ([`AgentConfig::stall_timeout`]): the writer sends a WebSocket ping
+//! every quarter of the timeout, and the reader ends the conversation with
+//! [`CloseReason::AgentTimeout`] when a ping goes unanswered that long (or, from a server that
+//! never answered one, nothing at all arrives that long), or when one of our writes has been
+//! blocked that long. Every close is bounded: our close frame, then at most
+//! [`CLOSE_HANDSHAKE_TIMEOUT`] for the peer's, then the connection is dropped — also when a write
+//! is blocked on a peer that stopped reading.
 
 use std::fmt;
 use std::sync::Arc;
@@ -41,6 +49,8 @@ pub const DEFAULT_BASE_URL: &str = "wss://api.elevenlabs.io";
 pub const CONVERSATION_PATH: &str = "/v1/convai/conversation";
 /// How long our close frame may go unanswered before the connection is dropped.
 pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default [`AgentConfig::stall_timeout`].
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The signed-URL endpoint path (hyphenated: the current one).
 pub const SIGNED_URL_PATH: &str = "/v1/convai/conversation/get-signed-url";
 
@@ -71,6 +81,10 @@ pub struct AgentConfig {
     pub read_buffer_size: usize,
     /// Time allowed for TCP + TLS + WebSocket handshake + the metadata event.
     pub connect_timeout: Duration,
+    /// End the conversation with [`CloseReason::AgentTimeout`] when the agent does not answer
+    /// our WebSocket pings (sent every quarter of this), or our writes stay blocked, this long.
+    /// `None`: no pings, no stall detection.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -88,6 +102,7 @@ impl fmt::Debug for AgentConfig {
             .field("audio_queue_chunks", &self.audio_queue_chunks)
             .field("read_buffer_size", &self.read_buffer_size)
             .field("connect_timeout", &self.connect_timeout)
+            .field("stall_timeout", &self.stall_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +125,7 @@ impl AgentConfig {
             audio_queue_chunks: 50,
             read_buffer_size: 8 * 1024,
             connect_timeout: Duration::from_secs(10),
+            stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
         }
     }
 
@@ -347,6 +363,7 @@ async fn connect_inner(
     Ok(start_tasks(
         ws,
         shared,
+        config.stall_timeout.filter(|t| !t.is_zero()),
         tools,
         metadata,
         input_format,
@@ -371,6 +388,7 @@ fn lost(detail: &str, error: Option<ErrorEvent>) -> Closed {
 fn start_tasks(
     ws: Ws,
     shared: Arc<Shared>,
+    stall_timeout: Option<Duration>,
     tools: ToolRegistry,
     metadata: ConversationInitiationMetadataEvent,
     input_format: AudioFormat,
@@ -395,11 +413,13 @@ fn start_tasks(
         tools,
         filter: InterruptionFilter::new(),
         last_error,
+        stall_timeout,
     };
     for ev in early {
         reader.handle_event(ev);
     }
-    tokio::spawn(writer_task(sink, ctrl_rx, shared));
+    let ping_every = stall_timeout.map(|t| (t / 4).max(Duration::from_millis(50)));
+    tokio::spawn(writer_task(sink, ctrl_rx, shared, ping_every));
     tokio::spawn(reader.run(stream));
     AgentSession::new(handle, event_rx, metadata, input_format, output_format)
 }
@@ -411,10 +431,18 @@ struct Reader {
     tools: ToolRegistry,
     filter: InterruptionFilter,
     last_error: Option<ErrorEvent>,
+    stall_timeout: Option<Duration>,
 }
 
 impl Reader {
     async fn run(mut self, mut stream: futures_util::stream::SplitStream<Ws>) {
+        let mut last_frame = tokio::time::Instant::now();
+        let mut watchdog = self.stall_timeout.map(|t| {
+            let every = (t / 8).clamp(Duration::from_millis(20), Duration::from_secs(1));
+            let mut i = tokio::time::interval(every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         let closed = loop {
             let next = tokio::select! {
                 biased;
@@ -427,7 +455,43 @@ impl Reader {
                         error: self.last_error.take(),
                     };
                 }
+                () = self.shared.writer_failed.notified() => {
+                    let detail = format!("write failed: {}", self.shared.writer_error());
+                    let reason = if self.shared.client_closing.load(Ordering::Relaxed) {
+                        CloseReason::ClientClosed
+                    } else {
+                        CloseReason::ConnectionLost { detail: detail.clone() }
+                    };
+                    break Closed {
+                        reason,
+                        code: None,
+                        text: detail,
+                        error: self.last_error.take(),
+                    };
+                }
+                now = tick(&mut watchdog) => {
+                    let Some(limit) = self.stall_timeout else { continue };
+                    let Some(detail) = self.shared.stall(now, limit, last_frame) else {
+                        continue;
+                    };
+                    let reason = if self.shared.client_closing.load(Ordering::Relaxed) {
+                        CloseReason::ClientClosed
+                    } else {
+                        warn!(%detail, "agent unresponsive: closing");
+                        self.shared.stalled.store(true, Ordering::Relaxed);
+                        CloseReason::AgentTimeout { detail: detail.clone() }
+                    };
+                    break Closed {
+                        reason,
+                        code: None,
+                        text: detail,
+                        error: self.last_error.take(),
+                    };
+                }
             };
+            if let Some(Ok(_)) = &next {
+                last_frame = tokio::time::Instant::now();
+            }
             match next {
                 Some(Ok(Message::Text(text))) => match ServerEvent::decode(text.as_str()) {
                     Ok(d) => {
@@ -458,7 +522,8 @@ impl Reader {
                         error: self.last_error.take(),
                     };
                 }
-                Some(Ok(_)) => {} // binary, ping/pong frames (tungstenite answers pings)
+                Some(Ok(Message::Pong(_))) => self.shared.pong_received(),
+                Some(Ok(_)) => {} // binary, ping frames (tungstenite answers pings)
                 Some(Err(e)) => {
                     let reason = if self.shared.client_closing.load(Ordering::Relaxed) {
                         CloseReason::ClientClosed
@@ -493,6 +558,8 @@ impl Reader {
         self.shared.closed.store(true, Ordering::Relaxed);
         self.shared.reader_done.notify_one();
         let _ = self.ctrl.send(Control::Close);
+        // The writer may be blocked on a peer that stopped reading.
+        self.shared.request_shutdown();
         let _ = self.events.send(AgentEvent::Closed(Box::new(closed)));
     }
 
@@ -585,77 +652,145 @@ impl Reader {
     }
 }
 
+async fn tick(i: &mut Option<tokio::time::Interval>) -> tokio::time::Instant {
+    match i.as_mut() {
+        Some(i) => i.tick().await,
+        None => std::future::pending().await,
+    }
+}
+
+type WsError = tokio_tungstenite::tungstenite::Error;
+type Sink = futures_util::stream::SplitSink<Ws, Message>;
+
+/// Writes `batch` and flushes, unless a shutdown is requested first (`None`). The time the write
+/// is in progress is visible to the stall check.
+async fn write_batch(
+    sink: &mut Sink,
+    batch: &mut Vec<Message>,
+    shared: &Shared,
+) -> Option<Result<(), WsError>> {
+    shared.write_busy(true, tokio::time::Instant::now());
+    let write = async {
+        for m in batch.drain(..) {
+            sink.feed(m).await?;
+        }
+        sink.flush().await
+    };
+    let r = tokio::select! {
+        biased;
+        () = shared.shutdown.notified() => None,
+        r = write => Some(r),
+    };
+    shared.write_busy(false, tokio::time::Instant::now());
+    r
+}
+
 async fn writer_task(
-    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    mut sink: Sink,
     mut ctrl: mpsc::UnboundedReceiver<Control>,
     shared: Arc<Shared>,
+    ping_every: Option<Duration>,
 ) {
     let mut audio = Vec::new();
-    let result: Result<(), tokio_tungstenite::tungstenite::Error> = async {
+    let mut batch: Vec<Message> = Vec::new();
+    let mut pings = ping_every.map(|p| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    let mut ping_seq = 0u64;
+    let result: Result<(), WsError> = async {
         loop {
             let mut close = false;
-            let mut pending = 0usize;
             tokio::select! {
                 biased;
+                () = shared.shutdown.notified() => close = true,
                 c = ctrl.recv() => match c {
-                    Some(Control::Text(t)) => { sink.feed(Message::text(t)).await?; pending += 1; }
+                    Some(Control::Text(t)) => batch.push(Message::text(t)),
                     Some(Control::Close) | None => close = true,
                 },
+                now = tick(&mut pings) => {
+                    ping_seq += 1;
+                    shared.ping_sent(now);
+                    batch.push(Message::Ping(Bytes::copy_from_slice(&ping_seq.to_be_bytes())));
+                }
                 () = shared.audio_ready.notified() => {}
             }
             // Coalesce: everything already queued goes out in one flush, control first.
             while !close {
                 match ctrl.try_recv() {
-                    Ok(Control::Text(t)) => {
-                        sink.feed(Message::text(t)).await?;
-                        pending += 1;
-                    }
+                    Ok(Control::Text(t)) => batch.push(Message::text(t)),
                     Ok(Control::Close) => close = true,
                     Err(_) => break,
                 }
             }
-            if !close {
-                shared.take_audio(&mut audio);
-                for chunk in audio.drain(..) {
-                    sink.feed(Message::text(encode_user_audio_chunk(&chunk)))
-                        .await?;
-                    pending += 1;
-                    shared
-                        .stats
-                        .audio_chunks_sent
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            if pending > 0 {
-                shared
-                    .stats
-                    .messages_sent
-                    .fetch_add(pending as u64, Ordering::Relaxed);
-                sink.flush().await?;
-            }
             if close {
-                if !shared.closed.load(Ordering::Relaxed) {
-                    shared.client_closing.store(true, Ordering::Relaxed);
-                    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "".into(),
-                    };
-                    sink.send(Message::Close(Some(frame))).await?;
-                    // Do not wait for a peer that never answers the close.
-                    tokio::select! {
-                        () = tokio::time::sleep(CLOSE_HANDSHAKE_TIMEOUT) => {
-                            shared.close_timed_out.notify_one();
-                        }
-                        () = shared.reader_done.notified() => {}
-                    }
+                break;
+            }
+            shared.take_audio(&mut audio);
+            let n_audio = audio.len() as u64;
+            for chunk in audio.drain(..) {
+                batch.push(Message::text(encode_user_audio_chunk(&chunk)));
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let n = batch.len() as u64;
+            match write_batch(&mut sink, &mut batch, &shared).await {
+                Some(r) => r?,
+                None => break, // shutdown while the write was blocked
+            }
+            shared.stats.messages_sent.fetch_add(n, Ordering::Relaxed);
+            shared
+                .stats
+                .audio_chunks_sent
+                .fetch_add(n_audio, Ordering::Relaxed);
+        }
+        // Close, bounded: our close frame (after any control message still queued), then the
+        // peer's close; past the deadline the connection is dropped whatever state it is in.
+        let deadline = tokio::time::Instant::now() + CLOSE_HANDSHAKE_TIMEOUT;
+        let reader_running = !shared.closed.load(Ordering::Relaxed);
+        if reader_running || shared.stalled.load(Ordering::Relaxed) {
+            shared.client_closing.store(true, Ordering::Relaxed);
+            batch.clear();
+            while let Ok(c) = ctrl.try_recv() {
+                if let Control::Text(t) = c {
+                    batch.push(Message::text(t));
                 }
-                return Ok(());
+            }
+            let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            };
+            batch.push(Message::Close(Some(frame)));
+            let send = async {
+                for m in batch.drain(..) {
+                    sink.feed(m).await?;
+                }
+                sink.flush().await
+            };
+            match tokio::time::timeout_at(deadline, send).await {
+                Ok(Err(e)) => debug!(error = %e, "agent close frame not sent"),
+                Err(_) => debug!("agent close frame not sent in time"),
+                Ok(Ok(())) => {}
+            }
+            if reader_running {
+                // Do not wait for a peer that never answers the close.
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {
+                        shared.close_timed_out.notify_one();
+                    }
+                    () = shared.reader_done.notified() => {}
+                }
             }
         }
+        Ok(())
     }
     .await;
     if let Err(e) = result {
         debug!(error = %e, "agent writer stopped");
+        // The reader must not wait on a connection nobody can write to any more.
+        shared.writer_failed(e.to_string());
     }
     shared.closed.store(true, Ordering::Relaxed);
 }

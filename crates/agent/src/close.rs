@@ -46,6 +46,13 @@ pub enum CloseReason {
     },
     /// We closed the conversation.
     ClientClosed,
+    /// The agent stopped answering: no pong to our WebSocket pings (or, from a server that never
+    /// answered one, no frame at all), or our writes blocked, for the stall timeout
+    /// ([`crate::AgentConfig::stall_timeout`]). We closed the connection.
+    AgentTimeout {
+        /// Which rule fired.
+        detail: String,
+    },
     /// The connection dropped without a close frame, or a read/write failed.
     ConnectionLost {
         /// What happened.

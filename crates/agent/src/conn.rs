@@ -6,9 +6,11 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::protocol::{Decoded, ServerEvent};
@@ -49,6 +51,23 @@ pub(crate) struct Shared {
     pub close_timed_out: Notify,
     /// The reader has finished (the close handshake completed or the connection is gone).
     pub reader_done: Notify,
+    /// Wakes the writer out of a write that may never finish: close now (set with
+    /// [`Shared::request_shutdown`]).
+    pub shutdown: Notify,
+    /// The reader found the agent unresponsive ([`Shared::stall`]).
+    pub stalled: AtomicBool,
+    /// The writer stopped on an error (wakes the reader).
+    pub writer_failed: Notify,
+    writer_error: Mutex<String>,
+    /// The origin of the millisecond timestamps below.
+    base: Instant,
+    /// When the oldest of our WebSocket pings still without a pong was sent (ms since `base`,
+    /// + 1; 0 = none outstanding).
+    ping_unanswered_since: AtomicU64,
+    /// The peer has answered one of our pings on this connection.
+    pong_seen: AtomicBool,
+    /// When the write in progress started (ms since `base`, + 1; 0 = not writing).
+    write_busy_since: AtomicU64,
 }
 
 impl Shared {
@@ -62,7 +81,95 @@ impl Shared {
             client_closing: AtomicBool::new(false),
             close_timed_out: Notify::new(),
             reader_done: Notify::new(),
+            shutdown: Notify::new(),
+            stalled: AtomicBool::new(false),
+            writer_failed: Notify::new(),
+            writer_error: Mutex::new(String::new()),
+            base: Instant::now(),
+            ping_unanswered_since: AtomicU64::new(0),
+            pong_seen: AtomicBool::new(false),
+            write_busy_since: AtomicU64::new(0),
         }
+    }
+
+    fn stamp(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.base).as_millis() as u64 + 1
+    }
+
+    fn age(&self, stamp: u64, now: Instant) -> Option<Duration> {
+        (stamp != 0).then(|| Duration::from_millis(self.stamp(now).saturating_sub(stamp)))
+    }
+
+    /// Asks the writer to stop whatever it is doing and close (bounded by the close handshake
+    /// timeout). The permit is kept until the writer looks.
+    pub(crate) fn request_shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// The writer stopped on `error`.
+    pub(crate) fn writer_failed(&self, error: String) {
+        match self.writer_error.lock() {
+            Ok(mut e) => *e = error,
+            Err(p) => *p.into_inner() = error,
+        }
+        self.writer_failed.notify_one();
+    }
+
+    /// What the writer failed on.
+    pub(crate) fn writer_error(&self) -> String {
+        match self.writer_error.lock() {
+            Ok(e) => e.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// We sent a WebSocket ping.
+    pub(crate) fn ping_sent(&self, now: Instant) {
+        let _ = self.ping_unanswered_since.compare_exchange(
+            0,
+            self.stamp(now),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A pong arrived: the peer reads what we send.
+    pub(crate) fn pong_received(&self) {
+        self.pong_seen.store(true, Ordering::Relaxed);
+        self.ping_unanswered_since.store(0, Ordering::Relaxed);
+    }
+
+    /// A write (feed + flush) starts / ended.
+    pub(crate) fn write_busy(&self, busy: bool, now: Instant) {
+        let v = if busy { self.stamp(now) } else { 0 };
+        self.write_busy_since.store(v, Ordering::Relaxed);
+    }
+
+    /// Why the agent counts as dead at `now`, if it does:
+    /// - it has answered our pings before and one is now unanswered for `limit`;
+    /// - it never answered a ping, one is outstanding, and nothing at all arrived for `limit`
+    ///   (`last_frame`: when the reader last got a frame) — a server that does not answer
+    ///   pings but talks is alive;
+    /// - one of our writes has been blocked for `limit` (the peer stopped reading: its receive
+    ///   window and our send buffer are full).
+    pub(crate) fn stall(
+        &self,
+        now: Instant,
+        limit: Duration,
+        last_frame: Instant,
+    ) -> Option<String> {
+        let secs = limit.as_secs_f64();
+        if let Some(age) = self.age(self.write_busy_since.load(Ordering::Relaxed), now)
+            && age >= limit
+        {
+            return Some(format!("writes to the agent blocked for {secs} s"));
+        }
+        let unanswered = self.age(self.ping_unanswered_since.load(Ordering::Relaxed), now)?;
+        if self.pong_seen.load(Ordering::Relaxed) {
+            return (unanswered >= limit).then(|| format!("no pong to our ping for {secs} s"));
+        }
+        (now.saturating_duration_since(last_frame) >= limit)
+            .then(|| format!("nothing received from the agent for {secs} s"))
     }
 
     pub(crate) fn count_decoded(&self, d: &Decoded) {

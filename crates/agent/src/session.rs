@@ -213,9 +213,13 @@ impl AgentHandle {
     }
 
     /// Closes the conversation (close 1000). The event stream ends with
-    /// `Closed(ClientClosed)`.
+    /// `Closed(ClientClosed)`. Bounded: the connection is dropped at most
+    /// [`crate::client::CLOSE_HANDSHAKE_TIMEOUT`] later, answered or not, even when a write is
+    /// blocked on a peer that stopped reading.
     pub fn close(&self) {
         let _ = self.ctrl.send(Control::Close);
+        // Also when the writer is blocked on a peer that stopped reading: the close is bounded.
+        self.shared.request_shutdown();
     }
 
     /// True once the connection is gone.

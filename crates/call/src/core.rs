@@ -235,6 +235,9 @@ pub enum SipEvent {
     },
     /// The phone side hung up (BYE received; the SIP layer answered 200).
     RemoteBye,
+    /// Inbound: our 200 OK was never ACKed within 64·T1 (RFC 3261 §13.3.1.4); the SIP layer
+    /// already sent BYE.
+    NoAck,
     /// Inbound: the caller cancelled before we answered.
     RemoteCancel,
     /// A re-INVITE/UPDATE changed the media (new address, hold/unhold).
@@ -527,6 +530,11 @@ impl Call {
             SipEvent::RemoteCancel => {
                 self.state = CallState::Ended;
                 self.finish(EndCause::RemoteCancel, now);
+            }
+            SipEvent::NoAck => {
+                // The BYE is already sent: no SIP command, only the agent and media closed.
+                self.state = CallState::Ended;
+                self.finish(EndCause::NoAck, now);
             }
             SipEvent::MediaChanged(m) => {
                 if let Err(detail) = self.ensure_media(&m) {
@@ -959,6 +967,7 @@ impl Call {
                 self.begin_drain(EndCause::AgentEnded, now)
             }
             CloseReason::ClientClosed => {}
+            CloseReason::AgentTimeout { .. } => self.end(EndCause::AgentTimeout, now),
             reason => self.end(
                 EndCause::AgentError {
                     detail: format!("{reason:?}"),

@@ -548,11 +548,18 @@ impl Legs {
                 let Some(leg) = self.by_dialog.get(&dialog).copied() else {
                     return;
                 };
-                if reason != EndReason::LocalBye {
-                    if reason != EndReason::RemoteBye {
-                        tracing::info!(?reason, "dialog ended");
+                match reason {
+                    EndReason::LocalBye => {}
+                    // Our 2xx never ACKed (the UA sent BYE): the call ends as `no_ack`.
+                    EndReason::AckTimeout => {
+                        tracing::info!("no ACK for our 200 within 64*T1: BYE sent");
+                        self.emit(leg, SipEvent::NoAck);
                     }
-                    self.emit(leg, SipEvent::RemoteBye);
+                    EndReason::RemoteBye => self.emit(leg, SipEvent::RemoteBye),
+                    EndReason::SessionExpired | EndReason::Gone => {
+                        tracing::info!(?reason, "dialog ended");
+                        self.emit(leg, SipEvent::RemoteBye);
+                    }
                 }
                 self.close(leg);
             }

@@ -67,6 +67,12 @@ pub enum EndCause {
     /// The gateway stopped without ending the call (SIGKILL, crash, power loss); found still
     /// open in the records at the next start. Its end time is unknown.
     GatewayRestart,
+    /// The agent stopped answering: no pong to our WebSocket pings, or our writes blocked, for
+    /// the configured stall timeout (`agent.stall_timeout_secs`).
+    AgentTimeout,
+    /// Inbound: our 200 OK was never ACKed within 64·T1 (RFC 3261 §13.3.1.4); the SIP layer sent
+    /// BYE.
+    NoAck,
 }
 
 impl EndCause {
@@ -77,6 +83,8 @@ impl EndCause {
             EndCause::Busy { .. } => "busy",
             EndCause::NoAnswer { .. } => "no-answer",
             EndCause::RemoteCancel => "canceled",
+            // The dialog was never confirmed: the caller did not complete the call.
+            EndCause::NoAck => "failed",
             EndCause::ApiHangup | EndCause::Shutdown if !answered => "canceled",
             _ if answered => "completed",
             _ => "failed",
@@ -102,6 +110,8 @@ impl EndCause {
             EndCause::Transferred => "transferred",
             EndCause::MediaFailed { .. } => "media_failed",
             EndCause::GatewayRestart => "gateway_restart",
+            EndCause::AgentTimeout => "agent_timeout",
+            EndCause::NoAck => "no_ack",
         }
     }
 }
@@ -275,6 +285,10 @@ mod tests {
         assert_eq!(EndCause::RemoteHangup.status(true), "completed");
         assert_eq!(EndCause::ApiHangup.status(false), "canceled");
         assert_eq!(EndCause::ApiHangup.status(true), "completed");
+        assert_eq!(EndCause::NoAck.status(true), "failed");
+        assert_eq!(EndCause::NoAck.label(), "no_ack");
+        assert_eq!(EndCause::AgentTimeout.status(true), "completed");
+        assert_eq!(EndCause::AgentTimeout.label(), "agent_timeout");
         assert_eq!(
             EndCause::Rejected {
                 status: 503,

@@ -284,6 +284,10 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
     if let Some(c) = connecting.take() {
         c.abort();
     }
+    // Every call end closes the agent connection (bounded close handshake; idempotent).
+    if let Some(h) = agent.take() {
+        h.close();
+    }
     call.refresh_stats();
     let record = call.record().clone();
     info!(

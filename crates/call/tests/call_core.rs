@@ -395,6 +395,30 @@ fn agent_socket_lost_ends_the_call_with_bye_at_once() {
 }
 
 #[test]
+fn unresponsive_agent_ends_the_call_as_agent_timeout_with_bye() {
+    let mut h = Harness::outbound(CallConfig::default());
+    h.connect(AudioFormat::Ulaw8000);
+    h.run_for(Duration::from_millis(200), true);
+    h.agent(closed(
+        CloseReason::AgentTimeout {
+            detail: "no pong to our ping for 10 s".into(),
+        },
+        None,
+    ));
+    assert_eq!(h.sip_actions().last(), Some(&SipAction::Bye));
+    let rec = h.call.record();
+    assert_eq!(rec.end_cause, Some(EndCause::AgentTimeout));
+    assert!(
+        rec.agent_close
+            .as_deref()
+            .is_some_and(|c| c.starts_with("none AgentTimeout")),
+        "{:?}",
+        rec.agent_close
+    );
+    assert!(h.call.is_done());
+}
+
+#[test]
 fn phone_bye_closes_the_agent_and_finalises_the_record() {
     let mut h = Harness::outbound(CallConfig::default());
     h.connect(AudioFormat::Ulaw8000);
@@ -773,6 +797,34 @@ fn inbound_call_is_answered_once_the_agent_is_there() {
     });
     assert_eq!(h.sip_actions(), vec![SipAction::Ringing, SipAction::Accept]);
     assert_eq!(h.call.state(), CallState::Answered);
+}
+
+#[test]
+fn inbound_200_never_acked_ends_as_no_ack_and_closes_the_agent() {
+    let mut h = Harness::inbound(CallConfig::default());
+    h.agent(AgentEvent::Metadata {
+        conversation_id: "c".into(),
+        input_format: AudioFormat::Ulaw8000,
+        output_format: AudioFormat::Ulaw8000,
+    });
+    assert_eq!(h.sip_actions(), vec![SipAction::Ringing, SipAction::Accept]);
+    h.run_for(Duration::from_secs(2), true);
+    h.take_actions();
+    // Timer H-like: the UA gave up on the ACK and already sent BYE.
+    h.sip(SipEvent::NoAck);
+    let actions = h.take_actions();
+    assert!(
+        actions.contains(&CallAction::Agent(AgentAction::Close)),
+        "{actions:?}"
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(a, CallAction::Sip(_))),
+        "no second BYE: {actions:?}"
+    );
+    let rec = h.call.record();
+    assert_eq!(rec.end_cause, Some(EndCause::NoAck));
+    assert_eq!(rec.status, "failed");
+    assert!(h.call.is_done());
 }
 
 #[test]

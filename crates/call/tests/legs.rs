@@ -140,6 +140,8 @@ struct Pair {
     peer_rx: Vec<(Instant, Message)>,
     /// Every message our side received (what the peer sent), with when.
     gw_rx: Vec<(Instant, Message)>,
+    /// Lose every ACK the peer sends us (a caller that never completes the handshake).
+    drop_acks: bool,
 }
 
 impl Pair {
@@ -154,6 +156,7 @@ impl Pair {
             peer_events: VecDeque::new(),
             peer_rx: Vec::new(),
             gw_rx: Vec::new(),
+            drop_acks: false,
         }
     }
 
@@ -198,8 +201,11 @@ impl Pair {
 
     fn deliver_to_gw(&mut self, payload: Bytes, destination: SocketAddr) {
         assert_eq!(destination, gw_addr(), "the peer only talks to us");
-        self.gw_rx
-            .push((self.now, Message::parse(payload.clone()).unwrap()));
+        let msg = Message::parse(payload.clone()).unwrap();
+        if self.drop_acks && msg.as_request().is_some_and(|r| r.method == Method::Ack) {
+            return;
+        }
+        self.gw_rx.push((self.now, msg));
         self.gw
             .handle_datagram(payload, peer_addr(), TransportKind::Udp, self.now);
     }
@@ -1322,6 +1328,48 @@ fn our_bye_is_answered_and_closes_the_leg_without_remote_bye() {
     assert_eq!(p.sip_events(leg), [LegEvent::Closed]);
     assert!(p.legs.is_empty());
     assert_eq!(p.gw.dialog_count(), 0);
+}
+
+/// RFC 3261 §13.3.1.4: our 200 is retransmitted (T1 doubling up to T2) while no ACK comes;
+/// after 64·T1 the UA sends BYE and the call is told `NoAck` (not a remote hang-up).
+#[test]
+fn inbound_200_never_acked_is_retransmitted_then_bye_after_64_t1_and_no_ack() {
+    let mut p = Pair::new(config());
+    p.drop_acks = true;
+    let t0 = p.now;
+    let (leg, d) = p.answered_inbound();
+    p.sip_events(leg);
+    p.advance(Duration::from_secs(31));
+    assert!(p.sip_events(leg).is_empty(), "still waiting for the ACK");
+    assert!(p.peer_got(&Method::Bye).is_empty());
+    p.advance(Duration::from_secs(2));
+    let oks = p
+        .gw_sent_responses()
+        .iter()
+        .filter(|r| r.status == 200 && r.cseq().unwrap().method == Method::Invite)
+        .count();
+    assert_eq!(oks, 11, "the 200 and its 10 retransmissions");
+    let byes: Vec<Instant> = p
+        .peer_rx
+        .iter()
+        .filter(|(_, m)| m.as_request().is_some_and(|r| r.method == Method::Bye))
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(byes.len(), 1, "one BYE");
+    assert_eq!(byes[0] - t0, Duration::from_secs(32), "at 64·T1");
+    let ended = p.peer_take(|e| match e {
+        UaEvent::DialogTerminated { dialog, reason } => Some((dialog.clone(), *reason)),
+        _ => None,
+    });
+    assert_eq!(ended, (d, EndReason::RemoteBye), "the peer got our BYE");
+    let evs = p.sip_events(leg);
+    assert!(
+        matches!(
+            evs.as_slice(),
+            [LegEvent::Call(SipEvent::NoAck), LegEvent::Closed]
+        ),
+        "{evs:#?}"
+    );
 }
 
 // ---- glare ------------------------------------------------------------------------------------

@@ -326,6 +326,10 @@ pub struct AgentSection {
     pub request_variables: Vec<String>,
     /// Whether a trigger request without a token may set the agent's `first_message`.
     pub allow_request_first_message: bool,
+    /// End the call (cause `agent_timeout`) when the agent answers none of our WebSocket pings
+    /// (sent every quarter of this), or our writes to it stay blocked, this many seconds; 0
+    /// turns the detection off.
+    pub stall_timeout_secs: u64,
 }
 
 impl Default for AgentSection {
@@ -345,6 +349,7 @@ impl Default for AgentSection {
             dynamic_variables: BTreeMap::new(),
             request_variables: Vec::new(),
             allow_request_first_message: false,
+            stall_timeout_secs: 10,
         }
     }
 }

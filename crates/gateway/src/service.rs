@@ -375,6 +375,7 @@ impl Gateway {
         let mut c = AgentConfig::new(a.agent_id.clone()).with_base_url(a.base_url.clone());
         c.api_key = self.secrets.elevenlabs_api_key.clone();
         c.connect_timeout = Duration::from_secs(a.connect_timeout_secs);
+        c.stall_timeout = self.setup.agent_stall_timeout;
         c.initiation.dynamic_variables = merge_variables(request, &a.dynamic_variables, own);
         if let Some(m) = first_message {
             c.initiation.conversation_config_override = Some(ConversationConfigOverride {

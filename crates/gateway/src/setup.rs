@@ -50,6 +50,8 @@ pub struct Setup {
     pub inbound: InboundSources,
     /// RTP send thread delay (`None`: send from each call's task).
     pub send_delay: Option<Duration>,
+    /// The agent stall timeout (`agent.stall_timeout_secs`; `None`: off).
+    pub agent_stall_timeout: Option<Duration>,
 }
 
 impl Setup {
@@ -179,6 +181,8 @@ impl Setup {
             inbound,
             send_delay: (cfg.rtp.send_delay_ms > 0)
                 .then(|| Duration::from_millis(cfg.rtp.send_delay_ms)),
+            agent_stall_timeout: (cfg.agent.stall_timeout_secs > 0)
+                .then(|| Duration::from_secs(cfg.agent.stall_timeout_secs)),
         })
     }
 

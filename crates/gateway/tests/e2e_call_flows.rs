@@ -623,3 +623,142 @@ async fn a_restart_keeps_the_daily_cap_and_fails_the_calls_left_open() {
     b.finished(&other, 20).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A caller over raw UDP that sends an INVITE, reads what the gateway sends, and never ACKs
+/// (RFC 3261 §13.3.1.4): the 200 is retransmitted, then BYE comes after 64·T1, and the call
+/// ends as `no_ack` with its agent closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_200_never_acked_gets_bye_after_64_t1_and_ends_as_no_ack() {
+    let d = deploy(trunk(|_| {}), agent(|_| {}), |c| {
+        c.sip.t1_ms = 50; // 64·T1 = 3.2 s
+        c.sip.t2_ms = 400;
+    })
+    .await;
+    let gw = d
+        .gateway
+        .sip_addr(trunkline_sip::transaction::TransportKind::Udp)
+        .expect("sip addr");
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let me = sock.local_addr().expect("addr");
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+               m=audio 9 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+               a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+    let invite = format!(
+        "INVITE sip:+15005550006@{gw} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bKnoack1;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:+14155550123@{me}>;tag=noack\r\n\
+         To: <sip:+15005550006@{gw}>\r\n\
+         Call-ID: noack-1@127.0.0.1\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:+14155550123@{me}>\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    sock.send_to(invite.as_bytes(), gw).await.expect("send");
+    let mut buf = vec![0u8; 8192];
+    let mut first_ok = None;
+    let mut oks = 0;
+    let mut sid = None;
+    let bye_at = loop {
+        let (n, from) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+            .await
+            .expect("the gateway kept talking")
+            .expect("recv");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.starts_with("SIP/2.0 200") && msg.contains("CSeq: 1 INVITE") {
+            oks += 1;
+            first_ok.get_or_insert_with(Instant::now);
+            if sid.is_none() {
+                sid = d.gateway.record_list().first().map(|r| r.call_sid.clone());
+            }
+        } else if msg.starts_with("BYE ") {
+            let at = Instant::now();
+            // Answer the BYE (copy its Via/From/To/Call-ID/CSeq).
+            let keep: String = msg
+                .lines()
+                .filter(|l| {
+                    let l = l.to_ascii_lowercase();
+                    ["via:", "from:", "to:", "call-id:", "cseq:"]
+                        .iter()
+                        .any(|h| l.starts_with(h))
+                })
+                .map(|l| format!("{l}\r\n"))
+                .collect();
+            let ok = format!("SIP/2.0 200 OK\r\n{keep}Content-Length: 0\r\n\r\n");
+            sock.send_to(ok.as_bytes(), from).await.expect("send");
+            break at;
+        }
+    };
+    let first_ok = first_ok.expect("the call was answered");
+    let waited = bye_at - first_ok;
+    assert!(
+        waited >= Duration::from_millis(3000) && waited < Duration::from_millis(4500),
+        "BYE {waited:?} after the 200 (64·T1 = 3.2 s)"
+    );
+    assert!(
+        oks >= 5,
+        "the 200 was retransmitted while no ACK came: {oks}"
+    );
+    // The record: cause no_ack, the agent closed.
+    let sid = sid.expect("the call was in the records while up");
+    let rec = d.finished(&sid, 5).await;
+    assert_eq!(rec.end_cause, Some(EndCause::NoAck), "{rec:?}");
+    assert_eq!(rec.status, "failed");
+    let agent = d.agent.wait_finished(1, Duration::from_secs(5)).await;
+    assert!(agent[0].finished, "the agent socket was closed");
+    assert_eq!(agent[0].client_close_code, Some(1000));
+}
+
+/// Issue 17: an agent that hangs (reads nothing, sends nothing, answers no ping) used to leave
+/// the phone in silence forever and its WebSocket open after hang-up. With
+/// `agent.stall_timeout_secs = 2` the call ends as `agent_timeout` about 2 s after the hang, the
+/// phone gets BYE, and the emulator sees its TCP connection closed shortly after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_agent_ends_the_call_as_agent_timeout_with_bye_and_its_socket_closed() {
+    let d = deploy(
+        trunk(|t| {
+            t.play = speech();
+            t.hangup_after = Some(Duration::from_secs(20));
+        }),
+        agent(|a| a.script.hang_after_metadata = Some(Duration::from_secs(30))),
+        |c| c.agent.stall_timeout_secs = 2,
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 12).await;
+    assert_eq!(rec.end_cause, Some(EndCause::AgentTimeout), "{rec:?}");
+    let (connected, ended) = (
+        rec.timestamps.agent_connected_ms.expect("agent connected"),
+        rec.timestamps.ended_ms.expect("ended"),
+    );
+    let waited = ended.saturating_sub(connected);
+    assert!(
+        (2000..3500).contains(&waited),
+        "the call ended {waited} ms after the agent hung (stall timeout 2 s)"
+    );
+    let phone = d
+        .trunk
+        .wait_for(Duration::from_secs(3), |c| c[0].ended_by.is_some())
+        .await;
+    assert_eq!(phone[0].ended_by.as_deref(), Some("remote_bye"), "BYE");
+    let agent = d.agent.wait_finished(1, Duration::from_secs(5)).await;
+    let closed_at = agent[0]
+        .peer_closed_at
+        .expect("the emulator saw the gateway close the connection");
+    let bye_at = phone[0].ended_at.expect("BYE time");
+    let after_bye = closed_at.saturating_duration_since(bye_at);
+    assert!(
+        after_bye < Duration::from_millis(2500),
+        "socket closed {after_bye:?} after the BYE"
+    );
+    let metrics = d.gateway.metrics_registry().render(0, 0);
+    assert!(metrics.contains(r#"cause="agent_timeout"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"trunkline_agent_closes_total{reason="AgentTimeout"} 1"#),
+        "{metrics}"
+    );
+}

@@ -39,7 +39,36 @@ fn lock(rec: &Mutex<ConnectionRecord>) -> std::sync::MutexGuard<'_, ConnectionRe
     }
 }
 
-pub(crate) async fn serve<S>(mut stream: S, st: Arc<EmuState>) -> io::Result<()>
+/// A second handle on a connection's TCP socket (a duplicated descriptor), to see the peer
+/// close it without reading the data queued on it.
+pub(crate) struct Probe(tokio::net::TcpStream);
+
+impl Probe {
+    pub(crate) fn of(tcp: &tokio::net::TcpStream) -> Option<Probe> {
+        use std::os::fd::AsFd;
+        let fd = tcp.as_fd().try_clone_to_owned().ok()?;
+        let std = std::net::TcpStream::from(fd);
+        std.set_nonblocking(true).ok()?;
+        tokio::net::TcpStream::from_std(std).ok().map(Probe)
+    }
+
+    /// Resolves once the peer has closed its end (FIN or RST seen), data still unread or not.
+    async fn closed(&self) {
+        loop {
+            match self.0.ready(tokio::io::Interest::READABLE).await {
+                Ok(r) if r.is_read_closed() => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+pub(crate) async fn serve<S>(
+    mut stream: S,
+    st: Arc<EmuState>,
+    probe: Option<Probe>,
+) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -129,6 +158,7 @@ where
     }
     let (sink, stream) = ws.split();
     let mut conv = Conversation::new(sink, st.clone(), rec.clone());
+    conv.probe = probe;
     let result = conv.run(stream).await;
     {
         let mut r = lock(&rec);
@@ -235,6 +265,7 @@ struct Conversation<S> {
     next_ping: Option<Instant>,
     last_audio: Instant,
     stalled_until: Option<Instant>,
+    probe: Option<Probe>,
 }
 
 impl<S> Conversation<S>
@@ -275,6 +306,7 @@ where
             next_ping: None,
             last_audio: now,
             stalled_until: None,
+            probe: None,
             st,
             rec,
         }
@@ -422,6 +454,27 @@ where
         self.last_audio = now;
         self.next_ping = self.st.config.ping_interval.map(|i| now + i);
         self.stalled_until = self.st.config.script.stall_after_metadata.map(|d| now + d);
+        if let Some(hang) = self.st.config.script.hang_after_metadata {
+            // A frozen agent: nothing read, nothing sent; only the TCP connection is watched.
+            let closed = async {
+                match self.probe.as_ref() {
+                    Some(p) => p.closed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = closed => {
+                    let mut rec = lock(&self.rec);
+                    let at = std::time::Instant::now();
+                    rec.peer_closed_at = Some(at);
+                    rec.ended_at.get_or_insert(at);
+                    return Ok(());
+                }
+                () = tokio::time::sleep(hang) => {}
+            }
+            self.last_audio = Instant::now();
+            self.next_ping = self.st.config.ping_interval.map(|i| Instant::now() + i);
+        }
         if self.st.config.script.garbage {
             self.send_garbage().await?;
         }

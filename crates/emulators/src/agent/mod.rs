@@ -91,6 +91,11 @@ pub struct Script {
     pub abort_after_turns: Option<(u32, AbortKind)>,
     /// Stop reading the socket for this long right after the metadata (back-pressure tests).
     pub stall_after_metadata: Option<Duration>,
+    /// Hang for this long right after the metadata, like a frozen agent process: no reads, no
+    /// writes, no pings answered, no timers; the TCP connection stays open. While hung the
+    /// emulator watches the TCP connection without reading it and ends the conversation when
+    /// the client drops it ([`ConnectionRecord::peer_closed_at`]).
+    pub hang_after_metadata: Option<Duration>,
     /// After the metadata, send garbage: non-JSON text, a binary frame, an unknown event type,
     /// and a known event with unknown fields.
     pub garbage: bool,
@@ -116,6 +121,7 @@ impl Default for Script {
             tool_call: None,
             abort_after_turns: None,
             stall_after_metadata: None,
+            hang_after_metadata: None,
             garbage: false,
             stale_chunks_after_interruption: 0,
             corrections: true,
@@ -245,6 +251,9 @@ pub struct ConnectionRecord {
     pub close_code: Option<u16>,
     /// True once the connection is over.
     pub finished: bool,
+    /// With [`Script::hang_after_metadata`]: when the client's end of the TCP connection was
+    /// seen closed during the hang.
+    pub peer_closed_at: Option<std::time::Instant>,
 }
 
 /// One agent audio chunk as sent (see [`ConnectionRecord::audio_sent`]).
@@ -376,15 +385,20 @@ impl AgentEmulator {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
+                let probe = st
+                    .config
+                    .script
+                    .hang_after_metadata
+                    .and_then(|_| conn::Probe::of(&tcp));
                 let st = st.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let result = match tls {
                         Some(acceptor) => match acceptor.accept(tcp).await {
-                            Ok(s) => conn::serve(s, st).await,
+                            Ok(s) => conn::serve(s, st, probe).await,
                             Err(e) => Err(e),
                         },
-                        None => conn::serve(tcp, st).await,
+                        None => conn::serve(tcp, st, probe).await,
                     };
                     if let Err(e) = result {
                         debug!(%peer, error = %e, "agent emulator connection ended with error");
