@@ -9,6 +9,8 @@
 //! - `GET /api/calls`, `GET /api/calls/{call_sid}`, `POST /api/calls/{call_sid}/hangup` (token).
 //! - `GET /api/calls/{call_sid}/events?token=…` — the visitor's live call status (Server-Sent
 //!   Events), authorised by the per-call `status_token` of the trigger's answer ([`crate::events`]).
+//! - `GET /widget/trunkline-widget.js` — the browser module (`web/trunkline-widget.js`, compiled
+//!   in), cacheable, with an ETag.
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`.
 //!
 //! Browser requests: CORS preflight answered for allowed origins only, and any request carrying
@@ -158,6 +160,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/widget/trunkline-widget.js", get(widget_js))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -776,6 +779,67 @@ async fn method_not_allowed() -> Response {
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "Not found")
+}
+
+/// The browser module, as shipped in `web/` (docs/SETUP.md documents its SRI hash).
+pub const WIDGET_JS: &str = include_str!("../../../web/trunkline-widget.js");
+
+/// How long browsers and proxies may keep the module without asking again.
+pub const WIDGET_CACHE_CONTROL: &str = "public, max-age=3600";
+
+/// The module's ETag: a strong validator from its SHA-256.
+pub fn widget_etag() -> &'static str {
+    static ETAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ETAG.get_or_init(|| {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(WIDGET_JS.as_bytes());
+        let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("\"{hex}\"")
+    })
+}
+
+/// `GET /widget/trunkline-widget.js`: any site may load it (`Access-Control-Allow-Origin: *`, as a
+/// module script or with `integrity` needs CORS; no credentials are involved); 304 when the
+/// browser's copy is current.
+async fn widget_js(headers: HeaderMap) -> Response {
+    let etag = widget_etag();
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut resp = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            )],
+            WIDGET_JS,
+        )
+            .into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(WIDGET_CACHE_CONTROL),
+    );
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("cross-origin"),
+    );
+    resp
 }
 
 /// The OpenAPI document (checked against the router in tests).
