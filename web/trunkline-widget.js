@@ -297,7 +297,7 @@ export function attachToConvai(options = {}) {
 
 // --- loaded by a <script> tag ------------------------------------------------------------------
 // `<script type="module" src=".../trunkline-widget.js" integrity="sha384-…" crossorigin="anonymous"
-//  data-trunkline="convai" data-confirm="true"></script>` attaches to the embed by itself (the way
+//  data-trunkline="convai" data-confirm="true" data-status-element="some-id"></script>` attaches to the embed by itself (the way
 // to load it with Subresource Integrity, which an `import` statement cannot carry); the functions
 // are also on `window.TrunklineWidget` for pages that load the module this way.
 if (typeof document !== "undefined") {
@@ -314,6 +314,10 @@ if (typeof document !== "undefined") {
     s.dataset.trunklineAttached = "1";
     const options = { confirm: s.dataset.confirm !== "false" };
     if (s.dataset.endpoint) options.endpoint = s.dataset.endpoint;
+    if (s.dataset.statusElement) {
+      const el = document.getElementById(s.dataset.statusElement);
+      if (el) options.statusElement = el;
+    }
     if (s.dataset.trunkline === "convai") attachToConvai(options);
   }
 }
