@@ -7,6 +7,10 @@
 //! - `POST /v1/convai/twilio/outbound-call`, `POST /v1/convai/sip-trunk/outbound-call` — the
 //!   ElevenLabs request and response shapes (`xi-api-key` accepted as the token).
 //! - `GET /api/calls`, `GET /api/calls/{call_sid}`, `POST /api/calls/{call_sid}/hangup` (token).
+//! - `GET /api/calls/{call_sid}/events?token=…` — the visitor's live call status (Server-Sent
+//!   Events), authorised by the per-call `status_token` of the trigger's answer ([`crate::events`]).
+//! - `GET /widget/trunkline-widget.js` — the browser module (`web/trunkline-widget.js`, compiled
+//!   in), cacheable, with an ETag.
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`.
 //!
 //! Browser requests: CORS preflight answered for allowed origins only, and any request carrying
@@ -23,19 +27,21 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use trunkline_call::CallRecord;
 
+use crate::events::{BAD_TOKEN, CallEvents, StatusEvent, Subscription, is_final_status};
 use crate::policy::{Client, Destination, Policy, Refusal};
 
 /// A request to place an outbound call, after policy.
@@ -108,6 +114,11 @@ pub trait CallService: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// A refusal happened (for metrics).
     fn refused(&self, _label: &'static str) {}
+    /// The per-call status hub; without one, answers carry no `status_token` and the event
+    /// stream refuses every token.
+    fn events(&self) -> Option<Arc<CallEvents>> {
+        None
+    }
 }
 
 /// Shared state of the HTTP layer.
@@ -144,10 +155,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/calls", get(list_calls))
         .route("/api/calls/{call_sid}", get(get_call))
         .route("/api/calls/{call_sid}/hangup", post(hangup_call))
+        .route("/api/calls/{call_sid}/events", get(call_events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/widget/trunkline-widget.js", get(widget_js))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -450,11 +463,15 @@ async fn outbound(
     .await
     {
         Ok(p) => with_cors(
-            axum::Json(json!({
-                "success": true,
-                "conversation_id": p.conversation_id,
-                "call_sid": p.call_sid,
-            }))
+            axum::Json(with_status_token(
+                &state,
+                &p.call_sid,
+                json!({
+                    "success": true,
+                    "conversation_id": p.conversation_id,
+                    "call_sid": p.call_sid,
+                }),
+            ))
             .into_response(),
             origin.as_ref(),
         ),
@@ -527,12 +544,16 @@ async fn elevenlabs_twilio(
 ) -> Response {
     match elevenlabs_common(&state, peer, &headers, body).await {
         Ok((p, origin)) => with_cors(
-            axum::Json(json!({
-                "success": true,
-                "message": "Call initiated",
-                "conversation_id": p.conversation_id,
-                "callSid": p.call_sid,
-            }))
+            axum::Json(with_status_token(
+                &state,
+                &p.call_sid,
+                json!({
+                    "success": true,
+                    "message": "Call initiated",
+                    "conversation_id": p.conversation_id,
+                    "callSid": p.call_sid,
+                }),
+            ))
             .into_response(),
             origin.as_ref(),
         ),
@@ -548,17 +569,106 @@ async fn elevenlabs_sip_trunk(
 ) -> Response {
     match elevenlabs_common(&state, peer, &headers, body).await {
         Ok((p, origin)) => with_cors(
-            axum::Json(json!({
-                "success": true,
-                "message": "Call initiated",
-                "conversation_id": p.conversation_id,
-                "sip_call_id": p.sip_call_id,
-            }))
+            axum::Json(with_status_token(
+                &state,
+                &p.call_sid,
+                json!({
+                    "success": true,
+                    "message": "Call initiated",
+                    "conversation_id": p.conversation_id,
+                    "sip_call_id": p.sip_call_id,
+                }),
+            ))
             .into_response(),
             origin.as_ref(),
         ),
         Err(resp) => resp,
     }
+}
+
+/// A trigger's answer plus the call's `status_token` (an addition to every answer shape; absent
+/// when the service has no status hub).
+fn with_status_token(state: &ApiState, call_sid: &str, mut answer: Value) -> Value {
+    if let (Some(events), Some(obj)) = (state.calls.events(), answer.as_object_mut()) {
+        obj.insert("status_token".into(), Value::String(events.issue(call_sid)));
+    }
+    answer
+}
+
+/// The query of the event stream (other parameters, such as cache-busters, are ignored).
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    token: Option<String>,
+}
+
+/// How often a comment line keeps an idle event stream (and the proxies in between) alive.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+fn sse_event(n: u64, e: &StatusEvent) -> Event {
+    Event::default()
+        .event("status")
+        .id(n.to_string())
+        .data(serde_json::to_string(e).unwrap_or_default())
+}
+
+/// `GET /api/calls/{call_sid}/events?token=…`: the call's current status, then each change, as
+/// Server-Sent Events (`event: status`, `data: {"call_sid","status","conversation_id",
+/// "sip_call_id","at"}`); the stream ends after the final status. A missing, malformed, expired
+/// or foreign token, or a call that ended longer ago than the grace period: 401
+/// `Invalid or expired status token`. Browser origins as for the trigger.
+async fn call_events(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(call_sid): Path<String>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let origin = match check_origin(&state, &headers) {
+        Ok(o) => o,
+        Err(resp) => return resp,
+    };
+    let refuse = |state: &ApiState| {
+        state.calls.refused("status_token");
+        with_cors(error(StatusCode::UNAUTHORIZED, BAD_TOKEN), origin.as_ref())
+    };
+    let token = query.ok().and_then(|Query(q)| q.token);
+    let (Some(events), Some(token)) = (state.calls.events(), token) else {
+        return refuse(&state);
+    };
+    if !events.verify(&call_sid, &token) {
+        return refuse(&state);
+    }
+    let Subscription::Live(first, rx) = events.subscribe(&call_sid) else {
+        return refuse(&state);
+    };
+    // State: the next event number, an event to send before waiting, the changes to come.
+    let start = (0u64, Some(first), rx);
+    let stream = futures_util::stream::unfold(start, |(n, pending, mut rx)| async move {
+        let ev = match pending {
+            Some(ev) => ev,
+            None => loop {
+                match rx.as_mut()?.recv().await {
+                    Ok(ev) => break ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            },
+        };
+        let next_rx = if is_final_status(&ev.status) {
+            None
+        } else {
+            rx
+        };
+        let item = Ok::<Event, std::convert::Infallible>(sse_event(n, &ev));
+        Some((item, (n + 1, None, next_rx)))
+    });
+    let mut resp = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+        .into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Let reverse proxies (nginx) pass events on at once.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    with_cors(resp, origin.as_ref())
 }
 
 /// Admin endpoints need a valid token, whatever the trigger policy.
@@ -669,6 +779,67 @@ async fn method_not_allowed() -> Response {
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "Not found")
+}
+
+/// The browser module, as shipped in `web/` (docs/SETUP.md documents its SRI hash).
+pub const WIDGET_JS: &str = include_str!("../../../web/trunkline-widget.js");
+
+/// How long browsers and proxies may keep the module without asking again.
+pub const WIDGET_CACHE_CONTROL: &str = "public, max-age=3600";
+
+/// The module's ETag: a strong validator from its SHA-256.
+pub fn widget_etag() -> &'static str {
+    static ETAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ETAG.get_or_init(|| {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(WIDGET_JS.as_bytes());
+        let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("\"{hex}\"")
+    })
+}
+
+/// `GET /widget/trunkline-widget.js`: any site may load it (`Access-Control-Allow-Origin: *`, as a
+/// module script or with `integrity` needs CORS; no credentials are involved); 304 when the
+/// browser's copy is current.
+async fn widget_js(headers: HeaderMap) -> Response {
+    let etag = widget_etag();
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut resp = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            )],
+            WIDGET_JS,
+        )
+            .into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(WIDGET_CACHE_CONTROL),
+    );
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("cross-origin"),
+    );
+    resp
 }
 
 /// The OpenAPI document (checked against the router in tests).

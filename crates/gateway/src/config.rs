@@ -370,6 +370,12 @@ pub struct HttpSection {
     pub header_timeout_secs: u64,
     /// Answer 408 to a request (body included) not handled within this many seconds.
     pub request_timeout_secs: u64,
+
+    // The visitor's per-call status stream (`GET /api/calls/{sid}/events?token=…`).
+    /// A `status_token` is refused this many seconds after it was issued, whatever the call.
+    pub status_token_ttl_secs: u64,
+    /// … and this many seconds after its call ended, whichever comes first.
+    pub status_token_grace_secs: u64,
 }
 
 impl Default for HttpSection {
@@ -381,6 +387,9 @@ impl Default for HttpSection {
 
             header_timeout_secs: 10,
             request_timeout_secs: 30,
+
+            status_token_ttl_secs: 3600,
+            status_token_grace_secs: 300,
         }
     }
 }
@@ -527,6 +536,9 @@ pub struct Secrets {
     pub api_tokens: Vec<(String, String)>,
     /// `TRUNKLINE_WEBHOOK_SECRET`: the HMAC key of status webhooks.
     pub webhook_secret: Option<String>,
+    /// `TRUNKLINE_STATUS_KEY`: the HMAC key of per-call `status_token`s (random at start when
+    /// unset: tokens then die with the process).
+    pub status_key: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -567,6 +579,7 @@ impl Secrets {
             trunk_password: non_empty("TRUNKLINE_TRUNK_PASSWORD"),
             api_tokens,
             webhook_secret: non_empty("TRUNKLINE_WEBHOOK_SECRET"),
+            status_key: non_empty("TRUNKLINE_STATUS_KEY"),
         })
     }
 }
@@ -791,6 +804,10 @@ impl Config {
             ("sip.idle_timeout_secs", self.sip.idle_timeout_secs),
             ("http.header_timeout_secs", self.http.header_timeout_secs),
             ("http.request_timeout_secs", self.http.request_timeout_secs),
+            (
+                "http.status_token_ttl_secs",
+                self.http.status_token_ttl_secs,
+            ),
         ] {
             if v == 0 {
                 errs.push(format!("{key} must be at least 1"));

@@ -9,10 +9,13 @@
 //! - [`server`]: the bootstrap (gateway + HTTP API) and the orderly shutdown, used by every
 //!   entry point.
 //! - [`service`]: the call registry: spawning, hang-up, drain, records.
+//! - [`events`]: the visitor's live call status: per-call `status_token`s and the event hub
+//!   behind `GET /api/calls/{call_sid}/events`.
 
 pub mod api;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod metrics;
 pub mod policy;
 pub mod records;

@@ -24,6 +24,7 @@ use trunkline_call::{Call, CallRecord, SipAction, SipEvent};
 
 use crate::api::{BoxFuture, CallService, ListQuery, OutboundRequest, PlaceError, Placed};
 use crate::config::{Config, Secrets};
+use crate::events::CallEvents;
 use crate::metrics::Metrics;
 use crate::records::RecordStore;
 use crate::setup::Setup;
@@ -64,6 +65,7 @@ pub struct Gateway {
     records: Mutex<RecordBook>,
     store: RecordStore,
     webhooks: Option<Webhooks>,
+    events: Arc<CallEvents>,
     next_port: Mutex<u16>,
     metrics: Arc<Metrics>,
     send_thread: Option<RtpSendThread>,
@@ -158,8 +160,14 @@ impl Gateway {
                     .map_err(StartError::SendThread)?,
             ),
         };
+        let events = Arc::new(CallEvents::new(
+            secrets.status_key.as_deref(),
+            Duration::from_secs(cfg.http.status_token_ttl_secs),
+            Duration::from_secs(cfg.http.status_token_grace_secs),
+        ));
         let gw = Arc::new(Gateway {
             next_port: Mutex::new(cfg.rtp.port_min & !1),
+            events,
             cfg,
             secrets,
             setup,
@@ -190,6 +198,11 @@ impl Gateway {
     /// The SIP address of a transport.
     pub fn sip_addr(&self, kind: TransportKind) -> Option<SocketAddr> {
         self.sip.local_addr(kind)
+    }
+
+    /// The per-call status hub (the visitor's event stream and its tokens).
+    pub fn events(&self) -> &Arc<CallEvents> {
+        &self.events
     }
 
     /// Metrics registry.
@@ -399,6 +412,7 @@ impl Gateway {
         if !done && book.recent.iter().any(|f| f.call_sid == r.call_sid) {
             return;
         }
+        self.events.publish(&r);
         if let Some(hooks) = &self.webhooks {
             // The status last notified: the live record's, or the finished one's (the call's
             // task stores its final record once more when it returns: not a new event).
@@ -725,6 +739,9 @@ impl CallService for Arc<Gateway> {
     }
     fn refused(&self, label: &'static str) {
         self.metrics.refused(label);
+    }
+    fn events(&self) -> Option<Arc<CallEvents>> {
+        Some(self.events.clone())
     }
 }
 
