@@ -170,6 +170,7 @@ async fn handshake_sends_initiation_first_and_reads_formats() {
         assert_eq!(first["type"], "conversation_initiation_client_data");
         assert_eq!(first["dynamic_variables"]["customer_name"], "Ada");
         assert_eq!(rec.sent_types[0], "conversation_initiation_metadata");
+        assert!(rec.violations.is_empty(), "{:#?}", rec.violations);
     }
 }
 
@@ -206,6 +207,7 @@ async fn pings_are_answered_with_pongs_and_ping_ms_surfaced() {
     let rec = finished(&emu).await;
     assert!(rec.pongs >= 3, "emulator saw {} pongs", rec.pongs);
     assert_ne!(rec.close_code, Some(1002), "no ping timeout");
+    assert!(rec.violations.is_empty(), "{:#?}", rec.violations);
 }
 
 #[tokio::test]
@@ -236,6 +238,14 @@ async fn unanswered_ping_closes_the_socket() {
         }
     }
     assert_eq!(code, Some(1002));
+    let rec = finished(&emu).await;
+    assert!(
+        rec.violations
+            .first()
+            .is_some_and(|v| v.contains("no pong for ping 1")),
+        "{:#?}",
+        rec.violations
+    );
 }
 
 #[tokio::test]
