@@ -170,6 +170,7 @@ async fn handshake_sends_initiation_first_and_reads_formats() {
         assert_eq!(first["type"], "conversation_initiation_client_data");
         assert_eq!(first["dynamic_variables"]["customer_name"], "Ada");
         assert_eq!(rec.sent_types[0], "conversation_initiation_metadata");
+        assert!(rec.violations.is_empty(), "{:#?}", rec.violations);
     }
 }
 
@@ -206,6 +207,7 @@ async fn pings_are_answered_with_pongs_and_ping_ms_surfaced() {
     let rec = finished(&emu).await;
     assert!(rec.pongs >= 3, "emulator saw {} pongs", rec.pongs);
     assert_ne!(rec.close_code, Some(1002), "no ping timeout");
+    assert!(rec.violations.is_empty(), "{:#?}", rec.violations);
 }
 
 #[tokio::test]
@@ -236,6 +238,14 @@ async fn unanswered_ping_closes_the_socket() {
         }
     }
     assert_eq!(code, Some(1002));
+    let rec = finished(&emu).await;
+    assert!(
+        rec.violations
+            .first()
+            .is_some_and(|v| v.contains("no pong for ping 1")),
+        "{:#?}",
+        rec.violations
+    );
 }
 
 #[tokio::test]
@@ -330,10 +340,10 @@ async fn tts_pause_mid_response_delays_but_delivers_all_audio() {
         }
     }
     assert_eq!(got, expected);
-    assert!(
-        max_gap >= pause - Duration::from_millis(5),
-        "gap {max_gap:?}"
-    );
+    // Arrival times here are this task's, not the emulator's send times: the chunk before the
+    // pause may be read late, shrinking the gap by as much. Without the pause the bursts come
+    // every few ms (50× real time), so half the pause still tells the two apart.
+    assert!(max_gap >= pause / 2, "gap {max_gap:?}");
     s.close();
 }
 

@@ -128,7 +128,7 @@ async fn outbound_call_greets_the_phone_and_relays_its_speech_exactly() {
     );
 
     // Uplink: the phone's words reached the agent unchanged (µ-law passthrough).
-    let agent = d.agent.wait_finished(1, Duration::from_secs(5)).await;
+    let agent = d.agent_finished(1, Duration::from_secs(5)).await;
     assert_eq!(agent.len(), 1);
     let heard = &agent[0].caller_audio;
     let played: Vec<i16> = common::speech()

@@ -546,6 +546,7 @@ async fn outbound_call_through_sipp_trunk_with_407_relays_its_rtp_to_the_agent_u
 
     // The agent heard the phone: the capture's speech, sample-exact (µ-law passthrough), > 2 s.
     let conns = agent.wait_finished(1, Duration::from_secs(5)).await;
+    common::assert_agent_clean(&conns);
     assert_eq!(conns.len(), 1);
     let a = &conns[0];
     assert_eq!(a.conversation_id, rec.conversation_id);
@@ -692,6 +693,7 @@ async fn termination_ack_and_bye_route_through_sipps_record_route() {
     let trace = std::fs::read_to_string(dir.join("messages.log")).unwrap_or_default();
     sipp_call_succeeds("termination", &screen, exit, &trace).await;
     assert_eq!(rec.end_cause, Some(EndCause::AgentEnded), "{rec:?}");
+    common::assert_agent_clean(&agent.wait_finished(1, Duration::from_secs(5)).await);
     drop(sipp);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -728,6 +730,7 @@ async fn origination_responses_echo_sipps_record_route() {
     let screen = std::fs::read_to_string(dir.join("screen.out")).unwrap_or_default();
     let trace = std::fs::read_to_string(dir.join("messages.log")).unwrap_or_default();
     sipp_call_succeeds("origination", &screen, exit, &trace).await;
+    common::assert_agent_clean(&agent.wait_finished(1, Duration::from_secs(5)).await);
     drop(sipp);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -266,6 +266,8 @@ struct Conversation<S> {
     last_audio: Instant,
     stalled_until: Option<Instant>,
     probe: Option<Probe>,
+    /// When the emulator last started reading the socket (the metadata, or the end of a stall).
+    reading_since: Instant,
 }
 
 impl<S> Conversation<S>
@@ -307,6 +309,7 @@ where
             last_audio: now,
             stalled_until: None,
             probe: None,
+            reading_since: now,
             st,
             rec,
         }
@@ -358,6 +361,12 @@ where
         self.close(code, message).await
     }
 
+    /// Records something the real server forbids (see [`ConnectionRecord::violations`]).
+    fn violation(&self, what: String) {
+        debug!(violation = %what, "agent emulator: client protocol violation");
+        lock(&self.rec).violations.push(what);
+    }
+
     fn record_message(&self, text: &str, parsed: Option<&ClientMessage>) {
         if !self.st.config.record {
             return;
@@ -387,11 +396,18 @@ where
             };
             match msg {
                 Some(Ok(Message::Text(t))) => {
-                    let parsed = ClientMessage::decode(t.as_str()).ok();
-                    self.record_message(t.as_str(), parsed.as_ref());
+                    let parsed = ClientMessage::decode(t.as_str());
+                    self.record_message(t.as_str(), parsed.as_ref().ok());
                     match parsed {
-                        Some(ClientMessage::ConversationInitiationClientData(d)) => break *d,
-                        _ => {
+                        Ok(ClientMessage::ConversationInitiationClientData(d)) => break *d,
+                        other => {
+                            self.violation(match other {
+                                Ok(m) => format!(
+                                    "first message is {:?}, not conversation_initiation_client_data",
+                                    m.message_type()
+                                ),
+                                Err(e) => format!("first message invalid ({e}): {}", clip(&t)),
+                            });
                             return self
                                 .error_close(
                                     1008,
@@ -403,7 +419,11 @@ where
                     }
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(_)) => {
+                Some(Ok(m)) => {
+                    self.violation(format!(
+                        "first message is a {} frame, not conversation_initiation_client_data",
+                        frame_kind(&m)
+                    ));
                     return self
                         .error_close(
                             1008,
@@ -452,7 +472,12 @@ where
         self.send_event(&meta).await?;
         let now = Instant::now();
         self.last_audio = now;
-        self.next_ping = self.st.config.ping_interval.map(|i| now + i);
+        self.reading_since = now;
+        self.next_ping = self
+            .st
+            .config
+            .ping_interval
+            .map(|i| now + i.min(self.st.config.first_ping_after));
         self.stalled_until = self.st.config.script.stall_after_metadata.map(|d| now + d);
         if let Some(hang) = self.st.config.script.hang_after_metadata {
             // A frozen agent: nothing read, nothing sent; only the TCP connection is watched.
@@ -504,14 +529,20 @@ where
             } else {
                 far
             };
-            let ping_at = match self.ping_outstanding {
-                Some((_, sent)) => sent + self.st.config.pong_timeout,
-                None => self.next_ping.unwrap_or(far),
-            };
             let silence_at = self.last_audio + self.st.config.silence_timeout;
             let stalled = self.stalled_until.is_some_and(|t| t > Instant::now());
             let stall_end = self.stalled_until.filter(|_| stalled).unwrap_or(far);
+            // While the emulator itself does not read, it neither pings nor lets a pong deadline
+            // run out: the deadline counts from the ping or the end of the stall, if later.
+            let ping_at = match self.ping_outstanding {
+                _ if stalled => far,
+                Some((_, sent)) => sent.max(self.reading_since) + self.st.config.pong_timeout,
+                None => self.next_ping.unwrap_or(far),
+            };
             let flow = tokio::select! {
+                // Messages first: a pong already received is never judged late because a timer
+                // happened to be polled first.
+                biased;
                 msg = stream.next(), if !stalled => self.on_message(msg).await?,
                 () = sleep_until(burst_at) => self.on_burst().await?,
                 () = sleep_until(ping_at) => self.on_ping_timer().await?,
@@ -521,7 +552,11 @@ where
                     self.error_close(1002, "transport_receive_timeout", &msg).await?;
                     Flow::Stop
                 }
-                () = sleep_until(stall_end), if stalled => { self.stalled_until = None; Flow::Continue }
+                () = sleep_until(stall_end), if stalled => {
+                    self.stalled_until = None;
+                    self.reading_since = Instant::now();
+                    Flow::Continue
+                }
             };
             if let Flow::Stop = flow {
                 break;
@@ -550,6 +585,7 @@ where
         init: &ConversationInitiationClientData,
     ) -> io::Result<Option<io::Result<()>>> {
         if init.conversation_config_override.is_some() && !self.st.config.allow_overrides {
+            self.violation("conversation_config_override sent; the agent allows none".to_owned());
             self.error_close(
                 1008,
                 "override_error",
@@ -571,6 +607,7 @@ where
                 "Missing required dynamic variables in first message: {{{}}}",
                 missing.join(", ")
             );
+            self.violation(msg.clone());
             self.error_close(1008, "missing_dynamic_variable", &msg)
                 .await?;
             return Ok(Some(Ok(())));
@@ -723,7 +760,12 @@ where
     }
 
     async fn on_ping_timer(&mut self) -> io::Result<Flow> {
-        if self.ping_outstanding.is_some() {
+        if let Some((id, sent)) = self.ping_outstanding {
+            self.violation(format!(
+                "no pong for ping {id} within {:?} (sent {:?} ago)",
+                self.st.config.pong_timeout,
+                sent.elapsed()
+            ));
             self.close(1002, "ping timeout").await?;
             return Ok(Flow::Stop);
         }
@@ -754,23 +796,44 @@ where
                 lock(&self.rec).client_close_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
                 return Ok(Flow::Stop);
             }
+            Some(Ok(m @ (Message::Binary(_) | Message::Frame(_)))) => {
+                // Every client message is JSON text (§2.2, §2.3); the document does not say what
+                // the real server does with a binary frame: recorded, not closed.
+                self.violation(format!("{} frame ({} bytes)", frame_kind(&m), m.len()));
+                return Ok(Flow::Continue);
+            }
             Some(Ok(_)) => return Ok(Flow::Continue),
         };
         let parsed = ClientMessage::decode(text.as_str());
         self.record_message(text.as_str(), parsed.as_ref().ok());
-        let Ok(msg) = parsed else {
-            self.error_close(1008, "invalid_message", "Invalid message received")
-                .await?;
-            return Ok(Flow::Stop);
+        let msg = match parsed {
+            Ok(m) => m,
+            Err(e) => {
+                // Invalid JSON or missing fields: the real server closes 1008 (§2.8).
+                self.violation(format!("invalid message ({e}): {}", clip(&text)));
+                self.error_close(1008, "invalid_message", "Invalid message received")
+                    .await?;
+                return Ok(Flow::Stop);
+            }
         };
         match msg {
             ClientMessage::UserAudioChunk(c) => {
                 self.last_audio = Instant::now();
                 let Ok(bytes) = c.decode_audio() else {
+                    self.violation("user_audio_chunk is not base64".to_owned());
                     self.error_close(1008, "invalid_message", "Invalid audio chunk")
                         .await?;
                     return Ok(Flow::Stop);
                 };
+                if matches!(self.in_fmt, AudioFormat::Pcm { .. }) && bytes.len() % 2 == 1 {
+                    // PCM16 comes in whole samples; the document does not say what the real
+                    // server does with a half sample: recorded, not closed.
+                    self.violation(format!(
+                        "user_audio_chunk of {} bytes: odd length for {} (16-bit samples)",
+                        bytes.len(),
+                        self.in_fmt
+                    ));
+                }
                 let samples = audio::decode_from(self.in_fmt, &bytes);
                 if self.st.config.record {
                     let mut rec = lock(&self.rec);
@@ -794,6 +857,13 @@ where
                     self.ping_outstanding = None;
                     self.last_rtt_ms = Some(sent.elapsed().as_millis() as u64);
                     lock(&self.rec).pongs += 1;
+                } else {
+                    // A pong must echo the outstanding ping's id (§2.9); the document does not
+                    // say what the real server does otherwise: recorded, not closed.
+                    self.violation(format!(
+                        "pong for event_id {event_id}; outstanding ping: {:?}",
+                        self.ping_outstanding.map(|(id, _)| id)
+                    ));
                 }
                 Ok(Flow::Continue)
             }
@@ -814,6 +884,18 @@ where
                     .push((std::time::Instant::now(), text.clone()));
                 self.interrupt_if_speaking().await?;
                 self.on_turn(text).await
+            }
+            ClientMessage::ConversationInitiationClientData(_) => {
+                // One initiation per conversation (§2.2); the document does not say what the real
+                // server does with a second one: recorded, not closed.
+                self.violation("a second conversation_initiation_client_data".to_owned());
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Unknown { message_type, .. } => {
+                // Not a client message of the contract (§2.3); the document does not say whether
+                // the real server closes on one: recorded, not closed.
+                self.violation(format!("unknown message type {message_type:?}"));
+                Ok(Flow::Continue)
             }
             _ => Ok(Flow::Continue),
         }
@@ -929,5 +1011,25 @@ where
                 .await?;
         }
         Ok(Flow::Continue)
+    }
+}
+
+/// A message for a violation line, cut to 120 characters.
+fn clip(text: &str) -> String {
+    let mut out: String = text.chars().take(120).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+fn frame_kind(m: &Message) -> &'static str {
+    match m {
+        Message::Text(_) => "text",
+        Message::Binary(_) => "binary",
+        Message::Ping(_) => "ping",
+        Message::Pong(_) => "pong",
+        Message::Close(_) => "close",
+        Message::Frame(_) => "raw",
     }
 }

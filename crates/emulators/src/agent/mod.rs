@@ -14,8 +14,16 @@
 //! - `conversation_initiation_metadata` with the configured formats, then the first message as
 //!   real speech (the embedded espeak-ng phrase converted to the output format), streamed in
 //!   bursts faster than real time with varying chunk sizes.
-//! - Pings at an interval; an unanswered ping closes with 1002. No user audio for
-//!   `silence_timeout` (60 s by default) closes with `transport_receive_timeout` (1002).
+//! - Pings: the first [`AgentEmulatorConfig::first_ping_after`] (300 ms) after the metadata, then
+//!   at an interval; a pong missing [`AgentEmulatorConfig::pong_timeout`] (1.5 s) after its ping
+//!   is a violation and closes with 1002. No user audio for `silence_timeout` (60 s by default)
+//!   closes with `transport_receive_timeout` (1002).
+//! - Strict like the real server: what a client must not send is recorded in
+//!   [`ConnectionRecord::violations`] (always, even without recording), and ends the conversation
+//!   where ELEVENLABS.md says the real server closes (1008: invalid JSON / missing fields, a first
+//!   message other than the initiation, forbidden overrides, missing dynamic variables). Where
+//!   the document is silent (unknown message types, binary frames, a second initiation, odd-length
+//!   PCM, a pong for no outstanding ping) the violation is recorded and the conversation goes on.
 //! - An energy VAD on the caller's audio: speech over the agent ⇒ `interruption` and the response
 //!   stops; end of caller speech ⇒ `user_transcript` "(speech 1.4 s)", `agent_response`, audio.
 //! - Scripted: end after N turns (close 1000, optionally after `agent_tool_response` `end_call`),
@@ -150,7 +158,10 @@ pub struct AgentEmulatorConfig {
     pub allow_overrides: bool,
     /// Ping interval (`None`: no pings).
     pub ping_interval: Option<Duration>,
-    /// Time allowed for a pong before closing 1002.
+    /// When the first ping goes out after the metadata (capped at `ping_interval`): early, so a
+    /// client that never answers pings is caught by short calls too.
+    pub first_ping_after: Duration,
+    /// Time allowed for a pong: a late one is a violation and closes 1002.
     pub pong_timeout: Duration,
     /// Close after this long without a `user_audio_chunk` (the service uses 60 s).
     pub silence_timeout: Duration,
@@ -183,7 +194,8 @@ impl Default for AgentEmulatorConfig {
             required_dynamic_variables: Vec::new(),
             allow_overrides: true,
             ping_interval: Some(Duration::from_secs(5)),
-            pong_timeout: Duration::from_secs(5),
+            first_ping_after: Duration::from_millis(300),
+            pong_timeout: Duration::from_millis(1500),
             silence_timeout: Duration::from_secs(60),
             init_timeout: Duration::from_secs(10),
             vad: VadConfig::default(),
@@ -254,6 +266,9 @@ pub struct ConnectionRecord {
     /// With [`Script::hang_after_metadata`]: when the client's end of the TCP connection was
     /// seen closed during the hang.
     pub peer_closed_at: Option<std::time::Instant>,
+    /// What the client sent that the real server forbids, in order (always recorded): one line
+    /// each, e.g. `unknown message type "foo"`. Tests assert it is empty.
+    pub violations: Vec<String>,
 }
 
 /// One agent audio chunk as sent (see [`ConnectionRecord::audio_sent`]).

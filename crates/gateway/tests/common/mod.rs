@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
-use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig};
+use trunkline_emulators::agent::{AgentEmulator, AgentEmulatorConfig, ConnectionRecord};
 use trunkline_emulators::trunk::{PlaySource, TrunkConfig, TrunkEmulator};
 use trunkline_gateway::config::{Config, Secrets, SipTransport};
 use trunkline_gateway::server::Server;
@@ -124,6 +124,29 @@ impl Deployment {
             .await
             .expect("record exists");
         assert!(r.is_final(), "call did not end in {secs} s: {r:?}");
+        assert_agent_clean(&self.agent.records());
         r
+    }
+
+    /// Waits until `n` agent connections have finished (or `timeout`) and asserts that none of
+    /// them broke the protocol ([`assert_agent_clean`]).
+    pub async fn agent_finished(&self, n: usize, timeout: Duration) -> Vec<ConnectionRecord> {
+        let recs = self.agent.wait_finished(n, timeout).await;
+        assert_agent_clean(&recs);
+        recs
+    }
+}
+
+/// The gateway spoke to the agent emulator as the real server demands: no unknown message, no
+/// binary frame, no second initiation, whole PCM samples, no forbidden override, every ping
+/// answered in time (`ConnectionRecord::violations`).
+pub fn assert_agent_clean(records: &[ConnectionRecord]) {
+    for (i, r) in records.iter().enumerate() {
+        assert!(
+            r.violations.is_empty(),
+            "agent connection {i} ({}) broke the protocol: {:#?}",
+            r.request_target,
+            r.violations
+        );
     }
 }
