@@ -297,30 +297,38 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<T, Response> {
+    json_content_type(headers)?;
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, json_error_message(e)))
+}
+
+/// 415 unless the body is declared `application/json`.
+fn json_content_type(headers: &HeaderMap) -> Result<(), Response> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(error(
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/json",
-        ));
+        ))
     }
-    serde_json::from_slice(body).map_err(|e| {
-        let msg = if e.is_data() {
-            let text = e.to_string();
-            if text.starts_with("unknown field") {
-                "Unknown field in request"
-            } else {
-                "Invalid request body"
-            }
+}
+
+/// The stable message for a body serde refused.
+fn json_error_message(e: serde_json::Error) -> &'static str {
+    if e.is_data() {
+        if e.to_string().starts_with("unknown field") {
+            "Unknown field in request"
         } else {
-            "Malformed JSON"
-        };
-        error(StatusCode::BAD_REQUEST, msg)
-    })
+            "Invalid request body"
+        }
+    } else {
+        "Malformed JSON"
+    }
 }
 
 /// Most dynamic variables in one request.
@@ -361,6 +369,94 @@ pub fn day_now() -> u64 {
 }
 
 /// Policy + placement shared by every trigger shape.
+/// Why [`decide`] refused a trigger request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TriggerRefusal {
+    /// 400 with this stable message (the request's shape or sizes).
+    BadRequest(&'static str),
+    /// The policy's refusal (401/403/429/503 and its stable message).
+    Policy(Refusal),
+    /// 503 `Service unavailable`: the gateway is shutting down.
+    Unavailable,
+}
+
+/// What a trigger request asks for, as the HTTP layer read it.
+#[derive(Debug, Clone, Copy)]
+pub struct TriggerInput<'a> {
+    /// The bearer token (`Some("")` for a malformed `Authorization`).
+    pub token: Option<&'a str>,
+    /// The browser `Origin`, if allowed.
+    pub origin: Option<&'a str>,
+    /// The client's address.
+    pub peer: std::net::IpAddr,
+    /// The number as given.
+    pub number: Option<&'a str>,
+    /// The request's dynamic variables.
+    pub dynamic_variables: &'a BTreeMap<String, Value>,
+    /// The request's `first_message`.
+    pub first_message: Option<&'a str>,
+}
+
+/// Every check of a trigger request that needs no I/O, in order: sizes and shapes (400),
+/// authentication (401), rate limits (429), what the client may set (403), the destination
+/// (400/403), readiness (503), the daily cap, CPS and concurrency (429/503). On success the
+/// call is counted against the limits. The HTTP handlers and the `trigger_body` fuzz target
+/// both run exactly this.
+pub fn decide(
+    policy: &mut Policy,
+    req: &TriggerInput<'_>,
+    ready: bool,
+    active_calls: usize,
+    now: Instant,
+    day: u64,
+) -> Result<(Client, Destination), TriggerRefusal> {
+    validate_variables(req.dynamic_variables).map_err(TriggerRefusal::BadRequest)?;
+    if req
+        .first_message
+        .is_some_and(|m| m.chars().count() > MAX_FIRST_MESSAGE)
+    {
+        return Err(TriggerRefusal::BadRequest("first_message is too long"));
+    }
+    let client = policy
+        .authenticate(req.token, req.origin)
+        .map_err(TriggerRefusal::Policy)?;
+    policy
+        .rate_limit(req.peer, &client, now)
+        .map_err(TriggerRefusal::Policy)?;
+    policy
+        .request_content(
+            &client,
+            req.dynamic_variables.keys().map(String::as_str),
+            req.first_message.is_some(),
+        )
+        .map_err(TriggerRefusal::Policy)?;
+    let dest = policy
+        .destination(req.number)
+        .map_err(TriggerRefusal::Policy)?;
+    if !ready {
+        return Err(TriggerRefusal::Unavailable);
+    }
+    policy
+        .admit(&dest, active_calls, now, day)
+        .map_err(TriggerRefusal::Policy)?;
+    Ok((client, dest))
+}
+
+/// The widget's body as `POST /api/call/outbound` reads it: (number, dynamic variables, first
+/// message).
+pub type TriggerBody = (Option<String>, BTreeMap<String, Value>, Option<String>);
+
+/// The widget's body, parsed as `POST /api/call/outbound` reads it, or the stable 400 message.
+pub fn parse_outbound_body(body: &[u8]) -> Result<TriggerBody, &'static str> {
+    let b: OutboundBody = serde_json::from_slice(body).map_err(json_error_message)?;
+    let number = b.phone_number.or(b.to_number).or(b.to);
+    Ok((
+        number,
+        b.dynamic_variables.unwrap_or_default(),
+        b.first_message,
+    ))
+}
+
 async fn trigger(
     state: &ApiState,
     peer: SocketAddr,
@@ -370,18 +466,6 @@ async fn trigger(
     first_message: Option<String>,
     origin: Option<&HeaderValue>,
 ) -> Result<Placed, Response> {
-    if let Err(msg) = validate_variables(&dynamic_variables) {
-        return Err(with_cors(error(StatusCode::BAD_REQUEST, msg), origin));
-    }
-    if first_message
-        .as_ref()
-        .is_some_and(|m| m.chars().count() > MAX_FIRST_MESSAGE)
-    {
-        return Err(with_cors(
-            error(StatusCode::BAD_REQUEST, "first_message is too long"),
-            origin,
-        ));
-    }
     let token = bearer(headers);
     let origin_str = origin.and_then(|o| o.to_str().ok());
     let (client, dest) = {
@@ -389,33 +473,35 @@ async fn trigger(
             Ok(p) => p,
             Err(_) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")),
         };
-        let now = Instant::now();
-        let client = policy
-            .authenticate(token.as_deref(), origin_str)
-            .map_err(|r| refusal(state, &r, origin))?;
-        policy
-            .rate_limit(peer.ip(), &client, now)
-            .map_err(|r| refusal(state, &r, origin))?;
-        policy
-            .request_content(
-                &client,
-                dynamic_variables.keys().map(String::as_str),
-                first_message.is_some(),
-            )
-            .map_err(|r| refusal(state, &r, origin))?;
-        let dest = policy
-            .destination(number.as_deref())
-            .map_err(|r| refusal(state, &r, origin))?;
-        if !state.calls.ready() {
-            return Err(with_cors(
-                error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
-                origin,
-            ));
+        let input = TriggerInput {
+            token: token.as_deref(),
+            origin: origin_str,
+            peer: peer.ip(),
+            number: number.as_deref(),
+            dynamic_variables: &dynamic_variables,
+            first_message: first_message.as_deref(),
+        };
+        let decided = decide(
+            &mut policy,
+            &input,
+            state.calls.ready(),
+            state.calls.active_calls(),
+            Instant::now(),
+            day_now(),
+        );
+        match decided {
+            Ok(d) => d,
+            Err(TriggerRefusal::BadRequest(msg)) => {
+                return Err(with_cors(error(StatusCode::BAD_REQUEST, msg), origin));
+            }
+            Err(TriggerRefusal::Policy(r)) => return Err(refusal(state, &r, origin)),
+            Err(TriggerRefusal::Unavailable) => {
+                return Err(with_cors(
+                    error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
+                    origin,
+                ));
+            }
         }
-        policy
-            .admit(&dest, state.calls.active_calls(), now, day_now())
-            .map_err(|r| refusal(state, &r, origin))?;
-        (client, dest)
     };
     let req = OutboundRequest {
         to: dest,
@@ -446,18 +532,20 @@ async fn outbound(
         Ok(b) => b,
         Err(e) => return with_cors(body_error(&e), origin.as_ref()),
     };
-    let b: OutboundBody = match parse_json(&headers, &body) {
+    if let Err(resp) = json_content_type(&headers) {
+        return with_cors(resp, origin.as_ref());
+    }
+    let (number, dynamic_variables, first_message) = match parse_outbound_body(&body) {
         Ok(b) => b,
-        Err(resp) => return with_cors(resp, origin.as_ref()),
+        Err(msg) => return with_cors(error(StatusCode::BAD_REQUEST, msg), origin.as_ref()),
     };
-    let number = b.phone_number.or(b.to_number).or(b.to);
     match trigger(
         &state,
         peer,
         &headers,
         number,
-        b.dynamic_variables.unwrap_or_default(),
-        b.first_message,
+        dynamic_variables,
+        first_message,
         origin.as_ref(),
     )
     .await

@@ -16,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod fuzzing;
 pub mod metrics;
 pub mod policy;
 pub mod records;
