@@ -13,6 +13,15 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+/// The dynamic variables every call sets itself (they always win over a request's).
+pub const CALL_VARIABLES: [&str; 5] = [
+    "call_sid",
+    "called_number",
+    "caller_id",
+    "direction",
+    "twilio_call_sid",
+];
+
 /// Environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "TRUNKLINE__";
 
@@ -749,8 +758,7 @@ impl Config {
             }
         }
         for k in &self.agent.request_variables {
-            if crate::policy::CALL_VARIABLES.contains(&k.as_str())
-                || self.agent.dynamic_variables.contains_key(k)
+            if CALL_VARIABLES.contains(&k.as_str()) || self.agent.dynamic_variables.contains_key(k)
             {
                 errs.push(format!(
                     "agent.request_variables: {k:?} is the call's own or an operator's variable \

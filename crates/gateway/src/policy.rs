@@ -109,14 +109,7 @@ pub enum Client {
     Anonymous,
 }
 
-/// The dynamic variables every call sets itself (they always win over a request's).
-pub const CALL_VARIABLES: [&str; 5] = [
-    "call_sid",
-    "called_number",
-    "caller_id",
-    "direction",
-    "twilio_call_sid",
-];
+pub use crate::config::CALL_VARIABLES;
 
 /// What a trigger request may carry for the agent (`[agent]` `request_variables`,
 /// `allow_request_first_message`, and the keys of `[agent.dynamic_variables]`).
