@@ -39,7 +39,9 @@ use trunkline_media::g711::G711;
 use trunkline_media::jitter::{FRAME, FrameKind};
 use trunkline_media::rtcp::WallClock;
 use trunkline_media::session::{MediaConfig, MediaEvent, MediaSession, PayloadMap, Transmit};
+use trunkline_media::srtp::SdesKey;
 
+use crate::amd::{AgentOverrides, AmdRecord, AmdRun, AmdSettings, OnMachine};
 use crate::convert::{Downlink, Uplink};
 use crate::record::{CallRecord, DtmfRecord, EndCause, ToolCallRecord, TranscriptEntry};
 
@@ -80,6 +82,11 @@ pub enum AgentConnectAt {
     Answer,
     /// At the first 180/183, so the greeting is ready the moment the callee answers.
     Ringing,
+    /// Before the INVITE: the conversation starts when the call is placed (its id is known at
+    /// once), the INVITE leaves once the agent's metadata arrived, and the agent's audio is held
+    /// until answer as with [`AgentConnectAt::Ringing`]. An agent that cannot be reached means no
+    /// INVITE at all.
+    Trigger,
 }
 
 /// How DTMF from the phone reaches the agent.
@@ -124,6 +131,8 @@ pub struct CallConfig {
     /// The destination policy every transfer number must also pass (the gateway's: E.164
     /// metadata, denied prefixes, premium rate), after the prefix allowlist.
     pub transfer_check: TransferCheck,
+    /// Answering-machine detection on outbound calls (`None`: off).
+    pub amd: Option<AmdSettings>,
 }
 
 /// A check on an E.164 transfer number (`+` and digits), supplied by the service that owns the
@@ -178,6 +187,7 @@ impl Default for CallConfig {
             transfer_allow_prefixes: Vec::new(),
             transfer_allow_sip_hosts: Vec::new(),
             transfer_check: TransferCheck::allow_all(),
+            amd: None,
         }
     }
 }
@@ -202,6 +212,8 @@ pub struct NegotiatedMedia {
     pub payload_types: PayloadMap,
     /// Whether the remote side put us on hold (sendonly / inactive).
     pub on_hold: bool,
+    /// SDES-SRTP keys (ours, theirs) when the media is encrypted; `None`: plain RTP.
+    pub srtp: Option<(SdesKey, SdesKey)>,
 }
 
 /// SIP outcomes reported by the runner.
@@ -211,6 +223,14 @@ pub enum SipEvent {
     Invited {
         /// The SIP Call-ID.
         call_id: String,
+    },
+    /// Outbound: the INVITE failed over to this trunk address (attempt 2 and up, RFC 3263
+    /// §4.3; the first is in the record from the start); the last one is the one that answered.
+    Target {
+        /// The address.
+        addr: SocketAddr,
+        /// 1 for the first target.
+        attempt: u32,
     },
     /// Outbound: a provisional response (180/183), with its SDP when it carries early media.
     Progress {
@@ -286,6 +306,9 @@ pub enum AgentAction {
     /// Open the conversation (the runner reports back with `AgentEvent::Metadata` or
     /// [`Call::handle_agent_connect_failed`]).
     Connect,
+    /// [`AgentAction::Connect`] with per-call overrides (answering-machine detection: the
+    /// `answered_by` variable, the voicemail message as `first_message`).
+    ConnectWith(AgentOverrides),
     /// A `user_audio_chunk` (bytes in the agent's input format).
     Audio(Bytes),
     /// A `user_message`.
@@ -354,6 +377,8 @@ pub struct Call {
     wallclock: WallClock,
     media_template: MediaConfig,
     media: Option<MediaSession>,
+    /// The SRTP keys the media session runs with.
+    srtp_keys: Option<(SdesKey, SdesKey)>,
     state: CallState,
     agent: AgentState,
     uplink: Option<Uplink>,
@@ -371,6 +396,8 @@ pub struct Call {
     answered: bool,
     dtmf_received: String,
     transfer_pending: Option<String>,
+    amd: Option<Box<AmdRun>>,
+    last_agent_audio_at: Option<Instant>,
     actions: VecDeque<CallAction>,
     record: CallRecord,
 }
@@ -384,12 +411,21 @@ impl Call {
         now: Instant,
     ) -> Self {
         let mut call = Call::new(cfg, Direction::Outbound, media_template, record, now);
-        call.state = CallState::Dialing;
-        call.record.timestamps.invite_ms = Some(call.wall_ms(now));
-        call.ring_deadline = Some(now + call.cfg.ring_timeout);
-        call.push_sip(SipAction::Invite);
+        if call.cfg.agent_connect == AgentConnectAt::Trigger {
+            // The INVITE waits for the agent's metadata (`on_agent_connected`).
+            call.connect_agent(now);
+        } else {
+            call.send_invite(now);
+        }
         call.actions.push_back(CallAction::RecordChanged);
         call
+    }
+
+    fn send_invite(&mut self, now: Instant) {
+        self.state = CallState::Dialing;
+        self.record.timestamps.invite_ms = Some(self.wall_ms(now));
+        self.ring_deadline = Some(now + self.cfg.ring_timeout);
+        self.push_sip(SipAction::Invite);
     }
 
     /// An inbound call whose offer was negotiated into `media`: the agent is connected first,
@@ -430,6 +466,7 @@ impl Call {
             wallclock,
             media_template,
             media: None,
+            srtp_keys: None,
             state: CallState::Initiated,
             agent: AgentState::Idle,
             uplink: None,
@@ -447,6 +484,8 @@ impl Call {
             answered: false,
             dtmf_received: String::new(),
             transfer_pending: None,
+            amd: None,
+            last_agent_audio_at: None,
             actions: VecDeque::new(),
             record,
         };
@@ -496,6 +535,11 @@ impl Call {
         match event {
             SipEvent::Invited { call_id } => {
                 self.record.sip_call_id = Some(call_id);
+                self.actions.push_back(CallAction::RecordChanged);
+            }
+            SipEvent::Target { addr, attempt } => {
+                self.record.trunk_target = Some(addr.to_string());
+                self.record.trunk_attempts = attempt;
                 self.actions.push_back(CallAction::RecordChanged);
             }
             SipEvent::Progress { status, media } => self.on_progress(status, media, now),
@@ -693,6 +737,14 @@ impl Call {
             self.max_deadline = None;
             self.end(EndCause::MaxDuration, now);
         }
+        if self
+            .amd
+            .as_ref()
+            .and_then(|a| a.hold_deadline)
+            .is_some_and(|t| now >= t)
+        {
+            self.amd_hold_timeout(now);
+        }
         self.check_drained(now);
     }
 
@@ -731,6 +783,7 @@ impl Call {
             self.agent_deadline,
             self.max_deadline,
             self.drain_deadline,
+            self.amd.as_ref().and_then(|a| a.hold_deadline),
         ]
         .into_iter()
         .flatten()
@@ -741,6 +794,7 @@ impl Call {
     pub fn refresh_stats(&mut self) {
         let Some(m) = self.media.as_ref() else { return };
         let s = m.stats();
+        self.record.media_security.auth_failures = s.srtp_failures;
         let up = &mut self.record.uplink;
         up.packets = s.rtp_received;
         up.lost = s.packets_lost;
@@ -757,6 +811,16 @@ impl Call {
     }
 
     // ---- internals ----
+
+    fn set_media_security(&mut self) {
+        let sec = &mut self.record.media_security;
+        sec.encrypted = self.srtp_keys.is_some();
+        sec.suite = self
+            .srtp_keys
+            .as_ref()
+            .map(|(l, _)| l.suite.name().to_owned());
+        self.actions.push_back(CallAction::RecordChanged);
+    }
 
     fn wall_ms(&self, now: Instant) -> u64 {
         let t = self.wallclock.system + now.saturating_duration_since(self.wallclock.instant);
@@ -784,10 +848,17 @@ impl Call {
     }
 
     fn connect_agent(&mut self, now: Instant) {
+        self.connect_agent_with(None, now);
+    }
+
+    fn connect_agent_with(&mut self, overrides: Option<AgentOverrides>, now: Instant) {
         if self.agent == AgentState::Idle {
             self.agent = AgentState::Connecting;
             self.agent_deadline = Some(now + self.cfg.agent_connect_timeout);
-            self.push_agent(AgentAction::Connect);
+            self.push_agent(match overrides {
+                Some(o) => AgentAction::ConnectWith(o),
+                None => AgentAction::Connect,
+            });
         }
     }
 
@@ -800,6 +871,14 @@ impl Call {
                 tracing::info!(from = ?m.law(), to = ?neg.law, "remote switched G.711 law");
             }
             m.set_remote(neg.remote_rtp, neg.remote_rtcp);
+            if self.srtp_keys != neg.srtp {
+                // Rekeyed (or switched between SRTP and plain) by a re-INVITE: new contexts.
+                m.set_srtp(neg.srtp.as_ref().map(|(l, r)| (l, r)))
+                    .map_err(|e| e.to_string())?;
+                self.srtp_keys = neg.srtp.clone();
+                self.record.media_security.rekeys += 1;
+                self.set_media_security();
+            }
             return Ok(());
         }
         let mut cfg = self.media_template.clone();
@@ -807,7 +886,10 @@ impl Call {
         cfg.payload_types = neg.payload_types;
         cfg.remote_rtp = neg.remote_rtp;
         cfg.remote_rtcp = neg.remote_rtcp;
+        cfg.srtp = neg.srtp.clone();
         let mut media = MediaSession::new(cfg).map_err(|e| e.to_string())?;
+        self.srtp_keys = neg.srtp.clone();
+        self.set_media_security();
         for (id, codes) in self.pending_downlink.drain(..) {
             media.push_agent_audio(id, &codes);
         }
@@ -831,7 +913,7 @@ impl Call {
             self.record.status = "ringing".into();
             self.record.timestamps.ringing_ms = Some(self.wall_ms(now));
             self.actions.push_back(CallAction::RecordChanged);
-            if self.cfg.agent_connect == AgentConnectAt::Ringing {
+            if self.cfg.agent_connect == AgentConnectAt::Ringing && !self.amd_hold_configured() {
                 self.connect_agent(now);
             }
         }
@@ -864,7 +946,9 @@ impl Call {
             return;
         }
         self.mark_answered(now);
-        self.connect_agent(now);
+        if !self.amd_holding() {
+            self.connect_agent(now);
+        }
         if self.agent == AgentState::Closed && self.drain_cause.is_none() {
             // The agent (connected at ringing) is already gone.
             self.end(
@@ -888,6 +972,11 @@ impl Call {
             m.start(now);
         }
         self.next_uplink = Some(now + TICK);
+        if self.direction == Direction::Outbound
+            && let Some(settings) = self.cfg.amd.clone()
+        {
+            self.amd = Some(Box::new(AmdRun::new(settings, now)));
+        }
         self.actions.push_back(CallAction::RecordChanged);
     }
 
@@ -916,7 +1005,17 @@ impl Call {
             self.push_sip(SipAction::Accept);
             self.mark_answered(now);
         }
+        if self.direction == Direction::Outbound && self.state == CallState::Initiated {
+            // `connect_at = trigger`: the conversation is up, now the phone may ring.
+            self.send_invite(now);
+        }
         self.flush_uplink(false);
+        if let Some(text) = self.amd.as_mut().and_then(|a| a.pending_update.take()) {
+            self.push_agent(AgentAction::ContextualUpdate {
+                text,
+                context_id: "amd".into(),
+            });
+        }
         self.actions.push_back(CallAction::RecordChanged);
     }
 
@@ -925,6 +1024,7 @@ impl Call {
             return;
         }
         self.record.downlink.agent_messages += 1;
+        self.last_agent_audio_at = Some(now);
         let Some(down) = self.downlink.as_mut() else {
             return;
         };
@@ -1227,12 +1327,19 @@ impl Call {
         if self.state != CallState::Answered {
             return; // draining: the mic is muted
         }
+        if self.amd.is_some() {
+            self.amd_tick(&frame.data, now);
+            if self.state != CallState::Answered {
+                return;
+            }
+        }
+        let keep = self.amd_holding() || self.agent == AgentState::Connecting;
         match (self.agent, self.uplink.as_mut()) {
             (AgentState::Connected, Some(up)) => {
                 up.push_frame(&frame.data);
                 self.flush_uplink(false);
             }
-            (AgentState::Connecting, _) => {
+            (AgentState::Connecting | AgentState::Idle, _) if keep => {
                 if frame.kind == FrameKind::Silence && self.preroll.is_empty() {
                     return;
                 }
@@ -1289,6 +1396,8 @@ impl Call {
         let sip = match (self.state, self.direction) {
             (CallState::Ended, _) => return,
             (CallState::Answered | CallState::Draining, _) => Some(SipAction::Bye),
+            // `connect_at = trigger` before the INVITE: the leg is withdrawn, nothing was sent.
+            (CallState::Initiated, Direction::Outbound) => Some(SipAction::Cancel),
             (CallState::Initiated, _) => None,
             (_, Direction::Outbound) => Some(SipAction::Cancel),
             (_, Direction::Inbound) => Some(SipAction::Reject {
@@ -1331,5 +1440,191 @@ impl Call {
         self.record.timestamps.ended_ms = Some(self.wall_ms(now));
         self.record.end_cause = Some(cause);
         self.actions.push_back(CallAction::RecordChanged);
+    }
+}
+
+// ---- answering-machine detection (see `crate::amd`) ----
+impl Call {
+    /// Hold mode is configured for this (outbound) call: the agent waits for the verdict.
+    fn amd_hold_configured(&self) -> bool {
+        self.direction == Direction::Outbound
+            && self
+                .cfg
+                .amd
+                .as_ref()
+                .is_some_and(|a| a.mode == crate::amd::AmdMode::Hold)
+    }
+
+    /// The agent is being held back until the verdict (or the beep).
+    fn amd_holding(&self) -> bool {
+        self.amd.as_ref().is_some_and(|a| a.holding())
+    }
+
+    /// One 20 ms frame of the callee's audio for the detector.
+    fn amd_tick(&mut self, frame: &[u8; FRAME], now: Instant) {
+        let law = self.media.as_ref().map_or(G711::Ulaw, |m| m.law());
+        if let Some(run) = self.amd.as_mut()
+            && run.listening()
+        {
+            let mut pcm = [0i16; FRAME];
+            law.decode_slice(frame, &mut pcm);
+            // The frame popped at this tick is the 20 ms of audio that ends now.
+            run.detector
+                .push_frame(now.checked_sub(TICK).unwrap_or(now), &pcm);
+            while let Some(ev) = self.amd.as_mut().and_then(|a| a.detector.poll_event()) {
+                self.on_amd_event(ev, now);
+            }
+        }
+        // leave_message: end once the message has played and the agent has gone quiet.
+        if self.amd.as_ref().is_some_and(|a| a.leaving_message)
+            && self.agent == AgentState::Connected
+            && let Some(m) = self.media.as_ref()
+            && m.stats().pacer.audio_frames > 0
+            && m.is_playout_drained()
+            && self
+                .last_agent_audio_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= crate::amd::MESSAGE_QUIET)
+        {
+            self.begin_drain(EndCause::AgentEnded, now);
+        }
+    }
+
+    fn on_amd_event(&mut self, ev: crate::amd::AmdEvent, now: Instant) {
+        use crate::amd::AmdEvent;
+        match ev {
+            AmdEvent::Verdict {
+                verdict,
+                reason,
+                at,
+                ..
+            } => {
+                let (after, decided_ms) = match self.amd.as_ref() {
+                    Some(a) => (a.after_answer_ms(at), self.wall_ms(at)),
+                    None => return,
+                };
+                tracing::info!(
+                    answered_by = verdict.as_str(),
+                    reason = reason.as_str(),
+                    after_answer_ms = after,
+                    "answering-machine detection"
+                );
+                self.record.amd = Some(AmdRecord {
+                    answered_by: verdict.as_str().to_owned(),
+                    reason: reason.as_str().to_owned(),
+                    decided_ms,
+                    decision_after_answer_ms: after,
+                    beep_ms: None,
+                    beep_after_answer_ms: None,
+                    beep_hz: None,
+                    message_started_ms: None,
+                });
+                self.actions.push_back(CallAction::RecordChanged);
+                self.amd_verdict(verdict, now);
+            }
+            AmdEvent::Beep { at, hz, .. } => {
+                let after = self.amd.as_ref().map(|a| a.after_answer_ms(at));
+                let wall = self.wall_ms(at);
+                if let Some(r) = self.record.amd.as_mut() {
+                    r.beep_ms = Some(wall);
+                    r.beep_after_answer_ms = after;
+                    r.beep_hz = Some(hz);
+                }
+                self.actions.push_back(CallAction::RecordChanged);
+                self.amd_message_time(now);
+            }
+            AmdEvent::GreetingEnd { .. } => self.amd_message_time(now),
+        }
+    }
+
+    fn amd_verdict(&mut self, verdict: crate::amd::Verdict, now: Instant) {
+        use crate::amd::Verdict;
+        let Some(run) = self.amd.as_mut() else { return };
+        run.verdict = Some(verdict);
+        let on_machine = run.settings.on_machine;
+        let machine = verdict == Verdict::Machine;
+        if machine && on_machine == OnMachine::Hangup {
+            self.end(EndCause::Machine, now);
+            return;
+        }
+        if run.holding() {
+            run.hold_deadline = None;
+            if machine && on_machine == OnMachine::LeaveMessage {
+                // Wait for the beep (or the greeting's end); nothing of the greeting goes to the
+                // agent.
+                self.preroll.clear();
+                return;
+            }
+            run.released = true;
+            let overrides = AgentOverrides {
+                first_message: None,
+                dynamic_variables: vec![("answered_by".into(), verdict.as_str().into())],
+            };
+            self.connect_agent_with(Some(overrides), now);
+        } else {
+            let text = crate::amd::verdict_update(verdict);
+            self.amd_tell_agent(text);
+        }
+    }
+
+    /// Hold mode: no verdict within `max_hold`: connect the agent as `unknown`; the detector
+    /// goes on and a later verdict is handled as in detect mode.
+    fn amd_hold_timeout(&mut self, now: Instant) {
+        let Some(run) = self.amd.as_mut() else { return };
+        run.hold_deadline = None;
+        if !run.holding() {
+            return;
+        }
+        run.released = true;
+        tracing::info!("answering-machine detection: no verdict within max_hold, agent connected");
+        let overrides = AgentOverrides {
+            first_message: None,
+            dynamic_variables: vec![("answered_by".into(), "unknown".into())],
+        };
+        self.connect_agent_with(Some(overrides), now);
+    }
+
+    /// The beep sounded (or the greeting ended): the message may start.
+    fn amd_message_time(&mut self, now: Instant) {
+        let Some(run) = self.amd.as_mut() else { return };
+        if run.verdict != Some(crate::amd::Verdict::Machine)
+            || run.settings.on_machine != OnMachine::LeaveMessage
+            || run.leaving_message
+            || run.message_told
+        {
+            return;
+        }
+        let message = run.settings.message.clone();
+        if run.holding() {
+            run.leaving_message = true;
+            run.released = true;
+            self.preroll.clear();
+            let started = self.wall_ms(now);
+            if let Some(r) = self.record.amd.as_mut() {
+                r.message_started_ms = Some(started);
+            }
+            self.actions.push_back(CallAction::RecordChanged);
+            let overrides = AgentOverrides {
+                first_message: (!message.is_empty()).then_some(message),
+                dynamic_variables: vec![("answered_by".into(), "machine".into())],
+            };
+            self.connect_agent_with(Some(overrides), now);
+        } else {
+            run.message_told = true;
+            self.amd_tell_agent(format!(
+                "The voicemail greeting is over and its beep has sounded: leave this message \
+                 now, then end the call: {message}"
+            ));
+        }
+    }
+
+    fn amd_tell_agent(&mut self, text: String) {
+        if self.agent == AgentState::Connected {
+            self.push_agent(AgentAction::ContextualUpdate {
+                text,
+                context_id: "amd".into(),
+            });
+        } else if let Some(run) = self.amd.as_mut() {
+            run.pending_update = Some(text);
+        }
     }
 }

@@ -8,8 +8,11 @@
 //!   A-law ↔ µ-law, PCM16 at 8–48 kHz), streaming, with state carried across frames.
 //! - [`legs`]: every SIP leg, sans-IO: offer/answer, in-dialog requests, transfer, error
 //!   mapping, on top of `trunkline_sip`'s UA; [`runtime::sip_task`] drives it.
+//! - [`amd`]: answering-machine detection in a call (hold / detect, on-machine policy) around
+//!   `trunkline_media::amd`.
 //! - [`record`]: what a call leaves behind (timestamps, causes, audio stats, DTMF, transcript).
 
+pub mod amd;
 pub mod convert;
 pub mod core;
 pub mod legs;
@@ -26,6 +29,12 @@ pub use crate::record::{CallRecord, EndCause};
 pub mod sip {
     pub use trunkline_sip::auth::Credentials;
     pub use trunkline_sip::message::{HostPort, Uri};
+    /// RFC 3263 server location (sans-IO): what the gateway's resolver looks up and in what order.
+    pub use trunkline_sip::rfc3263;
+    /// Digest algorithms (inbound authentication is configured with them).
+    pub mod auth {
+        pub use trunkline_sip::auth::Algorithm;
+    }
     pub use trunkline_sip::sdp::{Codec, MediaParams};
     pub use trunkline_sip::transaction::{TimerConfig, TransportKind};
     pub use trunkline_sip::transport::{AcceptFilter, TransportStats};

@@ -73,6 +73,8 @@ pub enum EndCause {
     /// Inbound: our 200 OK was never ACKed within 64·T1 (RFC 3261 §13.3.1.4); the SIP layer sent
     /// BYE.
     NoAck,
+    /// Answering-machine detection heard a machine and `amd.on_machine = "hangup"`.
+    Machine,
 }
 
 impl EndCause {
@@ -112,6 +114,7 @@ impl EndCause {
             EndCause::GatewayRestart => "gateway_restart",
             EndCause::AgentTimeout => "agent_timeout",
             EndCause::NoAck => "no_ack",
+            EndCause::Machine => "machine",
         }
     }
 }
@@ -227,6 +230,32 @@ pub struct CallRecord {
     pub transcript: Vec<TranscriptEntry>,
     /// Client tool calls handled by the gateway (name → outcome).
     pub tool_calls: Vec<ToolCallRecord>,
+    /// Answering-machine detection: who answered, when it was decided, the beep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amd: Option<crate::amd::AmdRecord>,
+    /// Outbound: the trunk address the last INVITE went to (the one that answered, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk_target: Option<String>,
+    /// Outbound: how many trunk addresses were tried (RFC 3263 failover; 0 before the INVITE).
+    #[serde(default)]
+    pub trunk_attempts: u32,
+    /// How the phone leg's media was protected.
+    #[serde(default)]
+    pub media_security: MediaSecurity,
+}
+
+/// Whether the phone leg's media was encrypted (SDES-SRTP, RFC 4568) and with what.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaSecurity {
+    /// True when RTP/RTCP were SRTP/SRTCP (set at the first negotiation; a later plain re-offer
+    /// clears it).
+    pub encrypted: bool,
+    /// The crypto suite (`AES_CM_128_HMAC_SHA1_80`, `AES_CM_128_HMAC_SHA1_32`) when encrypted.
+    pub suite: Option<String>,
+    /// SRTP/SRTCP packets dropped because they failed authentication or the replay check.
+    pub auth_failures: u64,
+    /// Times the keys changed mid-call (a re-INVITE with a new key).
+    pub rekeys: u64,
 }
 
 /// A client tool call the gateway executed.
@@ -262,6 +291,10 @@ impl CallRecord {
             dtmf: Vec::new(),
             transcript: Vec::new(),
             tool_calls: Vec::new(),
+            amd: None,
+            trunk_target: None,
+            trunk_attempts: 0,
+            media_security: MediaSecurity::default(),
         }
     }
 

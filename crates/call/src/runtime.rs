@@ -182,6 +182,13 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
                             ToolRegistry::new(),
                         )));
                     }
+                    CallAction::Agent(AgentAction::ConnectWith(overrides)) => {
+                        let cfg = with_overrides(&agent_cfg, overrides);
+                        connecting = Some(tokio::spawn(trunkline_agent::connect(
+                            cfg,
+                            ToolRegistry::new(),
+                        )));
+                    }
                     CallAction::Agent(AgentAction::Close) => {
                         if let Some(c) = connecting.take() {
                             c.abort();
@@ -310,11 +317,41 @@ fn send_to_agent(h: &AgentHandle, a: AgentAction) {
             result,
             is_error,
         } => h.send_tool_result(tool_call_id, result, is_error),
-        AgentAction::Connect | AgentAction::Close => Ok(()),
+        AgentAction::Connect | AgentAction::ConnectWith(_) | AgentAction::Close => Ok(()),
     };
     if res.is_err() {
         debug!("agent already closed");
     }
+}
+
+/// The call's agent config with per-call overrides (answering-machine detection): extra dynamic
+/// variables, and a first message whose `{{variables}}` are filled from the call's.
+fn with_overrides(cfg: &AgentConfig, o: crate::amd::AgentOverrides) -> AgentConfig {
+    use trunkline_agent::protocol::{AgentOverride, ConversationConfigOverride, DynamicVariable};
+    let mut cfg = cfg.clone();
+    let init = &mut cfg.initiation;
+    for (k, v) in o.dynamic_variables {
+        init.dynamic_variables.insert(k, DynamicVariable::String(v));
+    }
+    if let Some(message) = o.first_message {
+        let vars = init.dynamic_variables.iter().map(|(k, v)| {
+            let text = match v {
+                DynamicVariable::String(s) => s.clone(),
+                DynamicVariable::Int(i) => i.to_string(),
+                DynamicVariable::Float(f) => f.to_string(),
+                DynamicVariable::Bool(b) => b.to_string(),
+            };
+            (k.as_str(), text)
+        });
+        let message = crate::amd::render_message(&message, vars);
+        let over = init
+            .conversation_config_override
+            .get_or_insert_with(ConversationConfigOverride::default);
+        over.agent
+            .get_or_insert_with(AgentOverride::default)
+            .first_message = Some(message);
+    }
+    cfg
 }
 
 async fn recv_opt(

@@ -43,6 +43,7 @@ fn negotiated() -> NegotiatedMedia {
         law: G711::Ulaw,
         payload_types: PayloadMap::default(),
         on_hold: false,
+        srtp: None,
     }
 }
 
@@ -912,4 +913,181 @@ fn odd_sized_agent_chunks_still_drain_completely_before_bye() {
         .map(|(.., p)| p.iter().filter(|&&b| b == 0x55).count())
         .sum();
     assert_eq!(sent, 1234 + 777 + 3001 + 5 + 999, "every byte played");
+}
+
+#[test]
+fn connect_at_trigger_starts_the_agent_first_and_invites_once_it_is_up() {
+    let cfg = CallConfig {
+        agent_connect: trunkline_call::AgentConnectAt::Trigger,
+        ..CallConfig::default()
+    };
+    let mut h = Harness::outbound(cfg);
+    assert_eq!(h.agent_actions(), vec![AgentAction::Connect]);
+    assert!(
+        h.sip_actions().is_empty(),
+        "no INVITE before the agent is up"
+    );
+    assert_eq!(h.call.state(), CallState::Initiated);
+    h.agent(AgentEvent::Metadata {
+        conversation_id: "conv_trigger".into(),
+        input_format: AudioFormat::Ulaw8000,
+        output_format: AudioFormat::Ulaw8000,
+    });
+    assert_eq!(h.sip_actions(), vec![SipAction::Invite]);
+    assert_eq!(
+        h.call.record().conversation_id.as_deref(),
+        Some("conv_trigger")
+    );
+    assert!(h.call.record().timestamps.invite_ms.is_some());
+    // The greeting arrives while it rings (early media too): nothing is played before answer.
+    h.sip(SipEvent::Progress {
+        status: 183,
+        media: Some(negotiated()),
+    });
+    h.agent(agent_audio(1, 400, 0x44));
+    h.run_for(Duration::from_secs(3), false);
+    assert!(audio_packets(&h, 0x44).is_empty(), "held until answer");
+    let answer = h.now;
+    h.sip(SipEvent::Answered { media: None });
+    h.run_for(Duration::from_millis(100), true);
+    let first = audio_packets(&h, 0x44)[0];
+    assert!(first - answer <= Duration::from_millis(20));
+}
+
+#[test]
+fn connect_at_trigger_without_an_agent_places_no_call() {
+    let cfg = CallConfig {
+        agent_connect: trunkline_call::AgentConnectAt::Trigger,
+        agent_connect_timeout: Duration::from_secs(10),
+        ..CallConfig::default()
+    };
+    let mut h = Harness::outbound(cfg);
+    h.run_for(Duration::from_millis(9_990), false);
+    assert!(h.sip_actions().is_empty());
+    h.run_for(Duration::from_millis(20), false);
+    // The leg is withdrawn (no INVITE ever left), the connection attempt closed.
+    assert_eq!(h.sip_actions(), vec![SipAction::Cancel]);
+    assert!(h.agent_actions().contains(&AgentAction::Close));
+    assert!(matches!(
+        h.call.record().end_cause,
+        Some(EndCause::AgentConnectFailed { .. })
+    ));
+    assert_eq!(h.call.record().status, "failed");
+    assert!(h.call.record().timestamps.invite_ms.is_none());
+}
+
+#[test]
+fn connect_at_trigger_busy_closes_the_agent() {
+    let cfg = CallConfig {
+        agent_connect: trunkline_call::AgentConnectAt::Trigger,
+        ..CallConfig::default()
+    };
+    let mut h = Harness::outbound(cfg);
+    h.agent(AgentEvent::Metadata {
+        conversation_id: "c".into(),
+        input_format: AudioFormat::Ulaw8000,
+        output_format: AudioFormat::Ulaw8000,
+    });
+    h.sip(SipEvent::Failed {
+        status: 486,
+        reason: "Busy Here".into(),
+        after_auth: false,
+    });
+    assert_eq!(h.agent_actions().last(), Some(&AgentAction::Close));
+    assert_eq!(h.call.record().status, "busy");
+    assert_eq!(h.call.record().conversation_id.as_deref(), Some("c"));
+}
+
+// ---- SRTP ---------------------------------------------------------------------------------------
+
+mod srtp {
+    use super::*;
+    use trunkline_media::srtp::{SdesKey, SrtpSession, SrtpSuite};
+
+    fn key(fill: u8) -> SdesKey {
+        SdesKey {
+            tag: 1,
+            suite: SrtpSuite::AesCm128HmacSha1_80,
+            material: [fill; 30],
+        }
+    }
+
+    fn keyed(ours: u8, theirs: u8) -> NegotiatedMedia {
+        NegotiatedMedia {
+            srtp: Some((key(ours), key(theirs))),
+            ..negotiated()
+        }
+    }
+
+    /// The phone sends one SRTP packet (protected with `phone`) carrying `fill` bytes.
+    fn phone_srtp(h: &mut Harness, phone_ctx: &mut SrtpSession, seq: u16, fill: u8) {
+        let hd = RtpHeader {
+            marker: false,
+            payload_type: 0,
+            sequence: seq,
+            timestamp: u32::from(seq) * 160,
+            ssrc: 0xBEEF,
+        };
+        let mut buf = [0u8; 200];
+        let n = write_rtp(&hd, &[fill; 160], &mut buf).expect("rtp");
+        let p = phone_ctx.protect_rtp(&buf[..n]).expect("protect");
+        h.call.handle_rtp(&p, phone(), h.now);
+        h.drain();
+    }
+
+    #[test]
+    fn srtp_keys_reach_the_media_and_a_rekey_switches_contexts_and_is_recorded() {
+        let mut h = Harness::outbound(CallConfig::default());
+        h.sip(SipEvent::Answered {
+            media: Some(keyed(1, 2)),
+        });
+        h.agent(AgentEvent::Metadata {
+            conversation_id: "c".into(),
+            input_format: AudioFormat::Ulaw8000,
+            output_format: AudioFormat::Ulaw8000,
+        });
+        let sec = &h.call.record().media_security;
+        assert!(sec.encrypted);
+        assert_eq!(sec.suite.as_deref(), Some("AES_CM_128_HMAC_SHA1_80"));
+
+        // Uplink: the phone's SRTP (its key 2) is decrypted.
+        let mut phone_ctx = SrtpSession::new(&key(2), &key(1)).expect("ctx");
+        for seq in 0..30 {
+            phone_srtp(&mut h, &mut phone_ctx, seq, 0x55);
+            h.run_for(Duration::from_millis(20), false);
+        }
+        assert!(
+            h.uplink_bytes()
+                .windows(160)
+                .any(|w| w.iter().all(|&b| b == 0x55)),
+            "SRTP from the phone reached the agent in clear"
+        );
+        // (Downlink SRTP is decrypted by its receiver in the e2e tests: e2e_secure, e2e_baresip.)
+
+        // A re-INVITE rekeys (3, 4): packets under the old key fail authentication and are
+        // counted; packets under the new one pass.
+        h.sip(SipEvent::MediaChanged(keyed(3, 4)));
+        assert_eq!(h.call.record().media_security.rekeys, 1);
+        for seq in 30..40 {
+            phone_srtp(&mut h, &mut phone_ctx, seq, 0x66);
+        }
+        h.call.refresh_stats();
+        assert_eq!(h.call.record().media_security.auth_failures, 10);
+        let mut new_ctx = SrtpSession::new(&key(4), &key(3)).expect("ctx");
+        for seq in 40..70 {
+            phone_srtp(&mut h, &mut new_ctx, seq, 0x77);
+            h.run_for(Duration::from_millis(20), false);
+        }
+        h.call.refresh_stats();
+        assert_eq!(h.call.record().media_security.auth_failures, 10);
+        assert!(
+            h.uplink_bytes()
+                .windows(160)
+                .any(|w| w.iter().all(|&b| b == 0x77)),
+            "SRTP under the new key reached the agent"
+        );
+        // The same keys again (a session refresh): no rekey.
+        h.sip(SipEvent::MediaChanged(keyed(3, 4)));
+        assert_eq!(h.call.record().media_security.rekeys, 1);
+    }
 }

@@ -68,9 +68,12 @@ fn config() -> LegsConfig {
             credentials: None,
             caller_id: CALLER_ID.into(),
             session_expires: None,
+            encryption: Default::default(),
         },
         inbound: SourceFilter::allow_all(),
         notify_timeout: Duration::from_secs(32),
+        failover: Default::default(),
+        inbound_auth: None,
     }
 }
 
@@ -112,6 +115,7 @@ fn ulaw_at(port: u16) -> NegotiatedMedia {
             comfort_noise: Some(13),
         },
         on_hold: false,
+        srtp: None,
     }
 }
 
@@ -228,7 +232,7 @@ impl Pair {
                     self.now = self.now.max(t);
                     self.gw.handle_timeout(self.now);
                     self.peer.handle_timeout(self.now);
-                    self.legs.handle_timeout(self.now);
+                    self.legs.handle_timeout(&mut self.gw, self.now);
                     self.drive();
                 }
                 _ => {
@@ -1514,4 +1518,313 @@ fn reinvite_retried_after_glare_carries_a_current_sdp_version() {
         sent[3] > 3,
         "the retried offer goes back to an older version: {sent:?}"
     );
+}
+
+// ---- SRTP (SDES, RFC 4568) ------------------------------------------------------------------
+
+mod srtp {
+    use super::*;
+    use trunkline_call::legs::Encryption;
+    use trunkline_media::srtp::{SdesKey, SrtpSuite};
+    use trunkline_sip::sdp::Crypto;
+
+    const S80: &str = "AES_CM_128_HMAC_SHA1_80";
+    const S32: &str = "AES_CM_128_HMAC_SHA1_32";
+
+    fn config_with(enc: Encryption) -> LegsConfig {
+        let mut c = config();
+        c.trunk.encryption = enc;
+        c
+    }
+
+    /// The peer's media with an SRTP line `tag`/`suite` keyed with `fill` bytes.
+    fn peer_srtp(port: u16, version: u64, tag: u32, suite: &str, fill: u8) -> MediaParams {
+        let mut m = peer_media(port, version);
+        m.crypto = Some(Crypto::new(tag, suite, &[fill; 30]));
+        m.allow_plain_rtp = false;
+        m
+    }
+
+    fn key(c: &Crypto) -> SdesKey {
+        SdesKey::parse(&c.to_string()).unwrap()
+    }
+
+    fn srtp_of(evs: &[LegEvent]) -> Vec<Option<(SdesKey, SdesKey)>> {
+        evs.iter()
+            .filter_map(|e| match e {
+                LegEvent::Call(SipEvent::Answered { media: Some(m) })
+                | LegEvent::Call(SipEvent::MediaChanged(m)) => Some(m.srtp.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Places an outbound call with `enc`; returns the offer the peer got and its INVITE tx.
+    fn offered(p: &mut Pair, leg: LegId) -> (TxId, SessionDescription) {
+        p.legs.outbound(leg, CALLEE, peer_addr(), our_media());
+        p.act(leg, SipAction::Invite);
+        let (tx, invite) = p.peer_incoming();
+        (tx, parse_sdp(&invite.body))
+    }
+
+    #[test]
+    fn outbound_offer_is_savp_with_both_suites_fresh_keys_and_the_answer_keys_the_media() {
+        let mut p = Pair::new(config_with(Encryption::Required));
+        let (tx, offer) = offered(&mut p, 1);
+        let m = &offer.media[0];
+        assert_eq!(m.protocol, "RTP/SAVP");
+        let suites: Vec<_> = m.crypto.iter().map(|c| (c.tag, c.suite.as_str())).collect();
+        assert_eq!(suites, [(1, S80), (2, S32)]);
+        assert!(m.crypto.iter().all(Crypto::is_usable));
+        assert_ne!(
+            m.crypto[0].key_salt(),
+            m.crypto[1].key_salt(),
+            "one key per line"
+        );
+        // Debug never shows a key.
+        let dbg = format!("{:?} {:?}", m.crypto, key(&m.crypto[0]));
+        assert!(!dbg.contains("inline:"), "{dbg}");
+        // A second call has other keys (CSPRNG, not a counter or a constant).
+        let (_, offer2) = offered(&mut p, 2);
+        assert_ne!(offer2.media[0].crypto[0].key_salt(), m.crypto[0].key_salt());
+        p.events();
+
+        // The peer picks _32 (tag 2) and keys its side with 0x42.
+        let answer = peer_answer(
+            &offer.to_string().into_bytes(),
+            &peer_srtp(PEER_RTP, 1, 9, S32, 0x42),
+        );
+        assert_eq!(answer.media[0].crypto[0].tag, 2);
+        p.peer_respond(tx, 200, &[], Some(&answer));
+        let evs = p.sip_events(1);
+        let keys = srtp_of(&evs);
+        let [Some((ours, theirs))] = keys.as_slice() else {
+            panic!("{evs:#?}")
+        };
+        assert_eq!(
+            *ours,
+            key(&m.crypto[1]),
+            "we send with the line the peer chose"
+        );
+        assert_eq!(theirs.material, [0x42; 30]);
+        assert_eq!(
+            (ours.suite, theirs.suite),
+            (
+                SrtpSuite::AesCm128HmacSha1_32,
+                SrtpSuite::AesCm128HmacSha1_32
+            )
+        );
+    }
+
+    #[test]
+    fn reinvite_keeps_our_key_while_the_peers_is_unchanged_and_rekeys_when_it_changes() {
+        let mut p = Pair::new(config_with(Encryption::Required));
+        let (tx, offer) = offered(&mut p, 1);
+        let answer = peer_answer(
+            &offer.to_string().into_bytes(),
+            &peer_srtp(PEER_RTP, 1, 1, S80, 7),
+        );
+        let d = p.peer_respond(tx, 200, &[], Some(&answer)).unwrap();
+        let first = srtp_of(&p.sip_events(1)).remove(0).unwrap();
+
+        // Same crypto line in a re-INVITE (a session refresh): same keys both ways.
+        let tx = p.peer_send(
+            &d,
+            Method::Invite,
+            Some(&sdp::build_offer(&peer_srtp(PEER_RTP, 2, 1, S80, 7))),
+        );
+        let (ok, _) = p.peer_response(tx);
+        assert_eq!(ok.status, 200);
+        let a = parse_sdp(&ok.body);
+        assert_eq!(a.media[0].protocol, "RTP/SAVP");
+        assert_eq!(key(&a.media[0].crypto[0]), first.0, "our key kept");
+        assert_eq!(srtp_of(&p.sip_events(1)), [Some(first.clone())]);
+
+        // A new key from the peer: we answer with a new key of ours too (RFC 4568 §7.1.4).
+        let tx = p.peer_send(
+            &d,
+            Method::Invite,
+            Some(&sdp::build_offer(&peer_srtp(PEER_RTP, 3, 1, S80, 8))),
+        );
+        let (ok, _) = p.peer_response(tx);
+        let a = parse_sdp(&ok.body);
+        let new_ours = key(&a.media[0].crypto[0]);
+        assert_ne!(new_ours, first.0, "rekeyed");
+        assert_eq!(new_ours.tag, 1);
+        let keys = srtp_of(&p.sip_events(1));
+        let [Some((o, t))] = keys.as_slice() else {
+            panic!("{keys:?}")
+        };
+        assert_eq!((o, t.material), (&new_ours, [8; 30]));
+
+        // Plain RTP offered mid-call while SRTP is required: 488, nothing changes.
+        let tx = p.peer_send(
+            &d,
+            Method::Invite,
+            Some(&sdp::build_offer(&peer_media(PEER_RTP, 4))),
+        );
+        assert_eq!(p.peer_response(tx).0.status, 488);
+        assert!(p.events().is_empty());
+    }
+
+    #[test]
+    fn allowed_reoffers_plain_rtp_in_a_second_invite_after_488() {
+        let mut p = Pair::new(config_with(Encryption::Allowed));
+        let (tx, offer) = offered(&mut p, 1);
+        assert_eq!(offer.media[0].protocol, "RTP/SAVP");
+        p.peer_respond(tx, 488, &[], None);
+        let (tx2, invite2) = p.peer_incoming();
+        let plain = parse_sdp(&invite2.body);
+        assert_eq!(plain.media[0].protocol, "RTP/AVP");
+        assert!(plain.media[0].crypto.is_empty());
+        assert!(plain.origin.session_version > offer.origin.session_version);
+        let answer = peer_answer(&invite2.body, &peer_media(PEER_RTP, 1));
+        p.peer_respond(tx2, 200, &[], Some(&answer));
+        let evs = p.sip_events(1);
+        assert!(
+            matches!(
+                evs.as_slice(),
+                [
+                    LegEvent::Call(SipEvent::Invited { .. }),
+                    LegEvent::Call(SipEvent::Invited { .. }),
+                    LegEvent::Call(SipEvent::Answered { media: Some(m) })
+                ] if *m == ulaw_at(PEER_RTP)
+            ),
+            "{evs:#?}"
+        );
+        assert_eq!(p.legs.stats().srtp_plain_retries, 1);
+        assert_eq!(p.legs.stats().outbound_invites, 2);
+        // The 488 itself was ACKed by the transaction layer.
+        assert_eq!(p.peer_got(&Method::Ack).len(), 2);
+    }
+
+    #[test]
+    fn required_488_fails_the_call_and_allowed_retries_only_once() {
+        let mut p = Pair::new(config_with(Encryption::Required));
+        let (tx, _) = offered(&mut p, 1);
+        p.peer_respond(tx, 488, &[], None);
+        let evs = p.sip_events(1);
+        assert!(
+            matches!(
+                evs.as_slice(),
+                [
+                    ..,
+                    LegEvent::Call(SipEvent::Failed { status: 488, .. }),
+                    LegEvent::Closed
+                ]
+            ),
+            "{evs:#?}"
+        );
+        assert_eq!(p.peer_got(&Method::Invite).len(), 1);
+
+        let mut p = Pair::new(config_with(Encryption::Allowed));
+        let (tx, _) = offered(&mut p, 1);
+        p.peer_respond(tx, 488, &[], None);
+        let (tx2, _) = p.peer_incoming();
+        p.peer_respond(tx2, 488, &[], None);
+        let evs = p.sip_events(1);
+        assert!(
+            matches!(
+                evs.as_slice(),
+                [
+                    ..,
+                    LegEvent::Call(SipEvent::Failed { status: 488, .. }),
+                    LegEvent::Closed
+                ]
+            ),
+            "{evs:#?}"
+        );
+        assert_eq!(p.peer_got(&Method::Invite).len(), 2);
+    }
+
+    #[test]
+    fn required_rejects_a_plain_answer_to_our_srtp_offer() {
+        let mut p = Pair::new(config_with(Encryption::Required));
+        let (tx, offer) = offered(&mut p, 1);
+        // A broken peer answering RTP/AVP to RTP/SAVP.
+        let mut answer = peer_answer(
+            &offer.to_string().into_bytes(),
+            &peer_srtp(PEER_RTP, 1, 1, S80, 1),
+        );
+        answer.media[0].protocol = "RTP/AVP".into();
+        answer.media[0].crypto.clear();
+        p.peer_respond(tx, 200, &[], Some(&answer));
+        let evs = p.sip_events(1);
+        assert!(
+            matches!(
+                evs.as_slice(),
+                [_, LegEvent::Call(SipEvent::Answered { media: None })]
+            ),
+            "{evs:#?}"
+        );
+    }
+
+    /// The peer calls with `media`'s offer plus extra crypto lines; returns our leg and tx.
+    fn inbound_offer(p: &mut Pair, offer: &SessionDescription) -> (LegId, TxId) {
+        let tx = p.peer_calls(Some(sdp_body(offer)), Vec::new());
+        let evs = p.events();
+        let [(leg, LegEvent::Incoming(_))] = evs.as_slice() else {
+            panic!("{evs:#?}")
+        };
+        (*leg, tx)
+    }
+
+    #[test]
+    fn inbound_srtp_offer_is_answered_with_the_first_supported_suite_our_fresh_key_and_its_tag() {
+        for enc in [Encryption::Required, Encryption::Allowed] {
+            let mut p = Pair::new(config_with(enc));
+            let mut offer = sdp::build_offer(&peer_srtp(PEER_RTP, 1, 5, S32, 0x11));
+            // An unsupported suite first, then _32 (tag 5), then _80 (tag 6).
+            let m = &mut offer.media[0];
+            m.crypto
+                .insert(0, Crypto::new(4, "AES_256_CM_HMAC_SHA1_80", &[1; 46]));
+            m.crypto.push(Crypto::new(6, S80, &[0x22; 30]));
+            let (leg, tx) = inbound_offer(&mut p, &offer);
+            let neg = p.legs.answer_offer(leg, our_media()).unwrap();
+            let (ours, theirs) = neg.srtp.clone().unwrap();
+            assert_eq!(
+                (theirs.tag, theirs.suite, theirs.material),
+                (5, SrtpSuite::AesCm128HmacSha1_32, [0x11; 30])
+            );
+            assert_eq!((ours.tag, ours.suite), (5, SrtpSuite::AesCm128HmacSha1_32));
+            assert_ne!(ours.material, theirs.material, "our own key");
+            p.act(leg, SipAction::Accept);
+            let (ok, _) = p.peer_response(tx);
+            let a = parse_sdp(&ok.body);
+            assert_eq!(a.media[0].protocol, "RTP/SAVP");
+            assert_eq!(a.media[0].crypto.len(), 1);
+            assert_eq!(key(&a.media[0].crypto[0]), ours);
+        }
+    }
+
+    #[test]
+    fn inbound_policy_refusals_are_488() {
+        // SRTP only, encryption disabled.
+        let mut p = Pair::new(config_with(Encryption::Disabled));
+        let (leg, _) = inbound_offer(
+            &mut p,
+            &sdp::build_offer(&peer_srtp(PEER_RTP, 1, 1, S80, 3)),
+        );
+        assert_eq!(p.legs.answer_offer(leg, our_media()), Err(Refuse(488)));
+        assert_eq!(p.legs.stats().srtp_policy_refusals, 1);
+        // Plain RTP, encryption required.
+        let mut p = Pair::new(config_with(Encryption::Required));
+        let (leg, _) = inbound_offer(&mut p, &sdp::build_offer(&peer_media(PEER_RTP, 1)));
+        assert_eq!(p.legs.answer_offer(leg, our_media()), Err(Refuse(488)));
+        assert_eq!(p.legs.stats().srtp_policy_refusals, 1);
+        // Plain RTP, encryption allowed: plain answer.
+        let mut p = Pair::new(config_with(Encryption::Allowed));
+        let (leg, _) = inbound_offer(&mut p, &sdp::build_offer(&peer_media(PEER_RTP, 1)));
+        assert_eq!(p.legs.answer_offer(leg, our_media()), Ok(ulaw_at(PEER_RTP)));
+        // SRTP offered, disabled, but a second plain stream offered too: the plain one.
+        let mut p = Pair::new(config_with(Encryption::Disabled));
+        let mut offer = sdp::build_offer(&peer_srtp(PEER_RTP, 1, 1, S80, 3));
+        let plain = sdp::build_offer(&peer_media(PEER_RTP + 2, 1))
+            .media
+            .remove(0);
+        offer.media.push(plain);
+        let (leg, _) = inbound_offer(&mut p, &offer);
+        let neg = p.legs.answer_offer(leg, our_media()).unwrap();
+        assert_eq!(neg, ulaw_at(PEER_RTP + 2));
+    }
 }

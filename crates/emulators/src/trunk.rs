@@ -40,11 +40,12 @@ use trunkline_media::capture::{CaptureError, extract_rtp_streams, read_udp_file}
 use trunkline_media::dtmf::DtmfSender;
 use trunkline_media::g711::G711;
 use trunkline_media::rtp::{RtpHeader, parse_rtp, write_rtp};
+use trunkline_media::srtp::{SdesKey, SrtpSession};
 use trunkline_media::udp;
 use trunkline_sip::auth::{Algorithm, Authorization, Qop};
 use trunkline_sip::dialog::DialogId;
 use trunkline_sip::message::{Method, NameAddr, Request, Uri};
-use trunkline_sip::sdp::{self, MediaParams, SessionDescription};
+use trunkline_sip::sdp::{self, Crypto, MediaParams, SessionDescription};
 use trunkline_sip::transaction::{IdGen, SplitMix64, TransportKind, TxId};
 use trunkline_sip::transport::{Incoming, TransportConfig, Transports, UaRunner, Wake};
 use trunkline_sip::ua::{EndReason, InviteParams, Ua, UaConfig, UaEvent};
@@ -160,6 +161,9 @@ pub struct TrunkConfig {
     pub early_media: bool,
     /// What the phone says after answer.
     pub play: PlaySource,
+    /// Per dialled number: what the phone says instead of `play` when the INVITE's Request-URI
+    /// contains the number (first match; e.g. one answering-machine test file per number).
+    pub play_by_number: Vec<(String, PlaySource)>,
     /// Loop the source until the call ends.
     pub play_loop: bool,
     /// Start playing this long after answer.
@@ -183,6 +187,27 @@ pub struct TrunkConfig {
     pub dtmf_digits: String,
     /// Length of each digit.
     pub dtmf_duration: Duration,
+    /// SDES-SRTP (RFC 4568), as Twilio's Secure Trunking: `Off` answers an RTP/SAVP-only offer
+    /// 488 and originates plain RTP; `Allowed` takes either; `Required` answers an RTP/AVP offer
+    /// 488 (what Twilio does with Secure Trunking on) and originates RTP/SAVP.
+    pub srtp: TrunkSrtp,
+    /// SIP over TLS too, on its own port ([`TrunkEmulator::tls_addr`]), with this certificate.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Originate over TLS with this client configuration (the gateway's certificate must chain
+    /// to its roots and be valid for the gateway's IP address).
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The trunk's media encryption ([`TrunkConfig::srtp`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TrunkSrtp {
+    /// Plain RTP only.
+    #[default]
+    Off,
+    /// SRTP or plain RTP, as offered (originates plain).
+    Allowed,
+    /// SRTP only (originates RTP/SAVP).
+    Required,
 }
 
 impl Default for TrunkConfig {
@@ -194,6 +219,7 @@ impl Default for TrunkConfig {
             ring_time: Duration::from_millis(200),
             early_media: true,
             play: PlaySource::default(),
+            play_by_number: Vec::new(),
             play_loop: false,
             play_delay: Duration::ZERO,
             hangup_after: None,
@@ -204,6 +230,9 @@ impl Default for TrunkConfig {
             dtmf_until: None,
             dtmf_digits: "123456789*0#".into(),
             dtmf_duration: Duration::from_millis(100),
+            srtp: TrunkSrtp::Off,
+            tls_server: None,
+            tls_client: None,
         }
     }
 }
@@ -314,6 +343,16 @@ pub struct TrunkCall {
     pub invite_2xx_cseqs: Vec<u32>,
     /// RTP packets sent during 183 early media (before the 200).
     pub early_rtp_sent: u64,
+    /// The SDP offer we got (termination) was RTP/SAVP.
+    pub offered_srtp: bool,
+    /// SRTP keys in use (the trunk's, the gateway's) when the media was encrypted.
+    pub srtp: Option<(SdesKey, SdesKey)>,
+    /// SRTP packets from the gateway that failed authentication (or replayed).
+    pub srtp_failures: u64,
+    /// The transport the INVITE came (or went) over.
+    pub transport: Option<TransportKind>,
+    /// The trunk's RTP socket of the call (after answer).
+    pub media_addr: Option<SocketAddr>,
 }
 
 impl TrunkCall {
@@ -497,6 +536,7 @@ pub struct Originate {
 #[derive(Debug, Clone)]
 pub struct TrunkEmulator {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     edge: SocketAddr,
     shared: Arc<Shared>,
     cmd: mpsc::UnboundedSender<CmdBox>,
@@ -519,6 +559,12 @@ impl TrunkEmulator {
             let tc = TransportConfig {
                 udp: Some(addr),
                 tcp: Some(addr),
+                tls: cfg
+                    .tls_server
+                    .as_ref()
+                    .map(|_| SocketAddr::new(addr.ip(), 0)),
+                tls_server: cfg.tls_server.clone(),
+                tls_client: cfg.tls_client.clone(),
                 ..TransportConfig::default()
             };
             match Transports::bind(tc).await {
@@ -544,6 +590,10 @@ impl TrunkEmulator {
         );
         ua.set_sent_by(TransportKind::Udp, addr);
         ua.set_sent_by(TransportKind::Tcp, addr);
+        let tls_addr = transports.local_addr(TransportKind::Tls);
+        if let Some(a) = tls_addr {
+            ua.set_sent_by(TransportKind::Tls, a);
+        }
         let contact = ua.contact(TransportKind::Udp).to_string();
         let shared = Arc::new(Shared::default());
         let (tap_tx, tap_rx) = mpsc::channel(8192);
@@ -568,6 +618,7 @@ impl TrunkEmulator {
         tokio::spawn(task.run());
         Ok(TrunkEmulator {
             addr,
+            tls_addr,
             edge,
             shared,
             cmd: cmd_tx,
@@ -577,6 +628,11 @@ impl TrunkEmulator {
     /// The SIP address (of our Contact).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The SIP-over-TLS address, with [`TrunkConfig::tls_server`].
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The address our `Record-Route` entries name (UDP): the "edge proxy" in-dialog requests
@@ -721,6 +777,19 @@ impl Task {
         }
     }
 
+    /// Our crypto line for a call, as [`TrunkConfig::srtp`] says (a key that differs per call).
+    fn srtp_params(&self, params: &mut MediaParams, index: usize) {
+        if self.cfg.srtp == TrunkSrtp::Off {
+            return;
+        }
+        let mut key = [0u8; 30];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = (self.addr.port() as usize * 31 + index * 131 + i * 17) as u8 ^ 0xa5;
+        }
+        params.crypto = Some(Crypto::new(1, "AES_CM_128_HMAC_SHA1_80", &key));
+        params.allow_plain_rtp = self.cfg.srtp == TrunkSrtp::Allowed;
+    }
+
     fn update(&self, index: usize, f: impl FnOnce(&mut TrunkCall)) {
         if let Ok(mut calls) = self.shared.calls.lock()
             && let Some(c) = calls.get_mut(index)
@@ -757,6 +826,10 @@ impl Task {
     /// place). `in_responses`: in our responses (termination, the gateway is the UAC) rather than in
     /// our INVITE (origination, the gateway is the UAS).
     fn record_route(&self, in_responses: bool) -> Vec<String> {
+        if self.cfg.tls_server.is_some() || self.cfg.tls_client.is_some() {
+            // Over TLS the "proxies" would route in-dialog requests over plain UDP: none.
+            return Vec::new();
+        }
         let edge = format!("<sip:{};lr;r2=on;hop=edge>", self.edge);
         let core = format!("<sip:{};lr;r2=on;hop=core>", self.addr);
         // Each proxy prepends its entry: the one nearest the UAS comes first.
@@ -796,7 +869,12 @@ impl Task {
 
     async fn on_event(&mut self, ev: UaEvent, now: Instant) {
         match ev {
-            UaEvent::IncomingCall { tx, request, .. } => self.on_invite(tx, request, now).await,
+            UaEvent::IncomingCall {
+                tx,
+                request,
+                transport,
+                ..
+            } => self.on_invite(tx, request, transport, now).await,
             UaEvent::CallCancelled { tx } => {
                 if let Some(cid) = self.by_tx.get(&tx)
                     && let Some(c) = self.calls.get(cid)
@@ -931,7 +1009,13 @@ impl Task {
         }
     }
 
-    async fn on_invite(&mut self, tx: TxId, request: Request, now: Instant) {
+    async fn on_invite(
+        &mut self,
+        tx: TxId,
+        request: Request,
+        transport: TransportKind,
+        now: Instant,
+    ) {
         let call_id = request.call_id().unwrap_or_default().to_owned();
         let index = match self.calls.get(&call_id) {
             Some(c) => c.index,
@@ -961,7 +1045,10 @@ impl Task {
                 idx
             }
         };
-        self.update(index, |c| c.invites += 1);
+        self.update(index, |c| {
+            c.invites += 1;
+            c.transport = Some(transport);
+        });
         self.by_tx.insert(tx, call_id.clone());
         // Twilio's first provisional.
         self.respond(tx, 100, Some("trying -- your call is important to us"), now);
@@ -1010,9 +1097,19 @@ impl Task {
         if self.cfg.prefer_pcma {
             params.codecs.reverse();
         }
+        self.srtp_params(&mut params, index);
+        let offered_srtp = offer
+            .as_ref()
+            .is_some_and(|o| o.media.iter().any(|m| m.is_srtp()));
+        self.update(index, |c| c.offered_srtp = offered_srtp);
         let answer = offer.as_ref().and_then(|o| sdp::answer(o, &params).ok());
         let Some(answer) = answer else {
             self.respond(tx, 488, None, now);
+            self.update(index, |c| {
+                c.final_status = Some(488);
+                c.ended_by = Some("rejected".into());
+                c.ended_at = Some(now);
+            });
             return;
         };
         if let Some(c) = self.calls.get_mut(&call_id) {
@@ -1042,6 +1139,7 @@ impl Task {
                     answer.negotiated.codec.pt,
                     self.shared.clone(),
                     index,
+                    srtp_keys(&answer.negotiated),
                 ));
                 early = Some(task.abort_handle());
             }
@@ -1170,6 +1268,11 @@ impl Task {
         };
         let law = G711::from_payload_type(n.codec.pt).unwrap_or(G711::Ulaw);
         let index = c.index;
+        let keys = srtp_keys(n);
+        // Re-offers and re-answers keep the line the offer/answer settled on.
+        if n.local_crypto.is_some() {
+            c.media_params.crypto = n.local_crypto.clone();
+        }
         let stop = Arc::new(Notify::new());
         c.media = Some(MediaTask { stop: stop.clone() });
         if let Some(after) = self.cfg.reinvite_after {
@@ -1197,20 +1300,37 @@ impl Task {
             rec.answered_at = Some(now);
             rec.law = Some(law);
             rec.dtmf_pt = n.dtmf_pt;
+            rec.srtp = keys.clone();
+            rec.media_addr = sock.local_addr().ok();
         }
         self.shared.changed.notify_waiters();
+        let play = self
+            .shared
+            .calls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(index).map(|r| r.request_uri.clone()))
+            .and_then(|uri| {
+                self.cfg
+                    .play_by_number
+                    .iter()
+                    .find(|(n, _)| uri.contains(n.as_str()))
+                    .map(|(_, p)| p.clone())
+            })
+            .unwrap_or_else(|| self.cfg.play.clone());
         let media = MediaPlayer {
             sock,
             dest: n.remote_rtp,
             law,
             codec_pt: n.codec.pt,
             dtmf_pt: n.dtmf_pt,
-            play: self.cfg.play.clone(),
+            play,
             play_loop: self.cfg.play_loop,
             delay: self.cfg.play_delay,
             shared: self.shared.clone(),
             index,
             record_sends: self.cfg.record_sends,
+            srtp: keys,
             dtmf: self.cfg.dtmf_every.map(|every| DtmfPlan {
                 every: every.max(Duration::from_millis(200)),
                 until: self.cfg.dtmf_until,
@@ -1227,8 +1347,17 @@ impl Task {
             Err(_) => return,
         };
         let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
-        let params = MediaParams::g711(self.addr.ip(), port, 7);
+        let mut params = MediaParams::g711(self.addr.ip(), port, 7);
+        if self.cfg.srtp == TrunkSrtp::Required {
+            let n = self.shared.calls.lock().map(|c| c.len()).unwrap_or(0);
+            self.srtp_params(&mut params, n);
+        }
         let offer = sdp::build_offer(&params);
+        let transport = if self.cfg.tls_client.is_some() {
+            TransportKind::Tls
+        } else {
+            TransportKind::Udp
+        };
         let host = format!("{}:{}", o.gateway.ip(), o.gateway.port());
         let (Ok(target), Ok(from)) = (
             Uri::parse(&format!("sip:{}@{host}", o.to)),
@@ -1241,7 +1370,7 @@ impl Task {
             to: None,
             from: NameAddr::new(from),
             destination: o.gateway,
-            transport: TransportKind::Udp,
+            transport,
             body: Some(("application/sdp".into(), Bytes::from(offer.to_string()))),
             credentials: None,
             session_expires: None,
@@ -1283,6 +1412,8 @@ impl Task {
             contact: self.contact.clone(),
             record_route: self.record_route(false),
             invites: 1,
+            offered_srtp: params.crypto.is_some(),
+            transport: Some(transport),
             ..TrunkCall::default()
         });
         self.calls.insert(
@@ -1356,6 +1487,29 @@ async fn tap(
     }
 }
 
+/// The SRTP keys (ours, theirs) an offer/answer agreed.
+fn srtp_keys(n: &sdp::Negotiated) -> Option<(SdesKey, SdesKey)> {
+    let l = SdesKey::parse(&n.local_crypto.as_ref()?.to_string()).ok()?;
+    let r = SdesKey::parse(&n.remote_crypto.as_ref()?.to_string()).ok()?;
+    Some((l, r))
+}
+
+/// Sends one RTP packet, SRTP-protected when `srtp` is set; true when it left.
+async fn send_rtp(
+    sock: &UdpSocket,
+    srtp: &mut Option<SrtpSession>,
+    packet: &[u8],
+    dest: SocketAddr,
+) -> bool {
+    match srtp {
+        Some(s) => match s.protect_rtp(packet) {
+            Ok(p) => sock.send_to(&p, dest).await.is_ok(),
+            Err(_) => false,
+        },
+        None => sock.send_to(packet, dest).await.is_ok(),
+    }
+}
+
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -1380,7 +1534,9 @@ async fn early_media(
     pt: u8,
     shared: Arc<Shared>,
     index: usize,
+    keys: Option<(SdesKey, SdesKey)>,
 ) {
+    let mut srtp = keys.and_then(|(l, r)| SrtpSession::new(&l, &r).ok());
     let mut out = vec![0u8; 1500];
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let ssrc = 0x5eed_0183u32 ^ index as u32;
@@ -1402,7 +1558,7 @@ async fn early_media(
             ssrc,
         };
         if let Ok(len) = write_rtp(&h, &payload, &mut out)
-            && sock.send_to(&out[..len], dest).await.is_ok()
+            && send_rtp(&sock, &mut srtp, &out[..len], dest).await
             && let Ok(mut calls) = shared.calls.lock()
             && let Some(c) = calls.get_mut(index)
         {
@@ -1423,6 +1579,7 @@ struct MediaPlayer {
     shared: Arc<Shared>,
     index: usize,
     record_sends: bool,
+    srtp: Option<(SdesKey, SdesKey)>,
     dtmf: Option<DtmfPlan>,
 }
 
@@ -1465,11 +1622,38 @@ impl MediaPlayer {
         let rx_sock = self.sock.clone();
         let shared = self.shared.clone();
         let index = self.index;
+        let mut rx_srtp = self
+            .srtp
+            .as_ref()
+            .and_then(|(l, r)| SrtpSession::new(l, r).ok());
+        let mut srtp = self
+            .srtp
+            .as_ref()
+            .and_then(|(l, r)| SrtpSession::new(l, r).ok());
         let receiver = tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             let _ = enable_rx_timestamps(&rx_sock);
             while let Ok((n, at, kernel_at)) = recv_stamped(&rx_sock, &mut buf).await {
-                let Ok(p) = parse_rtp(&buf[..n]) else {
+                let plain;
+                let data: &[u8] = match rx_srtp.as_mut() {
+                    // RTCP (SRTCP) shares nothing with this port: RTP only here.
+                    Some(s) => match s.unprotect_rtp(&buf[..n]) {
+                        Ok(p) => {
+                            plain = p;
+                            &plain
+                        }
+                        Err(_) => {
+                            if let Ok(mut calls) = shared.calls.lock()
+                                && let Some(c) = calls.get_mut(index)
+                            {
+                                c.srtp_failures += 1;
+                            }
+                            continue;
+                        }
+                    },
+                    None => &buf[..n],
+                };
+                let Ok(p) = parse_rtp(data) else {
                     continue;
                 };
                 let pkt = RxPacket {
@@ -1548,7 +1732,7 @@ impl MediaPlayer {
                                 };
                                 seq = seq.wrapping_add(1);
                                 if let Ok(n) = write_rtp(&h, &ev.payload, &mut out) {
-                                    let _ = self.sock.send_to(&out[..n], dest).await;
+                                    send_rtp(&self.sock, &mut srtp, &out[..n], dest).await;
                                 }
                             }
                             if d.is_done() {
@@ -1578,7 +1762,7 @@ impl MediaPlayer {
                     };
                     seq = seq.wrapping_add(1);
                     if let Ok(n) = write_rtp(&h, &payload, &mut out) {
-                        let _ = self.sock.send_to(&out[..n], dest).await;
+                        send_rtp(&self.sock, &mut srtp, &out[..n], dest).await;
                         let sent = Instant::now();
                         if let Ok(mut calls) = self.shared.calls.lock()
                             && let Some(c) = calls.get_mut(self.index)
@@ -1609,7 +1793,7 @@ impl MediaPlayer {
                         };
                         seq = seq.wrapping_add(1);
                         if let Ok(n) = write_rtp(&h, &silence, &mut out) {
-                            let _ = self.sock.send_to(&out[..n], dest).await;
+                            send_rtp(&self.sock, &mut srtp, &out[..n], dest).await;
                         }
                         t += Duration::from_millis(20);
                         ts = ts.wrapping_add(160);

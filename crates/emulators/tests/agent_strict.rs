@@ -330,3 +330,41 @@ async fn the_agent_client_commits_no_violation() {
         assert!(rec.violations.is_empty(), "{input}: {:#?}", rec.violations);
     }
 }
+
+/// A browser's `@elevenlabs/client` asks for the `convai` subprotocol (and `bearer.<token>` with
+/// an authorization); the server selects `convai` (a browser fails a handshake that selects
+/// none), and records it with the page's `Origin`.
+#[tokio::test]
+async fn the_convai_subprotocol_of_browser_clients_is_selected() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let emu = start(quiet()).await;
+    let url = format!(
+        "{}/v1/convai/conversation?agent_id=a&source=js_sdk&version=1.25.0",
+        emu.ws_base_url()
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "convai, bearer.abc".parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("Origin", "http://127.0.0.1:8080".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("convai")
+    );
+    ws.send(Message::text(INIT)).await.unwrap();
+    ws.close(None).await.unwrap();
+    let rec = finished(&emu).await;
+    assert_eq!(rec.subprotocol.as_deref(), Some("convai"));
+    assert_eq!(rec.origin.as_deref(), Some("http://127.0.0.1:8080"));
+    assert!(rec.violations.is_empty(), "{:?}", rec.violations);
+    // A server client (no subprotocol asked) gets none.
+    let mut plain = raw(&emu).await;
+    plain.close(None).await.unwrap();
+    let recs = emu.wait_finished(2, T).await;
+    assert_eq!(recs[1].subprotocol, None);
+}

@@ -55,6 +55,9 @@ pub struct OutboundRequest {
     pub first_message: Option<String>,
     /// Who asked.
     pub client: Client,
+    /// The cluster-wide admission this call holds (`cluster.enabled`): released when the call
+    /// ends or is not placed.
+    pub cluster_lease: Option<String>,
 }
 
 /// A call that was placed.
@@ -77,7 +80,14 @@ pub enum PlaceError {
     /// Something failed before the INVITE left.
     #[error("{0}")]
     Failed(String),
+    /// `agent.connect_at = "trigger"`: the agent conversation could not be started within
+    /// `agent.connect_timeout_secs`, so no call was placed (504, stable message).
+    #[error("{}", AGENT_UNAVAILABLE)]
+    AgentUnavailable,
 }
+
+/// The stable error of a trigger whose agent could not be reached (`connect_at = "trigger"`).
+pub const AGENT_UNAVAILABLE: &str = "Agent unavailable: the call was not placed";
 
 /// Filters for `GET /api/calls`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -117,6 +127,10 @@ pub trait CallService: Send + Sync + 'static {
     /// The per-call status hub; without one, answers carry no `status_token` and the event
     /// stream refuses every token.
     fn events(&self) -> Option<Arc<CallEvents>> {
+        None
+    }
+    /// The cluster membership (`cluster.enabled`): global limits, calls on other nodes.
+    fn cluster(&self) -> Option<Arc<crate::cluster::Cluster>> {
         None
     }
 }
@@ -503,16 +517,34 @@ async fn trigger(
             }
         }
     };
+    // The cluster-wide limits (PostgreSQL), after every local check passed: the local ones
+    // count this node's share only, so they never refuse what the cluster would admit.
+    let cluster_lease = match state.calls.cluster() {
+        None => None,
+        Some(c) => match c.admit_outbound(&client, peer.ip(), &dest, day_now()).await {
+            Ok(lease) => Some(lease),
+            Err(crate::cluster::AdmitError::Refused(r)) => return Err(refusal(state, &r, origin)),
+            Err(crate::cluster::AdmitError::Db(_)) => {
+                state.calls.refused("cluster_db_error");
+                return Err(with_cors(
+                    error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
+                    origin,
+                ));
+            }
+        },
+    };
     let req = OutboundRequest {
         to: dest,
         dynamic_variables,
         first_message,
         client,
+        cluster_lease,
     };
     state.calls.place(req).await.map_err(|e| {
         let status = match e {
             PlaceError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             PlaceError::Failed(_) => StatusCode::BAD_GATEWAY,
+            PlaceError::AgentUnavailable => StatusCode::GATEWAY_TIMEOUT,
         };
         with_cors(error(status, &e.to_string()), origin)
     })
@@ -558,6 +590,7 @@ async fn outbound(
                     "success": true,
                     "conversation_id": p.conversation_id,
                     "call_sid": p.call_sid,
+                    "sip_call_id": p.sip_call_id,
                 }),
             ))
             .into_response(),
@@ -694,14 +727,16 @@ const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 fn sse_event(n: u64, e: &StatusEvent) -> Event {
     Event::default()
-        .event("status")
+        .event(if e.ids_only { "conversation" } else { "status" })
         .id(n.to_string())
         .data(serde_json::to_string(e).unwrap_or_default())
 }
 
 /// `GET /api/calls/{call_sid}/events?token=…`: the call's current status, then each change, as
 /// Server-Sent Events (`event: status`, `data: {"call_sid","status","conversation_id",
-/// "sip_call_id","at"}`); the stream ends after the final status. A missing, malformed, expired
+/// "sip_call_id","at"}`, one per status; `event: conversation` with the same data, once, when
+/// the agent's conversation id becomes known within a status); the stream ends after the final
+/// status. A missing, malformed, expired
 /// or foreign token, or a call that ended longer ago than the grace period: 401
 /// `Invalid or expired status token`. Browser origins as for the trigger.
 async fn call_events(
@@ -815,10 +850,49 @@ async fn hangup_call(
     if let Err(r) = require_token(&state, &headers) {
         return r;
     }
-    if state.calls.hangup(call_sid).await {
-        axum::Json(json!({"success": true})).into_response()
-    } else {
-        error(StatusCode::NOT_FOUND, "Call not found or already ended")
+    if state.calls.hangup(call_sid.clone()).await {
+        return axum::Json(json!({"success": true})).into_response();
+    }
+    // In a cluster, the call may be another node's: forward the hang-up to it once, with the
+    // same bearer token (every node has the same tokens).
+    if let Some(c) = state.calls.cluster()
+        && !headers.contains_key(FORWARDED)
+        && let Some(owner) = c.owner(&call_sid).await
+    {
+        return forward_hangup(&c, &owner, &call_sid, &headers).await;
+    }
+    error(StatusCode::NOT_FOUND, "Call not found or already ended")
+}
+
+/// The header a forwarded hang-up carries (the forwarding node's id): never forwarded again.
+pub const FORWARDED: &str = "x-trunkline-forwarded-by";
+
+async fn forward_hangup(
+    cluster: &crate::cluster::Cluster,
+    owner: &crate::cluster::Owner,
+    call_sid: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match cluster
+        .forward_hangup(owner, call_sid, auth, FORWARDED)
+        .await
+    {
+        Ok((status, body)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(node = %owner.node, call_sid, error = %e, "forwarding a hang-up failed");
+            error(StatusCode::BAD_GATEWAY, "Owning node unreachable")
+        }
     }
 }
 

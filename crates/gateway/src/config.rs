@@ -107,6 +107,9 @@ pub enum ConnectAt {
     Answer,
     /// At the first 18x (the agent's audio is held until answer).
     Ringing,
+    /// When the call is placed, before the INVITE: the trigger's answer carries the real
+    /// `conversation_id` (the agent's audio is held until answer).
+    Trigger,
 }
 
 impl ConnectAt {
@@ -115,6 +118,27 @@ impl ConnectAt {
         match self {
             ConnectAt::Answer => "answer",
             ConnectAt::Ringing => "ringing",
+            ConnectAt::Trigger => "trigger",
+        }
+    }
+
+    /// What the mode costs and when the conversation id is known (for `check-config`).
+    pub fn explain(self) -> &'static str {
+        match self {
+            ConnectAt::Answer => {
+                "the conversation starts at the answer: no agent time while it rings; the \
+                 trigger's answer has conversation_id null (known after the answer)"
+            }
+            ConnectAt::Ringing => {
+                "the conversation starts at the first ring, its audio held until the answer: \
+                 agent time billed while it rings; conversation_id known while it rings"
+            }
+            ConnectAt::Trigger => {
+                "the conversation starts before the INVITE, its audio held until the answer: \
+                 agent time billed from the trigger on, unanswered calls included; the trigger's \
+                 answer carries conversation_id and sip_call_id (no agent in time: 504, nothing \
+                 dialled)"
+            }
         }
     }
 }
@@ -230,6 +254,52 @@ pub struct TrunkSection {
     pub codecs: Vec<CodecName>,
     /// Offer/accept RFC 4733 telephone-event on this payload type.
     pub dtmf_payload_type: u8,
+
+    // ---- RFC 3263 resolution, failover, inbound digest authentication ----------------------
+    /// DNS servers (`ip:port`) for the termination host's NAPTR/SRV/A/AAAA lookups; empty: the
+    /// system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+    /// How long one trunk address may stay silent (not even 100 Trying) before the INVITE goes
+    /// to the next one, in milliseconds. All attempts end within `ring_timeout_secs`.
+    pub failover_timeout_ms: u64,
+    /// Challenge inbound INVITEs with digest authentication (401, RFC 3261 §22.4, RFC 8760) and
+    /// accept only `inbound_auth_username` with the password in `TRUNKLINE_INBOUND_PASSWORD`.
+    pub inbound_auth: bool,
+    /// The user name the trunk authenticates with.
+    pub inbound_auth_username: Option<String>,
+    /// The realm of our challenges.
+    pub inbound_auth_realm: String,
+    /// Digest algorithms challenged with, in order of preference: `SHA-256`, `MD5`.
+    pub inbound_auth_algorithms: Vec<String>,
+    /// SDES-SRTP (RFC 4568) on the trunk: `disabled`, `allowed` or `required`.
+    pub media_encryption: MediaEncryption,
+    /// PEM CA certificate(s) the trunk's TLS certificate must chain to (`transport = "tls"`);
+    /// unset: the webpki (Mozilla) roots.
+    pub tls_ca_file: Option<String>,
+}
+
+/// Media encryption on the trunk (`trunk.media_encryption`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaEncryption {
+    /// Plain RTP only: offer RTP/AVP; an inbound offer with only RTP/SAVP gets 488.
+    #[default]
+    Disabled,
+    /// Offer SRTP, fall back to plain RTP (a second INVITE after 488); accept either inbound.
+    Allowed,
+    /// SRTP only: offer RTP/SAVP; an inbound RTP/AVP offer gets 488.
+    Required,
+}
+
+impl MediaEncryption {
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaEncryption::Disabled => "disabled",
+            MediaEncryption::Allowed => "allowed",
+            MediaEncryption::Required => "required",
+        }
+    }
 }
 
 /// Twilio's documented signalling ranges (TWILIO.md item 22).
@@ -256,6 +326,14 @@ impl Default for TrunkSection {
             inbound_allowed_sources: TWILIO_SIGNALLING.iter().map(|s| s.to_string()).collect(),
             codecs: vec![CodecName::Pcmu, CodecName::Pcma],
             dtmf_payload_type: 101,
+            media_encryption: MediaEncryption::Disabled,
+            tls_ca_file: None,
+            dns_servers: Vec::new(),
+            failover_timeout_ms: 4000,
+            inbound_auth: false,
+            inbound_auth_username: None,
+            inbound_auth_realm: "trunkline".into(),
+            inbound_auth_algorithms: vec!["SHA-256".into(), "MD5".into()],
         }
     }
 }
@@ -308,7 +386,7 @@ pub struct AgentSection {
     pub base_url: String,
     /// The agent id.
     pub agent_id: String,
-    /// `answer` (default) or `ringing`: when outbound calls connect to the agent.
+    /// `answer` (default), `ringing` or `trigger`: when outbound calls connect to the agent.
     pub connect_at: ConnectAt,
     /// Seconds allowed to reach the agent.
     pub connect_timeout_secs: u64,
@@ -492,6 +570,184 @@ impl Default for RecordsSection {
     }
 }
 
+/// Several gateways as one (`[cluster]`, over a PostgreSQL `records.database_url`): global
+/// trigger limits, calls found and hung up through any node. The node id is `records.node_id`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Make concurrency, CPS, per-destination daily caps and per-client rates cluster-wide.
+    pub enabled: bool,
+    /// How often this node writes its heartbeat; a node silent for three intervals is dead
+    /// (its calls stop counting).
+    pub heartbeat_secs: u64,
+    /// This node's HTTP API as the other nodes reach it (`http://10.0.0.5:8080`), for forwarded
+    /// hang-ups; empty = `http://` + `http.listen` (then not a wildcard address).
+    pub internal_url: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            enabled: false,
+            heartbeat_secs: 2,
+            internal_url: String::new(),
+        }
+    }
+}
+
+/// `amd.mode`: answering-machine detection on outbound calls.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AmdModeName {
+    /// No detection.
+    Off,
+    /// The agent speaks at once; the verdict is sent to it mid-call (`contextual_update`).
+    Detect,
+    /// The agent is connected when the verdict is in (at most `max_hold_ms` after answer).
+    Hold,
+}
+
+/// `amd.on_machine`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMachineName {
+    /// BYE at once (end cause `machine`).
+    Hangup,
+    /// After the beep, the agent says `amd.message`, then the call ends.
+    LeaveMessage,
+    /// Carry on as with a person.
+    Connect,
+}
+
+/// Answering-machine detection (`[amd]`), outbound calls only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmdSection {
+    /// `off`, `detect` or `hold`.
+    pub mode: AmdModeName,
+    /// `hangup`, `leave_message` or `connect`.
+    pub on_machine: OnMachineName,
+    /// `leave_message`: the agent's first message after the beep (`{{variables}}` allowed).
+    pub message: String,
+    /// `hold`: connect the agent (as `unknown`) at the latest this long after answer.
+    pub max_hold_ms: u64,
+    /// No speech this long after answer: `unknown`.
+    pub initial_silence_ms: u64,
+    /// An utterance this long is a greeting: `machine`.
+    pub greeting_ms: u64,
+    /// Quiet this long after a short utterance: `human`.
+    pub after_greeting_silence_ms: u64,
+    /// No verdict after this long: `unknown`.
+    pub total_analysis_time_ms: u64,
+    /// Shortest voice run counted as a word.
+    pub min_word_length_ms: u64,
+    /// Shortest pause between two words.
+    pub between_words_silence_ms: u64,
+    /// This many words: `machine`.
+    pub max_words: u32,
+    /// Energy below this is never speech (dBFS).
+    pub silence_threshold_dbfs: f32,
+    /// Shortest voicemail beep.
+    pub beep_min_ms: u64,
+    /// After `machine`: quiet this long ends the greeting when no beep came.
+    pub greeting_end_silence_ms: u64,
+    /// After `machine`: stop waiting for a beep this long after the verdict.
+    pub max_beep_wait_ms: u64,
+}
+
+impl Default for AmdSection {
+    fn default() -> Self {
+        let d = trunkline_call::amd::AmdConfig::default();
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        AmdSection {
+            mode: AmdModeName::Off,
+            on_machine: OnMachineName::Hangup,
+            message: String::new(),
+            max_hold_ms: 3000,
+            initial_silence_ms: ms(d.initial_silence),
+            greeting_ms: ms(d.greeting),
+            after_greeting_silence_ms: ms(d.after_greeting_silence),
+            total_analysis_time_ms: ms(d.total_analysis_time),
+            min_word_length_ms: ms(d.min_word_length),
+            between_words_silence_ms: ms(d.between_words_silence),
+            max_words: d.max_words,
+            silence_threshold_dbfs: d.silence_threshold_dbfs,
+            beep_min_ms: ms(d.beep_min),
+            greeting_end_silence_ms: ms(d.greeting_end_silence),
+            max_beep_wait_ms: ms(d.max_beep_wait),
+        }
+    }
+}
+
+impl AmdSection {
+    /// What is wrong with these settings (empty: nothing).
+    pub fn problems(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        for (key, v, lo, hi) in [
+            ("amd.max_hold_ms", self.max_hold_ms, 100, 30_000),
+            (
+                "amd.initial_silence_ms",
+                self.initial_silence_ms,
+                100,
+                30_000,
+            ),
+            ("amd.greeting_ms", self.greeting_ms, 100, 30_000),
+            (
+                "amd.after_greeting_silence_ms",
+                self.after_greeting_silence_ms,
+                100,
+                10_000,
+            ),
+            (
+                "amd.total_analysis_time_ms",
+                self.total_analysis_time_ms,
+                500,
+                60_000,
+            ),
+            ("amd.min_word_length_ms", self.min_word_length_ms, 20, 5_000),
+            (
+                "amd.between_words_silence_ms",
+                self.between_words_silence_ms,
+                20,
+                5_000,
+            ),
+            ("amd.beep_min_ms", self.beep_min_ms, 40, 5_000),
+            (
+                "amd.greeting_end_silence_ms",
+                self.greeting_end_silence_ms,
+                200,
+                30_000,
+            ),
+            (
+                "amd.max_beep_wait_ms",
+                self.max_beep_wait_ms,
+                1_000,
+                120_000,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                errs.push(format!("{key} must be {lo}–{hi} (is {v})"));
+            }
+        }
+        if self.max_words == 0 {
+            errs.push("amd.max_words must be at least 1".into());
+        }
+        if !(-90.0..=-10.0).contains(&self.silence_threshold_dbfs) {
+            errs.push("amd.silence_threshold_dbfs must be -90 to -10".into());
+        }
+        if self.mode != AmdModeName::Off
+            && self.on_machine == OnMachineName::LeaveMessage
+            && self.message.trim().is_empty()
+        {
+            errs.push("amd.on_machine = \"leave_message\" needs amd.message".into());
+        }
+        if self.message.chars().count() > 2000 {
+            errs.push("amd.message is longer than 2000 characters".into());
+        }
+        errs
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -529,8 +785,12 @@ pub struct Config {
     pub policy: PolicySection,
     /// `[records]`
     pub records: RecordsSection,
+    /// `[cluster]`
+    pub cluster: ClusterSection,
     /// `[log]`
     pub log: LogSection,
+    /// `[amd]`
+    pub amd: AmdSection,
 }
 
 /// Secrets, from the environment only.
@@ -540,6 +800,8 @@ pub struct Secrets {
     pub elevenlabs_api_key: Option<String>,
     /// `TRUNKLINE_TRUNK_PASSWORD`.
     pub trunk_password: Option<String>,
+    /// `TRUNKLINE_INBOUND_PASSWORD`: what the trunk must authenticate with (`trunk.inbound_auth`).
+    pub inbound_password: Option<String>,
     /// `TRUNKLINE_API_TOKEN`: `name:token` pairs, comma-separated (a bare token is named
     /// `default`).
     pub api_tokens: Vec<(String, String)>,
@@ -560,6 +822,10 @@ impl std::fmt::Debug for Secrets {
             .field(
                 "trunk_password",
                 &self.trunk_password.as_ref().map(|_| "***"),
+            )
+            .field(
+                "inbound_password",
+                &self.inbound_password.as_ref().map(|_| "***"),
             )
             .field(
                 "api_tokens",
@@ -586,6 +852,7 @@ impl Secrets {
         Ok(Secrets {
             elevenlabs_api_key: non_empty("ELEVENLABS_API_KEY"),
             trunk_password: non_empty("TRUNKLINE_TRUNK_PASSWORD"),
+            inbound_password: non_empty("TRUNKLINE_INBOUND_PASSWORD"),
             api_tokens,
             webhook_secret: non_empty("TRUNKLINE_WEBHOOK_SECRET"),
             status_key: non_empty("TRUNKLINE_STATUS_KEY"),
@@ -696,6 +963,9 @@ impl Config {
         {
             errs.push("sip.transports has tls but sip.tls_cert / sip.tls_key are not set".into());
         }
+        if self.trunk.tls_ca_file.is_some() && self.trunk.transport != SipTransport::Tls {
+            errs.push("trunk.tls_ca_file is set but trunk.transport is not \"tls\"".into());
+        }
         if !self.trunk.termination_uri.starts_with("sip:")
             && !self.trunk.termination_uri.starts_with("sips:")
         {
@@ -706,6 +976,33 @@ impl Config {
                 "trunk.caller_id {:?} is not E.164 (+ and 8–15 digits)",
                 self.trunk.caller_id
             ));
+        }
+        if !(100..=32_000).contains(&self.trunk.failover_timeout_ms) {
+            errs.push(
+                "trunk.failover_timeout_ms must be 100–32000 (Timer B ends an attempt at 32 s anyway)"
+                    .into(),
+            );
+        }
+        if self.trunk.inbound_auth
+            && self
+                .trunk
+                .inbound_auth_username
+                .as_deref()
+                .is_none_or(|u| u.trim().is_empty())
+        {
+            errs.push("trunk.inbound_auth needs trunk.inbound_auth_username".into());
+        }
+        if self.trunk.inbound_auth_algorithms.is_empty()
+            || self
+                .trunk
+                .inbound_auth_algorithms
+                .iter()
+                .any(|a| !matches!(a.to_ascii_uppercase().as_str(), "SHA-256" | "MD5"))
+        {
+            errs.push("trunk.inbound_auth_algorithms must list \"SHA-256\" and/or \"MD5\"".into());
+        }
+        if self.trunk.inbound_auth_realm.is_empty() || self.trunk.inbound_auth_realm.contains('"') {
+            errs.push("trunk.inbound_auth_realm must be non-empty, without quotes".into());
         }
         if self.trunk.codecs.is_empty() {
             errs.push("trunk.codecs is empty".into());
@@ -725,6 +1022,14 @@ impl Config {
         if !(self.agent.base_url.starts_with("wss://") || self.agent.base_url.starts_with("ws://"))
         {
             errs.push("agent.base_url must start with wss:// or ws://".into());
+        }
+        if self.agent.connect_at == ConnectAt::Trigger
+            && self.agent.connect_timeout_secs + 1 >= self.http.request_timeout_secs
+        {
+            errs.push(format!(
+                "agent.connect_at = \"trigger\": the trigger's answer waits up to                  agent.connect_timeout_secs ({} s) for the agent, so http.request_timeout_secs                  ({} s) must be at least 2 s longer",
+                self.agent.connect_timeout_secs, self.http.request_timeout_secs
+            ));
         }
         if !(20..=100).contains(&self.agent.uplink_chunk_ms) {
             errs.push("agent.uplink_chunk_ms must be 20–100".into());
@@ -792,6 +1097,33 @@ impl Config {
         if self.records.node_id.trim().is_empty() {
             errs.push("records.node_id must not be empty".into());
         }
+        if self.cluster.enabled {
+            let url = &self.records.database_url;
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                errs.push(
+                    "cluster.enabled needs a shared PostgreSQL records.database_url \
+                     (postgres://…): SQLite is one node's file"
+                        .into(),
+                );
+            }
+            if !(1..=60).contains(&self.cluster.heartbeat_secs) {
+                errs.push("cluster.heartbeat_secs must be 1–60".into());
+            }
+            let internal = self.cluster.internal_url.trim();
+            if internal.is_empty() && self.http.listen.ip().is_unspecified() {
+                errs.push(
+                    "cluster.internal_url is empty and http.listen is a wildcard address: \
+                     set the URL the other nodes reach this node's HTTP API at"
+                        .into(),
+                );
+            }
+            if !internal.is_empty()
+                && !internal.starts_with("http://")
+                && !internal.starts_with("https://")
+            {
+                errs.push("cluster.internal_url must be an http:// or https:// URL".into());
+            }
+        }
         if self.policy.max_concurrent_calls == 0 {
             errs.push("policy.max_concurrent_calls must be at least 1".into());
         }
@@ -821,6 +1153,7 @@ impl Config {
                 errs.push(format!("{key} must be at least 1"));
             }
         }
+        errs.extend(self.amd.problems());
         if errs.is_empty() {
             Ok(())
         } else {
@@ -863,6 +1196,81 @@ impl Config {
         );
         let _ = writeln!(
             w,
+            "Media encryption ({}): {}",
+            self.trunk.media_encryption.as_str(),
+            match self.trunk.media_encryption {
+                MediaEncryption::Disabled =>
+                    "plain RTP; outbound offers RTP/AVP, an inbound offer with only RTP/SAVP gets 488",
+                MediaEncryption::Allowed =>
+                    "SDES-SRTP offered (RTP/SAVP, AES_CM_128_HMAC_SHA1_80/_32), plain RTP re-offered if the trunk answers 488; inbound SRTP or plain RTP accepted",
+                MediaEncryption::Required =>
+                    "SDES-SRTP only (RTP/SAVP, AES_CM_128_HMAC_SHA1_80/_32; Twilio Secure Trunking); an inbound RTP/AVP offer gets 488",
+            }
+        );
+        if self.trunk.media_encryption != MediaEncryption::Disabled
+            && self.trunk.transport != SipTransport::Tls
+        {
+            let _ = writeln!(
+                w,
+                "  warning: SRTP keys travel in the SDP; with trunk.transport = {:?} anyone on the path can read them (use \"tls\")",
+                self.trunk.transport.as_str()
+            );
+        }
+        if self.trunk.transport == SipTransport::Tls {
+            let _ = writeln!(
+                w,
+                "Trunk TLS: server name {}, trusting {}",
+                self.trunk
+                    .termination_uri
+                    .trim_start_matches("sips:")
+                    .trim_start_matches("sip:")
+                    .split([';', ':', '?'])
+                    .next()
+                    .unwrap_or_default(),
+                self.trunk
+                    .tls_ca_file
+                    .as_deref()
+                    .map(|f| format!("the CA in {f}"))
+                    .unwrap_or_else(|| "the webpki (Mozilla) roots".into())
+            );
+        }
+        let _ = writeln!(
+            w,
+            "Trunk addresses: {}; failover to the next address after {} ms of silence, a 503, \
+             or a transport error, all attempts within {} s",
+            match &self.trunk.outbound_proxy {
+                Some(p) => format!("the outbound proxy {p}"),
+                None if self.trunk.dns_servers.is_empty() => {
+                    "RFC 3263 (NAPTR, SRV, A/AAAA) via the system resolver, per call".into()
+                }
+                None => format!(
+                    "RFC 3263 (NAPTR, SRV, A/AAAA) via {}, per call",
+                    self.trunk
+                        .dns_servers
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+            self.trunk.failover_timeout_ms,
+            self.trunk.ring_timeout_secs
+        );
+        if self.trunk.inbound_auth {
+            let _ = writeln!(
+                w,
+                "Inbound digest authentication: on (user {}, realm {}){}",
+                self.trunk.inbound_auth_username.as_deref().unwrap_or("?"),
+                self.trunk.inbound_auth_realm,
+                if secrets.inbound_password.is_some() {
+                    ""
+                } else {
+                    " — TRUNKLINE_INBOUND_PASSWORD not set: the gateway will not start"
+                }
+            );
+        }
+        let _ = writeln!(
+            w,
             "Inbound: INVITEs accepted from {} source range(s): {}",
             self.trunk.inbound_allowed_sources.len(),
             self.trunk.inbound_allowed_sources.join(", ")
@@ -902,6 +1310,12 @@ impl Config {
             },
             self.agent.connect_at.as_str(),
             self.agent.uplink_chunk_ms
+        );
+        let _ = writeln!(
+            w,
+            "  connect_at = {:?}: {}",
+            self.agent.connect_at.as_str(),
+            self.agent.connect_at.explain()
         );
         let _ = writeln!(
             w,
@@ -953,6 +1367,45 @@ who reaches {} may call any number not denied, at your expense \
             );
         }
         let _ = writeln!(w, "Records: {}", self.records.database_url);
+        if self.cluster.enabled {
+            let _ = writeln!(
+                w,
+                "Cluster: node {:?}; the limits above are for all nodes together (PostgreSQL); \
+heartbeat every {} s, a node silent {} s is dead; hang-ups for this node's calls reach it at {}",
+                self.records.node_id,
+                self.cluster.heartbeat_secs,
+                self.cluster.heartbeat_secs * 3,
+                if self.cluster.internal_url.is_empty() {
+                    format!("http://{}", self.http.listen)
+                } else {
+                    self.cluster.internal_url.clone()
+                }
+            );
+        }
+        let amd = &self.amd;
+        let _ = match amd.mode {
+            AmdModeName::Off => writeln!(w, "Answering-machine detection: off"),
+            mode => writeln!(
+                w,
+                "Answering-machine detection: {} on outbound calls ({}), on a machine: {}",
+                match mode {
+                    AmdModeName::Hold => "the agent waits for the verdict",
+                    _ => "the agent speaks at once and is told the verdict",
+                },
+                match mode {
+                    AmdModeName::Hold => format!("at most {} ms after answer", amd.max_hold_ms),
+                    _ => format!("verdict within {} ms", amd.total_analysis_time_ms),
+                },
+                match amd.on_machine {
+                    OnMachineName::Hangup => "hang up".to_string(),
+                    OnMachineName::Connect => "connect the agent anyway".to_string(),
+                    OnMachineName::LeaveMessage => format!(
+                        "leave a message after the beep ({} characters), then hang up",
+                        amd.message.chars().count()
+                    ),
+                }
+            ),
+        };
         s
     }
 }
@@ -979,6 +1432,30 @@ mod tests {
     use super::*;
 
     const SHIPPED: &str = include_str!("../../../config/trunkline.toml");
+
+    #[test]
+    fn cluster_needs_postgres_a_sane_heartbeat_and_a_reachable_url() {
+        let mut c = Config::default();
+        c.cluster.enabled = true;
+        let e = c.validate().expect_err("sqlite").to_string();
+        assert!(e.contains("needs a shared PostgreSQL"), "{e}");
+        c.records.database_url = "postgres://u@db/trunkline".into();
+        c.http.listen = "0.0.0.0:8080".parse().expect("addr");
+        let e = c.validate().expect_err("wildcard").to_string();
+        assert!(e.contains("cluster.internal_url is empty"), "{e}");
+        c.cluster.internal_url = "http://10.0.0.5:8080".into();
+        c.cluster.heartbeat_secs = 0;
+        let e = c.validate().expect_err("heartbeat").to_string();
+        assert!(e.contains("cluster.heartbeat_secs"), "{e}");
+        c.cluster.heartbeat_secs = 2;
+        c.validate().expect("valid cluster config");
+        assert!(
+            c.explain(&Secrets::default())
+                .contains("the limits above are for all nodes together")
+        );
+        c.cluster.internal_url = "10.0.0.5:8080".into();
+        assert!(c.validate().is_err(), "a URL, with its scheme");
+    }
 
     #[test]
     fn shipped_config_parses_validates_and_documents_every_key() {
@@ -1052,6 +1529,27 @@ mod tests {
                 && err.contains("send_delay_ms"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn connect_at_trigger_needs_a_request_timeout_longer_than_the_agent_connect() {
+        let ok = "[agent]\nconnect_at = \"trigger\"\nconnect_timeout_secs = 10\n";
+        let cfg = Config::from_toml_and_env(ok, []).expect("parses");
+        assert_eq!(cfg.agent.connect_at, ConnectAt::Trigger);
+        cfg.validate().expect("10 s agent, 30 s request");
+        let bad = "[agent]\nconnect_at = \"trigger\"\nconnect_timeout_secs = 29\n";
+        let err = Config::from_toml_and_env(bad, [])
+            .expect("parses")
+            .validate()
+            .expect_err("29 s agent, 30 s request");
+        assert!(
+            err.to_string().contains("http.request_timeout_secs"),
+            "{err}"
+        );
+        // Other modes do not wait for the agent in the request.
+        let ringing = "[agent]\nconnect_at = \"ringing\"\nconnect_timeout_secs = 29\n";
+        let cfg = Config::from_toml_and_env(ringing, []).expect("parses");
+        cfg.validate().expect("ringing");
     }
 
     #[test]
@@ -1187,5 +1685,86 @@ mod tests {
                 .api_tokens
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn trunk_dns_failover_and_inbound_auth_keys_are_checked_and_explained() {
+        let base = "[policy]\nrequire_token = true\n";
+        for bad in [
+            "[trunk]\nfailover_timeout_ms = 50\n",
+            "[trunk]\nfailover_timeout_ms = 40000\n",
+            "[trunk]\ninbound_auth = true\n",
+            "[trunk]\ninbound_auth_algorithms = [\"SHA-512-256\"]\n",
+            "[trunk]\ninbound_auth_algorithms = []\n",
+            "[trunk]\ninbound_auth_realm = \"a\\\"b\"\n",
+        ] {
+            let cfg = Config::from_toml_and_env(&format!("{base}{bad}"), []).expect("parses");
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        assert!(
+            Config::from_toml_and_env("[trunk]\ndns_servers = [\"not an address\"]\n", []).is_err()
+        );
+        let cfg = Config::from_toml_and_env(
+            &format!(
+                "{base}[trunk]\ndns_servers = [\"127.0.0.1:5353\"]\nfailover_timeout_ms = 2500\ninbound_auth = true\ninbound_auth_username = \"carrier\"\n"
+            ),
+            [],
+        )
+        .expect("parses");
+        cfg.validate().expect("valid");
+        let text = cfg.explain(&Secrets::default());
+        assert!(
+            text.contains("RFC 3263 (NAPTR, SRV, A/AAAA) via 127.0.0.1:5353"),
+            "{text}"
+        );
+        assert!(text.contains("after 2500 ms"), "{text}");
+        assert!(
+            text.contains("TRUNKLINE_INBOUND_PASSWORD not set"),
+            "{text}"
+        );
+        let secrets = Secrets {
+            inbound_password: Some("pw".into()),
+            ..Secrets::default()
+        };
+        let text = cfg.explain(&secrets);
+        assert!(
+            text.contains("Inbound digest authentication: on (user carrier"),
+            "{text}"
+        );
+        assert!(!text.contains("will not start"), "{text}");
+        assert!(!format!("{secrets:?}").contains("pw\""));
+    }
+}
+
+#[cfg(test)]
+mod amd_tests {
+    use super::*;
+
+    #[test]
+    fn amd_section_is_validated() {
+        let mut a = AmdSection::default();
+        assert_eq!(a.mode, AmdModeName::Off);
+        assert!(a.problems().is_empty());
+        a.mode = AmdModeName::Hold;
+        a.on_machine = OnMachineName::LeaveMessage;
+        assert_eq!(
+            a.problems(),
+            vec!["amd.on_machine = \"leave_message\" needs amd.message".to_string()]
+        );
+        a.message = "Please call back.".into();
+        a.max_hold_ms = 0;
+        a.max_words = 0;
+        let p = a.problems();
+        assert!(
+            p.iter().any(|e| e.starts_with("amd.max_hold_ms must be")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|e| e.starts_with("amd.max_words")), "{p:?}");
+        let cfg: Config =
+            toml::from_str("[amd]\nmode = \"detect\"\non_machine = \"connect\"\n").expect("parses");
+        assert_eq!(cfg.amd.mode, AmdModeName::Detect);
+        assert!(toml::from_str::<Config>("[amd]\nmode = \"maybe\"\n").is_err());
+        let s = crate::setup::amd_settings(&cfg.amd).expect("on");
+        assert_eq!(s.detector.greeting, std::time::Duration::from_millis(1500));
     }
 }

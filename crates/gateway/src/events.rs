@@ -57,6 +57,11 @@ pub struct StatusEvent {
     pub sip_call_id: Option<String>,
     /// When the gateway saw the change, Unix milliseconds.
     pub at: u64,
+    /// Not a status change: the agent's conversation id became known while the status stayed
+    /// the same (in `answer` mode it arrives just after `in-progress`). Sent as
+    /// `event: conversation`, once, so that `event: status` stays one event per status.
+    #[serde(skip)]
+    pub ids_only: bool,
 }
 
 struct Entry {
@@ -201,15 +206,26 @@ impl CallEvents {
             conversation_id: r.conversation_id.clone(),
             sip_call_id: r.sip_call_id.clone(),
             at: u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX),
+            ids_only: false,
         };
         let ended = is_final_status(status).then_some(now);
         match calls.get_mut(&r.call_sid) {
             Some(e) => {
                 if e.ended.is_some() || e.last.status == status {
-                    // A later snapshot of the same status (or after the end): not an event,
-                    // but the ids it learnt are kept for the next subscriber.
-                    if e.last.conversation_id.is_none() {
-                        e.last.conversation_id = event.conversation_id;
+                    // A later snapshot of the same status (or after the end): not a status
+                    // event, but the ids it learnt are kept for the next subscriber, and a live
+                    // call's new conversation id is told once as an `ids_only` event.
+                    if e.last.conversation_id.is_none() && event.conversation_id.is_some() {
+                        e.last.conversation_id = event.conversation_id.clone();
+                        if e.ended.is_none() {
+                            let mut update = e.last.clone();
+                            update.ids_only = true;
+                            update.at = event.at;
+                            if update.sip_call_id.is_none() {
+                                update.sip_call_id = event.sip_call_id.clone();
+                            }
+                            let _ = e.tx.send(update);
+                        }
                     }
                     if e.last.sip_call_id.is_none() {
                         e.last.sip_call_id = event.sip_call_id;
@@ -280,6 +296,33 @@ mod tests {
         // Another key, another token.
         let other = CallEvents::new(None, Duration::from_secs(60), Duration::from_secs(60));
         assert!(!other.verify("CA1", &t));
+    }
+
+    #[test]
+    fn a_conversation_id_learnt_within_a_status_is_told_once_as_its_own_event() {
+        let h = hub();
+        let mut r = CallRecord::new("CA2".into(), "outbound", "+1".into(), "+2".into());
+        r.status = "in-progress".into();
+        h.publish(&r);
+        let Subscription::Live(first, Some(mut rx)) = h.subscribe("CA2") else {
+            panic!("live");
+        };
+        assert_eq!(first.conversation_id, None);
+        r.conversation_id = Some("conv_7".into());
+        h.publish(&r);
+        h.publish(&r);
+        r.status = "completed".into();
+        h.publish(&r);
+        let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| (e.status, e.conversation_id, e.ids_only))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("in-progress".to_owned(), Some("conv_7".to_owned()), true),
+                ("completed".to_owned(), Some("conv_7".to_owned()), false),
+            ]
+        );
     }
 
     #[test]

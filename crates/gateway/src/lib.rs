@@ -13,8 +13,10 @@
 //!   behind `GET /api/calls/{call_sid}/events`.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod events;
 pub mod fuzzing;
 pub mod metrics;

@@ -53,10 +53,15 @@ struct Inner {
     ping: Histogram,
     agent_closes: BTreeMap<String, u64>,
     tool_calls: BTreeMap<(&'static str, &'static str), u64>,
+    amd_verdicts: BTreeMap<(&'static str, &'static str), u64>,
+    amd_decision: Histogram,
+    amd_beeps: u64,
     rtp_in: u64,
     rtp_out: u64,
     rtp_lost: i64,
     interruptions: u64,
+    encrypted: BTreeMap<&'static str, u64>,
+    srtp_auth_failures: u64,
 }
 
 /// The gateway's counters.
@@ -119,10 +124,42 @@ impl Metrics {
             let result = if t.is_error { "error" } else { "ok" };
             *m.tool_calls.entry((tool, result)).or_default() += 1;
         }
+        if let Some(a) = &r.amd {
+            // Fixed label sets: the verdict and its reason, as the detector names them.
+            let verdict = match a.answered_by.as_str() {
+                "human" => "human",
+                "machine" => "machine",
+                _ => "unknown",
+            };
+            let reason = match a.reason.as_str() {
+                "after_greeting_silence" => "after_greeting_silence",
+                "long_greeting" => "long_greeting",
+                "max_words" => "max_words",
+                "max_word_length" => "max_word_length",
+                "beep" => "beep",
+                "initial_silence" => "initial_silence",
+                "timeout" => "timeout",
+                _ => "other",
+            };
+            *m.amd_verdicts.entry((verdict, reason)).or_default() += 1;
+            m.amd_decision
+                .observe(a.decision_after_answer_ms as f64 / 1000.0);
+            if a.beep_ms.is_some() {
+                m.amd_beeps += 1;
+            }
+        }
         m.rtp_in += r.uplink.packets;
         m.rtp_out += r.downlink.packets;
         m.rtp_lost += r.uplink.lost.max(0);
         m.interruptions += r.interruptions;
+        if r.media_security.encrypted {
+            let suite = match r.media_security.suite.as_deref() {
+                Some("AES_CM_128_HMAC_SHA1_32") => "AES_CM_128_HMAC_SHA1_32",
+                _ => "AES_CM_128_HMAC_SHA1_80",
+            };
+            *m.encrypted.entry(suite).or_default() += 1;
+        }
+        m.srtp_auth_failures += r.media_security.auth_failures;
     }
 
     /// A request or call was refused by policy.
@@ -193,6 +230,26 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP trunkline_amd_verdicts_total Answering-machine detection verdicts of ended calls, by verdict and reason.\n# TYPE trunkline_amd_verdicts_total counter"
+        );
+        for ((v, r), n) in &m.amd_verdicts {
+            let _ = writeln!(
+                out,
+                "trunkline_amd_verdicts_total{{verdict=\"{v}\",reason=\"{r}\"}} {n}"
+            );
+        }
+        m.amd_decision.render(
+            &mut out,
+            "trunkline_amd_decision_seconds",
+            "Answer to the answering-machine detection verdict.",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_amd_beeps_total Voicemail beeps heard after a machine verdict.\n# TYPE trunkline_amd_beeps_total counter\ntrunkline_amd_beeps_total {}",
+            m.amd_beeps
+        );
+        let _ = writeln!(
+            out,
             "# HELP trunkline_agent_closes_total Agent conversations ended, by reason.\n# TYPE trunkline_agent_closes_total counter"
         );
         for (r, n) in &m.agent_closes {
@@ -222,6 +279,22 @@ impl Metrics {
             out,
             "# HELP trunkline_interruptions_total Agent barge-ins.\n# TYPE trunkline_interruptions_total counter\ntrunkline_interruptions_total {}",
             m.interruptions
+        );
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_calls_encrypted_total Ended calls whose media was SRTP, by crypto suite.\n# TYPE trunkline_calls_encrypted_total counter"
+        );
+        for suite in ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"] {
+            let _ = writeln!(
+                out,
+                "trunkline_calls_encrypted_total{{suite=\"{suite}\"}} {}",
+                m.encrypted.get(suite).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP trunkline_srtp_auth_failures_total SRTP/SRTCP packets of ended calls dropped for failing authentication or the replay check.\n# TYPE trunkline_srtp_auth_failures_total counter\ntrunkline_srtp_auth_failures_total {}",
+            m.srtp_auth_failures
         );
         let p = self.pacing.snapshot();
         let name = "trunkline_rtp_send_pacing_seconds";
@@ -304,4 +377,58 @@ pub fn render_defences(out: &mut String, d: &Defences, sip: &TransportStats) {
         "# HELP trunkline_sip_oversized_rejects_total Oversized SIP requests over TCP/TLS answered 413/513 before the close.\n# TYPE trunkline_sip_oversized_rejects_total counter\ntrunkline_sip_oversized_rejects_total {}",
         sip.oversized_rejects.load(Relaxed)
     );
+}
+
+/// The trunk counters (RFC 3263 failover, DNS, inbound digest authentication).
+pub fn render_trunk(
+    out: &mut String,
+    dns_failures: u64,
+    sip: &trunkline_call::runtime::sip_task::SipStackStats,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP trunkline_trunk_failovers_total Outbound INVITEs sent to the next trunk address after a 503, a timeout or a transport error (RFC 3263).\n# TYPE trunkline_trunk_failovers_total counter\ntrunkline_trunk_failovers_total {}",
+        sip.failovers.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trunkline_trunk_dns_failures_total Outbound calls for which DNS gave no trunk address.\n# TYPE trunkline_trunk_dns_failures_total counter\ntrunkline_trunk_dns_failures_total {dns_failures}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trunkline_inbound_auth_total Inbound INVITEs answered by digest authentication (trunk.inbound_auth), by result.\n# TYPE trunkline_inbound_auth_total counter\ntrunkline_inbound_auth_total{{result=\"challenged\"}} {}\ntrunkline_inbound_auth_total{{result=\"forbidden\"}} {}",
+        sip.inbound_auth_challenges.load(Relaxed),
+        sip.inbound_auth_failures.load(Relaxed)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amd_verdicts_and_decision_times_are_counted() {
+        let m = Metrics::default();
+        let mut r = CallRecord::new("CA1".into(), "outbound", "+1".into(), "+2".into());
+        m.call_ended("outbound", &r);
+        r.amd = Some(trunkline_call::amd::AmdRecord {
+            answered_by: "machine".into(),
+            reason: "long_greeting".into(),
+            decided_ms: 1,
+            decision_after_answer_ms: 1900,
+            beep_ms: Some(2),
+            beep_after_answer_ms: Some(4000),
+            beep_hz: Some(1000.0),
+            message_started_ms: None,
+        });
+        m.call_ended("outbound", &r);
+        let text = m.render(0, 0);
+        assert!(text.contains(
+            "trunkline_amd_verdicts_total{verdict=\"machine\",reason=\"long_greeting\"} 1"
+        ));
+        assert!(text.contains("trunkline_amd_decision_seconds_bucket{le=\"2\"} 1"));
+        assert!(text.contains("trunkline_amd_decision_seconds_bucket{le=\"1\"} 0"));
+        assert!(text.contains("trunkline_amd_beeps_total 1"));
+    }
 }

@@ -262,6 +262,9 @@ pub struct Policy {
     daily: HashMap<String, (u64, u32)>,
     daily_sink: Option<DailySink>,
     request: RequestRules,
+    /// Step 5 is the cluster's (PostgreSQL, [`crate::cluster`]): [`Policy::admit`] checks and
+    /// counts nothing here, so a trigger the cluster refuses is not counted on this node.
+    cluster_admission: bool,
 }
 
 /// Where each admitted call's destination count is persisted (the records database), so the
@@ -307,6 +310,7 @@ impl Policy {
             daily: HashMap::new(),
             daily_sink: None,
             request: RequestRules::default(),
+            cluster_admission: false,
         }
     }
 
@@ -322,6 +326,12 @@ impl Policy {
             self.daily.insert(number, (day, n));
         }
         self.daily_sink = Some(sink);
+        self
+    }
+
+    /// Leave step 5 (capacity, daily cap, CPS) to the cluster when `on` (`cluster.enabled`).
+    pub fn cluster_admission(mut self, on: bool) -> Self {
+        self.cluster_admission = on;
         self
     }
 
@@ -470,6 +480,9 @@ impl Policy {
         now: Instant,
         day: u64,
     ) -> Result<(), Refusal> {
+        if self.cluster_admission {
+            return Ok(());
+        }
         if active_calls >= self.cfg.max_concurrent_calls {
             return Err(Refusal::AtCapacity);
         }

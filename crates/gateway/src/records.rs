@@ -99,14 +99,31 @@ impl RecordStore {
                 .execute(&pool)
                 .await?;
         }
-        for stmt in SCHEMA {
+        if !sqlite {
+            // PostgreSQL shared by several gateways starting at once: create the schema under
+            // one transaction-scoped advisory lock (concurrent CREATE TABLE IF NOT EXISTS /
+            // ADD COLUMN race otherwise).
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(1414680139)")
+                .execute(&mut *tx)
+                .await?;
+            for stmt in SCHEMA {
+                sqlx::query(*stmt).execute(&mut *tx).await?;
+            }
+            sqlx::query("ALTER TABLE calls ADD COLUMN IF NOT EXISTS node TEXT")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        for stmt in SCHEMA.iter().filter(|_| sqlite) {
             sqlx::query(*stmt).execute(&pool).await?;
         }
         // Databases created before node ids: add the column (portable: no IF NOT EXISTS).
-        if sqlx::query("SELECT node FROM calls LIMIT 1")
-            .fetch_optional(&pool)
-            .await
-            .is_err()
+        if sqlite
+            && sqlx::query("SELECT node FROM calls LIMIT 1")
+                .fetch_optional(&pool)
+                .await
+                .is_err()
         {
             sqlx::query("ALTER TABLE calls ADD COLUMN node TEXT")
                 .execute(&pool)

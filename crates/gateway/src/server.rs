@@ -70,14 +70,16 @@ impl Server {
         let http = listener
             .local_addr()
             .map_err(|e| StartError::Http(e.to_string()))?;
-        let gateway = Gateway::start(cfg.clone(), secrets.clone()).await?;
+        let gateway = Gateway::start_with(cfg.clone(), secrets.clone(), Some(http)).await?;
         // The daily cap continues from the records (a restart does not reset it).
         let day = day_now();
         let counts = gateway.daily_counts(day).await?;
+        let cluster = cfg.cluster.enabled;
         let sink = {
             let gw = Arc::downgrade(&gateway);
             DailySink::new(move |day, number| {
-                if let Some(gw) = gw.upgrade() {
+                // In a cluster the admission transaction counts it (once, globally).
+                if !cluster && let Some(gw) = gw.upgrade() {
                     gw.count_destination(day, number);
                 }
             })
@@ -94,7 +96,8 @@ impl Server {
                     anonymous_first_message: cfg.agent.allow_request_first_message,
                     operator_variables: cfg.agent.dynamic_variables.keys().cloned().collect(),
                 })
-                .with_daily_counts(day, counts, sink),
+                .with_daily_counts(day, counts, sink)
+                .cluster_admission(cluster),
             ),
             calls: Arc::new(gateway.clone()),
             max_body_bytes: cfg.http.max_body_bytes,
@@ -174,6 +177,9 @@ impl Server {
             warn!("some SIP legs were still being torn down at exit");
         }
         gateway.flush_records().await;
+        if let Some(c) = gateway.cluster() {
+            c.leave().await;
+        }
     }
 }
 

@@ -23,7 +23,9 @@ use trunkline_call::sip::{MediaParams, TransportKind};
 use trunkline_call::{Call, CallRecord, SipAction, SipEvent};
 
 use crate::api::{BoxFuture, CallService, ListQuery, OutboundRequest, PlaceError, Placed};
-use crate::config::{Config, Secrets};
+use crate::cluster::{AdmitError, Cluster};
+use crate::config::{Config, ConnectAt, Secrets};
+use crate::dns::TrunkResolver;
 use crate::events::CallEvents;
 use crate::metrics::Metrics;
 use crate::records::RecordStore;
@@ -60,7 +62,7 @@ pub struct Gateway {
     secrets: Secrets,
     setup: Setup,
     sip: SipStack,
-    trunk_destination: Mutex<Option<SocketAddr>>,
+    trunk: TrunkResolver,
     active: Mutex<HashMap<String, Active>>,
     records: Mutex<RecordBook>,
     store: RecordStore,
@@ -70,9 +72,14 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     send_thread: Option<RtpSendThread>,
     ready: AtomicBool,
+    /// What out-of-dialog OPTIONS last said (200 = true, 503 = false).
+    available: AtomicBool,
+    cluster: Option<Arc<Cluster>>,
     seq: AtomicU64,
     seed: u64,
     call_ended: Notify,
+    /// Woken at every record snapshot (the trigger waiting for its call's ids).
+    record_changed: Notify,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -122,6 +129,16 @@ fn splitmix(x: u64) -> u64 {
 impl Gateway {
     /// Bind SIP, start the stack and the inbound-call handler.
     pub async fn start(cfg: Config, secrets: Secrets) -> Result<Arc<Gateway>, StartError> {
+        Self::start_with(cfg, secrets, None).await
+    }
+
+    /// [`Gateway::start`] knowing where the HTTP API listens (`http`, the bound address): with
+    /// `cluster.enabled` and no `cluster.internal_url`, the other nodes are told this address.
+    pub async fn start_with(
+        cfg: Config,
+        secrets: Secrets,
+        http: Option<SocketAddr>,
+    ) -> Result<Arc<Gateway>, StartError> {
         cfg.validate()
             .map_err(|e| StartError::Config(e.to_string()))?;
         let seed = random_seed();
@@ -135,6 +152,25 @@ impl Gateway {
                     .map_err(StartError::Config)?,
             ),
             _ => None,
+        };
+        let cluster = if cfg.cluster.enabled {
+            let url = match cfg.cluster.internal_url.trim() {
+                "" => format!("http://{}", http.unwrap_or(cfg.http.listen)),
+                u => u.trim_end_matches('/').to_owned(),
+            };
+            Some(
+                Cluster::join(
+                    &cfg.records.database_url,
+                    &cfg.records.node_id,
+                    &url,
+                    Duration::from_secs(cfg.cluster.heartbeat_secs),
+                    cfg.policy.clone(),
+                )
+                .await
+                .map_err(|e| StartError::Records(e.into()))?,
+            )
+        } else {
+            None
         };
         let (sip, incoming) = SipStack::start(setup.stack.clone())
             .await
@@ -165,6 +201,13 @@ impl Gateway {
             Duration::from_secs(cfg.http.status_token_ttl_secs),
             Duration::from_secs(cfg.http.status_token_grace_secs),
         ));
+        let trunk = TrunkResolver::new(
+            &setup.trunk_address,
+            setup.stack.legs.trunk.transport,
+            &cfg.trunk.dns_servers,
+            seed ^ 0x3263,
+        )
+        .map_err(StartError::Sip)?;
         let gw = Arc::new(Gateway {
             next_port: Mutex::new(cfg.rtp.port_min & !1),
             events,
@@ -172,7 +215,7 @@ impl Gateway {
             secrets,
             setup,
             sip,
-            trunk_destination: Mutex::new(None),
+            trunk,
             active: Mutex::new(HashMap::new()),
             records: Mutex::new(RecordBook::default()),
             store,
@@ -180,11 +223,15 @@ impl Gateway {
             metrics,
             send_thread,
             ready: AtomicBool::new(true),
+            available: AtomicBool::new(true),
+            cluster,
             seq: AtomicU64::new(0),
             seed,
             call_ended: Notify::new(),
+            record_changed: Notify::new(),
         });
-        if let Err(e) = gw.resolve_trunk().await {
+        // Resolved again for every call (cached for the records' TTL): this only warns early.
+        if let Err(e) = gw.trunk.resolve().await {
             warn!(error = %e, "trunk not resolvable yet; outbound calls will retry");
         }
         tokio::spawn(Self::inbound_loop(gw.clone(), incoming));
@@ -210,9 +257,31 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Stop taking new calls.
+    /// Stop taking new calls (and answer SIP OPTIONS 503 from now on).
     pub fn stop_accepting(&self) {
         self.ready.store(false, Ordering::SeqCst);
+        self.update_available();
+    }
+
+    /// Out-of-dialog OPTIONS say 503 while this node takes no new call (draining, or at its own
+    /// `policy.max_concurrent_calls`), 200 otherwise: a dispatcher probing with OPTIONS (Kamailio)
+    /// then sends calls elsewhere.
+    fn update_available(&self) {
+        let available = self.ready.load(Ordering::SeqCst)
+            && self.active_calls() < self.cfg.policy.max_concurrent_calls;
+        if self.available.swap(available, Ordering::SeqCst) != available {
+            self.sip.set_available(available);
+        }
+    }
+
+    /// Whether SIP OPTIONS are answered 200 (true) or 503.
+    pub fn available(&self) -> bool {
+        self.available.load(Ordering::SeqCst)
+    }
+
+    /// The cluster membership (`cluster.enabled`).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// Hang up every active call with `cause`.
@@ -238,7 +307,8 @@ impl Gateway {
         }
     }
 
-    /// Every record, oldest first.
+    /// The records of the calls in progress, oldest first. A finished call leaves this list
+    /// (its record stays readable with [`Gateway::record`] for a while, and in the store).
     pub fn record_list(&self) -> Vec<CallRecord> {
         self.records
             .lock()
@@ -276,23 +346,9 @@ impl Gateway {
         }
     }
 
-    async fn resolve_trunk(&self) -> Result<SocketAddr, String> {
-        if let Some(d) = self.trunk_destination.lock().ok().and_then(|d| *d) {
-            return Ok(d);
-        }
-        let (host, port) = (
-            self.setup.trunk_address.host.as_str(),
-            self.setup.trunk_address.port,
-        );
-        let addr = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| format!("resolve {host}: {e}"))?
-            .next()
-            .ok_or(format!("{host} has no address"))?;
-        if let Ok(mut d) = self.trunk_destination.lock() {
-            *d = Some(addr);
-        }
-        Ok(addr)
+    /// The trunk's addresses for one call, in the order to try them (RFC 3263, cached per TTL).
+    async fn resolve_trunk(&self) -> Result<Vec<SocketAddr>, String> {
+        self.trunk.resolve().await
     }
 
     fn new_sid(&self) -> String {
@@ -416,11 +472,15 @@ impl Gateway {
         if let Some(hooks) = &self.webhooks {
             // The status last notified: the live record's, or the finished one's (the call's
             // task stores its final record once more when it returns: not a new event).
-            let before = book
+            let prev = book
                 .by_sid
                 .get(&r.call_sid)
-                .or_else(|| book.recent.iter().rev().find(|f| f.call_sid == r.call_sid))
-                .map(|p| p.status.as_str());
+                .or_else(|| book.recent.iter().rev().find(|f| f.call_sid == r.call_sid));
+            let before = prev.map(|p| p.status.as_str());
+            // The answering-machine verdict is an event of its own (`amd`), once.
+            if r.amd.is_some() && prev.is_some_and(|p| p.amd.is_none()) {
+                hooks.notify("amd", &r);
+            }
             if before != Some(r.status.as_str()) && r.status != "ending" {
                 let event = match r.status.as_str() {
                     "in-progress" => "answered",
@@ -441,6 +501,49 @@ impl Gateway {
             }
         } else {
             book.put(r);
+        }
+        drop(book);
+        self.record_changed.notify_waiters();
+    }
+
+    /// `connect_at = trigger`: wait until the call's conversation and INVITE are known (the
+    /// agent's metadata arrived, the INVITE left), or the call ended, or `timeout` passed. The
+    /// call's own agent deadline (`connect_timeout_secs`) ends it first when the agent does not
+    /// answer; past `timeout` the call is hung up here all the same.
+    async fn wait_placed(&self, sid: &str, timeout: Duration) -> Result<Placed, PlaceError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.record_changed.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a snapshot stored in between still wakes us.
+            notified.as_mut().enable();
+            if let Some(r) = self.record(sid) {
+                let placed = Placed {
+                    call_sid: sid.to_owned(),
+                    conversation_id: r.conversation_id.clone(),
+                    sip_call_id: r.sip_call_id.clone(),
+                };
+                if r.conversation_id.is_some() && (r.sip_call_id.is_some() || r.is_final()) {
+                    return Ok(placed);
+                }
+                if r.is_final() {
+                    let detail = r.agent_close.clone().unwrap_or_else(|| r.status.clone());
+                    warn!(call_sid = %sid, %detail, "agent unavailable: call not placed");
+                    return Err(PlaceError::AgentUnavailable);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                warn!(call_sid = %sid, "agent not up in time: call not placed");
+                if let Ok(a) = self.active.lock()
+                    && let Some(c) = a.get(sid)
+                {
+                    let cause = EndCause::AgentConnectFailed {
+                        detail: "timed out".into(),
+                    };
+                    let _ = c.commands.send(CallCommand::Hangup(cause));
+                }
+                return Err(PlaceError::AgentUnavailable);
+            }
         }
     }
 
@@ -484,11 +587,13 @@ impl Gateway {
         events: mpsc::UnboundedReceiver<SipEvent>,
         link: SipLink,
         agent: AgentConfig,
+        lease: Option<String>,
     ) {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         if let Ok(mut a) = self.active.lock() {
             a.insert(sid.clone(), Active { commands: cmd_tx });
         }
+        self.update_available();
         self.metrics.call_started(call.direction().as_str());
         self.store(call.record().clone());
         let weak = Arc::downgrade(self);
@@ -518,30 +623,54 @@ impl Gateway {
             if let Ok(mut a) = gw.active.lock() {
                 a.remove(&sid);
             }
+            if let (Some(c), Some(lease)) = (&gw.cluster, &lease) {
+                c.release(lease).await;
+            }
+            gw.update_available();
             gw.call_ended.notify_waiters();
         });
     }
 
     async fn place_outbound(self: Arc<Self>, req: OutboundRequest) -> Result<Placed, PlaceError> {
+        let lease = req.cluster_lease.clone();
+        let placed = self.clone().place_outbound_leased(req).await;
+        if placed.is_err()
+            && let (Some(c), Some(lease)) = (&self.cluster, &lease)
+        {
+            c.release(lease).await;
+        }
+        placed
+    }
+
+    async fn place_outbound_leased(
+        self: Arc<Self>,
+        req: OutboundRequest,
+    ) -> Result<Placed, PlaceError> {
         if !self.ready.load(Ordering::SeqCst) {
             return Err(PlaceError::Unavailable);
         }
-        let destination = self
+        let targets = self
             .resolve_trunk()
             .await
             .map_err(|e| PlaceError::Failed(format!("Trunk unreachable: {e}")))?;
+        let Some(&destination) = targets.first() else {
+            return Err(PlaceError::Failed("Trunk unreachable: no address".into()));
+        };
         let (rtp, rtcp) = self.allocate_rtp().await.map_err(PlaceError::Failed)?;
         let port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
         let sid = self.new_sid();
         let ip = self.media_ip(destination);
         let params = self.media_params(ip, port, splitmix(self.seed ^ fxhash(&sid)) >> 16);
-        let leg = self.sip.outbound(&req.to.e164, destination, params);
-        let record = CallRecord::new(
+        let leg = self.sip.outbound_targets(&req.to.e164, targets, params);
+        let mut record = CallRecord::new(
             sid.clone(),
             "outbound",
             self.cfg.trunk.caller_id.clone(),
             req.to.e164.clone(),
         );
+        // The first trunk address; a failover replaces it (SipEvent::Target).
+        record.trunk_target = Some(destination.to_string());
+        record.trunk_attempts = 1;
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         let call = Call::outbound(
@@ -572,7 +701,26 @@ impl Gateway {
         vars.insert("caller_id".into(), self.cfg.trunk.caller_id.clone().into());
         vars.insert("direction".into(), "outbound".into());
         let agent = self.agent_config(request_vars, vars, req.first_message);
-        self.spawn_call(sid.clone(), call, rtp, rtcp, leg.events, leg.link, agent);
+        if let (Some(c), Some(lease)) = (&self.cluster, &req.cluster_lease) {
+            c.bind(lease, &sid).await;
+        }
+        self.spawn_call(
+            sid.clone(),
+            call,
+            rtp,
+            rtcp,
+            leg.events,
+            leg.link,
+            agent,
+            req.cluster_lease,
+        );
+        if self.cfg.agent.connect_at == ConnectAt::Trigger {
+            // A second past the call's own agent deadline: that one normally fires first.
+            let bound = Duration::from_secs(self.cfg.agent.connect_timeout_secs + 1);
+            let placed = self.wait_placed(&sid, bound).await?;
+            info!(call_sid = %sid, conversation_id = ?placed.conversation_id, "outbound call placed");
+            return Ok(placed);
+        }
         info!(call_sid = %sid, "outbound call placed");
         Ok(Placed {
             call_sid: sid,
@@ -588,6 +736,33 @@ impl Gateway {
     }
 
     async fn answer_inbound(self: Arc<Self>, leg: IncomingLeg) {
+        // The cluster-wide concurrency cap: a lease first, released if the call is not taken.
+        let lease = match &self.cluster {
+            Some(c) if self.ready.load(Ordering::SeqCst) => match c.admit_inbound().await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    self.metrics.refused(match e {
+                        AdmitError::Refused(_) => "inbound_cluster_at_capacity",
+                        AdmitError::Db(_) => "inbound_cluster_db_error",
+                    });
+                    leg.link.send(SipAction::Reject { status: 503 });
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let taken = self.clone().answer_inbound_leased(leg, lease.clone()).await;
+        if !taken && let (Some(c), Some(lease)) = (&self.cluster, &lease) {
+            c.release(lease).await;
+        }
+    }
+
+    /// Answer (true) or refuse (false) an inbound call.
+    async fn answer_inbound_leased(
+        self: Arc<Self>,
+        leg: IncomingLeg,
+        lease: Option<String>,
+    ) -> bool {
         let IncomingLeg {
             call: inc,
             events,
@@ -598,15 +773,15 @@ impl Gateway {
         {
             self.metrics.refused("inbound_at_capacity");
             link.send(SipAction::Reject { status: 503 });
-            return;
+            return false;
         }
         if !inc.has_offer {
             link.send(SipAction::Reject { status: 488 });
-            return;
+            return false;
         }
         let Ok((rtp, rtcp)) = self.allocate_rtp().await else {
             link.send(SipAction::Reject { status: 503 });
-            return;
+            return false;
         };
         let port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
         let sid = self.new_sid();
@@ -616,7 +791,7 @@ impl Gateway {
             Ok(n) => n,
             Err(refuse) => {
                 link.send(SipAction::Reject { status: refuse.0 });
-                return;
+                return false;
             }
         };
         let mut record = CallRecord::new(sid.clone(), "inbound", inc.from.clone(), inc.to.clone());
@@ -642,7 +817,11 @@ impl Gateway {
         }
         let agent = self.agent_config(BTreeMap::new(), vars, None);
         info!(call_sid = %sid, source = %inc.source, "inbound call");
-        self.spawn_call(sid, call, rtp, rtcp, events, link, agent);
+        if let (Some(c), Some(lease)) = (&self.cluster, &lease) {
+            c.bind(lease, &sid).await;
+        }
+        self.spawn_call(sid, call, rtp, rtcp, events, link, agent, lease);
+        true
     }
 }
 
@@ -711,6 +890,16 @@ impl CallService for Arc<Gateway> {
             Gateway::active_calls(self),
             s.inbound_refused_source.load(Ordering::Relaxed),
         );
+        crate::metrics::render_trunk(&mut out, self.trunk.failures.load(Ordering::Relaxed), s);
+        {
+            use std::fmt::Write;
+            let _ = writeln!(
+                out,
+                "# HELP trunkline_srtp_negotiation_total SRTP negotiation outcomes on the trunk: plain_retry (488 to our SRTP offer, re-offered plain RTP: media_encryption = allowed), policy_refused (an inbound offer refused 488 by media_encryption).\n# TYPE trunkline_srtp_negotiation_total counter\ntrunkline_srtp_negotiation_total{{outcome=\"plain_retry\"}} {}\ntrunkline_srtp_negotiation_total{{outcome=\"policy_refused\"}} {}",
+                s.srtp_plain_retries.load(Ordering::Relaxed),
+                s.srtp_policy_refusals.load(Ordering::Relaxed)
+            );
+        }
         if let Some(hooks) = &self.webhooks {
             let w = hooks.stats();
             use std::fmt::Write;
@@ -735,6 +924,9 @@ impl CallService for Arc<Gateway> {
             &self.metrics.defences,
             &self.setup.stack.transports.stats,
         );
+        if let Some(c) = &self.cluster {
+            c.render(&mut out);
+        }
         out
     }
     fn refused(&self, label: &'static str) {
@@ -742,6 +934,9 @@ impl CallService for Arc<Gateway> {
     }
     fn events(&self) -> Option<Arc<CallEvents>> {
         Some(self.events.clone())
+    }
+    fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.clone()
     }
 }
 

@@ -7,15 +7,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use trunkline_call::legs::{DEFAULT_NOTIFY_TIMEOUT, LegsConfig, SourceFilter, TrunkTarget};
+use trunkline_call::legs::{
+    DEFAULT_NOTIFY_TIMEOUT, Failover, InboundAuth, LegsConfig, SourceFilter, TrunkTarget,
+};
 use trunkline_call::runtime::sip_task::SipStackConfig;
+use trunkline_call::sip::auth::Algorithm;
 use trunkline_call::sip::{
     AcceptFilter, Codec, Credentials, HostPort, MediaParams, TimerConfig, TransportConfig,
-    TransportKind, UaConfig, Uri, tls_server_config_from_files,
+    TransportKind, UaConfig, Uri, tls_client_config, tls_server_config_from_files,
 };
 use trunkline_call::{AgentConnectAt, CallConfig, DtmfMode, TransferCheck};
 
-use crate::config::{CodecName, Config, ConnectAt, DtmfDelivery, Secrets, SipTransport};
+use trunkline_call::legs::Encryption;
+
+use crate::config::{
+    CodecName, Config, ConnectAt, DtmfDelivery, MediaEncryption, Secrets, SipTransport,
+};
 use crate::policy::{InboundSources, check_transfer_number};
 
 /// Why the configuration cannot be set up.
@@ -31,6 +38,8 @@ pub struct TrunkAddress {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// Whether the URI named the port (then RFC 3263 §4.2 skips NAPTR/SRV).
+    pub explicit_port: bool,
 }
 
 /// The typed configuration of one gateway.
@@ -44,7 +53,7 @@ pub struct Setup {
     pub codecs: Vec<Codec>,
     /// The telephone-event payload type.
     pub dtmf_pt: u8,
-    /// Where outbound INVITEs go (resolved at the first call).
+    /// Where outbound INVITEs go (resolved for every call, RFC 3263: `dns::TrunkResolver`).
     pub trunk_address: TrunkAddress,
     /// The inbound source policy.
     pub inbound: InboundSources,
@@ -88,6 +97,27 @@ impl Setup {
             .map(|s| s.host_port.clone())
             .ok_or_else(|| SetupError("trunk.termination_uri has no host".into()))?;
         let trunk_address = trunk_address(cfg, &request_uri_host)?;
+        if cfg.trunk.transport == SipTransport::Tls {
+            // Outbound TLS: the trunk's certificate is checked against the termination host
+            // (the Request-URI host), whatever address the connection goes to.
+            let ca = match &cfg.trunk.tls_ca_file {
+                Some(f) => Some(
+                    std::fs::read(f)
+                        .map_err(|e| SetupError(format!("trunk.tls_ca_file {f}: {e}")))?,
+                ),
+                None => None,
+            };
+            transports.tls_client = Some(
+                tls_client_config(ca.as_deref())
+                    .map_err(|e| SetupError(format!("trunk TLS: {e}")))?,
+            );
+            let host = request_uri_host.host.to_string();
+            transports.tls_server_name = Some(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            );
+        }
         let credentials = match (&cfg.trunk.username, &secrets.trunk_password) {
             (Some(u), Some(p)) => Some(Credentials {
                 username: u.clone(),
@@ -132,9 +162,43 @@ impl Setup {
                     caller_id: cfg.trunk.caller_id.clone(),
                     session_expires: (cfg.sip.session_expires_secs > 0)
                         .then(|| Duration::from_secs(cfg.sip.session_expires_secs)),
+                    encryption: encryption(cfg.trunk.media_encryption),
                 },
                 inbound: filter,
                 notify_timeout: DEFAULT_NOTIFY_TIMEOUT,
+                inbound_auth: match (
+                    cfg.trunk.inbound_auth,
+                    &cfg.trunk.inbound_auth_username,
+                    &secrets.inbound_password,
+                ) {
+                    (false, _, _) => None,
+                    (true, Some(u), Some(p)) => Some(InboundAuth {
+                        realm: cfg.trunk.inbound_auth_realm.clone(),
+                        credentials: Credentials {
+                            username: u.clone(),
+                            password: p.clone(),
+                        },
+                        secret: seed ^ 0x5d1e_57a1_7e00_0001,
+                        nonce_ttl: Duration::from_secs(300),
+                        algorithms: cfg
+                            .trunk
+                            .inbound_auth_algorithms
+                            .iter()
+                            .filter_map(|a| Algorithm::parse(a))
+                            .collect(),
+                    }),
+                    (true, _, _) => {
+                        return Err(SetupError(
+                            "trunk.inbound_auth needs trunk.inbound_auth_username and \
+                             TRUNKLINE_INBOUND_PASSWORD"
+                                .into(),
+                        ));
+                    }
+                },
+                failover: Failover {
+                    target_timeout: Duration::from_millis(cfg.trunk.failover_timeout_ms),
+                    total: Duration::from_secs(cfg.trunk.ring_timeout_secs),
+                },
             },
             seed,
         };
@@ -144,6 +208,7 @@ impl Setup {
             agent_connect: match a.connect_at {
                 ConnectAt::Answer => AgentConnectAt::Answer,
                 ConnectAt::Ringing => AgentConnectAt::Ringing,
+                ConnectAt::Trigger => AgentConnectAt::Trigger,
             },
             agent_connect_timeout: Duration::from_secs(a.connect_timeout_secs),
             uplink_chunk: Duration::from_millis(a.uplink_chunk_ms),
@@ -162,6 +227,7 @@ impl Setup {
                 let denied = cfg.policy.denied_prefixes.clone();
                 TransferCheck::new(move |n| check_transfer_number(n, &denied))
             },
+            amd: amd_settings(&cfg.amd),
             ..CallConfig::default()
         };
         Ok(Setup {
@@ -196,6 +262,15 @@ impl Setup {
     }
 }
 
+/// The media encryption policy of the configuration.
+pub fn encryption(e: MediaEncryption) -> Encryption {
+    match e {
+        MediaEncryption::Disabled => Encryption::Disabled,
+        MediaEncryption::Allowed => Encryption::Allowed,
+        MediaEncryption::Required => Encryption::Required,
+    }
+}
+
 /// The SIP transport kind of a configured transport.
 pub fn transport_kind(t: SipTransport) -> TransportKind {
     match t {
@@ -216,6 +291,7 @@ fn trunk_address(cfg: &Config, termination: &HostPort) -> Result<TrunkAddress, S
                 return Ok(TrunkAddress {
                     host: a.ip().to_string(),
                     port: a.port(),
+                    explicit_port: true,
                 });
             }
             let hp = HostPort::parse(p)
@@ -223,13 +299,51 @@ fn trunk_address(cfg: &Config, termination: &HostPort) -> Result<TrunkAddress, S
             Ok(TrunkAddress {
                 host: strip(&hp.host.to_string()),
                 port: hp.port.unwrap_or(default_port),
+                explicit_port: hp.port.is_some(),
             })
         }
         None => Ok(TrunkAddress {
             host: strip(&termination.host.to_string()),
             port: termination.port.unwrap_or(default_port),
+            explicit_port: termination.port.is_some(),
         }),
     }
+}
+
+/// `[amd]` → the call's answering-machine detection settings (`None` when off).
+pub fn amd_settings(a: &crate::config::AmdSection) -> Option<trunkline_call::amd::AmdSettings> {
+    use crate::config::{AmdModeName, OnMachineName};
+    use trunkline_call::amd::{AmdConfig, AmdMode, AmdSettings, OnMachine};
+    let ms = Duration::from_millis;
+    let mode = match a.mode {
+        AmdModeName::Off => return None,
+        AmdModeName::Detect => AmdMode::Detect,
+        AmdModeName::Hold => AmdMode::Hold,
+    };
+    Some(AmdSettings {
+        mode,
+        on_machine: match a.on_machine {
+            OnMachineName::Hangup => OnMachine::Hangup,
+            OnMachineName::LeaveMessage => OnMachine::LeaveMessage,
+            OnMachineName::Connect => OnMachine::Connect,
+        },
+        max_hold: ms(a.max_hold_ms),
+        message: a.message.clone(),
+        detector: AmdConfig {
+            initial_silence: ms(a.initial_silence_ms),
+            greeting: ms(a.greeting_ms),
+            after_greeting_silence: ms(a.after_greeting_silence_ms),
+            total_analysis_time: ms(a.total_analysis_time_ms),
+            min_word_length: ms(a.min_word_length_ms),
+            between_words_silence: ms(a.between_words_silence_ms),
+            max_words: a.max_words,
+            silence_threshold_dbfs: a.silence_threshold_dbfs,
+            beep_min: ms(a.beep_min_ms),
+            greeting_end_silence: ms(a.greeting_end_silence_ms),
+            max_beep_wait: ms(a.max_beep_wait_ms),
+            ..AmdConfig::default()
+        },
+    })
 }
 
 #[cfg(test)]
@@ -248,7 +362,8 @@ mod tests {
             setup(&cfg).trunk_address,
             TrunkAddress {
                 host: "example.pstn.twilio.com".into(),
-                port: 5060
+                port: 5060,
+                explicit_port: false,
             }
         );
         cfg.trunk.transport = SipTransport::Tls;
@@ -258,7 +373,8 @@ mod tests {
             setup(&cfg).trunk_address,
             TrunkAddress {
                 host: "2001:db8::1".into(),
-                port: 5080
+                port: 5080,
+                explicit_port: true,
             }
         );
         cfg.trunk.outbound_proxy = Some("edge.example.net".into());
@@ -266,7 +382,8 @@ mod tests {
             setup(&cfg).trunk_address,
             TrunkAddress {
                 host: "edge.example.net".into(),
-                port: 5061
+                port: 5061,
+                explicit_port: false,
             }
         );
         // The Request-URI keeps the termination host whatever the next hop.
@@ -274,6 +391,50 @@ mod tests {
             setup(&cfg).stack.legs.trunk.request_uri_host.to_string(),
             "example.pstn.twilio.com"
         );
+    }
+
+    #[test]
+    fn tls_trunk_checks_the_termination_host_with_webpki_or_the_given_ca() {
+        let mut cfg = Config::default();
+        cfg.trunk.termination_uri = "sip:example.pstn.twilio.com".into();
+        assert!(setup(&cfg).stack.transports.tls_client.is_none());
+        cfg.trunk.transport = SipTransport::Tls;
+        let t = setup(&cfg).stack.transports;
+        assert!(t.tls_client.is_some(), "webpki roots by default");
+        assert_eq!(
+            t.tls_server_name.as_deref(),
+            Some("example.pstn.twilio.com")
+        );
+        cfg.trunk.tls_ca_file = Some("/nonexistent/ca.pem".into());
+        let err = Setup::new(&cfg, &Secrets::default(), 1)
+            .expect_err("missing CA file")
+            .to_string();
+        assert!(err.contains("trunk.tls_ca_file"), "{err}");
+    }
+
+    #[test]
+    fn media_encryption_words_become_the_legs_policy() {
+        for (word, enc) in [
+            ("disabled", Encryption::Disabled),
+            ("allowed", Encryption::Allowed),
+            ("required", Encryption::Required),
+        ] {
+            let text = format!("[trunk]\nmedia_encryption = \"{word}\"\n");
+            let cfg = Config::from_toml_and_env(&text, []).expect("parses");
+            assert_eq!(setup(&cfg).stack.legs.trunk.encryption, enc);
+            assert!(
+                cfg.explain(&Secrets::default())
+                    .contains(&format!("Media encryption ({word})"))
+            );
+        }
+        assert_eq!(
+            setup(&Config::default()).stack.legs.trunk.encryption,
+            Encryption::Disabled
+        );
+        let bad = Config::from_toml_and_env("[trunk]\nmedia_encryption = \"sometimes\"\n", [])
+            .expect_err("unknown word")
+            .to_string();
+        assert!(bad.contains("unknown variant"), "{bad}");
     }
 
     #[test]

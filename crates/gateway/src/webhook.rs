@@ -122,6 +122,8 @@ impl Webhooks {
             "conversation_id": record.conversation_id,
             "sip_status": record.sip_status,
             "end_cause": record.end_cause.as_ref().map(|c| c.label()),
+            "answered_by": record.amd.as_ref().map(|a| a.answered_by.as_str()),
+            "amd": record.amd,
             "timestamps": record.timestamps,
         })
         .to_string();

@@ -270,16 +270,9 @@ async fn pcm_16000_agent_still_hears_the_phone_and_is_heard() {
         .step_by(2)
         .map(|&s| f64::from(s))
         .collect();
-    let src: Vec<f64> = speech()
-        .packets
-        .iter()
-        .filter(|p| p.law.is_some())
-        .flat_map(|p| {
-            p.payload
-                .iter()
-                .map(|&c| f64::from(trunkline_media::g711::G711::Ulaw.decode(c)))
-                .collect::<Vec<_>>()
-        })
+    let src: Vec<f64> = common::speech_samples()
+        .into_iter()
+        .map(f64::from)
         .take(8000 * 3)
         .collect();
     let best = best_correlation(&heard, &src[8000..8000 + 8000]);

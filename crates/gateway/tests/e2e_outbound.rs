@@ -10,7 +10,6 @@ use common::{deploy, speech};
 use trunkline_call::record::EndCause;
 use trunkline_emulators::agent::AgentEmulatorConfig;
 use trunkline_emulators::trunk::{Outcome, TrunkConfig};
-use trunkline_media::g711::G711;
 
 fn trunk(f: impl FnOnce(&mut TrunkConfig)) -> TrunkConfig {
     let mut t = TrunkConfig {
@@ -131,17 +130,7 @@ async fn outbound_call_greets_the_phone_and_relays_its_speech_exactly() {
     let agent = d.agent_finished(1, Duration::from_secs(5)).await;
     assert_eq!(agent.len(), 1);
     let heard = &agent[0].caller_audio;
-    let played: Vec<i16> = common::speech()
-        .packets
-        .iter()
-        .filter(|p| p.law.is_some())
-        .flat_map(|p| {
-            p.payload
-                .iter()
-                .map(|&c| G711::Ulaw.decode(c))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let played: Vec<i16> = common::speech_samples();
     let first_loud = played
         .chunks(160)
         .position(|c| c.iter().any(|s| s.abs() > 1000))

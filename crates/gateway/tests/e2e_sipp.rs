@@ -19,9 +19,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
+
+use common::sipp::{Guard, free_port, free_udp_range, have_sipp, sipp_count};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +35,6 @@ use trunkline_gateway::api::{ApiState, router};
 use trunkline_gateway::config::{Config, Secrets};
 use trunkline_gateway::policy::Policy;
 use trunkline_gateway::service::Gateway;
-use trunkline_media::g711::G711;
 use trunkline_media::jitter::QUIET_PEAK;
 
 const SCENARIO: &str = concat!(
@@ -45,50 +46,6 @@ const PCAP_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/pc
 const USER: &str = "trunkline";
 const PASSWORD: &str = "s3cret";
 const NUMBER: &str = "+33612345678";
-
-fn have_sipp() -> bool {
-    let found = Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        eprintln!(
-            "SKIPPED: `sipp` is not on PATH (install Debian `sip-tester`; CI's .ci/run does)"
-        );
-    }
-    found
-}
-
-/// A loopback port free for both UDP and TCP right now.
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("addr").port();
-        if StdTcpListener::bind(("127.0.0.1", port)).is_ok() && port < 60000 {
-            return port;
-        }
-    }
-}
-
-/// An even UDP port `p` such that `p..p + n` are all free on loopback right now.
-fn free_udp_range(n: u16) -> u16 {
-    loop {
-        let probe = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let base = probe.local_addr().expect("addr").port() & !1;
-        drop(probe);
-        if !(10000..=60000).contains(&base) {
-            continue;
-        }
-        let held: Vec<_> = (base..base + n)
-            .map_while(|p| UdpSocket::bind(("127.0.0.1", p)).ok())
-            .collect();
-        if held.len() == usize::from(n) {
-            return base;
-        }
-    }
-}
 
 /// Waits (up to 10 s) until some process has bound UDP `port` on loopback, reading /proc/net so
 /// the check never touches the port (falls back to a bind probe elsewhere).
@@ -117,41 +74,6 @@ fn wait_udp_bound(port: u16) {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("SIPp did not bind UDP port {port} within 10 s");
-}
-
-/// Kills the child (by its own handle) when dropped, so a failed assertion leaves nothing behind.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Guard {
-    /// Waits for SIPp to exit on its own (polling, so the tokio runtime keeps running).
-    async fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.0.try_wait().expect("try_wait sipp") {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// The cumulative count on SIPp's final-screen line `label` (e.g. "Successful call").
-fn sipp_count(stdout: &str, label: &str) -> Option<u64> {
-    stdout
-        .lines()
-        .rfind(|l| l.trim_start().starts_with(label))
-        .and_then(|l| l.split('|').nth(2))
-        .and_then(|c| c.trim().parse().ok())
 }
 
 /// The SIP messages in SIPp's `-message_file`, in order: (received by SIPp?, message text).
@@ -351,17 +273,7 @@ fn spawn_sipp_scenario(dir: &Path, scenario: &str, extra: &[&str]) -> (Guard, So
 
 /// The capture's PCMU payloads decoded, as the phone said them.
 fn capture_speech() -> Vec<i16> {
-    common::speech()
-        .packets
-        .iter()
-        .filter(|p| p.law.is_some())
-        .flat_map(|p| {
-            p.payload
-                .iter()
-                .map(|&c| G711::Ulaw.decode(c))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    common::speech_samples()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

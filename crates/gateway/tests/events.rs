@@ -57,6 +57,11 @@ impl Answer {
 
     /// The `data` of each `status` event, in order.
     fn events(&self) -> Vec<Value> {
+        self.named("status")
+    }
+
+    /// The `data` of each event called `want`, in order.
+    fn named(&self, want: &str) -> Vec<Value> {
         let mut out = Vec::new();
         for block in self.body.split("\n\n") {
             let mut name = "message";
@@ -68,7 +73,7 @@ impl Answer {
                     data.push_str(v.trim());
                 }
             }
-            if name == "status" && !data.is_empty() {
+            if name == want && !data.is_empty() {
                 out.push(serde_json::from_str(&data).expect("event data is JSON"));
             }
         }
@@ -213,6 +218,28 @@ async fn the_visitor_sees_ringing_in_progress_and_completed_in_order() {
         "the final event carries the agent's conversation id"
     );
     assert!(rec.conversation_id.is_some(), "{rec:?}");
+    // In `answer` mode the id arrives after `in-progress`: it is told at once, as its own event
+    // (once), not only on the final status.
+    let told = a.named("conversation");
+    assert_eq!(told.len(), 1, "{}", a.body);
+    assert_eq!(told[0]["status"], "in-progress", "{}", a.body);
+    assert_eq!(
+        told[0]["conversation_id"].as_str(),
+        rec.conversation_id.as_deref(),
+        "{}",
+        a.body
+    );
+    let names: Vec<&str> = a
+        .body
+        .split("\n\n")
+        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("event:")))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        names.last(),
+        Some(&"status"),
+        "told before the final status: {names:?}"
+    );
 
     // After the end, within the grace period: the final status alone, and the stream ends.
     let again = get(

@@ -51,6 +51,26 @@ pub struct GatewaySpec {
     pub token: String,
     /// Worker threads of its tokio runtime.
     pub worker_threads: usize,
+    /// SDES-SRTP on the trunk (`trunk.media_encryption = "required"`).
+    pub srtp: bool,
+    /// Its RTP port range (`rtp.port_min`, `rtp.port_max`): distinct per node with `--nodes`.
+    pub rtp_ports: (u16, u16),
+}
+
+/// The RTP port range of the started gateway (one node).
+pub const RTP_PORTS: (u16, u16) = (20000, 60000);
+
+/// Node `i`'s share of [`RTP_PORTS`] when `n` nodes run side by side (even bounds).
+pub fn node_rtp_ports(i: usize, n: usize) -> (u16, u16) {
+    let (lo, hi) = RTP_PORTS;
+    let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    let i = u32::try_from(i).unwrap_or(0).min(n - 1);
+    let span = (u32::from(hi - lo) / n) & !1;
+    let start = u32::from(lo) + i * span;
+    (
+        u16::try_from(start).unwrap_or(lo),
+        u16::try_from(start + span).unwrap_or(hi),
+    )
 }
 
 /// `trunkline` next to the running executable (for a test binary in `target/<profile>/deps`:
@@ -75,7 +95,14 @@ fn toml_str(s: &str) -> String {
 
 /// The configuration file of the gateway (keys as in `config/trunkline.toml`; every key not
 /// written here keeps its default, and the environment's `TRUNKLINE__SECTION__KEY` win over it).
-pub fn config_toml(sip: SocketAddr, http: SocketAddr, trunk: SocketAddr, agent_ws: &str) -> String {
+pub fn config_toml(
+    sip: SocketAddr,
+    http: SocketAddr,
+    trunk: SocketAddr,
+    agent_ws: &str,
+    srtp: bool,
+    rtp_ports: (u16, u16),
+) -> String {
     format!(
         r#"# Written by trunkline-load for one run.
 [sip]
@@ -89,11 +116,12 @@ username = {user}
 caller_id = "+15005550006"
 ring_timeout_secs = 30
 inbound_allowed_sources = ["127.0.0.1/32"]
+media_encryption = {enc}
 
 [rtp]
 bind_ip = "127.0.0.1"
-port_min = 20000
-port_max = 60000
+port_min = {port_min}
+port_max = {port_max}
 
 [agent]
 base_url = {agent}
@@ -121,6 +149,9 @@ level = "error"
         user = toml_str(TRUNK_USER),
         agent = toml_str(agent_ws),
         http = toml_str(&http.to_string()),
+        enc = toml_str(if srtp { "required" } else { "disabled" }),
+        port_min = rtp_ports.0,
+        port_max = rtp_ports.1,
     )
 }
 
@@ -229,9 +260,19 @@ impl GatewayProcess {
             .map_err(fatal)?;
         let (http, sip) = free_ports().context("finding free ports").map_err(fatal)?;
         let config = dir.0.join("trunkline.toml");
-        std::fs::write(&config, config_toml(sip, http, spec.trunk, &spec.agent_ws))
-            .with_context(|| format!("writing {}", config.display()))
-            .map_err(fatal)?;
+        std::fs::write(
+            &config,
+            config_toml(
+                sip,
+                http,
+                spec.trunk,
+                &spec.agent_ws,
+                spec.srtp,
+                spec.rtp_ports,
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))
+        .map_err(fatal)?;
         let mut child = serve_command(&spec.bin, &config)
             .env("TRUNKLINE_API_TOKEN", format!("load:{}", spec.token))
             .env("TRUNKLINE_TRUNK_PASSWORD", TRUNK_PASSWORD)
@@ -368,10 +409,18 @@ mod tests {
             "127.0.0.1:8089".parse().expect("addr"),
             "127.0.0.1:5070".parse().expect("addr"),
             "ws://127.0.0.1:9000",
+            true,
+            node_rtp_ports(1, 3),
+        );
+        assert_eq!(
+            text.parse::<toml::Table>().expect("TOML")["trunk"]["media_encryption"].as_str(),
+            Some("required")
         );
         let t: toml::Table = text.parse().expect("TOML");
         assert_eq!(t["sip"]["listen"].as_str(), Some("127.0.0.1:5062"));
         assert_eq!(t["http"]["listen"].as_str(), Some("127.0.0.1:8089"));
+        assert_eq!(t["rtp"]["port_min"].as_integer(), Some(33332));
+        assert_eq!(t["rtp"]["port_max"].as_integer(), Some(46664));
         assert_eq!(
             t["trunk"]["outbound_proxy"].as_str(),
             Some("127.0.0.1:5070")
@@ -389,6 +438,15 @@ mod tests {
         let odd = "a\"b'c\\d\n";
         let t: toml::Table = format!("k = {}", toml_str(odd)).parse().expect("TOML");
         assert_eq!(t["k"].as_str(), Some(odd));
+    }
+
+    #[test]
+    fn nodes_get_disjoint_even_rtp_ranges() {
+        assert_eq!(node_rtp_ports(0, 1), RTP_PORTS);
+        let r: Vec<_> = (0..3).map(|i| node_rtp_ports(i, 3)).collect();
+        assert_eq!(r, [(20000, 33332), (33332, 46664), (46664, 59996)]);
+        // The gateway allocates even ports below port_max: ranges touching at a bound are disjoint.
+        assert!(r.iter().all(|(a, b)| a % 2 == 0 && b % 2 == 0 && a < b));
     }
 
     #[test]

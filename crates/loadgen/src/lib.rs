@@ -11,7 +11,7 @@
 //!
 //! Modules: [`schedule`] (capture replay timing), [`analyze`] (per-call reduction),
 //! [`procfs`] (CPU/RSS), [`sipspy`] (INVITE timing relay), [`gateway_process`] (the gateway as
-//! a child process), [`api`] (its HTTP API), [`prom`] (its `/metrics` text), [`runner`] (the
+//! a child process), [`kamailio`] (Kamailio in front of `--nodes N`), [`api`] (its HTTP API), [`prom`] (its `/metrics` text), [`runner`] (the
 //! run), [`results`] (what a run found: the JSON document), [`report`] (table, HTML).
 //!
 //! Inside the crate, dependencies point one way: `runner` uses the other modules but `report`;
@@ -21,6 +21,7 @@
 pub mod analyze;
 pub mod api;
 pub mod gateway_process;
+pub mod kamailio;
 pub mod procfs;
 pub mod prom;
 pub mod report;

@@ -112,6 +112,23 @@ struct Cli {
     /// calls succeed when the phone gets the gateway's BYE.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
     agent_ends: u32,
+    /// SDES-SRTP on every call (the phones and the started gateway with
+    /// trunk.media_encryption = "required"), to measure its cost against a plain run.
+    #[arg(long)]
+    srtp: bool,
+    /// Start this many gateway processes (inbound mode only when > 1): each its own SIP/HTTP
+    /// port and RTP port range; inbound INVITEs spread over them round robin (by Kamailio with
+    /// --kamailio). CPU is their sum; per-node calls and CPU are reported.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    nodes: u16,
+    /// Start Kamailio (`kamailio` on PATH) with the repository's docker/kamailio/kamailio.cfg
+    /// (see --kamailio-cfg) in front of the nodes, and send the inbound INVITEs to it.
+    #[arg(long)]
+    kamailio: bool,
+    /// The Kamailio cfg for --kamailio (its `listen=`, `DS_LIST` and `CTL_SOCKET` lines are
+    /// rewritten for loopback).
+    #[arg(long, value_name = "PATH")]
+    kamailio_cfg: Option<PathBuf>,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -208,6 +225,13 @@ fn main() -> ExitCode {
         dtmf_every: cli.dtmf_every,
         agent_dtmf: cli.agent_dtmf,
         agent_ends_percent: cli.agent_ends,
+        srtp: cli.srtp,
+        nodes: usize::from(cli.nodes),
+        kamailio: cli.kamailio.then(|| {
+            cli.kamailio_cfg
+                .clone()
+                .unwrap_or_else(trunkline_loadgen::kamailio::default_cfg)
+        }),
         ..RunConfig::default()
     };
     let report = match run_blocking(cfg) {
@@ -257,5 +281,18 @@ mod tests {
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("3y").is_err());
         assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn nodes_and_kamailio_parse() {
+        let c = Cli::try_parse_from(["t", "--mode", "inbound", "--nodes", "3", "--kamailio"])
+            .expect("parse");
+        assert_eq!((c.nodes, c.kamailio, c.kamailio_cfg), (3, true, None));
+        let c =
+            Cli::try_parse_from(["t", "--kamailio", "--kamailio-cfg", "/x.cfg"]).expect("parse");
+        assert_eq!(c.kamailio_cfg, Some(PathBuf::from("/x.cfg")));
+        let c = Cli::try_parse_from(["t"]).expect("parse");
+        assert_eq!((c.nodes, c.kamailio), (1, false));
+        assert!(Cli::try_parse_from(["t", "--nodes", "0"]).is_err());
     }
 }

@@ -73,6 +73,8 @@ pub struct Usage {
 pub enum GatewayProc {
     /// Another process (the child this tool started, or `--gateway-pid`).
     Pid(u32),
+    /// Several gateway processes (`--nodes N`): their CPU and RSS summed.
+    Pids(Vec<u32>),
     /// Not measurable (an external gateway whose pid was not given).
     Unknown,
 }
@@ -90,6 +92,11 @@ impl GatewayProc {
                     gateway_rss: rss_bytes(&pid),
                 }
             }
+            GatewayProc::Pids(ps) => Usage {
+                gateway_cpu_s: ps.iter().map(|p| cpu_seconds(&p.to_string(), None)).sum(),
+                process_cpu_s,
+                gateway_rss: ps.iter().map(|p| rss_bytes(&p.to_string())).sum(),
+            },
             GatewayProc::Unknown => Usage {
                 process_cpu_s,
                 ..Usage::default()

@@ -72,6 +72,18 @@ fn labels(text: &str) -> Option<(BTreeMap<String, String>, &str)> {
     }
 }
 
+/// The sum of every series of counter `name` (all label sets) in `/metrics` text; 0 if absent.
+pub fn counter_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// The buckets of histogram `name` in an exposition `text` (series with other labels are
 /// added up by bound); `None` if it has no `+Inf` bucket or a line of it does not parse.
 pub fn histogram(text: &str, name: &str) -> Option<Buckets> {
@@ -160,6 +172,16 @@ pub fn send_pacing_between(before: &Buckets, after: &Buckets) -> Option<SendPaci
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_are_summed_over_their_labels_only() {
+        let text = "# TYPE trunkline_calls_started_total counter\n\
+trunkline_calls_started_total{direction=\"inbound\"} 7\n\
+trunkline_calls_started_total{direction=\"outbound\"} 3\n\
+trunkline_calls_started_totally 100\n";
+        assert_eq!(counter_sum(text, "trunkline_calls_started_total"), 10);
+        assert_eq!(counter_sum(text, "trunkline_nothing_total"), 0);
+    }
 
     /// The gateway's bucket bounds, µs.
     const BOUNDS_US: [u64; 12] = [

@@ -88,6 +88,21 @@ pub fn summary_table(r: &RunReport) -> String {
             p.pacing_at_receiver_us.max,
             p.pacing_stamped_packets
         );
+        if !p.nodes.is_empty() {
+            let _ = writeln!(
+                s,
+                "       nodes (calls started / % of a core over the level): {}{}",
+                p.nodes
+                    .iter()
+                    .map(|n| format!("{} / {:.1}", n.calls, n.cpu_pct))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                p.kamailio_cpu_pct
+                    .map_or(String::new(), |k| format!("; Kamailio {k:.1} % of a core"))
+            );
+        } else if let Some(k) = p.kamailio_cpu_pct {
+            let _ = writeln!(s, "       Kamailio {k:.1} % of a core over the level");
+        }
         if let Some(g) = &p.gateway_send_pacing {
             let b = |v: Option<u64>| v.map_or("> 100000".to_owned(), |v| format!("≤ {v}"));
             let _ = writeln!(

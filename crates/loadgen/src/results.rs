@@ -334,6 +334,19 @@ pub struct PhaseReport {
     pub threshold_broken: Option<String>,
     /// Resource samples.
     pub samples: Vec<Sample>,
+    /// With `--nodes N`: each gateway node's share of the level (empty with one node).
+    pub nodes: Vec<NodeShare>,
+    /// With `--kamailio`: Kamailio's CPU (all its processes) over the level, % of one core.
+    pub kamailio_cpu_pct: Option<f64>,
+}
+
+/// One gateway node's part of a level (`--nodes N`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct NodeShare {
+    /// Calls it started (`trunkline_calls_started_total` on its `/metrics`, before → after).
+    pub calls: u64,
+    /// Its CPU over the level (first call placed → last call ended), % of one core.
+    pub cpu_pct: f64,
 }
 
 /// The capacity search's answer.

@@ -24,17 +24,19 @@ use trunkline_emulators::agent::{
     AgentEmulator, AgentEmulatorConfig, ConnectionRecord, Script, ToolCallSpec, VadConfig,
 };
 use trunkline_emulators::trunk::{
-    Originate, PlayPacket, PlaySource, RxPacket, TrunkCall, TrunkConfig, TrunkEmulator,
+    Originate, PlayPacket, PlaySource, RxPacket, TrunkCall, TrunkConfig, TrunkEmulator, TrunkSrtp,
 };
 use trunkline_media::g711::G711;
 
 use crate::analyze::{self, Integrity};
 use crate::api::GatewayApi;
 use crate::gateway_process::{self, GatewayProcess, GatewaySpec, TRUNK_PASSWORD, TRUNK_USER};
-use crate::procfs::{GatewayProc, LOAD_THREAD, Usage};
+use crate::kamailio::Kamailio;
+use crate::procfs::{self, GatewayProc, LOAD_THREAD, Usage};
 use crate::prom;
 use crate::results::{
-    AgentFormat, Defect, FindMax, Mode, PhaseReport, RunReport, Sample, Stats, Thresholds,
+    AgentFormat, Defect, FindMax, Mode, NodeShare, PhaseReport, RunReport, Sample, Stats,
+    Thresholds,
 };
 use crate::schedule;
 use crate::sipspy::SipSpy;
@@ -118,6 +120,14 @@ pub struct RunConfig {
     pub agent_dtmf: Option<String>,
     /// Percentage of calls the agent ends itself (end_call) after the caller's first turn.
     pub agent_ends_percent: u32,
+    /// SDES-SRTP between the phones (trunk emulator) and the gateway (`--srtp`).
+    pub srtp: bool,
+    /// Gateway processes to start (`--nodes`, inbound only when > 1): distinct ports and RTP
+    /// ranges; calls spread over them round robin, by Kamailio with `kamailio`.
+    pub nodes: usize,
+    /// Start Kamailio (this cfg: `docker/kamailio/kamailio.cfg`) in front of the nodes and send
+    /// the inbound INVITEs to it.
+    pub kamailio: Option<PathBuf>,
 }
 
 impl Default for RunConfig {
@@ -152,6 +162,9 @@ impl Default for RunConfig {
             dtmf_every: None,
             agent_dtmf: None,
             agent_ends_percent: 0,
+            srtp: false,
+            nodes: 1,
+            kamailio: None,
         }
     }
 }
@@ -179,12 +192,17 @@ pub fn run_blocking(cfg: RunConfig) -> anyhow::Result<RunReport> {
     result
 }
 
-/// The gateway: how to reach it, and the process when this tool started it.
+/// The gateway: how to reach it, and the processes when this tool started them.
 struct Target {
+    /// Node 0's API (the only node without `--nodes`).
     api: Option<GatewayApi>,
+    /// Where inbound INVITEs go: node 0 (or an external gateway), or Kamailio.
     sip: Option<SocketAddr>,
     proc_: GatewayProc,
-    process: Option<GatewayProcess>,
+    processes: Vec<GatewayProcess>,
+    /// Every node's API and SIP address (`--nodes N` without Kamailio: INVITEs round robin).
+    nodes: Vec<(GatewayApi, SocketAddr)>,
+    kamailio: Option<tokio::sync::Mutex<Kamailio>>,
 }
 
 struct Ctx {
@@ -230,6 +248,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         dtmf_every: cfg.dtmf_every,
         // No digit in the last 1.5 s: it must reach the agent before the phone hangs up.
         dtmf_until: Some(cfg.hold.saturating_sub(Duration::from_millis(1500))),
+        srtp: if cfg.srtp {
+            TrunkSrtp::Required
+        } else {
+            TrunkSrtp::Off
+        },
         ..TrunkConfig::default()
     })
     .await?;
@@ -260,6 +283,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         },
     )
     .await?;
+    if (cfg.nodes > 1 || cfg.kamailio.is_some())
+        && (cfg.mode != Mode::Inbound || cfg.gateway.is_some())
+    {
+        return Err(anyhow!(
+            "--nodes and --kamailio need --mode inbound and a started gateway (no --gateway)"
+        ));
+    }
     let (target, spy) = match &cfg.gateway {
         None => {
             let spy = SipSpy::start(trunk.addr()).await?;
@@ -275,7 +305,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
                 api: Some(GatewayApi::new(http, cfg.token.clone())),
                 sip: cfg.gateway_sip,
                 proc_,
-                process: None,
+                processes: Vec::new(),
+                nodes: Vec::new(),
+                kamailio: None,
             };
             (t, None)
         }
@@ -310,7 +342,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     });
     let result = measure(&ctx, play_bytes).await;
     // Stop the gateway this tool started (SIGTERM, then wait for it), whatever the result.
-    if let Some(p) = &ctx.target.process {
+    if let Some(k) = &ctx.target.kamailio {
+        k.lock().await.stop().await;
+    }
+    for p in &ctx.target.processes {
         match p.stop().await {
             Ok(Some(st)) if !st.success() => eprintln!(
                 "trunkline-load: the gateway (pid {}) exited with {st}; its last output:\n{}",
@@ -333,8 +368,9 @@ async fn measure(ctx: &Arc<Ctx>, play_bytes: u64) -> anyhow::Result<RunReport> {
     let agent = &ctx.agent;
 
     if let Some(d) = cfg.serve_for {
-        let pid = match ctx.target.proc_ {
+        let pid = match &ctx.target.proc_ {
             GatewayProc::Pid(p) => p.to_string(),
+            GatewayProc::Pids(ps) => format!("{ps:?}"),
             GatewayProc::Unknown => "-".into(),
         };
         println!(
@@ -451,6 +487,16 @@ async fn measure(ctx: &Arc<Ctx>, play_bytes: u64) -> anyhow::Result<RunReport> {
             (GatewayProc::Pid(p), false) => {
                 format!("external gateway pid {p}: /proc/{p}/task/*/stat and /proc/{p}/status")
             }
+            (GatewayProc::Pids(ps), _) => format!(
+                "{} gateway child processes (`trunkline serve`, pids {ps:?}, {} worker thread(s) each){}: utime+stime of all their threads summed, VmRSS summed; the emulators and this tool run in the parent",
+                ps.len(),
+                cfg.gateway_threads,
+                if cfg.kamailio.is_some() {
+                    " behind Kamailio (its CPU is reported apart)"
+                } else {
+                    ", inbound INVITEs spread round robin"
+                }
+            ),
             (GatewayProc::Unknown, _) => {
                 "external gateway without --gateway-pid: not measured".into()
             }
@@ -475,19 +521,45 @@ async fn start_gateway(
         Some(b) => b.clone(),
         None => gateway_process::default_bin().context("finding the gateway binary")?,
     };
-    let process = GatewayProcess::start(&GatewaySpec {
-        bin,
-        trunk: proxy,
-        agent_ws: agent.ws_base_url(),
-        token: run.token.clone(),
-        worker_threads: run.gateway_threads,
-    })
-    .await?;
+    let n = run.nodes.max(1);
+    let mut processes = Vec::new();
+    for i in 0..n {
+        processes.push(
+            GatewayProcess::start(&GatewaySpec {
+                bin: bin.clone(),
+                trunk: proxy,
+                agent_ws: agent.ws_base_url(),
+                token: run.token.clone(),
+                worker_threads: run.gateway_threads,
+                srtp: run.srtp,
+                rtp_ports: gateway_process::node_rtp_ports(i, n),
+            })
+            .await?,
+        );
+    }
+    let nodes: Vec<(GatewayApi, SocketAddr)> = processes
+        .iter()
+        .map(|p| (GatewayApi::new(p.http(), run.token.clone()), p.sip()))
+        .collect();
+    let kamailio = match &run.kamailio {
+        Some(cfg) => {
+            let sips: Vec<SocketAddr> = nodes.iter().map(|n| n.1).collect();
+            Some(Kamailio::start(cfg, &sips).await?)
+        }
+        None => None,
+    };
+    let proc_ = if n == 1 {
+        GatewayProc::Pid(processes[0].pid())
+    } else {
+        GatewayProc::Pids(processes.iter().map(GatewayProcess::pid).collect())
+    };
     Ok(Target {
-        api: Some(GatewayApi::new(process.http(), run.token.clone())),
-        sip: Some(process.sip()),
-        proc_: GatewayProc::Pid(process.pid()),
-        process: Some(process),
+        api: Some(nodes[0].0.clone()),
+        sip: Some(kamailio.as_ref().map_or(nodes[0].1, Kamailio::addr)),
+        proc_,
+        processes,
+        nodes: if n > 1 { nodes } else { Vec::new() },
+        kamailio: kamailio.map(tokio::sync::Mutex::new),
     })
 }
 
@@ -618,6 +690,7 @@ async fn run_phase(
         })
     };
 
+    let nodes_before = node_counters(ctx).await;
     let phase_start = Instant::now();
     let rss_before = ctx.target.proc_.sample().gateway_rss;
     let mut handles = Vec::new();
@@ -692,6 +765,24 @@ async fn run_phase(
         calls = ctx.trunk.calls();
     }
     let phase_end = Instant::now();
+    let nodes_after = node_counters(ctx).await;
+    let secs = phase_end
+        .duration_since(phase_start)
+        .as_secs_f64()
+        .max(1e-3);
+    let nodes_share: Vec<NodeShare> = nodes_before
+        .0
+        .iter()
+        .zip(&nodes_after.0)
+        .map(|(b, a)| NodeShare {
+            calls: a.0.saturating_sub(b.0),
+            cpu_pct: (a.1 - b.1).max(0.0) / secs * 100.0,
+        })
+        .collect();
+    let kamailio_cpu_pct = nodes_before
+        .1
+        .zip(nodes_after.1)
+        .map(|(b, a)| (a - b).max(0.0) / secs * 100.0);
     let by_key: std::collections::HashMap<String, &TrunkCall> = calls
         .iter()
         .filter_map(|c| key_of(cfg.mode, c).map(|k| (k, c)))
@@ -704,6 +795,8 @@ async fn run_phase(
         gateway_send_pacing: pacing_before
             .zip(pacing_after)
             .and_then(|(b, a)| prom::send_pacing_between(&b, &a)),
+        nodes: nodes_share,
+        kamailio_cpu_pct,
         ..PhaseReport::default()
     };
     // The agent's side of the phase: its connections (one per call, in accept order), keyed like
@@ -1063,7 +1156,10 @@ fn is_dtmf_text(m: &str) -> bool {
 async fn place(ctx: &Ctx, index: u64) -> (Option<u16>, Option<String>) {
     match ctx.cfg.mode {
         Mode::Inbound => {
-            let Some(gateway) = ctx.target.sip else {
+            // Several nodes without Kamailio: round robin here.
+            let direct = (ctx.target.kamailio.is_none() && !ctx.target.nodes.is_empty())
+                .then(|| ctx.target.nodes[(index as usize) % ctx.target.nodes.len()].1);
+            let Some(gateway) = direct.or(ctx.target.sip) else {
                 return (None, Some("no gateway SIP address".into()));
             };
             ctx.trunk.originate(Originate {
@@ -1085,6 +1181,30 @@ async fn place(ctx: &Ctx, index: u64) -> (Option<u16>, Option<String>) {
             }
         }
     }
+}
+
+/// With `--nodes N`: each node's (calls started, CPU seconds); with Kamailio, its CPU seconds
+/// (all its processes).
+async fn node_counters(ctx: &Ctx) -> (Vec<(u64, f64)>, Option<f64>) {
+    let mut nodes = Vec::new();
+    for ((api, _), p) in ctx.target.nodes.iter().zip(&ctx.target.processes) {
+        let calls = api.metrics_text().await.map_or(0, |t| {
+            prom::counter_sum(&t, "trunkline_calls_started_total")
+        });
+        nodes.push((calls, procfs::cpu_seconds(&p.pid().to_string(), None)));
+    }
+    let kam = match &ctx.target.kamailio {
+        Some(k) => Some(
+            k.lock()
+                .await
+                .pids()
+                .iter()
+                .map(|p| procfs::cpu_seconds(&p.to_string(), None))
+                .sum(),
+        ),
+        None => None,
+    };
+    (nodes, kam)
 }
 
 /// `uplink.dropped_samples` of the gateway's record of call `sid` (`GET /api/calls/{sid}`):

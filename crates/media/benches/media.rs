@@ -19,6 +19,40 @@ use trunkline_media::srtp::{SdesKey, SrtpSession, SrtpSuite};
 
 const TICK: Duration = Duration::from_millis(20);
 
+/// The answering-machine detector, per 20 ms frame: loud speech-like frames (VAD + the tone
+/// check), a pure tone (beep tracking) and silence. The detector is reset before it would stop.
+fn amd(c: &mut Criterion) {
+    use trunkline_media::amd::{Amd, AmdConfig, FRAME_SAMPLES};
+    let mut seed = 5u32;
+    let speech: [i16; FRAME_SAMPLES] = std::array::from_fn(|_| {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        ((seed >> 16) as i32 - 32768) as i16 / 4
+    });
+    let tone: [i16; FRAME_SAMPLES] = std::array::from_fn(|i| {
+        (8000.0 * (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 8000.0).sin()) as i16
+    });
+    let silence = [0i16; FRAME_SAMPLES];
+    for (name, frame) in [("speech", speech), ("tone", tone), ("silence", silence)] {
+        c.bench_function(&format!("amd/{name}/per_frame"), |b| {
+            let t0 = Instant::now();
+            let mut amd = Amd::new(AmdConfig {
+                max_words: u32::MAX,
+                greeting: Duration::from_secs(3600),
+                initial_silence: Duration::from_secs(3600),
+                total_analysis_time: Duration::from_secs(3600),
+                max_word_length: Duration::from_secs(3600),
+                ..AmdConfig::default()
+            });
+            let mut i = 0u32;
+            b.iter(|| {
+                amd.push_frame(t0 + TICK * i, black_box(&frame));
+                i = i.wrapping_add(1);
+                black_box(amd.poll_event())
+            })
+        });
+    }
+}
+
 fn g711(c: &mut Criterion) {
     let pcm: Vec<i16> = (0..160)
         .map(|i| ((i * 811) % 65536 - 32768) as i16)
@@ -189,6 +223,7 @@ fn srtp(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    amd,
     g711,
     resample,
     jitter_and_pacer,

@@ -466,3 +466,38 @@ pub fn inspect_report(path: impl AsRef<Path>) -> Result<String, CaptureError> {
     }
     Ok(out)
 }
+
+/// The audio bytes of a WAV file holding 8 kHz mono G.711 µ-law (format tag 7), or why not.
+/// Used to play the answering-machine set (`tests/data/amd/`) as a callee.
+pub fn wav_ulaw_data(wav: &[u8]) -> Result<&[u8], &'static str> {
+    if wav.len() < 12 || &wav[0..4] != b"RIFF" || &wav[8..12] != b"WAVE" {
+        return Err("not a RIFF/WAVE file");
+    }
+    let mut pos = 12;
+    let mut format_ok = false;
+    while pos + 8 <= wav.len() {
+        let id = &wav[pos..pos + 4];
+        let len =
+            u32::from_le_bytes([wav[pos + 4], wav[pos + 5], wav[pos + 6], wav[pos + 7]]) as usize;
+        let body = &wav[pos + 8..(pos + 8).saturating_add(len).min(wav.len())];
+        match id {
+            b"fmt " => {
+                if body.len() < 16 {
+                    return Err("short fmt chunk");
+                }
+                let tag = u16::from_le_bytes([body[0], body[1]]);
+                let channels = u16::from_le_bytes([body[2], body[3]]);
+                let rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+                if tag != 7 || channels != 1 || rate != 8000 {
+                    return Err("not 8 kHz mono µ-law");
+                }
+                format_ok = true;
+            }
+            b"data" if format_ok => return Ok(body),
+            b"data" => return Err("data before fmt"),
+            _ => {}
+        }
+        pos += 8 + len + (len & 1);
+    }
+    Err("no data chunk")
+}

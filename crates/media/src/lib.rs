@@ -2,6 +2,7 @@
 //!
 //! - [`g711`]: ITU-T G.711 µ-law / A-law.
 //! - [`resample`]: streaming polyphase resampling 8 ↔ 16 kHz and 22.05/24/44.1/48 kHz ↔ 8 kHz.
+//! - [`amd`]: answering-machine detection (human / machine / unknown, voicemail beep).
 //! - [`agent_audio`]: agent formats (µ-law passthrough, PCM16 LE) ↔ 20 ms G.711 frames.
 //! - [`rtp`]: zero-copy RTP parsing/serialisation (RFC 3550 §5).
 //! - [`jitter`]: pull-based adaptive jitter buffer.
@@ -18,6 +19,7 @@
 //! reads from a socket it is lent and returns the kernel's stamp; the caller reads the clock.
 
 pub mod agent_audio;
+pub mod amd;
 pub mod capture;
 pub mod dtmf;
 #[doc(hidden)]

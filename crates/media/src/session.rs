@@ -392,6 +392,21 @@ impl MediaSession {
         self.rtcp_learned = false;
     }
 
+    /// New SRTP keys (a re-INVITE that rekeyed, RFC 4568 §7.1.4), or `None` for plain RTP: both
+    /// crypto contexts start afresh (rollover counters and replay windows at zero).
+    pub fn set_srtp(&mut self, keys: Option<(&SdesKey, &SdesKey)>) -> Result<(), MediaError> {
+        self.srtp = match keys {
+            Some((local, remote)) => Some(SrtpSession::new(local, remote)?),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// Whether RTP/RTCP are SRTP/SRTCP.
+    pub fn is_srtp(&self) -> bool {
+        self.srtp.is_some()
+    }
+
     /// Counters.
     pub fn stats(&self) -> MediaStats {
         let mut s = self.stats;

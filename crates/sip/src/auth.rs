@@ -7,8 +7,11 @@
 //! RFC 8760 (preference SHA-256 over MD5 when a server offers both).
 //!
 //! Server side: [`Authorization::parse`] reads an `Authorization`/`Proxy-Authorization` value and
-//! [`Authorization::verify`] checks its `response` against a password. Which nonces, realms and
-//! digest-URIs to accept is the server's policy, left to the caller.
+//! [`Authorization::verify`] checks its `response` against a password. [`DigestServer`] is a
+//! whole UAS policy on top (RFC 3261 §22.4, RFC 8760): it issues `WWW-Authenticate` challenges
+//! (SHA-256 then MD5, `qop="auth"`) with nonces it can recognise without state (issue time +
+//! counter + a keyed hash), lets them expire, refuses a replayed `nc` and answers expired or
+//! replayed nonces with `stale=true`.
 //!
 //! Not supported: `SHA-512-256` (challenge rejected with [`AuthError::UnsupportedAlgorithm`]),
 //! `userhash`, `username*` (RFC 7616 §3.4.4).
@@ -636,6 +639,207 @@ impl DigestClient {
     }
 }
 
+// ---- server side ---------------------------------------------------------------------------
+
+/// What [`DigestServer::check`] decided about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid credentials: take the request.
+    Accept,
+    /// No usable credentials (none, not for our realm, a nonce that is not ours), or an expired
+    /// or replayed nonce with an otherwise correct response (`stale`): send 401 with
+    /// [`DigestServer::challenges`].
+    Challenge {
+        /// `stale=true` (RFC 7616 §3.3): retry with the new nonce, no need to ask the user.
+        stale: bool,
+    },
+    /// Credentials for us that are wrong (user name, response, digest-uri): 403.
+    Forbidden,
+}
+
+/// A digest-authenticating UAS (sans-IO: every call takes `now`).
+#[derive(Debug)]
+pub struct DigestServer {
+    realm: String,
+    credentials: Credentials,
+    secret: u64,
+    nonce_ttl: std::time::Duration,
+    algorithms: Vec<Algorithm>,
+    origin: Option<std::time::Instant>,
+    counter: u64,
+    /// The highest `nc` seen per nonce (pruned when nonces expire).
+    seen: HashMap<String, u32>,
+}
+
+/// Nonces tracked for replay at most (older ones are dropped first when full).
+const MAX_TRACKED_NONCES: usize = 4096;
+
+impl DigestServer {
+    /// A server for `realm` accepting `credentials`; nonces are keyed with `secret` and valid for
+    /// `nonce_ttl`.
+    pub fn new(
+        realm: &str,
+        credentials: Credentials,
+        secret: u64,
+        nonce_ttl: std::time::Duration,
+    ) -> Self {
+        Self {
+            realm: realm.to_owned(),
+            credentials,
+            secret,
+            nonce_ttl,
+            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+            origin: None,
+            counter: 0,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Challenge with these algorithms, in this order (default SHA-256, MD5; some UACs — SIPp
+    /// 3.6 among them — only read the first challenge and only know MD5). Credentials with an
+    /// algorithm not listed are refused.
+    pub fn with_algorithms(mut self, algorithms: Vec<Algorithm>) -> Self {
+        if !algorithms.is_empty() {
+            self.algorithms = algorithms;
+        }
+        self
+    }
+
+    fn elapsed_ms(&mut self, now: std::time::Instant) -> u64 {
+        let origin = *self.origin.get_or_insert(now);
+        u64::try_from(now.saturating_duration_since(origin).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn mac(&self, issued: u64, counter: u64) -> String {
+        let h = Sha256::digest(format!("{:016x}:{issued:x}:{counter:x}", self.secret).as_bytes());
+        hex(&h[..12])
+    }
+
+    /// A new nonce: `{issued ms}.{counter}.{mac}` in hex.
+    pub fn nonce(&mut self, now: std::time::Instant) -> String {
+        let issued = self.elapsed_ms(now);
+        self.counter += 1;
+        let counter = self.counter;
+        format!("{issued:x}.{counter:x}.{}", self.mac(issued, counter))
+    }
+
+    /// When `nonce` was issued (ms after the origin), if we issued it.
+    fn issued(&self, nonce: &str) -> Option<u64> {
+        let mut parts = nonce.split('.');
+        let issued = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let counter = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let mac = parts.next()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        let expected = self.mac(issued, counter);
+        let same = expected.len() == mac.len()
+            && expected
+                .bytes()
+                .zip(mac.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        same.then_some(issued)
+    }
+
+    /// The `WWW-Authenticate` values of a 401, in order of preference (RFC 8760 §2.4: SHA-256
+    /// first, then MD5 for older clients), with one fresh nonce.
+    pub fn challenges(&mut self, stale: bool, now: std::time::Instant) -> Vec<String> {
+        let nonce = self.nonce(now);
+        let stale = if stale { ", stale=true" } else { "" };
+        self.algorithms
+            .iter()
+            .map(|a| {
+                format!(
+                    "Digest realm={}, nonce={}, algorithm={}, qop=\"auth\"{stale}",
+                    quote(&self.realm),
+                    quote(&nonce),
+                    a.as_str()
+                )
+            })
+            .collect()
+    }
+
+    /// Checks `request`'s `Authorization` credentials for our realm.
+    pub fn check(&mut self, request: &Request, now: std::time::Instant) -> Verdict {
+        let elapsed = self.elapsed_ms(now);
+        let ours = request
+            .header("Authorization")
+            .filter_map(|v| Authorization::parse(v).ok())
+            .find(|a| a.realm == self.realm);
+        let Some(auth) = ours else {
+            return Verdict::Challenge { stale: false };
+        };
+        let Some(issued) = self.issued(&auth.nonce) else {
+            // Not a nonce of ours (or of an earlier run): a fresh challenge.
+            return Verdict::Challenge { stale: false };
+        };
+        if auth.username != self.credentials.username
+            || auth.qop != Some(Qop::Auth)
+            || !auth
+                .algorithm_kind()
+                .is_some_and(|a| self.algorithms.contains(&a))
+            || !uri_matches(&auth.uri, &request.uri.to_string())
+            || !auth.verify(
+                &self.credentials.password,
+                request.method.as_str(),
+                &request.body,
+            )
+        {
+            return Verdict::Forbidden;
+        }
+        let ttl = u64::try_from(self.nonce_ttl.as_millis()).unwrap_or(u64::MAX);
+        if elapsed.saturating_sub(issued) > ttl {
+            return Verdict::Challenge { stale: true };
+        }
+        let nc = auth.nc.unwrap_or(0);
+        if self.seen.get(&auth.nonce).is_some_and(|last| nc <= *last) {
+            // A replay (or a reordered old request): only a fresh nonce will do.
+            return Verdict::Challenge { stale: true };
+        }
+        if self.seen.len() >= MAX_TRACKED_NONCES {
+            let limit = elapsed.saturating_sub(ttl);
+            let issued_of = |n: &str| {
+                n.split('.')
+                    .next()
+                    .and_then(|x| u64::from_str_radix(x, 16).ok())
+            };
+            self.seen
+                .retain(|n, _| issued_of(n).is_some_and(|i| i >= limit));
+            if self.seen.len() >= MAX_TRACKED_NONCES {
+                self.seen.clear();
+            }
+        }
+        self.seen.insert(auth.nonce, nc);
+        Verdict::Accept
+    }
+}
+
+/// The digest-uri names the Request-URI's resource (RFC 2617 §3.2.2.5): the same URI, or the
+/// same scheme, host and port without the user part (SIPp and some gateways put
+/// `sip:host:port` there; the hash covers whatever they sent, so only the target is checked).
+fn uri_matches(digest_uri: &str, request_uri: &str) -> bool {
+    if digest_uri == request_uri {
+        return true;
+    }
+    match (
+        crate::message::Uri::parse(digest_uri),
+        crate::message::Uri::parse(request_uri),
+    ) {
+        (Ok(a), Ok(b)) => match (a.as_sip(), b.as_sip()) {
+            (Some(a), Some(b)) => {
+                a.secure == b.secure
+                    && a.host_port
+                        .to_string()
+                        .eq_ignore_ascii_case(&b.host_port.to_string())
+                    && (a.user.is_none() || a.user == b.user)
+            }
+            _ => a == b,
+        },
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,5 +970,160 @@ mod tests {
         let a = Authorization::parse(&format!("{ok}, qop=AUTH, cnonce=\"c\", nc=0000000a, x=y"))
             .unwrap();
         assert_eq!((a.qop, a.nc), (Some(Qop::Auth), Some(10)));
+    }
+
+    // ---- DigestServer ----------------------------------------------------------------------
+
+    /// The origin of virtual time (the one clock read of these tests).
+    #[allow(clippy::disallowed_methods)]
+    fn origin() -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    fn server() -> DigestServer {
+        DigestServer::new(
+            "trunkline",
+            Credentials {
+                username: "carrier".into(),
+                password: "pa55".into(),
+            },
+            42,
+            std::time::Duration::from_secs(30),
+        )
+    }
+
+    fn invite() -> Request {
+        Request::new(
+            crate::message::Method::Invite,
+            crate::message::Uri::parse("sip:+15005550006@127.0.0.1:5060").unwrap(),
+        )
+    }
+
+    fn challenged(srv: &mut DigestServer, stale: bool, now: std::time::Instant) -> Response {
+        let mut r = Response::new(401);
+        for c in srv.challenges(stale, now) {
+            r.push_header("WWW-Authenticate", c);
+        }
+        r
+    }
+
+    #[test]
+    fn server_challenges_sha256_first_then_md5_and_accepts_either() {
+        let t0 = origin();
+        let mut srv = server();
+        let mut req = invite();
+        assert_eq!(srv.check(&req, t0), Verdict::Challenge { stale: false });
+        let r = challenged(&mut srv, false, t0);
+        let values: Vec<&str> = r.header("WWW-Authenticate").collect();
+        assert!(values[0].contains("algorithm=SHA-256") && values[0].contains("qop=\"auth\""));
+        assert!(values[1].contains("algorithm=MD5"));
+        // A client that prefers SHA-256 (RFC 8760).
+        let creds = Credentials {
+            username: "carrier".into(),
+            password: "pa55".into(),
+        };
+        let mut client = DigestClient::new(creds.clone());
+        client.authorize_request(&r, &mut req, "c1").unwrap();
+        assert!(
+            req.header("Authorization")
+                .next()
+                .unwrap()
+                .contains("SHA-256")
+        );
+        assert_eq!(srv.check(&req, t0), Verdict::Accept);
+        // An MD5-only client: only the MD5 challenge (a new one: that nonce and nc are used).
+        let again = challenged(&mut srv, false, t0);
+        let mut md5_only = Response::new(401);
+        md5_only.push_header(
+            "WWW-Authenticate",
+            again.header("WWW-Authenticate").nth(1).unwrap(),
+        );
+        let mut req2 = invite();
+        DigestClient::new(creds)
+            .authorize_request(&md5_only, &mut req2, "c2")
+            .unwrap();
+        assert_eq!(srv.check(&req2, t0), Verdict::Accept);
+    }
+
+    #[test]
+    fn server_refuses_wrong_passwords_users_and_uris_and_foreign_nonces() {
+        let t0 = origin();
+        let mut srv = server();
+        let r = challenged(&mut srv, false, t0);
+        let answer = |user: &str, pass: &str| {
+            let mut req = invite();
+            DigestClient::new(Credentials {
+                username: user.into(),
+                password: pass.into(),
+            })
+            .authorize_request(&r, &mut req, "c")
+            .unwrap();
+            req
+        };
+        assert_eq!(
+            srv.check(&answer("carrier", "wrong"), t0),
+            Verdict::Forbidden
+        );
+        assert_eq!(
+            srv.check(&answer("mallory", "pa55"), t0),
+            Verdict::Forbidden
+        );
+        // The credentials were for another Request-URI.
+        let mut moved = answer("carrier", "pa55");
+        moved.uri = crate::message::Uri::parse("sip:+15005550006@10.9.9.9").unwrap();
+        assert_eq!(srv.check(&moved, t0), Verdict::Forbidden);
+        // A nonce another server (another secret) issued is not ours: a fresh challenge.
+        let mut other = DigestServer::new(
+            "trunkline",
+            Credentials {
+                username: "carrier".into(),
+                password: "pa55".into(),
+            },
+            43,
+            std::time::Duration::from_secs(30),
+        );
+        let r2 = challenged(&mut other, false, t0);
+        let mut forged = invite();
+        DigestClient::new(Credentials {
+            username: "carrier".into(),
+            password: "pa55".into(),
+        })
+        .authorize_request(&r2, &mut forged, "c")
+        .unwrap();
+        assert_eq!(srv.check(&forged, t0), Verdict::Challenge { stale: false });
+    }
+
+    #[test]
+    fn server_nonces_expire_and_replays_are_stale() {
+        let t0 = origin();
+        let mut srv = server();
+        let r = challenged(&mut srv, false, t0);
+        let mut req = invite();
+        let mut client = DigestClient::new(Credentials {
+            username: "carrier".into(),
+            password: "pa55".into(),
+        });
+        client.authorize_request(&r, &mut req, "c").unwrap();
+        assert_eq!(srv.check(&req, t0), Verdict::Accept);
+        // The same credentials again (same nonce, same nc): a replay.
+        assert_eq!(srv.check(&req, t0), Verdict::Challenge { stale: true });
+        // The next request with the same nonce and nc + 1 is fine.
+        let mut req2 = invite();
+        client.authorize_request(&r, &mut req2, "c").unwrap();
+        assert_eq!(srv.check(&req2, t0), Verdict::Accept);
+        // After the nonce's lifetime: stale (the response is right, the nonce old).
+        let mut req3 = invite();
+        client.authorize_request(&r, &mut req3, "c").unwrap();
+        let later = t0 + std::time::Duration::from_secs(31);
+        assert_eq!(srv.check(&req3, later), Verdict::Challenge { stale: true });
+        let fresh = challenged(&mut srv, true, later);
+        assert!(
+            fresh
+                .header("WWW-Authenticate")
+                .all(|v| v.contains("stale=true"))
+        );
+        let mut req4 = invite();
+        client.authorize_request(&fresh, &mut req4, "c").unwrap();
+        assert_eq!(srv.check(&req4, later), Verdict::Accept);
     }
 }

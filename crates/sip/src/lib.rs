@@ -13,6 +13,7 @@ pub mod auth;
 pub mod dialog;
 pub mod fuzzing;
 pub mod message;
+pub mod rfc3263;
 pub mod sdp;
 pub mod transaction;
 pub mod transport;

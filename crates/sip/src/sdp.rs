@@ -210,8 +210,9 @@ pub struct Rtcp {
     pub connection: Option<Connection>,
 }
 
-/// `a=crypto:<tag> <suite> <key-params> [<session-params>]` (RFC 4568 §9.1).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `a=crypto:<tag> <suite> <key-params> [<session-params>]` (RFC 4568 §9.1). `Debug` hides the
+/// keys (only `Display`, the SDP form, shows them).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Crypto {
     /// tag (1–999999999)
     pub tag: u32,
@@ -277,6 +278,17 @@ impl Crypto {
             && self.key_params.len() == 1
             && !self.has_mki()
             && self.key_salt().is_some_and(|k| k.len() == 30)
+    }
+}
+
+impl fmt::Debug for Crypto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Crypto")
+            .field("tag", &self.tag)
+            .field("suite", &self.suite)
+            .field("key_params", &"<redacted>")
+            .field("session_params", &self.session_params)
+            .finish()
     }
 }
 
@@ -402,7 +414,8 @@ impl MediaDescription {
             || self.protocol.eq_ignore_ascii_case("RTP/SAVPF")
     }
 
-    fn is_rtp_audio(&self) -> bool {
+    /// An RTP audio stream (`RTP/AVP`, `RTP/SAVP`, `RTP/SAVPF`).
+    pub fn is_rtp_audio(&self) -> bool {
         self.media == "audio" && (self.protocol.eq_ignore_ascii_case("RTP/AVP") || self.is_srtp())
     }
 

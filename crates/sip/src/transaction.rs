@@ -510,6 +510,46 @@ impl Endpoint {
         id
     }
 
+    /// Drops client transaction `id` without a final response: no more retransmissions, no
+    /// timeout; a late response to its branch is a stray. For RFC 3263 §4.3 failover before any
+    /// provisional response (there is nothing to CANCEL yet).
+    pub fn abandon(&mut self, id: TxId) {
+        if matches!(self.txs.get(&id), Some(Tx::Client(_))) {
+            self.remove(id);
+        }
+    }
+
+    /// The transport could not send to `destination` (connection refused, unreachable): every
+    /// client transaction to it that has no response yet fails at once, as a timeout
+    /// (RFC 3261 §17.1.1.2 / §17.1.2.2, §8.1.3.1). Returns how many failed.
+    pub fn transport_error(&mut self, destination: SocketAddr, transport: TransportKind) -> usize {
+        let failed: Vec<TxId> = self
+            .txs
+            .iter()
+            .filter_map(|(id, t)| match t {
+                Tx::Client(c)
+                    if c.destination == destination
+                        && c.transport == transport
+                        && matches!(
+                            match &c.fsm {
+                                ClientFsm::Invite(f) => f.state(),
+                                ClientFsm::NonInvite(f) => f.state(),
+                            },
+                            State::Calling | State::Trying
+                        ) =>
+                {
+                    Some(*id)
+                }
+                _ => None,
+            })
+            .collect();
+        for id in &failed {
+            self.events.push_back(TxEvent::Timeout { id: *id });
+            self.remove(*id);
+        }
+        failed.len()
+    }
+
     /// CANCELs the INVITE of client transaction `invite` (§9.1). Before any provisional response
     /// the CANCEL is held back and sent when one arrives; returns `Ok(None)` in that case.
     pub fn send_cancel(&mut self, invite: TxId, now: Instant) -> Result<Option<TxId>, TxError> {

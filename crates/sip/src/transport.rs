@@ -846,8 +846,13 @@ impl UaRunner {
             let Some(t) = self.pending.clone() else {
                 return;
             };
-            if let Err(e) = self.transports.send(t).await {
-                debug!(error = %e, "send");
+            if let Err(e) = self.transports.send(t.clone()).await {
+                debug!(error = %e, destination = %t.destination, "send");
+                // Requests to it without a response fail now (RFC 3261 §8.1.3.1), so a caller
+                // can fail over instead of waiting for Timer B.
+                let now = self.now();
+                self.ua
+                    .handle_transport_error(t.destination, t.transport, now);
             }
             self.pending = None;
         }

@@ -304,6 +304,9 @@ pub struct Ua {
     digest: HashMap<String, DigestClient>,
     glare_retries: Vec<GlareRetry>,
     events: VecDeque<UaEvent>,
+    /// Out-of-dialog OPTIONS get 503 instead of 200 (draining or at capacity: a dispatcher's
+    /// keep-alive probe then stops sending calls here). See [`Ua::set_available`].
+    unavailable: bool,
 }
 
 impl Ua {
@@ -322,7 +325,22 @@ impl Ua {
             digest: HashMap::new(),
             glare_retries: Vec::new(),
             events: VecDeque::new(),
+            unavailable: false,
         }
+    }
+
+    /// Whether this UA takes new calls, as far as a probing proxy is concerned: when `false`,
+    /// out-of-dialog OPTIONS are answered `503 Service Unavailable` (with `Retry-After`) instead of
+    /// 200, so a dispatcher (Kamailio's `ds_ping_interval` probing) marks this node inactive
+    /// and sends new calls elsewhere. OPTIONS inside a dialog are still answered 200: the dialog
+    /// is alive. Default: available.
+    pub fn set_available(&mut self, available: bool) {
+        self.unavailable = !available;
+    }
+
+    /// See [`Ua::set_available`].
+    pub fn available(&self) -> bool {
+        !self.unavailable
     }
 
     // ---- getters --------------------------------------------------------------------------------
@@ -599,6 +617,59 @@ impl Ua {
         );
         self.flush_endpoint(now);
         Ok(orig)
+    }
+
+    /// The request last sent for our request `tx` (after digest and 422 retries, before the
+    /// transaction layer's Via), while its transaction lives.
+    pub fn sent_request(&self, tx: TxId) -> Option<&Request> {
+        let cur = self.current.get(&tx).copied().unwrap_or(tx);
+        self.clients.get(&cur).map(|c| &c.request)
+    }
+
+    /// Gives up our initial INVITE `tx` before any provisional response (RFC 3263 §4.3
+    /// failover: nothing to CANCEL yet): it is no longer retransmitted and reports nothing more.
+    pub fn abandon(&mut self, tx: TxId, now: Instant) {
+        if let Some(cur) = self.current.remove(&tx) {
+            self.clients.remove(&cur);
+            self.endpoint.abandon(cur);
+        }
+        self.flush_endpoint(now);
+    }
+
+    /// RFC 3263 §4.3 failover: sends `previous` (an initial INVITE of ours, as
+    /// [`Ua::sent_request`] returned it) to another server as a new client transaction: same
+    /// Call-ID, From tag, To and body, CSeq `cseq`, a new branch, and no `Authorization` /
+    /// `Proxy-Authorization` (challenges are per server; `credentials` answer the new one's).
+    /// Returns the new request id.
+    pub fn invite_retarget(
+        &mut self,
+        previous: &Request,
+        cseq: u32,
+        destination: SocketAddr,
+        transport: TransportKind,
+        credentials: Option<Credentials>,
+        now: Instant,
+    ) -> Result<TxId, UaError> {
+        let mut r = previous.clone();
+        r.headers.remove("Authorization");
+        r.headers.remove("Proxy-Authorization");
+        r.headers.remove("Via");
+        r.set_header("CSeq", format!("{cseq} INVITE"));
+        r.set_header("Contact", format!("<{}>", self.contact(transport)));
+        self.send_client(r, destination, transport, None, credentials, None, now)
+    }
+
+    /// The transport could not send to `destination`: requests to it without any response
+    /// yet fail now ([`UaEvent::Timeout`]), as RFC 3261 §8.1.3.1 treats a transport error.
+    pub fn handle_transport_error(
+        &mut self,
+        destination: SocketAddr,
+        transport: TransportKind,
+        now: Instant,
+    ) {
+        if self.endpoint.transport_error(destination, transport) > 0 {
+            self.flush_endpoint(now);
+        }
     }
 
     /// CANCELs our INVITE `tx` (§9.1); held back until a provisional response if none came yet.
@@ -929,6 +1000,10 @@ impl Ua {
         match DialogId::for_incoming(&request) {
             Some(did) => self.on_dialog_request(tx, did, request, now),
             None => match request.method {
+                Method::Options if self.unavailable => {
+                    self.stats.options_answered += 1;
+                    self.reject(tx, 503, &[("Retry-After", "5".into())], now);
+                }
                 Method::Options => {
                     self.stats.options_answered += 1;
                     self.answer_options(tx, now);

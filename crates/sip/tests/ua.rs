@@ -178,6 +178,36 @@ fn options_is_answered_200_with_allow_accept_and_supported() {
 }
 
 #[test]
+fn options_is_answered_503_while_unavailable_and_200_again_after() {
+    // A draining node or one at its own capacity: a dispatcher's keep-alive probe sees 503
+    // and stops sending it calls (issue 13); back to 200 when it takes calls again.
+    let mut ua = ua();
+    let t0 = Instant::now();
+    assert!(ua.available());
+    ua.set_available(false);
+    assert!(!ua.available());
+    feed(&mut ua, &request("OPTIONS", "z9hG4bK51", ""), t0);
+    let out = sent(&mut ua);
+    assert_eq!(out.len(), 1);
+    assert_eq!(status_line(&out[0]), "SIP/2.0 503 Service Unavailable");
+    assert!(out[0].contains("Retry-After: 5"), "{}", out[0]);
+    assert!(!out[0].contains("Allow:"), "{}", out[0]);
+    // A retransmission of the same probe is answered from the transaction: still 503.
+    feed(&mut ua, &request("OPTIONS", "z9hG4bK51", ""), t0);
+    assert!(
+        sent(&mut ua)
+            .iter()
+            .all(|m| status_line(m) == "SIP/2.0 503 Service Unavailable")
+    );
+    ua.set_available(true);
+    feed(&mut ua, &request("OPTIONS", "z9hG4bK52", ""), t0);
+    let out = sent(&mut ua);
+    assert_eq!(status_line(&out[0]), "SIP/2.0 200 OK");
+    assert_eq!(ua.stats().options_answered, 2);
+    assert!(events(&mut ua).is_empty());
+}
+
+#[test]
 fn unsupported_require_gets_420_with_unsupported() {
     let mut ua = ua();
     feed(

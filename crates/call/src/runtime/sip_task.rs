@@ -91,8 +91,18 @@ pub struct SipStackStats {
     pub inbound_offered: AtomicU64,
     /// Outbound INVITEs sent.
     pub outbound_invites: AtomicU64,
+    /// Outbound INVITEs sent to a next trunk address after the previous failed (RFC 3263).
+    pub failovers: AtomicU64,
+    /// Inbound INVITEs answered 401 (digest challenge).
+    pub inbound_auth_challenges: AtomicU64,
+    /// Inbound INVITEs answered 403 (wrong digest credentials).
+    pub inbound_auth_failures: AtomicU64,
     /// Legs the stack still tracks (calls not yet fully torn down on the wire).
     pub active_legs: AtomicU64,
+    /// Outbound calls re-offered with plain RTP after a 488 to SRTP (`allowed`).
+    pub srtp_plain_retries: AtomicU64,
+    /// Inbound offers refused 488 by the media encryption policy.
+    pub srtp_policy_refusals: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -100,7 +110,7 @@ enum Command {
     Outbound {
         leg: LegId,
         to: String,
-        destination: SocketAddr,
+        targets: Vec<SocketAddr>,
         media: Box<MediaParams>,
         events: mpsc::UnboundedSender<SipEvent>,
     },
@@ -113,6 +123,7 @@ enum Command {
         leg: LegId,
         action: SipAction,
     },
+    Available(bool),
 }
 
 /// Handle on the running stack.
@@ -176,15 +187,32 @@ impl SipStack {
         &self.stats
     }
 
+    /// Whether out-of-dialog OPTIONS are answered 200 (`true`) or 503 (draining, at capacity):
+    /// see [`trunkline_sip::ua::Ua::set_available`].
+    pub fn set_available(&self, available: bool) {
+        let _ = self.tx.send(Command::Available(available));
+    }
+
     /// Register an outbound leg to `to` (E.164) offering `media`; the INVITE goes to
     /// `destination` (the resolved termination host or the outbound proxy).
     pub fn outbound(&self, to: &str, destination: SocketAddr, media: MediaParams) -> OutboundLeg {
+        self.outbound_targets(to, vec![destination], media)
+    }
+
+    /// Register an outbound leg like [`SipStack::outbound`] with the trunk's addresses in the
+    /// order to try them (RFC 3263; failover: [`Legs::outbound_targets`]).
+    pub fn outbound_targets(
+        &self,
+        to: &str,
+        targets: Vec<SocketAddr>,
+        media: MediaParams,
+    ) -> OutboundLeg {
         let leg = self.next_leg.fetch_add(1, Ordering::Relaxed);
         let (etx, events) = mpsc::unbounded_channel();
         let _ = self.tx.send(Command::Outbound {
             leg,
             to: to.to_owned(),
-            destination,
+            targets,
             media: Box::new(media),
             events: etx,
         });
@@ -251,7 +279,7 @@ impl StackTask {
             match wake {
                 Wake::Event(ev) => self.legs.handle_ua_event(self.runner.ua(), ev, now),
                 Wake::Other(Input::Command(Some(cmd))) => self.on_command(cmd, now),
-                Wake::Other(Input::LegsTimer) => self.legs.handle_timeout(now),
+                Wake::Other(Input::LegsTimer) => self.legs.handle_timeout(self.runner.ua(), now),
                 Wake::Other(Input::Command(None)) | Wake::Closed => break,
             }
             self.route();
@@ -264,12 +292,12 @@ impl StackTask {
             Command::Outbound {
                 leg,
                 to,
-                destination,
+                targets,
                 media,
                 events,
             } => {
                 self.routes.insert(leg, events);
-                self.legs.outbound(leg, &to, destination, *media);
+                self.legs.outbound_targets(leg, &to, targets, *media);
             }
             Command::Answer { leg, media, reply } => {
                 let _ = reply.send(self.legs.answer_offer(leg, *media));
@@ -277,6 +305,14 @@ impl StackTask {
             Command::Action { leg, action } => {
                 debug!(leg, ?action, "sip action");
                 self.legs.handle_action(self.runner.ua(), leg, action, now);
+            }
+            Command::Available(available) => {
+                info!(
+                    available,
+                    "SIP OPTIONS answer: {}",
+                    if available { 200 } else { 503 }
+                );
+                self.runner.ua().set_available(available);
             }
         }
     }
@@ -325,9 +361,22 @@ impl StackTask {
         self.stats
             .outbound_invites
             .store(s.outbound_invites, Ordering::Relaxed);
+        self.stats.failovers.store(s.failovers, Ordering::Relaxed);
+        self.stats
+            .inbound_auth_challenges
+            .store(s.inbound_auth_challenges, Ordering::Relaxed);
+        self.stats
+            .inbound_auth_failures
+            .store(s.inbound_auth_failures, Ordering::Relaxed);
         self.stats
             .active_legs
             .store(self.legs.len() as u64, Ordering::Relaxed);
+        self.stats
+            .srtp_plain_retries
+            .store(s.srtp_plain_retries, Ordering::Relaxed);
+        self.stats
+            .srtp_policy_refusals
+            .store(s.srtp_policy_refusals, Ordering::Relaxed);
     }
 }
 

@@ -128,8 +128,18 @@ where
         }
     }
     let accept = derive_accept_key(key.as_bytes());
+    // `@elevenlabs/client` in a browser asks for the `convai` subprotocol (plus `bearer.<token>`
+    // with an authorization): the real server selects `convai`, and a browser fails a handshake
+    // whose answer selects none of the protocols it asked for (RFC 6455 §4.1, §4.2.2).
+    let subprotocol = head
+        .header("sec-websocket-protocol")
+        .and_then(|v| v.split(',').map(str::trim).find(|p| *p == "convai"))
+        .map(str::to_owned);
+    let selected = subprotocol.as_deref().map_or(String::new(), |p| {
+        format!("Sec-WebSocket-Protocol: {p}\r\n")
+    });
     let resp = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{selected}\r\n"
     );
     stream.write_all(resp.as_bytes()).await?;
     let ws_cfg = WebSocketConfig::default()
@@ -146,6 +156,8 @@ where
     let rec = Arc::new(Mutex::new(ConnectionRecord {
         request_target: head.target.clone(),
         agent_id,
+        subprotocol,
+        origin: head.header("origin").map(str::to_owned),
         caller_sample_rate: cfg.input_format.sample_rate(),
         ..Default::default()
     }));

@@ -26,6 +26,11 @@
 //!   PCM, a pong for no outstanding ping) the violation is recorded and the conversation goes on.
 //! - An energy VAD on the caller's audio: speech over the agent ⇒ `interruption` and the response
 //!   stops; end of caller speech ⇒ `user_transcript` "(speech 1.4 s)", `agent_response`, audio.
+//! - Browsers: `@elevenlabs/client` (`connectionType: "websocket"`, `origin` pointing here)
+//!   connects to `/v1/convai/conversation?agent_id=…&source=js_sdk&version=…` asking for the
+//!   `convai` subprotocol, which is selected; its page's `Origin` is recorded. With
+//!   [`Script::tool_call`] the emulator issues a `client_tool_call` (for example
+//!   `initiatePhoneCall` with a `phoneNumber`) to the page and records the `client_tool_result`.
 //! - Scripted: end after N turns (close 1000, optionally after `agent_tool_response` `end_call`),
 //!   a `client_tool_call`, abrupt close (1011 or a dropped TCP connection), a read stall, garbage,
 //!   stale audio after an interruption.
@@ -216,6 +221,11 @@ pub struct ConnectionRecord {
     pub request_target: String,
     /// The `agent_id` query parameter.
     pub agent_id: Option<String>,
+    /// The WebSocket subprotocol selected (`convai`, when the client asked for it as
+    /// `@elevenlabs/client` does).
+    pub subprotocol: Option<String>,
+    /// The `Origin` header of the upgrade (a browser's page; absent for server clients).
+    pub origin: Option<String>,
     /// The conversation id handed out.
     pub conversation_id: Option<String>,
     /// Every text message received, in order, as JSON lines (`user_audio_chunk` payloads are

@@ -22,6 +22,8 @@ pub enum TlsError {
 pub struct TestIdentity {
     cert: CertificateDer<'static>,
     key_pkcs8: Vec<u8>,
+    cert_pem: String,
+    key_pem: String,
 }
 
 impl TestIdentity {
@@ -32,6 +34,8 @@ impl TestIdentity {
         Ok(TestIdentity {
             cert: ck.cert.der().clone(),
             key_pkcs8: ck.signing_key.serialize_der(),
+            cert_pem: ck.cert.pem(),
+            key_pem: ck.signing_key.serialize_pem(),
         })
     }
 
@@ -43,6 +47,26 @@ impl TestIdentity {
     /// The certificate (DER).
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert
+    }
+
+    /// The certificate, PEM (a server's `tls_cert` file, or a client's CA file: it is self-signed).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The private key, PEM (PKCS#8; a server's `tls_key` file).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// A rustls client config (ring provider) trusting only this certificate.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.root_store()?)
+            .with_no_client_auth();
+        Ok(Arc::new(cfg))
     }
 
     /// A root store holding only this certificate (give it to the client).

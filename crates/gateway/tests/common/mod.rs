@@ -13,6 +13,10 @@ use trunkline_emulators::trunk::{PlaySource, TrunkConfig, TrunkEmulator};
 use trunkline_gateway::config::{Config, Secrets, SipTransport};
 use trunkline_gateway::server::Server;
 use trunkline_gateway::service::Gateway;
+use trunkline_media::g711::G711;
+
+pub mod pg;
+pub mod sipp;
 
 pub const TOKEN: &str = "e2e-token-0123456789";
 
@@ -25,6 +29,16 @@ pub fn pcap(name: &str) -> String {
 
 pub fn speech() -> PlaySource {
     PlaySource::from_pcap(pcap("derived/pcmu_speech_from_sip-rtp-g711.pcap")).expect("capture")
+}
+
+/// The phone's words of [`speech`]: its µ-law audio packets decoded, 8 kHz.
+pub fn speech_samples() -> Vec<i16> {
+    speech()
+        .packets
+        .iter()
+        .filter(|p| p.law.is_some())
+        .flat_map(|p| p.payload.iter().map(|&c| G711::Ulaw.decode(c)))
+        .collect()
 }
 
 pub struct Deployment {
@@ -61,6 +75,15 @@ pub async fn deploy(
     agent_cfg: AgentEmulatorConfig,
     tweak: impl FnOnce(&mut Config),
 ) -> Deployment {
+    deploy_with_trunk(trunk_cfg, agent_cfg, |cfg, _| tweak(cfg)).await
+}
+
+/// [`deploy`], the tweak seeing the running trunk (its TLS address, …).
+pub async fn deploy_with_trunk(
+    trunk_cfg: TrunkConfig,
+    agent_cfg: AgentEmulatorConfig,
+    tweak: impl FnOnce(&mut Config, &TrunkEmulator),
+) -> Deployment {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -70,7 +93,7 @@ pub async fn deploy(
         .await
         .expect("agent");
     let mut cfg = base_config(&trunk, &agent);
-    tweak(&mut cfg);
+    tweak(&mut cfg, &trunk);
     let secrets = Secrets {
         trunk_password: Some("s3cret".into()),
         api_tokens: vec![("e2e".into(), TOKEN.into())],
