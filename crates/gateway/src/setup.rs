@@ -228,6 +228,7 @@ impl Setup {
                 TransferCheck::new(move |n| check_transfer_number(n, &denied))
             },
             amd: amd_settings(&cfg.amd),
+            record_audio: cfg.recording.enabled,
             ..CallConfig::default()
         };
         Ok(Setup {
