@@ -137,6 +137,9 @@ pub struct CallConfig {
     /// Hand out the call as the phone heard it, one [`RecFrame`] per 20 ms tick after the
     /// answer ([`Call::poll_recording`]).
     pub record_audio: bool,
+    /// Recording consent: 8 kHz PCM played to the phone at answer, before any agent audio
+    /// (`None`: no prompt).
+    pub consent_prompt: Option<Arc<[i16]>>,
 }
 
 /// A check on an E.164 transfer number (`+` and digits), supplied by the service that owns the
@@ -193,6 +196,7 @@ impl Default for CallConfig {
             transfer_check: TransferCheck::allow_all(),
             amd: None,
             record_audio: false,
+            consent_prompt: None,
         }
     }
 }
@@ -403,6 +407,9 @@ pub struct Call {
     transfer_pending: Option<String>,
     amd: Option<Box<AmdRun>>,
     rec: Option<Box<RecTap>>,
+    /// The consent prompt is played once the pacer has sent this many audio frames.
+    consent_until_frames: Option<u64>,
+    consent_played: bool,
     last_agent_audio_at: Option<Instant>,
     actions: VecDeque<CallAction>,
     record: CallRecord,
@@ -493,6 +500,8 @@ impl Call {
             transfer_pending: None,
             amd: None,
             rec: cfg_record_audio.then(|| Box::new(RecTap::default())),
+            consent_until_frames: None,
+            consent_played: false,
             last_agent_audio_at: None,
             actions: VecDeque::new(),
             record,
@@ -780,6 +789,16 @@ impl Call {
             self.record.timestamps.first_agent_audio_ms = Some(self.wall_ms(now));
             self.actions.push_back(CallAction::RecordChanged);
         }
+        if let (Some(until), Some(m)) = (self.consent_until_frames, self.media.as_ref())
+            && m.stats().pacer.audio_frames >= until
+        {
+            self.consent_until_frames = None;
+            self.consent_played = true;
+            if let Some(r) = self.record.recording.as_mut() {
+                r.consent_played = true;
+            }
+            self.actions.push_back(CallAction::RecordChanged);
+        }
         if t.is_none() {
             self.check_drained(now);
         }
@@ -793,7 +812,8 @@ impl Call {
     }
 
     /// Say where the call's recording is (the runner, when it starts one).
-    pub fn set_recording(&mut self, r: crate::recording::RecordingRecord) {
+    pub fn set_recording(&mut self, mut r: crate::recording::RecordingRecord) {
+        r.consent_played |= self.consent_played;
         self.record.recording = Some(r);
         self.actions.push_back(CallAction::RecordChanged);
     }
@@ -992,6 +1012,20 @@ impl Call {
         }
     }
 
+    /// At answer: the consent prompt goes to the front of the pacer's queue (before any agent
+    /// audio, queued or to come).
+    fn play_consent_prompt(&mut self) {
+        let (Some(prompt), Some(m)) = (self.cfg.consent_prompt.clone(), self.media.as_mut()) else {
+            return;
+        };
+        let law = m.law();
+        let mut codes = vec![0u8; prompt.len()];
+        law.encode_slice(&prompt, &mut codes);
+        let sent_before = m.stats().pacer.audio_frames;
+        let n = m.push_prompt_audio(&codes);
+        self.consent_until_frames = Some(sent_before + n.div_ceil(FRAME) as u64);
+    }
+
     fn mark_answered(&mut self, now: Instant) {
         self.answered = true;
         self.ring_deadline = None;
@@ -1003,6 +1037,7 @@ impl Call {
         if let Some(m) = self.media.as_mut() {
             m.start(now);
         }
+        self.play_consent_prompt();
         self.next_uplink = Some(now + TICK);
         if self.direction == Direction::Outbound
             && let Some(settings) = self.cfg.amd.clone()

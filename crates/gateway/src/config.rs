@@ -771,8 +771,8 @@ pub struct RecordingSection {
     pub dir: String,
     /// Recordings older than this many days are deleted (at start, then hourly); 0 keeps them.
     pub retention_days: u32,
-    /// Consent as a WAV file (8 kHz mono, 16-bit PCM or G.711) played to the phone before the
-    /// agent's audio is heard. Empty: none. Not with `consent_message`.
+    /// Consent as a WAV file (8 kHz mono 16-bit PCM, at most 60 s) played to the phone at
+    /// answer, before any agent audio. Empty: none. Not with `consent_message`.
     pub consent_prompt_wav: String,
     /// Consent as a sentence the agent says first (its `first_message` override). Empty: none.
     /// Not with `consent_prompt_wav`.

@@ -229,3 +229,92 @@ async fn a_recorded_call_is_served_as_a_stereo_wav_of_both_sides() {
     assert!(text.contains("trunkline_recording_dropped_frames_total 0\n"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consent_prompt_is_heard_before_the_agent_and_recorded() {
+    let dir = std::env::temp_dir().join(format!("trunkline-e2e-consent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    // The prompt: 0.6 s of a 1 kHz tone, loud.
+    let prompt_path = dir.join("consent.wav");
+    let prompt: Vec<i16> = (0..4800)
+        .map(|i| ((i as f64 * 2.0 * std::f64::consts::PI * 1000.0 / 8000.0).sin() * 12000.0) as i16)
+        .collect();
+    {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&prompt_path, spec).expect("wav");
+        for &s in &prompt {
+            w.write_sample(s).expect("sample");
+        }
+        w.finalize().expect("finalize");
+    }
+    let trunk = TrunkConfig {
+        credentials: Some(("trunkline".into(), "s3cret".into())),
+        play: speech(),
+        play_delay: Duration::from_millis(300),
+        hangup_after: Some(Duration::from_secs(4)),
+        ..TrunkConfig::default()
+    };
+    let rec_dir = dir.to_string_lossy().into_owned();
+    let prompt_cfg = prompt_path.to_string_lossy().into_owned();
+    let d = deploy(trunk, AgentEmulatorConfig::default(), move |cfg| {
+        cfg.recording.enabled = true;
+        cfg.recording.dir = rec_dir;
+        cfg.recording.consent_prompt_wav = prompt_cfg;
+    })
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    let r = rec.recording.clone().expect("recording");
+    assert!(r.consent_played, "{r:?}");
+
+    // What the phone heard: the prompt first, whole, then the agent.
+    let calls = d
+        .trunk
+        .wait_for(Duration::from_secs(3), |c| {
+            c.first().is_some_and(|c| c.ended_by.is_some())
+        })
+        .await;
+    let t = &calls[0];
+    let law = t.law.unwrap_or(G711::Ulaw);
+    let heard: Vec<i16> = t
+        .rtp_in
+        .iter()
+        .filter(|p| p.pt == law.payload_type())
+        .flat_map(|p| p.payload.iter().map(|&c| law.decode(c)))
+        .collect();
+    let coded: Vec<i16> = prompt.iter().map(|&s| law.decode(law.encode(s))).collect();
+    let at = find(&heard, &coded[..160]).expect("the prompt was heard");
+    assert_eq!(
+        &heard[at..at + coded.len()],
+        &coded[..],
+        "the whole prompt, exact"
+    );
+    assert!(
+        heard[..at].iter().all(|s| s.abs() < 100),
+        "nothing loud (no agent) before the prompt"
+    );
+    let after = &heard[at + coded.len()..];
+    assert!(
+        after.chunks(160).any(|c| c.iter().any(|s| s.abs() > 2000)),
+        "the agent was heard after the prompt"
+    );
+
+    // And the recording's right channel holds it.
+    let wav = std::fs::read(&r.path).expect("file");
+    let reader = hound::WavReader::new(std::io::Cursor::new(wav)).expect("wav");
+    let right: Vec<i16> = reader
+        .into_samples::<i16>()
+        .map(|s| s.expect("sample"))
+        .skip(1)
+        .step_by(2)
+        .collect();
+    let at = find(&right, &coded[..160]).expect("the prompt is on the right");
+    assert_eq!(&right[at..at + coded.len()], &coded[..]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

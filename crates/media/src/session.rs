@@ -720,6 +720,12 @@ impl MediaSession {
         t
     }
 
+    /// Queue a prompt (G.711 codes in this session's law) to be played before any agent audio
+    /// queued or to come; `interruption{N}` never flushes it (its event id is `u64::MAX`).
+    pub fn push_prompt_audio(&mut self, codes: &[u8]) -> usize {
+        self.pacer.push_front(u64::MAX, codes)
+    }
+
     /// The 160 codes of the last RTP packet [`MediaSession::poll_transmit`] built (what the phone
     /// hears at that tick; silence for a DTMF tick), once: `None` until the next one.
     pub fn take_sent_audio(&mut self) -> Option<[u8; FRAME]> {
