@@ -29,7 +29,7 @@ use self::sip_task::SipLink;
 use crate::core::{AgentAction, Call, CallAction, SipEvent};
 use crate::record::{CallRecord, EndCause};
 use crate::recording::Recorder;
-use crate::recording::{RecordingRecord, RecordingStats};
+use crate::recording::{RecordingFormat, RecordingRecord, RecordingStats};
 
 /// Commands from the service to a running call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +76,8 @@ pub struct RecordingSetup {
     pub stats: std::sync::Arc<RecordingStats>,
     /// The consent is the agent's first message: played once the agent is connected.
     pub consent_by_agent: bool,
+    /// WAV or Opus.
+    pub format: RecordingFormat,
 }
 
 impl std::fmt::Debug for CallIo {
@@ -347,12 +349,12 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
 
 /// The call's first recorded frame: start the writer and say where the file is in the record.
 fn start_recorder(setup: &RecordingSetup, law: G711, call: &mut Call) -> Option<Recorder> {
-    match Recorder::start(setup.path.clone(), law, setup.stats.clone()) {
+    match Recorder::start(setup.path.clone(), setup.format, law, setup.stats.clone()) {
         Ok(r) => {
             info!(path = %setup.path.display(), "recording");
             call.set_recording(RecordingRecord {
                 path: setup.path.to_string_lossy().into_owned(),
-                format: "wav".into(),
+                format: setup.format.as_str().into(),
                 duration_ms: 0,
                 consent_played: false,
             });

@@ -754,7 +754,7 @@ impl AmdSection {
 pub enum RecordingFormatName {
     /// Stereo 16-bit PCM WAV at the call's rate (8 kHz for G.711).
     Wav,
-    /// Opus in Ogg (not built yet: refused by validation).
+    /// Stereo Opus (24 kbit/s) in Ogg.
     Opus,
 }
 
@@ -765,9 +765,9 @@ pub enum RecordingFormatName {
 pub struct RecordingSection {
     /// Record every answered call.
     pub enabled: bool,
-    /// `wav` (or `opus`, not built yet).
+    /// `wav` or `opus`.
     pub format: RecordingFormatName,
-    /// Where recordings are written (`<call_sid>.wav`); created at start.
+    /// Where recordings are written (`<call_sid>.wav` / `.ogg`); created at start.
     pub dir: String,
     /// Recordings older than this many days are deleted (at start, then hourly); 0 keeps them.
     pub retention_days: u32,
@@ -796,11 +796,6 @@ impl RecordingSection {
     /// What is wrong with these settings (empty: nothing).
     pub fn problems(&self) -> Vec<String> {
         let mut errs = Vec::new();
-        if self.format == RecordingFormatName::Opus {
-            errs.push(
-                "recording.format = \"opus\": opus recording is not built yet (use \"wav\")".into(),
-            );
-        }
         if self.enabled && self.dir.trim().is_empty() {
             errs.push("recording.dir must be set when recording.enabled = true".into());
         }
@@ -1902,7 +1897,7 @@ mod recording_tests {
             other => panic!("expected invalid, got {other:?}"),
         };
         c.recording.format = RecordingFormatName::Opus;
-        assert!(errs(&c).contains("opus recording is not built yet"));
+        assert!(c.validate().is_ok());
         c.recording.format = RecordingFormatName::Wav;
         c.recording.consent_message = "This call is recorded.".into();
         c.recording.consent_prompt_wav = "consent.wav".into();

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use trunkline_call::recording::RecordingStats;
+use trunkline_call::recording::{RecordingFormat, RecordingStats};
 
 /// How often retention runs after the start.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// The file of call `sid` in `dir`.
-pub fn path_for(dir: &Path, sid: &str) -> PathBuf {
-    dir.join(format!("{sid}.wav"))
+pub fn path_for(dir: &Path, sid: &str, format: RecordingFormat) -> PathBuf {
+    dir.join(format!("{sid}.{}", format.extension()))
 }
 
 /// Whether a file last modified at `mtime` is past `retention_days` at `now` (0: never).

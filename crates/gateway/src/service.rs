@@ -17,6 +17,7 @@ use trunkline_call::agent::{
 };
 use trunkline_call::media::{G711, JitterConfig, MediaConfig, WallClock};
 use trunkline_call::record::EndCause;
+use trunkline_call::recording::RecordingFormat;
 use trunkline_call::runtime::send_thread::RtpSendThread;
 use trunkline_call::runtime::sip_task::{IncomingLeg, SipLink, SipStack};
 use trunkline_call::runtime::{CallCommand, CallIo, RecordSink, RecordingSetup, run};
@@ -448,10 +449,15 @@ impl Gateway {
     /// Where and how call `sid` is recorded (`None`: recording off).
     fn recording_setup(&self, sid: &str) -> Option<RecordingSetup> {
         let r = &self.cfg.recording;
+        let format = match r.format {
+            crate::config::RecordingFormatName::Wav => RecordingFormat::Wav,
+            crate::config::RecordingFormatName::Opus => RecordingFormat::Opus,
+        };
         r.enabled.then(|| RecordingSetup {
-            path: crate::recordings::path_for(Path::new(&r.dir), sid),
+            path: crate::recordings::path_for(Path::new(&r.dir), sid, format),
             stats: self.metrics.recording.clone(),
             consent_by_agent: !r.consent_message.trim().is_empty(),
+            format,
         })
     }
 

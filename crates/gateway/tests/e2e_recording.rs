@@ -318,3 +318,131 @@ async fn the_consent_prompt_is_heard_before_the_agent_and_recorded() {
     assert_eq!(&right[at..at + coded.len()], &coded[..]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Best normalised cross-correlation of `needle` anywhere in `hay`.
+fn best_corr(hay: &[i16], needle: &[i16]) -> f64 {
+    let n: Vec<f64> = needle.iter().map(|&x| f64::from(x)).collect();
+    let nn: f64 = n.iter().map(|x| x * x).sum();
+    let h: Vec<f64> = hay.iter().map(|&x| f64::from(x)).collect();
+    let mut best = 0.0f64;
+    for lag in 0..h.len().saturating_sub(n.len()) {
+        let w = &h[lag..lag + n.len()];
+        let (mut ab, mut bb) = (0.0, 0.0);
+        for (a, b) in n.iter().zip(w) {
+            ab += a * b;
+            bb += b * b;
+        }
+        if bb > 0.0 && nn > 0.0 {
+            best = best.max(ab / (nn * bb).sqrt());
+        }
+    }
+    best
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opus_recording_decodes_with_opusdec_into_both_sides() {
+    let dir = std::env::temp_dir().join(format!("trunkline-e2e-opus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let trunk = TrunkConfig {
+        credentials: Some(("trunkline".into(), "s3cret".into())),
+        play: speech(),
+        play_delay: Duration::from_millis(300),
+        hangup_after: Some(Duration::from_secs(5)),
+        ..TrunkConfig::default()
+    };
+    let rec_dir = dir.to_string_lossy().into_owned();
+    let d = deploy(trunk, AgentEmulatorConfig::default(), move |cfg| {
+        cfg.recording.enabled = true;
+        cfg.recording.dir = rec_dir;
+        cfg.recording.format = trunkline_gateway::config::RecordingFormatName::Opus;
+    })
+    .await;
+    let sid = d.call("+33612345678").await;
+    let rec = d.finished(&sid, 20).await;
+    let r = rec.recording.clone().expect("recording");
+    assert_eq!(r.format, "opus");
+    assert!(r.path.ends_with(&format!("{sid}.ogg")), "{r:?}");
+
+    let auth = format!("Bearer {TOKEN}");
+    let (status, head, ogg) = get(
+        d.http,
+        &format!("/api/calls/{sid}/recording"),
+        &[("Authorization", &auth)],
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("content-type: audio/ogg"), "{head}");
+    assert_eq!(&ogg[..4], b"OggS");
+    // About 24 kbit/s.
+    let kbps = ogg.len() as f64 * 8.0 / r.duration_ms as f64;
+    assert!((10.0..=32.0).contains(&kbps), "{kbps} kbit/s");
+
+    // Decoded by an independent decoder.
+    let src = dir.join("fetched.ogg");
+    let dst = dir.join("decoded.wav");
+    std::fs::write(&src, &ogg).expect("write");
+    let out = std::process::Command::new("opusdec")
+        .args(["--quiet", "--rate", "8000"])
+        .arg(&src)
+        .arg(&dst)
+        .output()
+        .expect("opusdec (Debian opus-tools, installed by .ci/run)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reader = hound::WavReader::open(&dst).expect("decoded wav");
+    assert_eq!(reader.spec().channels, 2);
+    let s: Vec<i16> = reader
+        .into_samples::<i16>()
+        .map(|s| s.expect("sample"))
+        .collect();
+    let left: Vec<i16> = s.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = s.iter().skip(1).step_by(2).copied().collect();
+    assert!(
+        (left.len() as u64).abs_diff(r.duration_ms * 8) < 800,
+        "{} samples for {} ms",
+        left.len(),
+        r.duration_ms
+    );
+
+    // Left: the phone's speech (0.25 s from its first loud frame).
+    let played = common::speech_samples();
+    let first_loud = played
+        .chunks(160)
+        .position(|c| c.iter().any(|s| s.abs() > 1000))
+        .expect("speech");
+    let phone = &played[first_loud * 160..first_loud * 160 + 2000];
+    let ll = best_corr(&left, phone);
+    let lr = best_corr(&right, phone);
+    assert!(ll > 0.8, "the phone on the left: {ll}");
+    assert!(lr < 0.5, "not on the right: {lr}");
+
+    // Right: what the phone received from the agent (0.2 s from its first loud frame).
+    let calls = d
+        .trunk
+        .wait_for(Duration::from_secs(3), |c| {
+            c.first().is_some_and(|c| c.ended_by.is_some())
+        })
+        .await;
+    let t = &calls[0];
+    let law = t.law.unwrap_or(G711::Ulaw);
+    let heard: Vec<i16> = t
+        .rtp_in
+        .iter()
+        .filter(|p| p.pt == law.payload_type())
+        .flat_map(|p| p.payload.iter().map(|&c| law.decode(c)))
+        .collect();
+    let at = heard
+        .chunks(160)
+        .position(|c| c.iter().any(|s| s.abs() > 2000))
+        .expect("the agent was heard")
+        * 160;
+    let agent = &heard[at..(at + 1600).min(heard.len())];
+    let rr = best_corr(&right, agent);
+    let rl = best_corr(&left, agent);
+    assert!(rr > 0.8, "the agent on the right: {rr}");
+    assert!(rl < 0.5, "not on the left: {rl}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
