@@ -848,7 +848,9 @@ impl RecordingSection {
             "Recording: every answered call, stereo {} (phone left, agent right) in {}, {keep}; {consent}",
             match self.format {
                 RecordingFormatName::Wav => "WAV",
-                RecordingFormatName::Opus => "Opus",
+                RecordingFormatName::Opus =>
+                    "Opus (CPU-heavy: about 0.5 % of a core per call, 3x a call without recording; \
+see docs/PERFORMANCE.md)",
             },
             self.dir
         )
