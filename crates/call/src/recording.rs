@@ -4,8 +4,10 @@
 //!
 //! The call never waits for the disk. [`Call`](crate::Call) hands out one fixed-size
 //! [`RecFrame`] (two 20 ms G.711 frames, no allocation) per tick; the runner pushes it with
-//! [`Recorder::push`] into a bounded queue (2 s) drained by a writer thread. A full queue drops
-//! the frame and counts it ([`RecordingStats::dropped_frames`]); `push` never blocks.
+//! [`Recorder::push`] into the bounded queue of the one [`RecordingWriter`] thread all calls
+//! share. A full queue drops the frame and counts it ([`RecordingStats::dropped_frames`]);
+//! `push` never blocks. One thread for all: the encoding takes at most one core from the calls
+//! (measured, docs/PERFORMANCE.md: a thread per call took both cores with Opus at 250 calls).
 //!
 //! The byte layout is pure ([`wav`]): a 44-byte RIFF/WAVE header (PCM, 2 channels, 16 bits)
 //! and interleaved little-endian samples. [`WavWriter`] writes into any `Write + Seek` and
@@ -25,7 +27,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 use trunkline_media::g711::G711;
@@ -35,7 +36,7 @@ use trunkline_media::jitter::FRAME;
 pub const RATE: u32 = 8000;
 /// Frames between two header rewrites (1 s).
 pub const HEADER_EVERY_FRAMES: u64 = 50;
-/// Queue between the call and the writer thread, in 20 ms frames (2 s).
+/// A small writer queue, in 20 ms frames (2 s of one call).
 pub const QUEUE_FRAMES: usize = 100;
 /// Bytes of one stereo 16-bit 20 ms frame in the file.
 pub const FRAME_BYTES: usize = FRAME * 4;
@@ -438,55 +439,216 @@ pub struct RecordingSummary {
     pub duration_ms: u64,
 }
 
-/// One call's recorder: the queue's sending side and its writer thread.
-#[derive(Debug)]
-pub struct Recorder {
-    tx: SyncSender<RecFrame>,
-    stats: Arc<RecordingStats>,
-    thread: JoinHandle<RecordingSummary>,
-}
+/// Frames the shared writer's queue holds (about 1.3 s of 250 calls; ~5.5 MB).
+pub const SHARED_QUEUE_FRAMES: usize = 16_384;
 
-impl Recorder {
-    /// Start the writer thread, which creates `path` (the call's task never touches the disk:
-    /// a file that cannot be created is logged and counted in [`RecordingStats::failed`]).
-    pub fn start(
+/// What goes to the writer thread.
+#[allow(clippy::large_enum_variant)] // frames are the traffic: inline, no allocation per frame
+enum Msg {
+    Start {
+        id: u64,
         path: PathBuf,
         format: RecordingFormat,
         law: G711,
-        stats: Arc<RecordingStats>,
-    ) -> io::Result<Recorder> {
-        let (tx, rx) = sync_channel(QUEUE_FRAMES);
-        stats.started.fetch_add(1, Ordering::Relaxed);
-        let thread_stats = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("trunkline-rec".into())
-            .stack_size(64 * 1024)
-            .spawn(move || write_file(path, format, law, rx, thread_stats))?;
-        Ok(Recorder { tx, stats, thread })
-    }
+    },
+    Frame {
+        id: u64,
+        frame: RecFrame,
+    },
+    Finish {
+        id: u64,
+        reply: std::sync::mpsc::Sender<RecordingSummary>,
+    },
+}
 
-    /// Queue one frame; never blocks. False (and counted) when the queue is full or the writer
-    /// has stopped.
-    pub fn push(&self, f: &RecFrame) -> bool {
-        push_frame(&self.tx, &self.stats, f)
-    }
+/// The one writer thread every recording of a gateway goes through: a bounded queue of
+/// fixed-size frames in front of it, so the calls never wait for the disk or the encoder, and
+/// the encoding (Opus) takes at most one core from the calls.
+#[derive(Debug, Clone)]
+pub struct RecordingWriter {
+    tx: SyncSender<Msg>,
+    stats: Arc<RecordingStats>,
+    next_id: Arc<AtomicU64>,
+}
 
-    /// Close the queue and wait for the writer to write what is queued and the exact header
-    /// (blocking: call it off the async runtime).
-    pub fn finish(self) -> Option<RecordingSummary> {
-        drop(self.tx);
-        self.thread.join().ok()
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Msg")
     }
 }
 
-/// [`Recorder::push`] on any bounded sender (tested without a thread).
-fn push_frame(tx: &SyncSender<RecFrame>, stats: &RecordingStats, f: &RecFrame) -> bool {
-    match tx.try_send(*f) {
+impl RecordingWriter {
+    /// Start the writer thread with a queue of `queue_frames`.
+    pub fn start(queue_frames: usize, stats: Arc<RecordingStats>) -> io::Result<RecordingWriter> {
+        let (tx, rx) = sync_channel(queue_frames);
+        let thread_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("trunkline-rec".into())
+            .spawn(move || hub(rx, &thread_stats))?;
+        Ok(RecordingWriter {
+            tx,
+            stats,
+            next_id: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<RecordingStats> {
+        &self.stats
+    }
+
+    /// Start recording into `path` (created by the writer thread; a file that cannot be
+    /// created is logged and counted in [`RecordingStats::failed`]). Never blocks: `None`
+    /// (counted as failed) when the queue is full.
+    pub fn begin(&self, path: PathBuf, format: RecordingFormat, law: G711) -> Option<Recorder> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(Msg::Start {
+            id,
+            path,
+            format,
+            law,
+        }) {
+            Ok(()) => {
+                self.stats.started.fetch_add(1, Ordering::Relaxed);
+                Some(Recorder {
+                    writer: self.clone(),
+                    id,
+                })
+            }
+            Err(_) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+/// One call's recording on the shared [`RecordingWriter`].
+#[derive(Debug)]
+pub struct Recorder {
+    writer: RecordingWriter,
+    id: u64,
+}
+
+impl Recorder {
+    /// Queue one frame; never blocks. False (and counted) when the queue is full or the writer
+    /// has stopped.
+    pub fn push(&self, f: &RecFrame) -> bool {
+        push_frame(
+            &self.writer.tx,
+            &self.writer.stats,
+            Msg::Frame {
+                id: self.id,
+                frame: *f,
+            },
+        )
+    }
+
+    /// Wait for the writer to write what is queued and close the file (exact header / last
+    /// page). Blocking: call it off the async runtime.
+    pub fn finish(self) -> Option<RecordingSummary> {
+        let (reply, done) = std::sync::mpsc::channel();
+        self.writer
+            .tx
+            .send(Msg::Finish { id: self.id, reply })
+            .ok()?;
+        done.recv().ok()
+    }
+}
+
+/// A non-blocking send on a bounded queue; a full (or closed) queue counts a dropped frame.
+fn push_frame<T>(tx: &SyncSender<T>, stats: &RecordingStats, msg: T) -> bool {
+    match tx.try_send(msg) {
         Ok(()) => true,
         Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
             stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
             false
         }
+    }
+}
+
+/// One open recording in the writer thread.
+struct Open {
+    sink: Option<Sink>,
+    path: PathBuf,
+    frames: u64,
+}
+
+fn hub(rx: Receiver<Msg>, stats: &RecordingStats) {
+    let mut open: std::collections::HashMap<u64, Open> = std::collections::HashMap::new();
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Start {
+                id,
+                path,
+                format,
+                law,
+            } => {
+                let sink = match Sink::create(&path, format, law) {
+                    Ok(sink) => {
+                        if format == RecordingFormat::Wav {
+                            stats
+                                .bytes
+                                .fetch_add(wav::HEADER_LEN as u64, Ordering::Relaxed);
+                        }
+                        Some(sink)
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "recording file not created");
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                };
+                open.insert(
+                    id,
+                    Open {
+                        sink,
+                        path,
+                        frames: 0,
+                    },
+                );
+            }
+            Msg::Frame { id, frame } => {
+                let Some(o) = open.get_mut(&id) else { continue };
+                let Some(sink) = o.sink.as_mut() else {
+                    continue;
+                };
+                match sink.write_frame(&frame) {
+                    Ok(n) => {
+                        o.frames += 1;
+                        stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %o.path.display(), error = %e, "recording write failed");
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        o.sink = None;
+                    }
+                }
+            }
+            Msg::Finish { id, reply } => {
+                if let Some(o) = open.remove(&id) {
+                    let _ = reply.send(close(o, stats));
+                }
+            }
+        }
+    }
+    // Every writer handle is gone: close what is still open.
+    for (_, o) in open.drain() {
+        close(o, stats);
+    }
+}
+
+fn close(o: Open, stats: &RecordingStats) -> RecordingSummary {
+    if let Some(sink) = o.sink
+        && let Err(e) = sink.finish()
+    {
+        tracing::warn!(path = %o.path.display(), error = %e, "recording could not be finished");
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    RecordingSummary {
+        path: o.path,
+        frames: o.frames,
+        duration_ms: o.frames * 20,
     }
 }
 
@@ -516,81 +678,11 @@ impl Sink {
         }
     }
 
-    fn frames(&self) -> u64 {
-        match self {
-            Sink::Wav(w) => w.frames(),
-            Sink::Opus(w) => w.frames(),
-        }
-    }
-
     fn finish(self) -> io::Result<()> {
         match self {
             Sink::Wav(w) => w.finish().map(drop),
             Sink::Opus(w) => w.finish().map(drop),
         }
-    }
-}
-
-fn write_file(
-    path: PathBuf,
-    format: RecordingFormat,
-    law: G711,
-    rx: Receiver<RecFrame>,
-    stats: Arc<RecordingStats>,
-) -> RecordingSummary {
-    match Sink::create(&path, format, law) {
-        Ok(sink) => {
-            let header = match format {
-                RecordingFormat::Wav => wav::HEADER_LEN as u64,
-                RecordingFormat::Opus => 0,
-            };
-            stats.bytes.fetch_add(header, Ordering::Relaxed);
-            write_loop(sink, rx, path, &stats)
-        }
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "recording file not created");
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            while rx.recv().is_ok() {}
-            RecordingSummary {
-                path,
-                frames: 0,
-                duration_ms: 0,
-            }
-        }
-    }
-}
-
-fn write_loop(
-    mut w: Sink,
-    rx: Receiver<RecFrame>,
-    path: PathBuf,
-    stats: &RecordingStats,
-) -> RecordingSummary {
-    let mut failed = false;
-    while let Ok(f) = rx.recv() {
-        if failed {
-            continue; // keep draining so the call's pushes never see a stale full queue
-        }
-        match w.write_frame(&f) {
-            Ok(n) => {
-                stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "recording write failed");
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-                failed = true;
-            }
-        }
-    }
-    let frames = w.frames();
-    if !failed && let Err(e) = w.finish() {
-        tracing::warn!(path = %path.display(), error = %e, "recording could not be finished");
-        stats.failed.fetch_add(1, Ordering::Relaxed);
-    }
-    RecordingSummary {
-        path,
-        frames,
-        duration_ms: frames * 20,
     }
 }
 
@@ -689,16 +781,16 @@ mod tests {
         let stats = RecordingStats::default();
         let f = frame(G711::Ulaw, 0, 0);
         for _ in 0..QUEUE_FRAMES {
-            assert!(push_frame(&tx, &stats, &f));
+            assert!(push_frame(&tx, &stats, f));
         }
         assert_eq!(stats.dropped_frames.load(Ordering::Relaxed), 0);
         // Nobody reads: these return at once, counted.
         for _ in 0..25 {
-            assert!(!push_frame(&tx, &stats, &f));
+            assert!(!push_frame(&tx, &stats, f));
         }
         assert_eq!(stats.dropped_frames.load(Ordering::Relaxed), 25);
         drop(rx);
-        assert!(!push_frame(&tx, &stats, &f));
+        assert!(!push_frame(&tx, &stats, f));
         assert_eq!(stats.dropped_frames.load(Ordering::Relaxed), 26);
     }
 
@@ -708,13 +800,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.wav");
         let stats = Arc::new(RecordingStats::default());
-        let rec = Recorder::start(
-            path.clone(),
-            RecordingFormat::Wav,
-            G711::Ulaw,
-            stats.clone(),
-        )
-        .unwrap();
+        let writer = RecordingWriter::start(QUEUE_FRAMES, stats.clone()).unwrap();
+        let rec = writer
+            .begin(path.clone(), RecordingFormat::Wav, G711::Ulaw)
+            .unwrap();
         let f = frame(G711::Ulaw, 2000, -2000);
         let mut pushed = 0;
         for _ in 0..60 {

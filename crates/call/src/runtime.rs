@@ -29,7 +29,7 @@ use self::sip_task::SipLink;
 use crate::core::{AgentAction, Call, CallAction, SipEvent};
 use crate::record::{CallRecord, EndCause};
 use crate::recording::Recorder;
-use crate::recording::{RecordingFormat, RecordingRecord, RecordingStats};
+use crate::recording::{RecordingFormat, RecordingRecord, RecordingWriter};
 
 /// Commands from the service to a running call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +72,8 @@ pub struct CallIo {
 pub struct RecordingSetup {
     /// The file to write (created by the writer thread at the first frame, after answer).
     pub path: std::path::PathBuf,
-    /// Counters shared by all recordings.
-    pub stats: std::sync::Arc<RecordingStats>,
+    /// The writer thread shared by all recordings.
+    pub writer: RecordingWriter,
     /// The consent is the agent's first message: played once the agent is connected.
     pub consent_by_agent: bool,
     /// WAV or Opus.
@@ -349,8 +349,8 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
 
 /// The call's first recorded frame: start the writer and say where the file is in the record.
 fn start_recorder(setup: &RecordingSetup, law: G711, call: &mut Call) -> Option<Recorder> {
-    match Recorder::start(setup.path.clone(), setup.format, law, setup.stats.clone()) {
-        Ok(r) => {
+    match setup.writer.begin(setup.path.clone(), setup.format, law) {
+        Some(r) => {
             info!(path = %setup.path.display(), "recording");
             call.set_recording(RecordingRecord {
                 path: setup.path.to_string_lossy().into_owned(),
@@ -360,12 +360,8 @@ fn start_recorder(setup: &RecordingSetup, law: G711, call: &mut Call) -> Option<
             });
             Some(r)
         }
-        Err(e) => {
-            warn!(error = %e, "recording not started");
-            setup
-                .stats
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        None => {
+            warn!("recording not started: the writer's queue is full");
             None
         }
     }

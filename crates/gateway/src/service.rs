@@ -17,7 +17,7 @@ use trunkline_call::agent::{
 };
 use trunkline_call::media::{G711, JitterConfig, MediaConfig, WallClock};
 use trunkline_call::record::EndCause;
-use trunkline_call::recording::RecordingFormat;
+use trunkline_call::recording::{RecordingFormat, RecordingWriter, SHARED_QUEUE_FRAMES};
 use trunkline_call::runtime::send_thread::RtpSendThread;
 use trunkline_call::runtime::sip_task::{IncomingLeg, SipLink, SipStack};
 use trunkline_call::runtime::{CallCommand, CallIo, RecordSink, RecordingSetup, run};
@@ -73,6 +73,8 @@ pub struct Gateway {
     next_port: Mutex<u16>,
     metrics: Arc<Metrics>,
     send_thread: Option<RtpSendThread>,
+    /// The writer thread of every call recording (`recording.enabled`).
+    recording_writer: Option<RecordingWriter>,
     ready: AtomicBool,
     /// What out-of-dialog OPTIONS last said (200 = true, 503 = false).
     available: AtomicBool,
@@ -215,6 +217,14 @@ impl Gateway {
             seed ^ 0x3263,
         )
         .map_err(StartError::Sip)?;
+        let recording_writer = if cfg.recording.enabled {
+            Some(
+                RecordingWriter::start(SHARED_QUEUE_FRAMES, metrics.recording.clone())
+                    .map_err(|e| StartError::Config(format!("recording writer: {e}")))?,
+            )
+        } else {
+            None
+        };
         let gw = Arc::new(Gateway {
             next_port: Mutex::new(cfg.rtp.port_min & !1),
             events,
@@ -227,6 +237,7 @@ impl Gateway {
             records: Mutex::new(RecordBook::default()),
             store,
             webhooks,
+            recording_writer,
             metrics,
             send_thread,
             ready: AtomicBool::new(true),
@@ -453,9 +464,10 @@ impl Gateway {
             crate::config::RecordingFormatName::Wav => RecordingFormat::Wav,
             crate::config::RecordingFormatName::Opus => RecordingFormat::Opus,
         };
-        r.enabled.then(|| RecordingSetup {
+        let writer = self.recording_writer.clone()?;
+        Some(RecordingSetup {
             path: crate::recordings::path_for(Path::new(&r.dir), sid, format),
-            stats: self.metrics.recording.clone(),
+            writer,
             consent_by_agent: !r.consent_message.trim().is_empty(),
             format,
         })
