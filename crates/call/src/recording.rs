@@ -228,6 +228,11 @@ pub mod ogg {
     }
 }
 
+/// Why `format = "opus"` fails in a build without the `opus` feature (libopus is a C library:
+/// Debian `libopus-dev`; the default build needs no C library beyond libc).
+pub const OPUS_NOT_BUILT: &str = "this build has no Opus support: build with `--features opus` \
+     (needs libopus: Debian libopus-dev and pkg-config), or record as wav";
+
 /// Opus packets per Ogg page (one second).
 pub const OPUS_PAGE_PACKETS: usize = 50;
 /// The Opus bitrate of recordings. Measured with libopus 1.3.1 (8 kHz stereo, VoIP mode, a
@@ -239,8 +244,10 @@ pub const OPUS_BITRATE: i32 = 24_000;
 /// 250 calls on the project's 2-core machine, saturating it; 1 costs about 0.3 point).
 pub const OPUS_COMPLEXITY: u8 = 1;
 /// Largest Opus packet kept (far above 24 kbit/s × 20 ms = 60 bytes).
+#[cfg(feature = "opus")]
 const OPUS_MAX_PACKET: usize = 400;
 
+#[cfg(feature = "opus")]
 /// A stereo Ogg Opus stream being written into `W`.
 pub struct OggOpusWriter<W: Write> {
     out: W,
@@ -257,6 +264,7 @@ pub struct OggOpusWriter<W: Write> {
     packet: [u8; OPUS_MAX_PACKET],
 }
 
+#[cfg(feature = "opus")]
 impl<W: Write> std::fmt::Debug for OggOpusWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OggOpusWriter")
@@ -265,10 +273,12 @@ impl<W: Write> std::fmt::Debug for OggOpusWriter<W> {
     }
 }
 
+#[cfg(feature = "opus")]
 fn opus_err(e: audiopus::Error) -> io::Error {
     io::Error::other(format!("opus: {e}"))
 }
 
+#[cfg(feature = "opus")]
 impl<W: Write> OggOpusWriter<W> {
     /// Write the two header pages and get ready for frames.
     pub fn new(mut out: W, law: G711, serial: u32) -> io::Result<Self> {
@@ -655,6 +665,7 @@ fn close(o: Open, stats: &RecordingStats) -> RecordingSummary {
 /// The encoder a recording's frames go through.
 enum Sink {
     Wav(Box<WavWriter<BufWriter<File>>>),
+    #[cfg(feature = "opus")]
     Opus(Box<OggOpusWriter<BufWriter<File>>>),
 }
 
@@ -663,17 +674,21 @@ impl Sink {
         let f = BufWriter::with_capacity(16 * 1024, File::create(path)?);
         Ok(match format {
             RecordingFormat::Wav => Sink::Wav(Box::new(WavWriter::new(f, law)?)),
+            #[cfg(feature = "opus")]
             RecordingFormat::Opus => {
                 // Any serial will do; one derived from the file name keeps runs reproducible.
                 let serial = ogg::crc32(path.as_os_str().as_encoded_bytes());
                 Sink::Opus(Box::new(OggOpusWriter::new(f, law, serial)?))
             }
+            #[cfg(not(feature = "opus"))]
+            RecordingFormat::Opus => return Err(io::Error::other(OPUS_NOT_BUILT)),
         })
     }
 
     fn write_frame(&mut self, f: &RecFrame) -> io::Result<usize> {
         match self {
             Sink::Wav(w) => w.write_frame(f),
+            #[cfg(feature = "opus")]
             Sink::Opus(w) => w.write_frame(f),
         }
     }
@@ -681,6 +696,7 @@ impl Sink {
     fn finish(self) -> io::Result<()> {
         match self {
             Sink::Wav(w) => w.finish().map(drop),
+            #[cfg(feature = "opus")]
             Sink::Opus(w) => w.finish().map(drop),
         }
     }
@@ -827,6 +843,7 @@ mod tests {
 
     /// Decode an Ogg Opus file with `opusdec` (Debian `opus-tools`, an independent decoder) at
     /// 8 kHz: (left, right).
+    #[cfg(feature = "opus")]
     fn opusdec(ogg: &[u8], name: &str) -> (Vec<i16>, Vec<i16>) {
         let dir =
             std::env::temp_dir().join(format!("trunkline-opus-{}-{name}", std::process::id()));
@@ -855,6 +872,7 @@ mod tests {
     }
 
     /// Best normalised correlation of `b` against `a` over lags 0..max_lag (b delayed).
+    #[cfg(feature = "opus")]
     fn correlation(a: &[f64], b: &[i16], max_lag: usize) -> f64 {
         let b: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
         (0..max_lag)
@@ -876,6 +894,7 @@ mod tests {
     }
 
     /// Two tones, 440 Hz on the phone side and 1 kHz on the agent side, for `frames` × 20 ms.
+    #[cfg(feature = "opus")]
     fn tones(law: G711, frames: usize) -> (Vec<RecFrame>, Vec<f64>, Vec<f64>) {
         let tone = |hz: f64, i: usize| {
             (2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin() * 8000.0
@@ -920,6 +939,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "opus")]
     fn opus_recording_decodes_with_opusdec_and_keeps_the_channels() {
         let law = G711::Ulaw;
         let (frames, l, r) = tones(law, 100);
@@ -947,6 +967,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "opus")]
     fn a_cut_opus_recording_plays_up_to_its_last_page() {
         let law = G711::Alaw;
         let (frames, _, _) = tones(law, 120);

@@ -819,6 +819,12 @@ impl RecordingSection {
         if self.consent_message.chars().count() > 2000 {
             errs.push("recording.consent_message is longer than 2000 characters".into());
         }
+        if self.enabled && self.format == RecordingFormatName::Opus && !cfg!(feature = "opus") {
+            errs.push(format!(
+                "recording.format = \"opus\": {}",
+                trunkline_call::recording::OPUS_NOT_BUILT
+            ));
+        }
         errs
     }
 
@@ -1899,7 +1905,11 @@ mod recording_tests {
             other => panic!("expected invalid, got {other:?}"),
         };
         c.recording.format = RecordingFormatName::Opus;
-        assert!(c.validate().is_ok());
+        if cfg!(feature = "opus") {
+            assert!(c.validate().is_ok());
+        } else {
+            assert!(errs(&c).contains("--features opus"), "{}", errs(&c));
+        }
         c.recording.format = RecordingFormatName::Wav;
         c.recording.consent_message = "This call is recorded.".into();
         c.recording.consent_prompt_wav = "consent.wav".into();
