@@ -40,7 +40,8 @@ fi
 
 # 2. The binary (release), and a small build context: only what the prebuilt stage copies.
 if [ -z "${SKIP_CARGO:-}" ]; then
-  cargo build --release --locked -p trunkline-gateway --bin trunkline
+  # libopus (Opus recordings) linked statically: the image has no libopus0.
+  LIBOPUS_STATIC=1 cargo build --release --locked -p trunkline-gateway --features opus --bin trunkline
 fi
 ctx="$work/context"
 rm -rf "$ctx" && mkdir -p "$ctx/config" "$ctx/target/release" "$ctx/docker"

@@ -44,6 +44,7 @@ use trunkline_media::srtp::SdesKey;
 use crate::amd::{AgentOverrides, AmdRecord, AmdRun, AmdSettings, OnMachine};
 use crate::convert::{Downlink, Uplink};
 use crate::record::{CallRecord, DtmfRecord, EndCause, ToolCallRecord, TranscriptEntry};
+use crate::recording::RecFrame;
 
 /// One frame of audio time.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -133,6 +134,12 @@ pub struct CallConfig {
     pub transfer_check: TransferCheck,
     /// Answering-machine detection on outbound calls (`None`: off).
     pub amd: Option<AmdSettings>,
+    /// Hand out the call as the phone heard it, one [`RecFrame`] per 20 ms tick after the
+    /// answer ([`Call::poll_recording`]).
+    pub record_audio: bool,
+    /// Recording consent: 8 kHz PCM played to the phone at answer, before any agent audio
+    /// (`None`: no prompt).
+    pub consent_prompt: Option<Arc<[i16]>>,
 }
 
 /// A check on an E.164 transfer number (`+` and digits), supplied by the service that owns the
@@ -188,6 +195,8 @@ impl Default for CallConfig {
             transfer_allow_sip_hosts: Vec::new(),
             transfer_check: TransferCheck::allow_all(),
             amd: None,
+            record_audio: false,
+            consent_prompt: None,
         }
     }
 }
@@ -397,6 +406,10 @@ pub struct Call {
     dtmf_received: String,
     transfer_pending: Option<String>,
     amd: Option<Box<AmdRun>>,
+    rec: Option<Box<RecTap>>,
+    /// The consent prompt is played once the pacer has sent this many audio frames.
+    consent_until_frames: Option<u64>,
+    consent_played: bool,
     last_agent_audio_at: Option<Instant>,
     actions: VecDeque<CallAction>,
     record: CallRecord,
@@ -459,6 +472,7 @@ impl Call {
         now: Instant,
     ) -> Self {
         let wallclock = media_template.wallclock;
+        let cfg_record_audio = cfg.record_audio;
         record.direction = direction.as_str().to_owned();
         let mut call = Call {
             cfg,
@@ -485,6 +499,9 @@ impl Call {
             dtmf_received: String::new(),
             transfer_pending: None,
             amd: None,
+            rec: cfg_record_audio.then(|| Box::new(RecTap::default())),
+            consent_until_frames: None,
+            consent_played: false,
             last_agent_audio_at: None,
             actions: VecDeque::new(),
             record,
@@ -758,6 +775,13 @@ impl Call {
     /// The next RTP/RTCP datagram due at `now`, written into `buf`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         let t = self.media.as_mut()?.poll_transmit(now, buf);
+        if let Some(rec) = self.rec.as_mut()
+            && let Some(m) = self.media.as_mut()
+            && let Some(sent) = m.take_sent_audio()
+            && self.answered
+        {
+            rec.sent(sent);
+        }
         if self.record.timestamps.first_agent_audio_ms.is_none()
             && let Some(m) = self.media.as_ref()
             && m.stats().pacer.audio_frames > 0
@@ -765,10 +789,38 @@ impl Call {
             self.record.timestamps.first_agent_audio_ms = Some(self.wall_ms(now));
             self.actions.push_back(CallAction::RecordChanged);
         }
+        if let (Some(until), Some(m)) = (self.consent_until_frames, self.media.as_ref())
+            && m.stats().pacer.audio_frames >= until
+        {
+            self.consent_until_frames = None;
+            self.consent_played = true;
+            if let Some(r) = self.record.recording.as_mut() {
+                r.consent_played = true;
+            }
+            self.actions.push_back(CallAction::RecordChanged);
+        }
         if t.is_none() {
             self.check_drained(now);
         }
         t
+    }
+
+    /// The next 20 ms of the call as the phone heard it (with `record_audio`, after the
+    /// answer): drain it after every input, as the datagrams.
+    pub fn poll_recording(&mut self) -> Option<RecFrame> {
+        self.rec.as_mut()?.out.pop_front()
+    }
+
+    /// Say where the call's recording is (the runner, when it starts one).
+    pub fn set_recording(&mut self, mut r: crate::recording::RecordingRecord) {
+        r.consent_played |= self.consent_played;
+        self.record.recording = Some(r);
+        self.actions.push_back(CallAction::RecordChanged);
+    }
+
+    /// The trunk's law (what [`RecFrame`]s are coded in), once media is set up.
+    pub fn law(&self) -> Option<G711> {
+        self.media.as_ref().map(MediaSession::law)
     }
 
     /// When to call [`Call::handle_timeout`] / [`Call::poll_transmit`] next.
@@ -960,6 +1012,20 @@ impl Call {
         }
     }
 
+    /// At answer: the consent prompt goes to the front of the pacer's queue (before any agent
+    /// audio, queued or to come).
+    fn play_consent_prompt(&mut self) {
+        let (Some(prompt), Some(m)) = (self.cfg.consent_prompt.clone(), self.media.as_mut()) else {
+            return;
+        };
+        let law = m.law();
+        let mut codes = vec![0u8; prompt.len()];
+        law.encode_slice(&prompt, &mut codes);
+        let sent_before = m.stats().pacer.audio_frames;
+        let n = m.push_prompt_audio(&codes);
+        self.consent_until_frames = Some(sent_before + n.div_ceil(FRAME) as u64);
+    }
+
     fn mark_answered(&mut self, now: Instant) {
         self.answered = true;
         self.ring_deadline = None;
@@ -971,6 +1037,7 @@ impl Call {
         if let Some(m) = self.media.as_mut() {
             m.start(now);
         }
+        self.play_consent_prompt();
         self.next_uplink = Some(now + TICK);
         if self.direction == Direction::Outbound
             && let Some(settings) = self.cfg.amd.clone()
@@ -1324,6 +1391,11 @@ impl Call {
             return;
         };
         let frame = media.pop_audio(now);
+        if let Some(rec) = self.rec.as_mut()
+            && self.answered
+        {
+            rec.played(&frame.data, media.law().silence());
+        }
         if self.state != CallState::Answered {
             return; // draining: the mic is muted
         }
@@ -1626,5 +1698,51 @@ impl Call {
         } else if let Some(run) = self.amd.as_mut() {
             run.pending_update = Some(text);
         }
+    }
+}
+
+/// Pairs what the jitter buffer played out (the phone) with what was sent to the phone (the
+/// agent) tick by tick. The two run on their own 20 ms schedules: the frames sent since the last
+/// uplink tick wait in `sent` (a few at most) and are paired with the next phone frames, so the
+/// channels are aligned within one frame; a tick with nothing sent records silence. Fixed
+/// capacities: no allocation per frame once running.
+#[derive(Debug)]
+struct RecTap {
+    sent: VecDeque<[u8; FRAME]>,
+    out: VecDeque<RecFrame>,
+}
+
+/// Sent frames kept waiting for a phone frame (more: the oldest is dropped, the pacer caught up
+/// while the jitter buffer did not).
+const REC_SENT_MAX: usize = 4;
+/// Stereo frames kept for the runner (it drains them after every input).
+const REC_OUT_MAX: usize = 64;
+
+impl Default for RecTap {
+    fn default() -> Self {
+        RecTap {
+            sent: VecDeque::with_capacity(REC_SENT_MAX + 1),
+            out: VecDeque::with_capacity(REC_OUT_MAX + 1),
+        }
+    }
+}
+
+impl RecTap {
+    fn sent(&mut self, frame: [u8; FRAME]) {
+        if self.sent.len() == REC_SENT_MAX {
+            self.sent.pop_front();
+        }
+        self.sent.push_back(frame);
+    }
+
+    fn played(&mut self, phone: &[u8; FRAME], silence: u8) {
+        let agent = self.sent.pop_front().unwrap_or([silence; FRAME]);
+        if self.out.len() == REC_OUT_MAX {
+            self.out.pop_front();
+        }
+        self.out.push_back(RecFrame {
+            phone: *phone,
+            agent,
+        });
     }
 }

@@ -11,12 +11,14 @@
 //! - [`amd`]: answering-machine detection in a call (hold / detect, on-machine policy) around
 //!   `trunkline_media::amd`.
 //! - [`record`]: what a call leaves behind (timestamps, causes, audio stats, DTMF, transcript).
+//! - [`recording`]: the stereo WAV of a call as the phone heard it, written off the call's path.
 
 pub mod amd;
 pub mod convert;
 pub mod core;
 pub mod legs;
 pub mod record;
+pub mod recording;
 pub mod runtime;
 
 pub use crate::core::{

@@ -242,6 +242,9 @@ pub struct CallRecord {
     /// How the phone leg's media was protected.
     #[serde(default)]
     pub media_security: MediaSecurity,
+    /// The call's recording (`[recording]`), when one was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<crate::recording::RecordingRecord>,
 }
 
 /// Whether the phone leg's media was encrypted (SDES-SRTP, RFC 4568) and with what.
@@ -295,6 +298,7 @@ impl CallRecord {
             trunk_target: None,
             trunk_attempts: 0,
             media_security: MediaSecurity::default(),
+            recording: None,
         }
     }
 

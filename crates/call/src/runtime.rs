@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 use tracing::{Instrument, debug, info, warn};
 use trunkline_agent::{AgentConfig, AgentEvent, AgentHandle, ConnectError, ToolRegistry};
+use trunkline_media::g711::G711;
 use trunkline_media::session::PacketKind;
 
 pub mod pacing;
@@ -27,6 +28,8 @@ use self::send_thread::{RtpSendThread, Stream};
 use self::sip_task::SipLink;
 use crate::core::{AgentAction, Call, CallAction, SipEvent};
 use crate::record::{CallRecord, EndCause};
+use crate::recording::Recorder;
+use crate::recording::{RecordingFormat, RecordingRecord, RecordingWriter};
 
 /// Commands from the service to a running call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,21 @@ pub struct CallIo {
     /// Where RTP is sent from at its exact time (see [`send_thread`]); `None` sends it from
     /// this task as soon as it is built.
     pub send_thread: Option<RtpSendThread>,
+    /// Record the call (the call's config must have `record_audio`).
+    pub recording: Option<RecordingSetup>,
+}
+
+/// Where and how a call is recorded.
+#[derive(Debug, Clone)]
+pub struct RecordingSetup {
+    /// The file to write (created by the writer thread at the first frame, after answer).
+    pub path: std::path::PathBuf,
+    /// The writer thread shared by all recordings.
+    pub writer: RecordingWriter,
+    /// The consent is the agent's first message: played once the agent is connected.
+    pub consent_by_agent: bool,
+    /// WAV or Opus.
+    pub format: RecordingFormat,
 }
 
 impl std::fmt::Debug for CallIo {
@@ -96,7 +114,9 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
         records,
         pacing,
         send_thread,
+        recording,
     } = io;
+    let mut recorder: Option<Recorder> = None;
     let mut send_clock = SendClock::default();
     let mut rtp = match RtpSocket::new(rtp) {
         Ok(s) => Some(s),
@@ -162,6 +182,16 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
                     && e.kind() != io::ErrorKind::WouldBlock
                 {
                     debug!(error = %e, "rtp send failed");
+                }
+            }
+            while let Some(f) = call.poll_recording() {
+                if recorder.is_none()
+                    && let (Some(setup), Some(law)) = (recording.as_ref(), call.law())
+                {
+                    recorder = start_recorder(setup, law, &mut call);
+                }
+                if let Some(r) = recorder.as_ref() {
+                    r.push(&f);
                 }
             }
             if !call.has_pending_actions() {
@@ -296,13 +326,45 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
         h.close();
     }
     call.refresh_stats();
-    let record = call.record().clone();
+    let mut record = call.record().clone();
+    if let Some(r) = recorder.take() {
+        let summary = tokio::task::spawn_blocking(move || r.finish())
+            .await
+            .ok()
+            .flatten();
+        if let (Some(s), Some(rec)) = (summary, record.recording.as_mut()) {
+            rec.duration_ms = s.duration_ms;
+        }
+    }
+    if let (Some(rec), Some(setup)) = (record.recording.as_mut(), recording.as_ref()) {
+        rec.consent_played |= setup.consent_by_agent && record.conversation_id.is_some();
+    }
     info!(
         status = %record.status,
         cause = record.end_cause.as_ref().map_or("none", |c| c.label()),
         "call ended"
     );
     record
+}
+
+/// The call's first recorded frame: start the writer and say where the file is in the record.
+fn start_recorder(setup: &RecordingSetup, law: G711, call: &mut Call) -> Option<Recorder> {
+    match setup.writer.begin(setup.path.clone(), setup.format, law) {
+        Some(r) => {
+            info!(path = %setup.path.display(), "recording");
+            call.set_recording(RecordingRecord {
+                path: setup.path.to_string_lossy().into_owned(),
+                format: setup.format.as_str().into(),
+                duration_ms: 0,
+                consent_played: false,
+            });
+            Some(r)
+        }
+        None => {
+            warn!("recording not started: the writer's queue is full");
+            None
+        }
+    }
 }
 
 fn send_to_agent(h: &AgentHandle, a: AgentAction) {

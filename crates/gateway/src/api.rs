@@ -6,7 +6,8 @@
 //!   `{"success": false, "error": "<stable message>"}`.
 //! - `POST /v1/convai/twilio/outbound-call`, `POST /v1/convai/sip-trunk/outbound-call` — the
 //!   ElevenLabs request and response shapes (`xi-api-key` accepted as the token).
-//! - `GET /api/calls`, `GET /api/calls/{call_sid}`, `POST /api/calls/{call_sid}/hangup` (token).
+//! - `GET /api/calls`, `GET /api/calls/{call_sid}`, `POST /api/calls/{call_sid}/hangup`,
+//!   `GET /api/calls/{call_sid}/recording` (token; never to a browser `Origin`).
 //! - `GET /api/calls/{call_sid}/events?token=…` — the visitor's live call status (Server-Sent
 //!   Events), authorised by the per-call `status_token` of the trigger's answer ([`crate::events`]).
 //! - `GET /widget/trunkline-widget.js` — the browser module (`web/trunkline-widget.js`, compiled
@@ -170,6 +171,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/calls/{call_sid}", get(get_call))
         .route("/api/calls/{call_sid}/hangup", post(hangup_call))
         .route("/api/calls/{call_sid}/events", get(call_events))
+        .route("/api/calls/{call_sid}/recording", get(get_recording))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -840,6 +842,52 @@ async fn get_call(
         Some(r) => axum::Json(json!({"success": true, "call": r})).into_response(),
         None => error(StatusCode::NOT_FOUND, "Call not found"),
     }
+}
+
+/// `GET /api/calls/{call_sid}/recording`: the call's recording file, streamed. Bearer token as
+/// the other `/api/calls` endpoints; refused to browsers (any `Origin`: 403, never CORS-enabled).
+/// 404 when the call is unknown, has no recording, or its file is not on this node.
+async fn get_recording(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(call_sid): Path<String>,
+) -> Response {
+    if let Err(r) = require_token(&state, &headers) {
+        return r;
+    }
+    let Some(rec) = state.calls.get(call_sid).await.and_then(|r| r.recording) else {
+        return error(StatusCode::NOT_FOUND, "Recording not found");
+    };
+    let file = match tokio::fs::File::open(&rec.path).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(path = %rec.path, error = %e, "recording file unavailable");
+            return error(StatusCode::NOT_FOUND, "Recording not found");
+        }
+    };
+    let content_type = if rec.format == "opus" {
+        "audio/ogg"
+    } else {
+        "audio/wav"
+    };
+    let stream = futures_util::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 async fn hangup_call(

@@ -748,6 +748,121 @@ impl AmdSection {
     }
 }
 
+/// `recording.format`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordingFormatName {
+    /// Stereo 16-bit PCM WAV at the call's rate (8 kHz for G.711).
+    Wav,
+    /// Stereo Opus (24 kbit/s) in Ogg.
+    Opus,
+}
+
+/// Call recording (`[recording]`): stereo, the phone left and the agent right, as the phone
+/// heard it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingSection {
+    /// Record every answered call.
+    pub enabled: bool,
+    /// `wav` or `opus`.
+    pub format: RecordingFormatName,
+    /// Where recordings are written (`<call_sid>.wav` / `.ogg`); created at start.
+    pub dir: String,
+    /// Recordings older than this many days are deleted (at start, then hourly); 0 keeps them.
+    pub retention_days: u32,
+    /// Consent as a WAV file (8 kHz mono 16-bit PCM, at most 60 s) played to the phone at
+    /// answer, before any agent audio. Empty: none. Not with `consent_message`.
+    pub consent_prompt_wav: String,
+    /// Consent as a sentence the agent says first (its `first_message` override). Empty: none.
+    /// Not with `consent_prompt_wav`.
+    pub consent_message: String,
+}
+
+impl Default for RecordingSection {
+    fn default() -> Self {
+        RecordingSection {
+            enabled: false,
+            format: RecordingFormatName::Wav,
+            dir: "recordings".into(),
+            retention_days: 30,
+            consent_prompt_wav: String::new(),
+            consent_message: String::new(),
+        }
+    }
+}
+
+impl RecordingSection {
+    /// What is wrong with these settings (empty: nothing).
+    pub fn problems(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.enabled && self.dir.trim().is_empty() {
+            errs.push("recording.dir must be set when recording.enabled = true".into());
+        }
+        if self.retention_days > 36_500 {
+            errs.push(format!(
+                "recording.retention_days must be 0 (keep) to 36500 (is {})",
+                self.retention_days
+            ));
+        }
+        let wav = !self.consent_prompt_wav.trim().is_empty();
+        let msg = !self.consent_message.trim().is_empty();
+        if wav && msg {
+            errs.push(
+                "recording.consent_prompt_wav and recording.consent_message are exclusive: set one"
+                    .into(),
+            );
+        }
+        if (wav || msg) && !self.enabled {
+            errs.push("recording.consent_* is set but recording.enabled = false".into());
+        }
+        if self.consent_message.chars().count() > 2000 {
+            errs.push("recording.consent_message is longer than 2000 characters".into());
+        }
+        if self.enabled && self.format == RecordingFormatName::Opus && !cfg!(feature = "opus") {
+            errs.push(format!(
+                "recording.format = \"opus\": {}",
+                trunkline_call::recording::OPUS_NOT_BUILT
+            ));
+        }
+        errs
+    }
+
+    /// One line for `check-config`.
+    pub fn explain(&self) -> String {
+        if !self.enabled {
+            return "Recording: off".into();
+        }
+        let consent = if !self.consent_prompt_wav.trim().is_empty() {
+            format!(
+                "consent prompt {} played to the phone before the agent is heard",
+                self.consent_prompt_wav
+            )
+        } else if !self.consent_message.trim().is_empty() {
+            format!(
+                "consent said by the agent as its first message ({} characters)",
+                self.consent_message.chars().count()
+            )
+        } else {
+            "no consent prompt".into()
+        };
+        let keep = match self.retention_days {
+            0 => "kept forever".to_string(),
+            d => format!("deleted after {d} days"),
+        };
+        format!(
+            "Recording: every answered call, stereo {} (phone left, agent right) in {}, {keep}; {consent}",
+            match self.format {
+                RecordingFormatName::Wav => "WAV",
+                RecordingFormatName::Opus =>
+                    "Opus (CPU-heavy: about 0.5 % of a core per call, 3x a call without recording; \
+see docs/PERFORMANCE.md)",
+            },
+            self.dir
+        )
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -791,6 +906,8 @@ pub struct Config {
     pub log: LogSection,
     /// `[amd]`
     pub amd: AmdSection,
+    /// `[recording]`
+    pub recording: RecordingSection,
 }
 
 /// Secrets, from the environment only.
@@ -1154,6 +1271,7 @@ impl Config {
             }
         }
         errs.extend(self.amd.problems());
+        errs.extend(self.recording.problems());
         if errs.is_empty() {
             Ok(())
         } else {
@@ -1406,6 +1524,7 @@ heartbeat every {} s, a node silent {} s is dead; hang-ups for this node's calls
                 }
             ),
         };
+        let _ = writeln!(w, "{}", self.recording.explain());
         s
     }
 }
@@ -1766,5 +1885,59 @@ mod amd_tests {
         assert!(toml::from_str::<Config>("[amd]\nmode = \"maybe\"\n").is_err());
         let s = crate::setup::amd_settings(&cfg.amd).expect("on");
         assert_eq!(s.detector.greeting, std::time::Duration::from_millis(1500));
+    }
+}
+
+#[cfg(test)]
+mod recording_tests {
+    use super::*;
+
+    #[test]
+    fn recording_section_is_validated() {
+        let mut c = Config::default();
+        assert!(c.validate().is_ok(), "off by default, valid");
+        assert_eq!(c.recording.retention_days, 30);
+        assert_eq!(c.recording.format, RecordingFormatName::Wav);
+        c.recording.enabled = true;
+        assert!(c.validate().is_ok());
+        let errs = |c: &Config| match c.validate() {
+            Err(ConfigError::Invalid(e)) => e.join("\n"),
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        c.recording.format = RecordingFormatName::Opus;
+        if cfg!(feature = "opus") {
+            assert!(c.validate().is_ok());
+        } else {
+            assert!(errs(&c).contains("--features opus"), "{}", errs(&c));
+        }
+        c.recording.format = RecordingFormatName::Wav;
+        c.recording.consent_message = "This call is recorded.".into();
+        c.recording.consent_prompt_wav = "consent.wav".into();
+        assert!(errs(&c).contains("exclusive"));
+        c.recording.consent_prompt_wav.clear();
+        assert!(c.validate().is_ok());
+        c.recording.dir = " ".into();
+        assert!(errs(&c).contains("recording.dir"));
+        c.recording.dir = "recordings".into();
+        c.recording.enabled = false;
+        assert!(errs(&c).contains("recording.enabled = false"));
+        assert!(
+            toml::from_str::<Config>("[recording]\nformat = \"mp3\"\n").is_err(),
+            "unknown formats are refused"
+        );
+    }
+
+    #[test]
+    fn recording_is_explained() {
+        let mut c = RecordingSection::default();
+        assert_eq!(c.explain(), "Recording: off");
+        c.enabled = true;
+        c.retention_days = 0;
+        c.consent_message = "Recorded.".into();
+        let e = c.explain();
+        assert!(
+            e.contains("kept forever") && e.contains("first message"),
+            "{e}"
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! - [`server`]: the bootstrap (gateway + HTTP API) and the orderly shutdown, used by every
 //!   entry point.
 //! - [`service`]: the call registry: spawning, hang-up, drain, records.
+//! - [`recordings`]: call recordings on disk (file names, retention).
 //! - [`events`]: the visitor's live call status: per-call `status_token`s and the event hub
 //!   behind `GET /api/calls/{call_sid}/events`.
 
@@ -21,6 +22,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod metrics;
 pub mod policy;
+pub mod recordings;
 pub mod records;
 pub mod server;
 pub mod service;

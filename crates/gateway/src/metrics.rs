@@ -71,6 +71,8 @@ pub struct Metrics {
     pacing: Arc<PacingHistogram>,
     /// Counters of the connection and slow-client defences.
     pub defences: Defences,
+    /// Counters of every call recording.
+    pub recording: Arc<trunkline_call::recording::RecordingStats>,
 }
 
 impl Metrics {
@@ -336,6 +338,44 @@ pub struct Defences {
     pub http_request_timeouts: std::sync::atomic::AtomicU64,
     /// HTTP accept failures (out of file descriptors) after which the listener paused.
     pub http_accept_backoffs: std::sync::atomic::AtomicU64,
+}
+
+/// The recording counters in the text exposition.
+pub fn render_recording(out: &mut String, r: &trunkline_call::recording::RecordingStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, help, v) in [
+        (
+            "trunkline_recording_started_total",
+            "Call recordings started.",
+            &r.started,
+        ),
+        (
+            "trunkline_recording_bytes_total",
+            "Bytes written to call recordings.",
+            &r.bytes,
+        ),
+        (
+            "trunkline_recording_dropped_frames_total",
+            "20 ms recording frames dropped because the writer's queue was full (the call went on).",
+            &r.dropped_frames,
+        ),
+        (
+            "trunkline_recording_failed_total",
+            "Call recordings that could not be created or written.",
+            &r.failed,
+        ),
+        (
+            "trunkline_recording_deleted_total",
+            "Call recordings deleted by retention (recording.retention_days).",
+            &r.deleted,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Relaxed)
+        );
+    }
 }
 
 /// The defence counters in the text exposition: the HTTP server's and the SIP listeners'.

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,9 +17,10 @@ use trunkline_call::agent::{
 };
 use trunkline_call::media::{G711, JitterConfig, MediaConfig, WallClock};
 use trunkline_call::record::EndCause;
+use trunkline_call::recording::{RecordingFormat, RecordingWriter, SHARED_QUEUE_FRAMES};
 use trunkline_call::runtime::send_thread::RtpSendThread;
 use trunkline_call::runtime::sip_task::{IncomingLeg, SipLink, SipStack};
-use trunkline_call::runtime::{CallCommand, CallIo, RecordSink, run};
+use trunkline_call::runtime::{CallCommand, CallIo, RecordSink, RecordingSetup, run};
 use trunkline_call::sip::{MediaParams, TransportKind};
 use trunkline_call::{Call, CallRecord, SipAction, SipEvent};
 
@@ -71,6 +73,8 @@ pub struct Gateway {
     next_port: Mutex<u16>,
     metrics: Arc<Metrics>,
     send_thread: Option<RtpSendThread>,
+    /// The writer thread of every call recording (`recording.enabled`).
+    recording_writer: Option<RecordingWriter>,
     ready: AtomicBool,
     /// What out-of-dialog OPTIONS last said (200 = true, 503 = false).
     available: AtomicBool,
@@ -143,6 +147,11 @@ impl Gateway {
             .map_err(|e| StartError::Config(e.to_string()))?;
         let seed = random_seed();
         let setup = Setup::new(&cfg, &secrets, seed).map_err(|e| StartError::Config(e.0))?;
+        if cfg.recording.enabled {
+            std::fs::create_dir_all(&cfg.recording.dir).map_err(|e| {
+                StartError::Config(format!("recording.dir {}: {e}", cfg.recording.dir))
+            })?;
+        }
         let store = RecordStore::open_as(&cfg.records.database_url, &cfg.records.node_id).await?;
         // Calls this node left open when it last stopped (SIGKILL, crash) are over.
         let interrupted = store.recover_interrupted().await?;
@@ -208,6 +217,14 @@ impl Gateway {
             seed ^ 0x3263,
         )
         .map_err(StartError::Sip)?;
+        let recording_writer = if cfg.recording.enabled {
+            Some(
+                RecordingWriter::start(SHARED_QUEUE_FRAMES, metrics.recording.clone())
+                    .map_err(|e| StartError::Config(format!("recording writer: {e}")))?,
+            )
+        } else {
+            None
+        };
         let gw = Arc::new(Gateway {
             next_port: Mutex::new(cfg.rtp.port_min & !1),
             events,
@@ -220,6 +237,7 @@ impl Gateway {
             records: Mutex::new(RecordBook::default()),
             store,
             webhooks,
+            recording_writer,
             metrics,
             send_thread,
             ready: AtomicBool::new(true),
@@ -235,6 +253,13 @@ impl Gateway {
             warn!(error = %e, "trunk not resolvable yet; outbound calls will retry");
         }
         tokio::spawn(Self::inbound_loop(gw.clone(), incoming));
+        if gw.cfg.recording.enabled {
+            crate::recordings::spawn_retention(
+                gw.cfg.recording.dir.clone().into(),
+                gw.cfg.recording.retention_days,
+                gw.metrics.recording.clone(),
+            );
+        }
         info!(
             sip = ?gw.sip.local_addr(TransportKind::Udp),
             "gateway started"
@@ -432,6 +457,22 @@ impl Gateway {
         m
     }
 
+    /// Where and how call `sid` is recorded (`None`: recording off).
+    fn recording_setup(&self, sid: &str) -> Option<RecordingSetup> {
+        let r = &self.cfg.recording;
+        let format = match r.format {
+            crate::config::RecordingFormatName::Wav => RecordingFormat::Wav,
+            crate::config::RecordingFormatName::Opus => RecordingFormat::Opus,
+        };
+        let writer = self.recording_writer.clone()?;
+        Some(RecordingSetup {
+            path: crate::recordings::path_for(Path::new(&r.dir), sid, format),
+            writer,
+            consent_by_agent: !r.consent_message.trim().is_empty(),
+            format,
+        })
+    }
+
     /// The agent's configuration for one call: `request` is what the trigger asked for (already
     /// checked by policy), `own` the call's own variables.
     fn agent_config(
@@ -446,6 +487,16 @@ impl Gateway {
         c.connect_timeout = Duration::from_secs(a.connect_timeout_secs);
         c.stall_timeout = self.setup.agent_stall_timeout;
         c.initiation.dynamic_variables = merge_variables(request, &a.dynamic_variables, own);
+        // Recording consent said by the agent: its first words, before any requested greeting.
+        let consent = &self.cfg.recording.consent_message;
+        let first_message = match (
+            self.cfg.recording.enabled && !consent.trim().is_empty(),
+            first_message,
+        ) {
+            (true, Some(m)) => Some(format!("{} {m}", consent.trim())),
+            (true, None) => Some(consent.trim().to_owned()),
+            (false, m) => m,
+        };
         if let Some(m) = first_message {
             c.initiation.conversation_config_override = Some(ConversationConfigOverride {
                 agent: Some(AgentOverride {
@@ -616,6 +667,7 @@ impl Gateway {
                 records: Some(sink),
                 pacing: Some(gw.metrics.pacing().clone()),
                 send_thread: gw.send_thread.clone(),
+                recording: gw.recording_setup(&sid),
             };
             let record = run(call, io).await;
             gw.metrics.call_ended(direction, &record);
@@ -891,6 +943,7 @@ impl CallService for Arc<Gateway> {
             s.inbound_refused_source.load(Ordering::Relaxed),
         );
         crate::metrics::render_trunk(&mut out, self.trunk.failures.load(Ordering::Relaxed), s);
+        crate::metrics::render_recording(&mut out, &self.metrics.recording);
         {
             use std::fmt::Write;
             let _ = writeln!(

@@ -228,6 +228,8 @@ impl Setup {
                 TransferCheck::new(move |n| check_transfer_number(n, &denied))
             },
             amd: amd_settings(&cfg.amd),
+            record_audio: cfg.recording.enabled,
+            consent_prompt: consent_prompt(&cfg.recording)?,
             ..CallConfig::default()
         };
         Ok(Setup {
@@ -310,6 +312,43 @@ fn trunk_address(cfg: &Config, termination: &HostPort) -> Result<TrunkAddress, S
     }
 }
 
+/// Longest consent prompt (it delays the agent's first words).
+const MAX_CONSENT_SECS: usize = 60;
+
+/// The consent prompt WAV as 8 kHz samples (`None` without one or with recording off).
+fn consent_prompt(
+    r: &crate::config::RecordingSection,
+) -> Result<Option<std::sync::Arc<[i16]>>, SetupError> {
+    let path = r.consent_prompt_wav.trim();
+    if !r.enabled || path.is_empty() {
+        return Ok(None);
+    }
+    let err = |e: String| SetupError(format!("recording.consent_prompt_wav {path}: {e}"));
+    let reader = hound::WavReader::open(path).map_err(|e| err(e.to_string()))?;
+    let spec = reader.spec();
+    if spec.channels != 1
+        || spec.sample_rate != 8000
+        || spec.bits_per_sample != 16
+        || spec.sample_format != hound::SampleFormat::Int
+    {
+        return Err(err(format!(
+            "must be 8 kHz mono 16-bit PCM (is {} Hz, {} channel(s), {} bits)",
+            spec.sample_rate, spec.channels, spec.bits_per_sample
+        )));
+    }
+    let samples: Vec<i16> = reader
+        .into_samples::<i16>()
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if samples.is_empty() {
+        return Err(err("holds no audio".into()));
+    }
+    if samples.len() > MAX_CONSENT_SECS * 8000 {
+        return Err(err(format!("longer than {MAX_CONSENT_SECS} s")));
+    }
+    Ok(Some(samples.into()))
+}
+
 /// `[amd]` → the call's answering-machine detection settings (`None` when off).
 pub fn amd_settings(a: &crate::config::AmdSection) -> Option<trunkline_call::amd::AmdSettings> {
     use crate::config::{AmdModeName, OnMachineName};
@@ -349,6 +388,48 @@ pub fn amd_settings(a: &crate::config::AmdSection) -> Option<trunkline_call::amd
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_wav(path: &std::path::Path, rate: u32, channels: u16, n: usize) {
+        let spec = hound::WavSpec {
+            channels,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        for i in 0..n {
+            w.write_sample((i as i16).wrapping_mul(37)).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+
+    #[test]
+    fn the_consent_prompt_is_loaded_and_checked() {
+        let dir = std::env::temp_dir().join(format!("trunkline-consent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.wav");
+        write_wav(&good, 8000, 1, 4000);
+        let mut cfg = Config::default();
+        cfg.recording.enabled = true;
+        cfg.recording.consent_prompt_wav = good.to_string_lossy().into_owned();
+        let p = setup(&cfg).call.consent_prompt.expect("prompt");
+        assert_eq!(p.len(), 4000);
+        assert_eq!(p[3], 3 * 37);
+        let wide = dir.join("wide.wav");
+        write_wav(&wide, 16000, 1, 4000);
+        cfg.recording.consent_prompt_wav = wide.to_string_lossy().into_owned();
+        let e = Setup::new(&cfg, &Secrets::default(), 1).unwrap_err().0;
+        assert!(
+            e.contains("must be 8 kHz mono 16-bit PCM (is 16000 Hz"),
+            "{e}"
+        );
+        cfg.recording.consent_prompt_wav = dir.join("missing.wav").to_string_lossy().into_owned();
+        let e = Setup::new(&cfg, &Secrets::default(), 1).unwrap_err().0;
+        assert!(e.starts_with("recording.consent_prompt_wav"), "{e}");
+        cfg.recording.consent_prompt_wav.clear();
+        assert!(setup(&cfg).call.consent_prompt.is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn setup(cfg: &Config) -> Setup {
         Setup::new(cfg, &Secrets::default(), 1).expect("setup")

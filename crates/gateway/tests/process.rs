@@ -1187,3 +1187,63 @@ async fn out_of_file_descriptors_the_sip_listener_backs_off_and_recovers() {
         gw.log()
     );
 }
+
+/// The recording of a call cut by SIGKILL: the header's sizes were rewritten every second, so
+/// the file is a valid WAV holding every whole second written before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_call_leaves_a_recording_playable_up_to_the_last_second() {
+    let s = Setup::new("sigkill-rec", 8, Duration::from_secs(30)).await;
+    let rec_dir = s.dir.0.join("rec");
+    let mut toml = std::fs::read_to_string(&s.config).expect("config");
+    toml.push_str(&format!(
+        "\n[recording]\nenabled = true\ndir = \"{}\"\n",
+        rec_dir.display()
+    ));
+    std::fs::write(&s.config, toml).expect("config");
+    let mut gw = s.spawn(30);
+    gw.ready().await;
+    let sid = gw.call().await;
+    gw.record_until(&sid, 15, in_progress_with_conversation)
+        .await;
+    let path = rec_dir.join(format!("{sid}.wav"));
+    // Wait until more than 2.5 s of audio is on disk (stereo 16-bit 8 kHz: 32,000 bytes/s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if len > 44 + 32_000 * 5 / 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recording did not grow: {len} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.child.kill().expect("SIGKILL");
+    gw.exited(Duration::from_secs(5)).await.expect("killed");
+    drop(gw);
+
+    let bytes = std::fs::read(&path).expect("recording file");
+    let reader = hound::WavReader::new(std::io::Cursor::new(bytes.clone())).expect("a valid WAV");
+    assert_eq!(reader.spec().channels, 2);
+    assert_eq!(reader.spec().sample_rate, 8000);
+    let frames = u64::from(reader.duration());
+    // The header is from a periodic rewrite: whole seconds, at least 2, within what is on disk.
+    assert!(frames >= 2 * 8000, "{frames} samples per channel");
+    assert_eq!(frames % 8000, 0, "a whole number of seconds: {frames}");
+    assert!(44 + frames * 4 <= bytes.len() as u64);
+    let samples: Vec<i16> = reader
+        .into_samples::<i16>()
+        .collect::<Result<_, _>>()
+        .expect("every sample the header promises is there");
+    assert_eq!(samples.len() as u64, frames * 2);
+    let left_peak = samples.iter().step_by(2).map(|s| s.unsigned_abs()).max();
+    let right_peak = samples
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|s| s.unsigned_abs())
+        .max();
+    assert!(left_peak > Some(1000), "the phone's speech on the left");
+    assert!(right_peak > Some(1000), "the agent's greeting on the right");
+}

@@ -176,6 +176,22 @@ impl Pacer {
         n
     }
 
+    /// Queue audio codes for `event_id` before everything already queued (a prompt that must
+    /// be heard first, e.g. recording consent). Bounded like [`Pacer::push`].
+    pub fn push_front(&mut self, event_id: u64, codes: &[u8]) -> usize {
+        let room = self.cfg.max_queue.saturating_sub(self.queue.len());
+        let n = codes.len().min(room);
+        self.stats.refused_bytes += (codes.len() - n) as u64;
+        if n == 0 {
+            return 0;
+        }
+        for &c in codes[..n].iter().rev() {
+            self.queue.push_front(c);
+        }
+        self.segments.push_front(Segment { event_id, len: n });
+        n
+    }
+
     /// Barge-in: drop everything queued. Returns the bytes dropped.
     pub fn flush(&mut self) -> usize {
         let n = self.queue.len();
@@ -316,6 +332,23 @@ fn due_at(start: Instant, tick: u64) -> Instant {
 #[allow(clippy::disallowed_methods)] // a fixed origin for virtual time
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prompt_pushed_in_front_plays_first_and_survives_interruptions() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(PacerConfig::new(G711::Ulaw));
+        p.start(t0, 0);
+        p.push(3, &[7u8; 320]);
+        assert_eq!(p.push_front(u64::MAX, &[9u8; 320]), 320);
+        // An interruption of the agent's event 3 leaves the prompt.
+        assert_eq!(p.flush_up_to(3), 320);
+        p.push(4, &[5u8; 160]);
+        let data: Vec<u8> = (0..3)
+            .map(|i| p.poll_frame(t0 + TICK * i).unwrap().data[0])
+            .collect();
+        assert_eq!(data, [9, 9, 5]);
+        assert!(p.is_drained());
+    }
 
     #[test]
     fn silence_when_empty_then_audio_with_marker() {

@@ -304,6 +304,8 @@ pub struct MediaSession {
     closed: bool,
     last_sent_ts: u32,
     octets_sent: u32,
+    /// The audio of the last RTP packet built (silence for a DTMF tick), for recording.
+    last_sent_audio: Option<[u8; FRAME]>,
 
     scratch: Vec<u8>,
     events: VecDeque<MediaEvent>,
@@ -358,6 +360,7 @@ impl MediaSession {
             closed: false,
             last_sent_ts: cfg.initial_timestamp,
             octets_sent: 0,
+            last_sent_audio: None,
             scratch: Vec::with_capacity(512),
             events: VecDeque::new(),
             stats: MediaStats::default(),
@@ -717,6 +720,18 @@ impl MediaSession {
         t
     }
 
+    /// Queue a prompt (G.711 codes in this session's law) to be played before any agent audio
+    /// queued or to come; `interruption{N}` never flushes it (its event id is `u64::MAX`).
+    pub fn push_prompt_audio(&mut self, codes: &[u8]) -> usize {
+        self.pacer.push_front(u64::MAX, codes)
+    }
+
+    /// The 160 codes of the last RTP packet [`MediaSession::poll_transmit`] built (what the phone
+    /// hears at that tick; silence for a DTMF tick), once: `None` until the next one.
+    pub fn take_sent_audio(&mut self) -> Option<[u8; FRAME]> {
+        self.last_sent_audio.take()
+    }
+
     /// Write the next datagram due at `now` into `buf` (≥ 1500 bytes recommended).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if self.closed {
@@ -761,6 +776,7 @@ impl MediaSession {
                     timestamp: p.timestamp,
                     ssrc: self.ssrc,
                 };
+                self.last_sent_audio = Some([self.law.silence(); FRAME]);
                 write_rtp(&h, &p.payload, &mut tmp).ok()?
             } else {
                 let h = RtpHeader {
@@ -770,6 +786,7 @@ impl MediaSession {
                     timestamp: frame.timestamp,
                     ssrc: self.ssrc,
                 };
+                self.last_sent_audio = Some(frame.data);
                 write_rtp(&h, &frame.data, &mut tmp).ok()?
             };
             self.seq = self.seq.wrapping_add(1);
