@@ -75,6 +75,11 @@ pub struct AgentConfig {
     pub initiation: ConversationInitiationClientData,
     /// Trust these roots instead of the webpki roots (tests, private CAs).
     pub tls_roots: Option<Arc<RootCertStore>>,
+    /// A TLS client configuration built once and shared by every connection (then `tls_roots`
+    /// is not read). Sharing it is what lets rustls resume sessions (its session cache lives in
+    /// the config) and saves building a root store per call; `None`: one is built per connect
+    /// from `tls_roots`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Audio chunks held while the socket stalls; the oldest is dropped past this.
     pub audio_queue_chunks: usize,
     /// tungstenite read buffer (keep 4–8 KiB: the default 128 KiB is zeroed on every read).
@@ -122,6 +127,7 @@ impl AgentConfig {
             ],
             initiation: ConversationInitiationClientData::default(),
             tls_roots: None,
+            tls: None,
             audio_queue_chunks: 50,
             read_buffer_size: 8 * 1024,
             connect_timeout: Duration::from_secs(10),
@@ -194,6 +200,15 @@ impl AgentConfig {
             .max_frame_size(Some(16 * 1024 * 1024))
     }
 
+    /// The TLS client configuration a connection uses: the shared one ([`AgentConfig::tls`]) or
+    /// a new one from [`AgentConfig::rustls_config`].
+    pub fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+        match &self.tls {
+            Some(t) => Ok(t.clone()),
+            None => Ok(Arc::new(self.rustls_config()?)),
+        }
+    }
+
     /// The rustls client config: `ring` provider set explicitly (so a second provider elsewhere
     /// in the binary cannot make TLS set-up panic), webpki roots unless `tls_roots` is set.
     pub fn rustls_config(&self) -> Result<rustls::ClientConfig, ConnectError> {
@@ -262,7 +277,7 @@ pub async fn fetch_signed_url(config: &AgentConfig, api_key: &str) -> Result<Str
     }
     let endpoint = config.signed_url_endpoint()?;
     let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(config.rustls_config()?)
+        .tls_backend_preconfigured((*config.tls_config()?).clone())
         .connect_timeout(config.connect_timeout)
         .timeout(config.connect_timeout)
         .build()?;
@@ -299,7 +314,7 @@ async fn connect_inner(
         (None, Some(key)) => fetch_signed_url(&config, key).await?,
         (None, None) => config.public_url()?.to_string(),
     };
-    let tls = Arc::new(config.rustls_config()?);
+    let tls = config.tls_config()?;
     let (mut ws, _resp) = tokio_tungstenite::connect_async_tls_with_config(
         url.as_str(),
         Some(config.websocket_config()),

@@ -70,3 +70,50 @@ async fn client_connects_over_wss_with_a_test_certificate() {
         .unwrap_err();
     assert!(matches!(err, ConnectError::SignedUrlRequest(_)), "{err:?}");
 }
+
+/// One TLS client configuration shared by every call (`AgentConfig::tls`, what the gateway sets
+/// up once at start) keeps the server's session tickets, so the next call to the agent resumes
+/// its TLS session instead of a full handshake.
+#[tokio::test]
+async fn a_shared_tls_config_keeps_the_session_for_the_next_connection() {
+    use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
+    use std::sync::Arc;
+
+    let id = TestIdentity::localhost().unwrap();
+    let emu = AgentEmulator::start_tls(
+        "127.0.0.1:0".parse().unwrap(),
+        AgentEmulatorConfig {
+            speed: 50.0,
+            ..Default::default()
+        },
+        &id,
+    )
+    .await
+    .unwrap();
+    let mut cfg = AgentConfig::new("agent_tls").with_base_url(emu.ws_base_url());
+    cfg.tls_roots = Some(id.root_store().unwrap());
+    cfg.connect_timeout = Duration::from_secs(5);
+    let cache = Arc::new(ClientSessionMemoryCache::new(16));
+    let mut tls = cfg.rustls_config().unwrap();
+    tls.resumption = Resumption::store(cache.clone());
+    cfg.tls = Some(Arc::new(tls));
+    let server = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    for call in 0..2 {
+        let mut s = connect(cfg.clone(), ToolRegistry::new()).await.unwrap();
+        // Audio after the metadata: the tickets the server sent after its handshake were read.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), s.next_event()).await {
+                Ok(Some(AgentEvent::Audio { .. })) => break,
+                Ok(Some(_)) => {}
+                other => panic!("call {call}: no audio over wss: {other:?}"),
+            }
+        }
+        s.close();
+        while s.next_event().await.is_some() {}
+        assert!(
+            cache.take_tls13_ticket(&server).is_some(),
+            "call {call}: no TLS 1.3 ticket kept in the shared configuration"
+        );
+    }
+}

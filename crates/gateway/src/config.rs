@@ -417,6 +417,10 @@ pub struct AgentSection {
     /// (sent every quarter of this), or our writes to it stay blocked, this many seconds; 0
     /// turns the detection off.
     pub stall_timeout_secs: u64,
+    /// PEM CA certificate(s) the agent's `wss://` (and signed-URL `https://`) certificate must
+    /// chain to instead of the webpki (Mozilla) roots: a TLS-inspecting egress proxy, a private
+    /// relay, the load tester's emulator. Unset: the webpki roots.
+    pub tls_ca_file: Option<String>,
 }
 
 impl Default for AgentSection {
@@ -437,6 +441,7 @@ impl Default for AgentSection {
             request_variables: Vec::new(),
             allow_request_first_message: false,
             stall_timeout_secs: 10,
+            tls_ca_file: None,
         }
     }
 }
@@ -1082,6 +1087,9 @@ impl Config {
         }
         if self.trunk.tls_ca_file.is_some() && self.trunk.transport != SipTransport::Tls {
             errs.push("trunk.tls_ca_file is set but trunk.transport is not \"tls\"".into());
+        }
+        if self.agent.tls_ca_file.is_some() && !self.agent.base_url.starts_with("wss://") {
+            errs.push("agent.tls_ca_file is set but agent.base_url is not wss://".into());
         }
         if !self.trunk.termination_uri.starts_with("sip:")
             && !self.trunk.termination_uri.starts_with("sips:")

@@ -486,6 +486,7 @@ impl Gateway {
         c.api_key = self.secrets.elevenlabs_api_key.clone();
         c.connect_timeout = Duration::from_secs(a.connect_timeout_secs);
         c.stall_timeout = self.setup.agent_stall_timeout;
+        c.tls = Some(self.setup.agent_tls.clone());
         c.initiation.dynamic_variables = merge_variables(request, &a.dynamic_variables, own);
         // Recording consent said by the agent: its first words, before any requested greeting.
         let consent = &self.cfg.recording.consent_message;

@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+
+use trunkline_call::agent::AgentConfig;
 use trunkline_call::legs::{
     DEFAULT_NOTIFY_TIMEOUT, Failover, InboundAuth, LegsConfig, SourceFilter, TrunkTarget,
 };
@@ -61,6 +64,9 @@ pub struct Setup {
     pub send_delay: Option<Duration>,
     /// The agent stall timeout (`agent.stall_timeout_secs`; `None`: off).
     pub agent_stall_timeout: Option<Duration>,
+    /// The agent connections' TLS client configuration, built once and shared by every call
+    /// (its session cache lets later calls resume; `agent.tls_ca_file` or the webpki roots).
+    pub agent_tls: Arc<rustls::ClientConfig>,
 }
 
 impl Setup {
@@ -251,6 +257,7 @@ impl Setup {
                 .then(|| Duration::from_millis(cfg.rtp.send_delay_ms)),
             agent_stall_timeout: (cfg.agent.stall_timeout_secs > 0)
                 .then(|| Duration::from_secs(cfg.agent.stall_timeout_secs)),
+            agent_tls: agent_tls_config(cfg.agent.tls_ca_file.as_deref())?,
         })
     }
 
@@ -385,6 +392,31 @@ pub fn amd_settings(a: &crate::config::AmdSection) -> Option<trunkline_call::amd
     })
 }
 
+/// The agent's TLS client configuration: the CA(s) of `ca_file` (PEM), else the webpki roots.
+fn agent_tls_config(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>, SetupError> {
+    let mut a = AgentConfig::new("");
+    if let Some(f) = ca_file {
+        let pem =
+            std::fs::read(f).map_err(|e| SetupError(format!("agent.tls_ca_file {f}: {e}")))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| SetupError(format!("agent.tls_ca_file {f}: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| SetupError(format!("agent.tls_ca_file {f}: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(SetupError(format!(
+                "agent.tls_ca_file {f}: no certificate in it"
+            )));
+        }
+        a.tls_roots = Some(Arc::new(roots));
+    }
+    a.rustls_config()
+        .map(Arc::new)
+        .map_err(|e| SetupError(format!("agent TLS: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +523,34 @@ mod tests {
             .expect_err("missing CA file")
             .to_string();
         assert!(err.contains("trunk.tls_ca_file"), "{err}");
+    }
+
+    #[test]
+    fn agent_tls_ca_file_is_read_once_and_refused_when_unusable() {
+        let dir = std::env::temp_dir().join(format!("trunkline-agent-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut cfg = Config::default();
+        setup(&cfg);
+        cfg.agent.tls_ca_file = Some("/nonexistent/ca.pem".into());
+        let err = Setup::new(&cfg, &Secrets::default(), 1)
+            .expect_err("missing CA file")
+            .to_string();
+        assert!(err.contains("agent.tls_ca_file"), "{err}");
+
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        cfg.agent.tls_ca_file = Some(empty.display().to_string());
+        let err = Setup::new(&cfg, &Secrets::default(), 1)
+            .expect_err("no certificate")
+            .to_string();
+        assert!(err.contains("no certificate"), "{err}");
+
+        let id = trunkline_emulators::agent::TestIdentity::localhost().expect("identity");
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, id.cert_pem()).expect("write");
+        cfg.agent.tls_ca_file = Some(ca.display().to_string());
+        setup(&cfg);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct GatewaySpec {
     pub worker_threads: usize,
     /// SDES-SRTP on the trunk (`trunk.media_encryption = "required"`).
     pub srtp: bool,
+    /// The CA certificate (PEM) of a `wss://` agent: written next to the config and named by
+    /// `agent.tls_ca_file`.
+    pub agent_ca_pem: Option<String>,
     /// Its RTP port range (`rtp.port_min`, `rtp.port_max`): distinct per node with `--nodes`.
     pub rtp_ports: (u16, u16),
 }
@@ -100,9 +103,13 @@ pub fn config_toml(
     http: SocketAddr,
     trunk: SocketAddr,
     agent_ws: &str,
+    agent_ca: Option<&Path>,
     srtp: bool,
     rtp_ports: (u16, u16),
 ) -> String {
+    let agent_ca = agent_ca.map_or(String::new(), |p| {
+        format!("tls_ca_file = {}\n", toml_str(&p.display().to_string()))
+    });
     format!(
         r#"# Written by trunkline-load for one run.
 [sip]
@@ -127,7 +134,7 @@ port_max = {port_max}
 base_url = {agent}
 agent_id = "agent_load"
 drain_timeout_secs = 2
-
+{agent_ca}
 [http]
 listen = {http}
 
@@ -260,6 +267,16 @@ impl GatewayProcess {
             .map_err(fatal)?;
         let (http, sip) = free_ports().context("finding free ports").map_err(fatal)?;
         let config = dir.0.join("trunkline.toml");
+        let agent_ca = match &spec.agent_ca_pem {
+            Some(pem) => {
+                let f = dir.0.join("agent-ca.pem");
+                std::fs::write(&f, pem)
+                    .with_context(|| format!("writing {}", f.display()))
+                    .map_err(fatal)?;
+                Some(f)
+            }
+            None => None,
+        };
         std::fs::write(
             &config,
             config_toml(
@@ -267,6 +284,7 @@ impl GatewayProcess {
                 http,
                 spec.trunk,
                 &spec.agent_ws,
+                agent_ca.as_deref(),
                 spec.srtp,
                 spec.rtp_ports,
             ),
@@ -408,7 +426,8 @@ mod tests {
             "127.0.0.1:5062".parse().expect("addr"),
             "127.0.0.1:8089".parse().expect("addr"),
             "127.0.0.1:5070".parse().expect("addr"),
-            "ws://127.0.0.1:9000",
+            "wss://localhost:9000",
+            Some(Path::new("/tmp/run/agent-ca.pem")),
             true,
             node_rtp_ports(1, 3),
         );
@@ -425,7 +444,14 @@ mod tests {
             t["trunk"]["outbound_proxy"].as_str(),
             Some("127.0.0.1:5070")
         );
-        assert_eq!(t["agent"]["base_url"].as_str(), Some("ws://127.0.0.1:9000"));
+        assert_eq!(
+            t["agent"]["base_url"].as_str(),
+            Some("wss://localhost:9000")
+        );
+        assert_eq!(
+            t["agent"]["tls_ca_file"].as_str(),
+            Some("/tmp/run/agent-ca.pem")
+        );
         assert_eq!(
             t["records"]["database_url"].as_str(),
             Some("sqlite::memory:")

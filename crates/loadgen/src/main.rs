@@ -116,6 +116,10 @@ struct Cli {
     /// trunk.media_encryption = "required"), to measure its cost against a plain run.
     #[arg(long)]
     srtp: bool,
+    /// The agent leg over TLS, as in production: the agent emulator serves `wss://` with a fresh
+    /// self-signed certificate, which the started gateway trusts through `agent.tls_ca_file`.
+    #[arg(long)]
+    agent_tls: bool,
     /// Start this many gateway processes (inbound mode only when > 1): each its own SIP/HTTP
     /// port and RTP port range; inbound INVITEs spread over them round robin (by Kamailio with
     /// --kamailio). CPU is their sum; per-node calls and CPU are reported.
@@ -226,6 +230,7 @@ fn main() -> ExitCode {
         agent_dtmf: cli.agent_dtmf,
         agent_ends_percent: cli.agent_ends,
         srtp: cli.srtp,
+        agent_tls: cli.agent_tls,
         nodes: usize::from(cli.nodes),
         kamailio: cli.kamailio.then(|| {
             cli.kamailio_cfg

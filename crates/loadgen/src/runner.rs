@@ -21,7 +21,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::Semaphore;
 use trunkline_agent::AudioFormat;
 use trunkline_emulators::agent::{
-    AgentEmulator, AgentEmulatorConfig, ConnectionRecord, Script, ToolCallSpec, VadConfig,
+    AgentEmulator, AgentEmulatorConfig, ConnectionRecord, Script, TestIdentity, ToolCallSpec,
+    VadConfig,
 };
 use trunkline_emulators::trunk::{
     Originate, PlayPacket, PlaySource, RxPacket, TrunkCall, TrunkConfig, TrunkEmulator, TrunkSrtp,
@@ -122,6 +123,9 @@ pub struct RunConfig {
     pub agent_ends_percent: u32,
     /// SDES-SRTP between the phones (trunk emulator) and the gateway (`--srtp`).
     pub srtp: bool,
+    /// The agent emulator serves `wss://`; the started gateway trusts its certificate
+    /// (`--agent-tls`).
+    pub agent_tls: bool,
     /// Gateway processes to start (`--nodes`, inbound only when > 1): distinct ports and RTP
     /// ranges; calls spread over them round robin, by Kamailio with `kamailio`.
     pub nodes: usize,
@@ -163,6 +167,7 @@ impl Default for RunConfig {
             agent_dtmf: None,
             agent_ends_percent: 0,
             srtp: false,
+            agent_tls: false,
             nodes: 1,
             kamailio: None,
         }
@@ -256,33 +261,43 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         ..TrunkConfig::default()
     })
     .await?;
-    let agent = AgentEmulator::start(
-        cfg.agent_listen,
-        AgentEmulatorConfig {
-            input_format: audio_format(cfg.agent_format),
-            output_format: audio_format(cfg.agent_format),
-            record: cfg.integrity,
-            vad: if cfg.agent_turns {
-                VadConfig::default()
-            } else {
-                VadConfig {
-                    threshold_rms: f64::MAX,
-                    ..VadConfig::default()
-                }
-            },
-            script: Script {
-                tool_call: cfg.agent_dtmf.as_ref().map(|d| ToolCallSpec {
-                    after_turn: 0,
-                    tool_name: "send_dtmf".into(),
-                    parameters: serde_json::json!({ "digits": d }),
-                }),
-                end_call_percent: cfg.agent_ends_percent,
-                ..Script::default()
-            },
-            ..AgentEmulatorConfig::default()
+    if cfg.agent_tls && cfg.gateway.is_some() {
+        return Err(anyhow!(
+            "--agent-tls needs a started gateway (no --gateway): it is given the emulator's CA"
+        ));
+    }
+    let agent_identity = if cfg.agent_tls {
+        Some(TestIdentity::localhost().context("generating the agent emulator's certificate")?)
+    } else {
+        None
+    };
+    let agent_config = AgentEmulatorConfig {
+        input_format: audio_format(cfg.agent_format),
+        output_format: audio_format(cfg.agent_format),
+        record: cfg.integrity,
+        vad: if cfg.agent_turns {
+            VadConfig::default()
+        } else {
+            VadConfig {
+                threshold_rms: f64::MAX,
+                ..VadConfig::default()
+            }
         },
-    )
-    .await?;
+        script: Script {
+            tool_call: cfg.agent_dtmf.as_ref().map(|d| ToolCallSpec {
+                after_turn: 0,
+                tool_name: "send_dtmf".into(),
+                parameters: serde_json::json!({ "digits": d }),
+            }),
+            end_call_percent: cfg.agent_ends_percent,
+            ..Script::default()
+        },
+        ..AgentEmulatorConfig::default()
+    };
+    let agent = match &agent_identity {
+        Some(id) => AgentEmulator::start_tls(cfg.agent_listen, agent_config, id).await?,
+        None => AgentEmulator::start(cfg.agent_listen, agent_config).await?,
+    };
     if (cfg.nodes > 1 || cfg.kamailio.is_some())
         && (cfg.mode != Mode::Inbound || cfg.gateway.is_some())
     {
@@ -293,7 +308,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     let (target, spy) = match &cfg.gateway {
         None => {
             let spy = SipSpy::start(trunk.addr()).await?;
-            let t = start_gateway(spy.addr(), &agent, &cfg).await?;
+            let ca = agent_identity.as_ref().map(|id| id.cert_pem().to_owned());
+            let t = start_gateway(spy.addr(), &agent, ca, &cfg).await?;
             (t, Some(spy))
         }
         Some(url) => {
@@ -515,6 +531,7 @@ async fn measure(ctx: &Arc<Ctx>, play_bytes: u64) -> anyhow::Result<RunReport> {
 async fn start_gateway(
     proxy: SocketAddr,
     agent: &AgentEmulator,
+    agent_ca_pem: Option<String>,
     run: &RunConfig,
 ) -> anyhow::Result<Target> {
     let bin = match &run.gateway_bin {
@@ -532,6 +549,7 @@ async fn start_gateway(
                 token: run.token.clone(),
                 worker_threads: run.gateway_threads,
                 srtp: run.srtp,
+                agent_ca_pem: agent_ca_pem.clone(),
                 rtp_ports: gateway_process::node_rtp_ports(i, n),
             })
             .await?,
