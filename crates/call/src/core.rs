@@ -780,7 +780,11 @@ impl Call {
             && let Some(sent) = m.take_sent_audio()
             && self.answered
         {
-            rec.sent(sent);
+            if t.is_some_and(|t| t.replaces_previous) {
+                rec.replace_last(sent);
+            } else {
+                rec.sent(sent);
+            }
         }
         if self.record.timestamps.first_agent_audio_ms.is_none()
             && let Some(m) = self.media.as_ref()
@@ -803,6 +807,33 @@ impl Call {
             self.check_drained(now);
         }
         t
+    }
+
+    /// The RTP packet just returned by [`Call::poll_transmit`] leaves at `deadline` at the
+    /// earliest: until then late agent audio may replace it (see
+    /// [`MediaSession::allow_late_audio_until`]).
+    pub fn allow_late_audio_until(&mut self, deadline: Instant) {
+        if let Some(m) = self.media.as_mut() {
+            m.allow_late_audio_until(deadline);
+        }
+    }
+
+    /// A replacement packet ([`Transmit::replaces_previous`]) came too late to be used: its
+    /// audio goes out at the next tick.
+    pub fn late_audio_missed(&mut self) {
+        if let Some(m) = self.media.as_mut() {
+            m.late_audio_missed();
+        }
+        let silence = self
+            .media
+            .as_ref()
+            .map_or(G711::Ulaw, |m| m.law())
+            .silence();
+        if let Some(rec) = self.rec.as_mut()
+            && self.answered
+        {
+            rec.replace_last([silence; FRAME]);
+        }
     }
 
     /// The next 20 ms of the call as the phone heard it (with `record_audio`, after the
@@ -940,6 +971,7 @@ impl Call {
         cfg.remote_rtcp = neg.remote_rtcp;
         cfg.srtp = neg.srtp.clone();
         let mut media = MediaSession::new(cfg).map_err(|e| e.to_string())?;
+        media.set_keep_sent_audio(self.rec.is_some());
         self.srtp_keys = neg.srtp.clone();
         self.set_media_security();
         for (id, codes) in self.pending_downlink.drain(..) {
@@ -1733,6 +1765,14 @@ impl RecTap {
             self.sent.pop_front();
         }
         self.sent.push_back(frame);
+    }
+
+    /// The last frame sent was replaced before it left (late agent audio): record that one.
+    fn replace_last(&mut self, frame: [u8; FRAME]) {
+        match self.sent.back_mut() {
+            Some(last) => *last = frame,
+            None => self.sent(frame),
+        }
     }
 
     fn played(&mut self, phone: &[u8; FRAME], silence: u8) {

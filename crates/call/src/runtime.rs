@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, info, trace, warn};
 use trunkline_agent::{AgentConfig, AgentEvent, AgentHandle, ConnectError, ToolRegistry};
 use trunkline_media::g711::G711;
 use trunkline_media::session::PacketKind;
@@ -92,6 +92,10 @@ impl std::fmt::Debug for CallIo {
 
 type Connecting = JoinHandle<Result<trunkline_agent::AgentSession, ConnectError>>;
 
+/// Late agent audio may replace a queued silence packet until this long before its send slot
+/// (the hand-over itself takes microseconds; a miss only delays the audio by one tick).
+const LATE_AUDIO_MARGIN: Duration = Duration::from_micros(500);
+
 /// Run the call to its end and return the final record.
 ///
 /// The call is kept boxed: an async state machine stores its arguments and locals inline, so a
@@ -135,6 +139,8 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
     });
     let mut tick_at: Option<std::time::Instant> = None;
     let mut last_send_at: Option<std::time::Instant> = None;
+    // The send thread's id of the last RTP packet handed over (for late audio).
+    let mut last_sent_id: Option<u64> = None;
     let mut agent: Option<AgentHandle> = None;
     let mut agent_events: Option<mpsc::UnboundedReceiver<AgentEvent>> = None;
     let mut connecting: Option<Connecting> = None;
@@ -158,11 +164,24 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
             while let Some(t) = call.poll_transmit(now, &mut buf) {
                 let res = match (t.kind, rtcp.as_ref(), paced.as_ref()) {
                     (PacketKind::Rtcp, Some(s), _) => s.try_send_to(&buf[..t.len], t.destination),
+                    (PacketKind::Rtp, _, Some((th, _))) if t.replaces_previous => {
+                        // Late agent audio for the packet still waiting for its send time.
+                        let replaced = last_sent_id.is_some_and(|id| th.replace(id, &buf[..t.len]));
+                        if !replaced {
+                            call.late_audio_missed();
+                        }
+                        trace!(replaced, "late agent audio swapped in");
+                        Ok(t.len)
+                    }
                     (PacketKind::Rtp, _, Some((th, stream))) => {
                         let at = tick_at.unwrap_or(now) + th.delay();
                         let at = last_send_at.map_or(at, |last| at.max(last));
                         last_send_at = Some(at);
-                        th.send_at(at, stream, &buf[..t.len], t.destination);
+                        last_sent_id = Some(th.send_at(at, stream, &buf[..t.len], t.destination));
+                        // Until shortly before the slot, late audio may still replace it.
+                        if let Some(until) = th.slot(at).checked_sub(LATE_AUDIO_MARGIN) {
+                            call.allow_late_audio_until(until);
+                        }
                         Ok(t.len)
                     }
                     _ => match rtp.as_ref() {

@@ -1091,3 +1091,39 @@ mod srtp {
         assert_eq!(h.call.record().media_security.rekeys, 1);
     }
 }
+
+#[test]
+fn late_agent_audio_replaces_the_queued_silence_and_the_recording_follows() {
+    let mut h = Harness::outbound(CallConfig {
+        record_audio: true,
+        ..CallConfig::default()
+    });
+    h.connect(AudioFormat::Ulaw8000);
+    // Ticks at +0, +20, … +100 ms: the last one just built a silence packet.
+    h.run_for(Duration::from_millis(100), true);
+    while h.call.poll_recording().is_some() {}
+    let (tick, _, marker, payload) = h.rtp_out.last().cloned().expect("rtp");
+    assert!(tick == h.now && !marker && payload == [0xFF; 160]);
+    let before = h.rtp_out.len();
+    // The runner sends it 5 ms after the tick: it may be replaced until +4 ms.
+    h.call
+        .allow_late_audio_until(h.now + Duration::from_millis(4));
+    h.now += Duration::from_millis(2);
+    h.agent(agent_audio(1, 100, 0x33));
+    // The replacement for that tick: the agent's first frame, with the marker.
+    assert_eq!(h.rtp_out.len(), before + 1);
+    let (_, pt, marker, payload) = h.rtp_out.last().cloned().expect("rtp");
+    assert!(pt == 0 && marker && payload == [0x33; 160]);
+    // The recording hears what the phone hears: the next stereo frame's agent side is that
+    // audio, not the silence it replaced, and no frame is added.
+    h.run_for(Duration::from_millis(18), true);
+    let rec: Vec<_> = std::iter::from_fn(|| h.call.poll_recording()).collect();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].agent, [0x33; 160]);
+    h.run_for(Duration::from_millis(100), true);
+    let rec: Vec<_> = std::iter::from_fn(|| h.call.poll_recording()).collect();
+    assert_eq!(rec.len(), 5);
+    let agent_frames = rec.iter().filter(|f| f.agent == [0x33; 160]).count();
+    assert_eq!(agent_frames, 4, "100 ms of agent audio: 5 frames in all");
+    assert_eq!(audio_packets(&h, 0x33).len(), 5);
+}

@@ -357,8 +357,10 @@ pub struct RtpSection {
     /// Jitter buffer maximum depth, ms.
     pub jitter_max_ms: u32,
     /// RTP leaves from one dedicated thread this many ms after the 20 ms tick that built it,
-    /// so late scheduling of a call's task does not jitter the packet intervals (a constant
-    /// addition to the downlink latency). 0 sends from the call's task at once. At most 20.
+    /// so late scheduling of a call's task does not jitter the packet intervals. Agent audio
+    /// arriving after a tick built silence but before its send time replaces that silence (the
+    /// first chunk of a response does not wait for the next tick). 0 sends from the call's
+    /// task at once. At most 20.
     pub send_delay_ms: u64,
 }
 

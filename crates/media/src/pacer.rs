@@ -10,6 +10,12 @@
 //! hang-up that the last sentence went out. Sans-IO: time is passed in.
 //!
 //! Marker bit: set on the first audio frame after silence (RFC 3551 §4.1) and after skipped ticks.
+//!
+//! Late audio: a frame is built at its tick but may leave a little later (the I/O layer's send
+//! delay). When a tick found the queue empty and built silence, [`Pacer::poll_late`] lets audio
+//! that arrived since take that same tick (same timestamp) instead of waiting 20 ms for the next
+//! one; the caller swaps the packet before it leaves, or gives the audio back with
+//! [`Pacer::late_missed`] if it already left.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -100,7 +106,24 @@ pub struct Pacer {
     force_marker: bool,
     partial_waited: u32,
     hold: bool,
+    /// The last tick built silence from an empty queue (not held): it may still take audio.
+    late_slot: Option<LateSlot>,
+    /// What the last [`Pacer::poll_late`] took, until the next frame: for [`Pacer::late_missed`].
+    late_taken: Option<LateTaken>,
     stats: PacerStats,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LateSlot {
+    tick: u64,
+    due: Instant,
+    timestamp: u32,
+}
+
+#[derive(Debug)]
+struct LateTaken {
+    data: [u8; FRAME],
+    segments: Vec<Segment>,
 }
 
 impl Pacer {
@@ -118,6 +141,8 @@ impl Pacer {
             force_marker: false,
             partial_waited: 0,
             hold: false,
+            late_slot: None,
+            late_taken: None,
             stats: PacerStats::default(),
         }
     }
@@ -198,6 +223,7 @@ impl Pacer {
         self.queue.clear();
         self.segments.clear();
         self.partial_waited = 0;
+        self.late_taken = None;
         self.stats.flushed_bytes += n as u64;
         n
     }
@@ -205,6 +231,7 @@ impl Pacer {
     /// Drop queued audio with `event_id <= up_to`, and refuse such audio from now on.
     pub fn flush_up_to(&mut self, up_to: u64) -> usize {
         self.drop_up_to = Some(self.drop_up_to.map_or(up_to, |d| d.max(up_to)));
+        self.late_taken = None;
         let mut dropped = 0;
         let mut offset = 0;
         let mut i = 0;
@@ -262,10 +289,11 @@ impl Pacer {
         }
         let tick = self.tick;
         self.tick += 1;
+        self.late_slot = None;
+        self.late_taken = None;
         let timestamp = self
             .ts_base
             .wrapping_add((tick as u32).wrapping_mul(FRAME as u32));
-        let mut data = [self.cfg.law.silence(); FRAME];
         let avail = if self.hold { 0 } else { self.queue.len() };
         let take = if avail >= FRAME {
             FRAME
@@ -280,6 +308,13 @@ impl Pacer {
         if take == 0 {
             self.talking = false;
             self.stats.silence_frames += 1;
+            if avail == 0 && !self.hold {
+                self.late_slot = Some(LateSlot {
+                    tick,
+                    due,
+                    timestamp,
+                });
+            }
             return Some(PacedFrame {
                 tick,
                 due,
@@ -287,10 +322,87 @@ impl Pacer {
                 marker: false,
                 is_audio: false,
                 event_id: None,
-                data,
+                data: [self.cfg.law.silence(); FRAME],
             });
         }
         self.partial_waited = 0;
+        let (event_id, data) = self.take_audio(take, None);
+        let marker = !self.talking || std::mem::take(&mut self.force_marker);
+        self.talking = true;
+        self.stats.audio_frames += 1;
+        Some(PacedFrame {
+            tick,
+            due,
+            timestamp,
+            marker,
+            is_audio: true,
+            event_id,
+            data,
+        })
+    }
+
+    /// Late audio for the tick just built: when that tick built silence from an empty queue
+    /// and a whole frame has been queued since, the frame for *that* tick (same `tick`, `due`
+    /// and timestamp, marker set: it follows silence). The caller replaces the silence packet
+    /// with it before it leaves; if it already left, [`Pacer::late_missed`] gives the audio
+    /// back. At most once per tick; `None` once the next tick was built.
+    pub fn poll_late(&mut self) -> Option<PacedFrame> {
+        let slot = self.late_slot?;
+        if self.hold || self.queue.len() < FRAME {
+            return None;
+        }
+        self.late_slot = None;
+        let mut taken = Vec::new();
+        let (event_id, data) = self.take_audio(FRAME, Some(&mut taken));
+        self.late_taken = Some(LateTaken {
+            data,
+            segments: taken,
+        });
+        let marker = !self.talking || std::mem::take(&mut self.force_marker);
+        self.talking = true;
+        self.stats.silence_frames = self.stats.silence_frames.saturating_sub(1);
+        self.stats.audio_frames += 1;
+        Some(PacedFrame {
+            tick: slot.tick,
+            due: slot.due,
+            timestamp: slot.timestamp,
+            marker,
+            is_audio: true,
+            event_id,
+            data,
+        })
+    }
+
+    /// The frame of the last [`Pacer::poll_late`] could not replace the silence (it had left):
+    /// put its audio back at the front of the queue for the next tick, which then carries the
+    /// marker. Nothing happens if a tick or a flush came in between.
+    pub fn late_missed(&mut self) {
+        let Some(t) = self.late_taken.take() else {
+            return;
+        };
+        let len: usize = t.segments.iter().map(|s| s.len).sum();
+        for &c in t.data[..len].iter().rev() {
+            self.queue.push_front(c);
+        }
+        for seg in t.segments.into_iter().rev() {
+            match self.segments.front_mut() {
+                Some(s) if s.event_id == seg.event_id => s.len += seg.len,
+                _ => self.segments.push_front(seg),
+            }
+        }
+        self.talking = false;
+        self.stats.audio_frames = self.stats.audio_frames.saturating_sub(1);
+        self.stats.silence_frames += 1;
+    }
+
+    /// Take `take` (≤ [`FRAME`]) queued bytes into a frame padded with silence; the event of
+    /// the first byte. `taken` collects the segments consumed.
+    fn take_audio(
+        &mut self,
+        take: usize,
+        mut taken: Option<&mut Vec<Segment>>,
+    ) -> (Option<u64>, [u8; FRAME]) {
+        let mut data = [self.cfg.law.silence(); FRAME];
         let event_id = self.segments.front().map(|s| s.event_id);
         let (a, b) = self.queue.as_slices();
         let from_a = take.min(a.len());
@@ -305,22 +417,17 @@ impl Pacer {
             let n = seg.len.min(left);
             seg.len -= n;
             left -= n;
+            if let Some(t) = taken.as_deref_mut() {
+                t.push(Segment {
+                    event_id: seg.event_id,
+                    len: n,
+                });
+            }
             if seg.len == 0 {
                 self.segments.pop_front();
             }
         }
-        let marker = !self.talking || std::mem::take(&mut self.force_marker);
-        self.talking = true;
-        self.stats.audio_frames += 1;
-        Some(PacedFrame {
-            tick,
-            due,
-            timestamp,
-            marker,
-            is_audio: true,
-            event_id,
-            data,
-        })
+        (event_id, data)
     }
 }
 

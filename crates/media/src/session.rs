@@ -219,6 +219,11 @@ pub struct Transmit {
     pub len: usize,
     /// RTP or RTCP.
     pub kind: PacketKind,
+    /// This RTP packet replaces the previous one (same sequence number and timestamp: late
+    /// agent audio instead of the silence built at the tick, see
+    /// [`MediaSession::allow_late_audio_until`]). If the previous one already left, drop this
+    /// one and call [`MediaSession::late_audio_missed`].
+    pub replaces_previous: bool,
 }
 
 /// Counters for the call record and metrics.
@@ -306,6 +311,12 @@ pub struct MediaSession {
     octets_sent: u32,
     /// The audio of the last RTP packet built (silence for a DTMF tick), for recording.
     last_sent_audio: Option<[u8; FRAME]>,
+    /// Whether to keep `last_sent_audio` (recorded calls only).
+    keep_sent_audio: bool,
+    /// The last RTP packet built was pacer silence (its sequence number): late audio may
+    /// replace it until `late_until`.
+    late_seq: Option<u16>,
+    late_until: Option<Instant>,
 
     scratch: Vec<u8>,
     events: VecDeque<MediaEvent>,
@@ -361,6 +372,9 @@ impl MediaSession {
             last_sent_ts: cfg.initial_timestamp,
             octets_sent: 0,
             last_sent_audio: None,
+            keep_sent_audio: false,
+            late_seq: None,
+            late_until: None,
             scratch: Vec::with_capacity(512),
             events: VecDeque::new(),
             stats: MediaStats::default(),
@@ -727,9 +741,70 @@ impl MediaSession {
     }
 
     /// The 160 codes of the last RTP packet [`MediaSession::poll_transmit`] built (what the phone
-    /// hears at that tick; silence for a DTMF tick), once: `None` until the next one.
+    /// hears at that tick; silence for a DTMF tick), once: `None` until the next one. Only kept
+    /// after [`MediaSession::set_keep_sent_audio`] (a recorded call): otherwise always `None`.
     pub fn take_sent_audio(&mut self) -> Option<[u8; FRAME]> {
         self.last_sent_audio.take()
+    }
+
+    /// Keep the audio of each RTP packet built for [`MediaSession::take_sent_audio`].
+    pub fn set_keep_sent_audio(&mut self, keep: bool) {
+        self.keep_sent_audio = keep;
+        if !keep {
+            self.last_sent_audio = None;
+        }
+    }
+
+    /// The RTP packet just returned by [`MediaSession::poll_transmit`] leaves at a later send
+    /// time; until `deadline` it may still be replaced. If it was silence and a whole frame of
+    /// agent audio is queued before `deadline`, the next `poll_transmit` returns that audio as
+    /// a packet for the same tick ([`Transmit::replaces_previous`]): the audio catches the send
+    /// slot already scheduled instead of waiting for the next tick. Not used with SRTP (one
+    /// packet index is never protected twice).
+    pub fn allow_late_audio_until(&mut self, deadline: Instant) {
+        if self.late_seq.is_some() && self.srtp.is_none() {
+            self.late_until = Some(deadline);
+        }
+    }
+
+    /// The replacement packet could not be used (the silence had left): its audio goes out at
+    /// the next tick instead.
+    pub fn late_audio_missed(&mut self) {
+        self.pacer.late_missed();
+    }
+
+    /// The replacement packet for the last tick, if agent audio arrived in time for it.
+    fn poll_late(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let seq = self.late_seq?;
+        if self.late_until.is_none_or(|d| now >= d)
+            || self.dtmf_tx.is_some()
+            || !self.dtmf_queue.is_empty()
+        {
+            return None;
+        }
+        let dest = self.remote()?;
+        let frame = self.pacer.poll_late()?;
+        self.late_seq = None;
+        self.late_until = None;
+        let h = RtpHeader {
+            marker: frame.marker,
+            payload_type: self.law_pt(),
+            sequence: seq,
+            timestamp: frame.timestamp,
+            ssrc: self.ssrc,
+        };
+        let mut tmp = [0u8; 12 + FRAME];
+        let len = write_rtp(&h, &frame.data, &mut tmp).ok()?;
+        if self.keep_sent_audio {
+            self.last_sent_audio = Some(frame.data);
+        }
+        let len = self.finish(&tmp[..len], buf, false)?;
+        Some(Transmit {
+            destination: dest,
+            len,
+            kind: PacketKind::Rtp,
+            replaces_previous: true,
+        })
     }
 
     /// Write the next datagram due at `now` into `buf` (≥ 1500 bytes recommended).
@@ -747,11 +822,18 @@ impl MediaSession {
                 return Some(t);
             }
         }
+        // Ticks carrying RFC 4733 events hold the agent's audio back instead of dropping it.
+        self.pacer
+            .set_hold(self.dtmf_tx.is_some() || !self.dtmf_queue.is_empty());
+        if let Some(t) = self.poll_late(now, buf) {
+            return Some(t);
+        }
         loop {
-            // Ticks carrying RFC 4733 events hold the agent's audio back instead of dropping it.
             self.pacer
                 .set_hold(self.dtmf_tx.is_some() || !self.dtmf_queue.is_empty());
             let frame = self.pacer.poll_frame(now)?;
+            self.late_seq = None;
+            self.late_until = None;
             let Some(dest) = self.remote() else {
                 self.stats.unsent_frames += 1;
                 continue;
@@ -776,7 +858,9 @@ impl MediaSession {
                     timestamp: p.timestamp,
                     ssrc: self.ssrc,
                 };
-                self.last_sent_audio = Some([self.law.silence(); FRAME]);
+                if self.keep_sent_audio {
+                    self.last_sent_audio = Some([self.law.silence(); FRAME]);
+                }
                 write_rtp(&h, &p.payload, &mut tmp).ok()?
             } else {
                 let h = RtpHeader {
@@ -786,7 +870,12 @@ impl MediaSession {
                     timestamp: frame.timestamp,
                     ssrc: self.ssrc,
                 };
-                self.last_sent_audio = Some(frame.data);
+                if self.keep_sent_audio {
+                    self.last_sent_audio = Some(frame.data);
+                }
+                if !frame.is_audio {
+                    self.late_seq = Some(self.seq);
+                }
                 write_rtp(&h, &frame.data, &mut tmp).ok()?
             };
             self.seq = self.seq.wrapping_add(1);
@@ -797,6 +886,7 @@ impl MediaSession {
                 destination: dest,
                 len,
                 kind: PacketKind::Rtp,
+                replaces_previous: false,
             });
         }
     }
@@ -883,6 +973,7 @@ impl MediaSession {
             destination: dest,
             len,
             kind: PacketKind::Rtcp,
+            replaces_previous: false,
         })
     }
 }

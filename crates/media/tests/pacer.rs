@@ -193,3 +193,106 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn audio_arriving_after_a_silent_tick_takes_that_tick() {
+    let start = t0();
+    let mut p = Pacer::new(PacerConfig::new(G711::Ulaw));
+    p.start(start, 1000);
+    let silent = p.poll_frame(start).unwrap();
+    assert!(!silent.is_audio);
+    // Nothing queued yet: no late frame.
+    assert!(p.poll_late().is_none());
+    // The agent's first chunk lands 2 ms after the tick built silence.
+    p.push(7, &[5u8; 400]);
+    let late = p.poll_late().unwrap();
+    assert_eq!((late.tick, late.due, late.timestamp), (0, start, 1000));
+    assert!(late.is_audio && late.marker && late.event_id == Some(7));
+    assert_eq!(late.data, [5u8; 160]);
+    // Once per tick.
+    assert!(p.poll_late().is_none());
+    // The next tick continues the stream: timestamp + 160, no marker.
+    let next = p.poll_frame(start + ms(20)).unwrap();
+    assert_eq!((next.tick, next.timestamp), (1, 1160));
+    assert!(next.is_audio && !next.marker && next.data == [5u8; 160]);
+    assert_eq!(p.queued(), 80);
+    assert_eq!(p.stats().audio_frames, 2);
+    assert_eq!(p.stats().silence_frames, 0);
+}
+
+#[test]
+fn late_audio_is_only_offered_for_a_tick_that_found_the_queue_empty() {
+    let start = t0();
+    let mut p = Pacer::new(PacerConfig::new(G711::Ulaw));
+    p.start(start, 0);
+    // A partial frame waiting for more audio: its silent tick is not swappable (the partial
+    // frame keeps its order), neither is a tick that sent audio.
+    p.push(1, &[1u8; 80]);
+    assert!(!p.poll_frame(start).unwrap().is_audio);
+    p.push(1, &[1u8; 400]);
+    assert!(p.poll_late().is_none());
+    assert!(p.poll_frame(start + ms(20)).unwrap().is_audio);
+    assert!(p.poll_late().is_none());
+    // A held tick (DTMF) neither.
+    p.flush();
+    p.set_hold(true);
+    assert!(!p.poll_frame(start + ms(40)).unwrap().is_audio);
+    p.push(2, &[2u8; 160]);
+    assert!(p.poll_late().is_none());
+    p.set_hold(false);
+    // Less than a frame: wait for the next tick.
+    p.flush();
+    assert!(!p.poll_frame(start + ms(60)).unwrap().is_audio);
+    p.push(3, &[3u8; 100]);
+    assert!(p.poll_late().is_none());
+    // Once the next tick is built, the previous one is gone.
+    p.push(3, &[3u8; 60]);
+    let f = p.poll_frame(start + ms(80)).unwrap();
+    assert!(f.is_audio && f.tick == 4);
+    assert!(p.poll_late().is_none());
+}
+
+#[test]
+fn a_missed_late_frame_goes_out_at_the_next_tick_with_the_marker() {
+    let start = t0();
+    let mut p = Pacer::new(PacerConfig::new(G711::Ulaw));
+    p.start(start, 0);
+    assert!(!p.poll_frame(start).unwrap().is_audio);
+    let audio: Vec<u8> = (0..320u32).map(|i| i as u8).collect();
+    p.push(4, &audio[..100]);
+    p.push(5, &audio[100..]);
+    let late = p.poll_late().unwrap();
+    assert_eq!(late.data[..], audio[..160]);
+    // The silence had already left: the audio is given back, nothing lost or reordered.
+    p.late_missed();
+    assert_eq!(p.queued(), 320);
+    let f = p.poll_frame(start + ms(20)).unwrap();
+    assert!(f.is_audio && f.marker && f.event_id == Some(4) && f.timestamp == 160);
+    assert_eq!(f.data[..], audio[..160]);
+    assert_eq!((p.stats().audio_frames, p.stats().silence_frames), (1, 1));
+    // The segments came back too: event 4 is gone, event 5's remaining 160 bytes are queued.
+    assert_eq!(p.flush_up_to(4), 0);
+    assert_eq!(p.queued(), 160);
+    assert_eq!(p.flush_up_to(5), 160);
+}
+
+#[test]
+fn barge_in_after_a_late_frame_drops_everything_queued() {
+    let start = t0();
+    let mut p = Pacer::new(PacerConfig::new(G711::Ulaw));
+    p.start(start, 0);
+    assert!(!p.poll_frame(start).unwrap().is_audio);
+    p.push(1, &[1u8; 1600]);
+    assert!(p.poll_late().is_some());
+    assert_eq!(p.flush(), 1600 - 160);
+    // A miss reported after the flush brings nothing back.
+    p.late_missed();
+    assert!(p.is_drained());
+    assert!(!p.poll_frame(start + ms(20)).unwrap().is_audio);
+    // flush_up_to likewise.
+    p.push(2, &[2u8; 320]);
+    assert!(p.poll_late().is_some());
+    assert_eq!(p.flush_up_to(2), 160);
+    p.late_missed();
+    assert!(p.is_drained());
+}

@@ -459,3 +459,129 @@ fn dtmf_on_a_negotiated_payload_type_other_than_101_and_comfort_noise_is_tolerat
     assert_eq!(s.dtmf_packets, 6);
     assert_eq!(s.unknown_payload_type, 1);
 }
+
+/// Build the gateway's RTP packets due at `now` (the phone side is not involved).
+fn gw_rtp(gw: &mut MediaSession, now: Instant) -> Vec<(bool, RtpHeader, Vec<u8>)> {
+    let mut buf = [0u8; 1500];
+    let mut out = Vec::new();
+    while let Some(t) = gw.poll_transmit(now, &mut buf) {
+        if t.kind == PacketKind::Rtp {
+            let p = parse_rtp(&buf[..t.len]).unwrap();
+            out.push((t.replaces_previous, p.header, p.payload.to_vec()));
+        }
+    }
+    out
+}
+
+#[test]
+fn agent_audio_pushed_before_the_send_slot_replaces_the_silence_of_that_tick() {
+    let start = t0();
+    let (mut gw, _) = pair(start, G711::Ulaw);
+    gw.start(start);
+    // Tick 0 builds silence; the I/O layer will send it at +5 ms: replaceable until +4 ms.
+    let sent = gw_rtp(&mut gw, start);
+    assert_eq!(sent.len(), 1);
+    let (replaces, silence, payload) = &sent[0];
+    assert!(!replaces && payload == &[0xFF; 160]);
+    gw.allow_late_audio_until(start + ms(4));
+    // The agent's first chunk arrives 2 ms after the tick.
+    gw.push_agent_audio(1, &[9u8; 480]);
+    let late = gw_rtp(&mut gw, start + ms(2));
+    assert_eq!(late.len(), 1);
+    let (replaces, h, payload) = &late[0];
+    assert!(replaces, "the queued silence is replaced");
+    assert_eq!(h.sequence, silence.sequence);
+    assert_eq!(h.timestamp, silence.timestamp);
+    assert!(h.marker, "first audio after silence");
+    assert_eq!(payload, &[9u8; 160]);
+    // Nothing more until the next tick, which continues the stream.
+    assert!(gw_rtp(&mut gw, start + ms(3)).is_empty());
+    let next = gw_rtp(&mut gw, start + ms(20));
+    let (replaces, h, payload) = &next[0];
+    assert!(!replaces && !h.marker && payload == &[9u8; 160]);
+    assert_eq!(h.sequence, silence.sequence.wrapping_add(1));
+    assert_eq!(h.timestamp, silence.timestamp.wrapping_add(160));
+    assert_eq!(gw.stats().rtp_sent, 2);
+}
+
+#[test]
+fn agent_audio_after_the_send_slot_waits_for_the_next_tick() {
+    let start = t0();
+    let (mut gw, _) = pair(start, G711::Ulaw);
+    gw.start(start);
+    let silence = gw_rtp(&mut gw, start)[0].1;
+    gw.allow_late_audio_until(start + ms(4));
+    gw.push_agent_audio(1, &[9u8; 480]);
+    assert!(
+        gw_rtp(&mut gw, start + ms(4)).is_empty(),
+        "too late to swap"
+    );
+    let next = gw_rtp(&mut gw, start + ms(20));
+    let (replaces, h, payload) = &next[0];
+    assert!(!replaces && h.marker && payload == &[9u8; 160]);
+    assert_eq!(h.timestamp, silence.timestamp.wrapping_add(160));
+    // Without a send slot (no allow_late_audio_until), never swapped either.
+    gw.flush_agent_audio();
+    let silence = gw_rtp(&mut gw, start + ms(40))[0].1;
+    gw.push_agent_audio(2, &[8u8; 480]);
+    assert!(gw_rtp(&mut gw, start + ms(41)).is_empty());
+    let next = gw_rtp(&mut gw, start + ms(60));
+    assert!(next[0].1.marker && next[0].1.timestamp == silence.timestamp.wrapping_add(160));
+}
+
+#[test]
+fn a_missed_swap_loses_nothing_and_barge_in_still_flushes_at_once() {
+    let start = t0();
+    let (mut gw, _) = pair(start, G711::Ulaw);
+    gw.start(start);
+    gw_rtp(&mut gw, start);
+    gw.allow_late_audio_until(start + ms(4));
+    gw.push_agent_audio(1, &[9u8; 320]);
+    assert!(gw_rtp(&mut gw, start + ms(1))[0].0);
+    // The I/O layer found the silence already sent.
+    gw.late_audio_missed();
+    let next = gw_rtp(&mut gw, start + ms(20));
+    assert!(next[0].1.marker && next[0].2 == [9u8; 160]);
+    // Barge-in: everything queued goes, the next tick is silence.
+    gw.push_agent_audio(2, &[7u8; 1600]);
+    gw.flush_agent_audio();
+    let next = gw_rtp(&mut gw, start + ms(40));
+    assert!(!next[0].1.marker && next[0].2 == [0xFF; 160]);
+    // A swap offered after a barge-in only carries audio pushed after it.
+    gw.allow_late_audio_until(start + ms(44));
+    assert!(gw_rtp(&mut gw, start + ms(41)).is_empty());
+}
+
+#[test]
+fn sent_audio_is_kept_only_for_recorded_calls() {
+    let start = t0();
+    let (mut gw, _) = pair(start, G711::Ulaw);
+    gw.start(start);
+    gw.push_agent_audio(1, &[9u8; 320]);
+    gw_rtp(&mut gw, start);
+    assert_eq!(gw.take_sent_audio(), None);
+    gw.set_keep_sent_audio(true);
+    gw_rtp(&mut gw, start + ms(20));
+    assert_eq!(gw.take_sent_audio(), Some([9u8; 160]));
+    assert_eq!(gw.take_sent_audio(), None);
+}
+
+#[test]
+fn srtp_sessions_never_swap_a_packet() {
+    let start = t0();
+    let key = SdesKey {
+        tag: 1,
+        suite: SrtpSuite::AesCm128HmacSha1_80,
+        material: [7u8; 30],
+    };
+    let mut cfg = MediaConfig::new(G711::Ulaw, 0xAAAA, wall(start));
+    cfg.remote_rtp = Some(addr(PHONE));
+    cfg.srtp = Some((key.clone(), key));
+    let mut gw = MediaSession::new(cfg).unwrap();
+    gw.start(start);
+    let mut buf = [0u8; 1500];
+    assert!(gw.poll_transmit(start, &mut buf).is_some());
+    gw.allow_late_audio_until(start + ms(4));
+    gw.push_agent_audio(1, &[9u8; 320]);
+    assert!(gw.poll_transmit(start + ms(1), &mut buf).is_none());
+}

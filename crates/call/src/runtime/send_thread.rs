@@ -134,9 +134,21 @@ impl RtpSendThread {
         self.delay
     }
 
+    /// When a packet given `at` actually becomes due (`at` rounded down to the grid).
+    pub(crate) fn slot(&self, at: Instant) -> Instant {
+        self.shared.on_grid(at)
+    }
+
     /// Send `packet` to `to` on `stream` at `at` (at once if that has passed). A stream's
-    /// packets leave in the order given for equal or increasing `at`.
-    pub(crate) fn send_at(&self, at: Instant, stream: &Arc<Stream>, packet: &[u8], to: SocketAddr) {
+    /// packets leave in the order given for equal or increasing `at`. Returns the packet's id
+    /// for [`RtpSendThread::replace`].
+    pub(crate) fn send_at(
+        &self,
+        at: Instant,
+        stream: &Arc<Stream>,
+        packet: &[u8],
+        to: SocketAddr,
+    ) -> u64 {
         let at = self.shared.on_grid(at);
         let mut q = lock(&self.shared.queue);
         let seq = q.next_seq;
@@ -155,6 +167,22 @@ impl RtpSendThread {
             drop(q);
             self.shared.wake.notify_one();
         }
+        seq
+    }
+
+    /// Replace the content of the queued packet `id` (same send time and destination). False
+    /// when it is no longer queued (being sent or sent): then nothing changes.
+    pub(crate) fn replace(&self, id: u64, packet: &[u8]) -> bool {
+        let mut q = lock(&self.shared.queue);
+        // The send time (the heap's order) does not change: the vector stays a valid heap.
+        let mut items = std::mem::take(&mut q.heap).into_vec();
+        let found = items
+            .iter_mut()
+            .find(|Reverse(i)| i.seq == id)
+            .map(|Reverse(i)| i.packet = packet.into())
+            .is_some();
+        q.heap = BinaryHeap::from(items);
+        found
     }
 }
 
@@ -292,6 +320,28 @@ mod tests {
             "late packet held: {:?}",
             got[0].1
         );
+    }
+
+    #[test]
+    fn a_queued_packet_can_be_replaced_until_it_leaves() {
+        let sender = RtpSendThread::start(Duration::ZERO, None).expect("start");
+        let (stream, rx, to) = pair();
+        let at = Instant::now() + Duration::from_millis(40);
+        let other = sender.send_at(at, &stream, b"other", to);
+        let id = sender.send_at(at, &stream, b"silence", to);
+        assert!(sender.replace(id, b"audio"));
+        let mut buf = [0u8; 16];
+        let n = rx.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"other");
+        let n = rx.recv(&mut buf).expect("recv");
+        assert_eq!(
+            &buf[..n],
+            b"audio",
+            "the replacement left in the original's slot"
+        );
+        // Both have left: too late to replace.
+        assert!(!sender.replace(id, b"late"));
+        assert!(!sender.replace(other, b"late"));
     }
 
     #[test]
