@@ -352,9 +352,10 @@ pub struct RtpSection {
     pub timeout_secs: u64,
     /// Latch to the source of the first valid packets (symmetric RTP, for NAT).
     pub symmetric: bool,
-    /// Jitter buffer minimum depth, ms.
+    /// Jitter buffer minimum depth, ms (20–400). A new stream starts at 60 ms and relaxes to
+    /// this within 2 s unless the measured jitter asks for more.
     pub jitter_min_ms: u32,
-    /// Jitter buffer maximum depth, ms.
+    /// Jitter buffer maximum depth, ms (at most 400: the buffer's ring holds 512 ms).
     pub jitter_max_ms: u32,
     /// RTP leaves from one dedicated thread this many ms after the 20 ms tick that built it,
     /// so late scheduling of a call's task does not jitter the packet intervals. Agent audio
@@ -372,7 +373,7 @@ impl Default for RtpSection {
             port_max: 20000,
             timeout_secs: 30,
             symmetric: true,
-            jitter_min_ms: 40,
+            jitter_min_ms: 20,
             jitter_max_ms: 200,
             send_delay_ms: 5,
         }
@@ -1143,6 +1144,9 @@ impl Config {
         if self.rtp.jitter_min_ms > self.rtp.jitter_max_ms {
             errs.push("rtp.jitter_min_ms exceeds rtp.jitter_max_ms".into());
         }
+        if self.rtp.jitter_max_ms > 400 {
+            errs.push("rtp.jitter_max_ms must be at most 400".into());
+        }
         if self.rtp.send_delay_ms > 20 {
             errs.push("rtp.send_delay_ms must be 0–20".into());
         }
@@ -1651,11 +1655,13 @@ mod tests {
         cfg.trunk.caller_id = "0612345678".into();
         cfg.agent.uplink_chunk_ms = 500;
         cfg.rtp.send_delay_ms = 25;
+        cfg.rtp.jitter_max_ms = 500;
         let err = cfg.validate().expect_err("invalid").to_string();
         assert!(
             err.contains("caller_id")
                 && err.contains("uplink_chunk_ms")
-                && err.contains("send_delay_ms"),
+                && err.contains("send_delay_ms")
+                && err.contains("rtp.jitter_max_ms must be at most 400"),
             "{err}"
         );
     }

@@ -180,18 +180,33 @@ pub fn integrity(heard: &[i16], played: &[i16]) -> Integrity {
     }
     out.deleted_only = match out.first_mismatch {
         None => Some(0),
-        Some(_) => only_deletions(heard, played, a, f * 160),
+        Some(_) => only_deletions(heard, played, a, f * 160).map(|d| d.iter().map(|x| x.1).sum()),
     };
     out
 }
 
+/// Where the phone's audio was deleted in `heard` when deletions of quiet audio alone explain
+/// every difference (see [`Integrity::deleted_only`]): (index in `heard` of the first sample
+/// after the deletion, samples deleted), in order. Empty otherwise.
+pub fn deletions(heard: &[i16], played: &[i16], integ: &Integrity) -> Vec<(usize, usize)> {
+    if !integ.aligned || integ.first_mismatch.is_none() || integ.deleted_only.is_none() {
+        return Vec::new();
+    }
+    only_deletions(heard, played, integ.aligned_at, integ.played_at).unwrap_or_default()
+}
+
 /// Walk `heard` from `h` against the looped `played` from `p`, realigning at each difference:
-/// the samples deleted in all if deletions of quiet audio alone explain every difference (the
-/// last 320 samples may be cut short by the call's end).
-fn only_deletions(heard: &[i16], played: &[i16], mut h: usize, p: usize) -> Option<usize> {
+/// each deletion (heard index after it, samples) if deletions of quiet audio alone explain every
+/// difference (the last 320 samples may be cut short by the call's end).
+fn only_deletions(
+    heard: &[i16],
+    played: &[i16],
+    mut h: usize,
+    p: usize,
+) -> Option<Vec<(usize, usize)>> {
     let n = played.len();
     let mut p = p % n;
-    let mut deleted = 0usize;
+    let mut deleted = Vec::new();
     for _ in 0..64 {
         let rest = heard.get(h..)?;
         let Some(i) = rest
@@ -212,8 +227,8 @@ fn only_deletions(heard: &[i16], played: &[i16], mut h: usize, p: usize) -> Opti
                 if !quiet {
                     return None; // speech went missing: not the jitter buffer's adaptation
                 }
-                deleted += d;
                 h += i;
+                deleted.push((h, d));
                 p = (p + i + d) % n;
             }
             _ => return None,
@@ -229,11 +244,13 @@ fn only_deletions(heard: &[i16], played: &[i16], mut h: usize, p: usize) -> Opti
 /// `user_audio_chunk`, `integ` the alignment of `heard` on the looped capture, `packet_lens` the
 /// samples of each audio packet of one pass and `sent_log` the phone's send time of every audio
 /// packet in order over the passes. Only chunks up to the first difference count (after it the
-/// alignment no longer holds).
+/// alignment no longer holds), unless the differences are all `deletions` of quiet audio (the
+/// gateway's jitter buffer shrinking, see [`deletions`]): then the alignment is carried past each.
 pub fn uplink_latency(
     chunks: &[(Instant, usize)],
     heard_len: usize,
     integ: &Integrity,
+    deletions: &[(usize, usize)],
     packet_lens: &[usize],
     sent_log: &[Instant],
 ) -> Vec<Duration> {
@@ -247,9 +264,13 @@ pub fn uplink_latency(
         starts.push(acc);
         acc += l;
     }
-    let valid_end = integ
-        .first_mismatch
-        .map_or(heard_len, |m| integ.aligned_at + m);
+    let valid_end = if deletions.is_empty() {
+        integ
+            .first_mismatch
+            .map_or(heard_len, |m| integ.aligned_at + m)
+    } else {
+        heard_len
+    };
     let mut out = Vec::new();
     for (j, &(arrived, _)) in chunks.iter().enumerate() {
         let end = chunks.get(j + 1).map_or(heard_len, |c| c.1);
@@ -259,7 +280,12 @@ pub fn uplink_latency(
         if last < integ.aligned_at || last >= valid_end {
             continue;
         }
-        let sample = integ.played_at + (last - integ.aligned_at);
+        let skipped: usize = deletions
+            .iter()
+            .take_while(|(at, _)| *at <= last)
+            .map(|x| x.1)
+            .sum();
+        let sample = integ.played_at + (last - integ.aligned_at) + skipped;
         let (loop_n, within) = (sample / pass, sample % pass);
         let k = starts.partition_point(|&s| s <= within).saturating_sub(1);
         if let Some(sent) = sent_log.get(loop_n * packet_lens.len() + k) {
@@ -531,7 +557,7 @@ mod tests {
         };
         // Chunks of 320 samples from heard 0: [0,320) [320,640) [640,960) (and 40 ms chunking).
         let chunks = vec![(t + ms(70), 0), (t + ms(110), 320), (t + ms(150), 640)];
-        let l = uplink_latency(&chunks, 960, &integ, &lens, &sent);
+        let l = uplink_latency(&chunks, 960, &integ, &[], &lens, &sent);
         // Last samples: heard 319 → played 379 → packet 2 (40 ms); heard 639 → played 699 →
         // second pass packet 0 (80 ms); heard 959 → played 1019 → second pass packet 2 (120 ms).
         assert_eq!(l, vec![ms(30), ms(30), ms(30)]);
@@ -540,8 +566,16 @@ mod tests {
             first_mismatch: Some(400),
             ..integ
         };
-        assert_eq!(uplink_latency(&chunks, 960, &broken, &lens, &sent).len(), 1);
-        assert!(uplink_latency(&chunks, 960, &Integrity::default(), &lens, &sent).is_empty());
+        assert_eq!(
+            uplink_latency(&chunks, 960, &broken, &[], &lens, &sent).len(),
+            1
+        );
+        assert!(uplink_latency(&chunks, 960, &Integrity::default(), &[], &lens, &sent).is_empty());
+        // Unless the difference is 160 quiet samples the jitter buffer skipped at heard 400:
+        // from there on, heard sample h is played sample h + 60 + 160, a packet later, so the
+        // same arrival is 20 ms sooner after its send.
+        let l = uplink_latency(&chunks, 960, &broken, &[(400, 160)], &lens, &sent);
+        assert_eq!(l, vec![ms(30), ms(10), ms(10)]);
     }
 
     #[test]
@@ -671,6 +705,12 @@ mod tests {
         let missing = integrity(&del, &quiet_gaps);
         assert_eq!(missing.shift, Some(-160));
         assert_eq!(missing.deleted_only, Some(480));
+        assert_eq!(
+            deletions(&del, &quiet_gaps, &missing),
+            vec![(1280, 160), (1600, 320)],
+            "where each stretch went missing in what the agent heard"
+        );
+        assert!(deletions(&heard, &played, &bad).is_empty(), "not deletions");
         // …unless something else differs too…
         let last = del.len() - 400;
         del[last] ^= 0x55;

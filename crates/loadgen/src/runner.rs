@@ -833,7 +833,8 @@ async fn run_phase(
         .iter()
         .filter_map(|r| agent_key(cfg.mode, r).map(|k| (k, r)))
         .collect();
-    let mut integ_by_key: std::collections::HashMap<String, Integrity> = Default::default();
+    let mut integ_by_key: std::collections::HashMap<String, (Integrity, Vec<(usize, usize)>)> =
+        Default::default();
     if ctx.checkable {
         let mut integ = Integrity::default();
         let (mut checked, mut exact, mut accounted) = (0usize, 0usize, 0usize);
@@ -873,7 +874,8 @@ async fn run_phase(
             integ.compared += one.compared;
             integ.mismatched += one.mismatched;
             if let Some(k) = agent_key(cfg.mode, r) {
-                integ_by_key.insert(k, one);
+                let dels = analyze::deletions(&r.caller_audio, &ctx.expected, &one);
+                integ_by_key.insert(k, (one, dels));
             }
         }
         report.integrity_checked = Some(checked);
@@ -937,12 +939,13 @@ async fn run_phase(
         report.pacing_stamped_packets += d.stamped;
         let rec = recs_by_key.get(&key).copied();
         if let Some(r) = rec
-            && let Some(integ) = integ_by_key.get(&key)
+            && let Some((integ, dels)) = integ_by_key.get(&key)
         {
             let up = analyze::uplink_latency(
                 &r.caller_chunks,
                 r.caller_audio.len(),
                 integ,
+                dels,
                 &ctx.packet_lens,
                 &tc.sent_log,
             );

@@ -6,23 +6,38 @@
 //! concealment (repeat of the last frame, fading out over 60 ms) or silence.
 //!
 //! Depth adapts between the configured bounds from the RFC 3550 §6.4.1 / A.8 interarrival jitter
-//! estimate and from underruns. The target starts at the configured initial delay and relaxes
-//! towards what the measured jitter warrants by 10 ms every 2 s (as does the extra delay added
-//! after underruns). A new SSRC or a timestamp jump is re-mapped onto the buffer's own timeline
-//! right after the audio already buffered (nothing is dropped); after an underrun (DTX, talkspurt
-//! start, late sender) the next packet is re-anchored at the target depth. The anchor is
-//! measured against the consumer's clock: if the first pop after it comes a whole tick (or more)
-//! after the anchoring packet arrived, the silent prefill is shortened by those whole frames, so
-//! a steady stream sits at exactly the target depth whatever the phase (and tie order) of
-//! arrivals and pops.
+//! estimate and from underruns. The target starts at the configured initial delay (60 ms: the
+//! jitter of a new stream is unknown) and relaxes by 10 ms every 0.5 s towards what the measured
+//! jitter warrants (one frame plus four times the RFC 3550 estimate, at least the configured
+//! minimum, 20 ms by default), so a clean line is down to its floor within 2 s of the first
+//! packet; the extra delay added after an underrun or a late packet decays by 10 ms every 2 s.
+//! A new SSRC or a timestamp jump is re-mapped onto the buffer's own timeline right after the
+//! audio already buffered (nothing is dropped); after an underrun (DTX, talkspurt start, late
+//! sender) the next packet is re-anchored at the target depth. The anchor is measured against
+//! the consumer's clock: if the first pop after it comes a whole tick (or more) after the
+//! anchoring packet arrived, the silent prefill is shortened by those whole frames, so a steady
+//! stream sits at exactly the target depth whatever the phase (and tie order) of arrivals and
+//! pops.
 //!
-//! Shrinking never cuts speech. When the buffer has been more than a frame deeper than the
-//! target for a whole second (sender clock drift, a burst that left it deep after jitter calmed
-//! down), the excess is removed by skipping whole 20 ms frames that are entirely received and
-//! quiet (every sample below [`QUIET_PEAK`]: silence, comfort-noise level background), never
-//! below the target. Only if the excess persists for [`LAST_RESORT`] without a single quiet frame
+//! The depth that decides shrinking is measured in time, not in whole frames: each packet's
+//! *lead*, how long before the pop that plays its last sample it arrived (pops come every 20 ms
+//! after the last one). Over a second, the least lead minus a 2 ms guard, plus the frame being
+//! played, is compared with the target. So a clean line whose packets arrive 7 ms before the
+//! pops settles at one frame (each packet played 7 ms after it arrived), and one whose packets
+//! arrive just before (or at) the pops keeps two (played ~20 ms after arrival): the delay the
+//! buffer adds is the least that keeps a 2 ms + 4 × jitter margin, whatever the phase. After an
+//! underrun or a late packet (until that extra delay decays) the more cautious whole-frame depth
+//! counts as well, and a late packet cancels a pending shrink.
+//!
+//! Shrinking never cuts speech. When the buffer has been at least a frame deeper than the
+//! target for a whole second (the target relaxed, sender clock drift, a burst that left it deep
+//! after jitter calmed down), the excess is removed by skipping whole 20 ms frames that are
+//! entirely received and quiet (every sample below [`QUIET_PEAK`]: silence, comfort-noise level
+//! background), never below the target. Only if the buffer grew more than a frame beyond the depth
+//! it was placed at (drift, a burst) and stays so for [`LAST_RESORT`] without a single quiet frame
 //! is one whole frame dropped regardless, counted in [`JitterStats::samples_dropped_forced`]
-//! (as is the hard trim when a burst overflows the maximum delay).
+//! (as is the hard trim when a burst overflows the maximum delay); a target that merely relaxed
+//! waits for quiet frames however long that takes, so continuous speech is never cut for latency.
 //! Sans-IO: time is only ever passed in.
 
 use std::time::{Duration, Instant};
@@ -41,10 +56,16 @@ pub const QUIET_PEAK: i16 = 256;
 pub const LAST_RESORT: Duration = Duration::from_secs(10);
 /// [`LAST_RESORT`] in 20 ms pops.
 const LAST_RESORT_POPS: u32 = (LAST_RESORT.as_millis() / 20) as u32;
-/// Pops between two 10 ms relaxations of the target (2 s).
+/// Pops between two 10 ms decays of the extra delay added after underruns (2 s).
 const RELAX_POPS: u32 = 100;
+/// Pops between two 10 ms relaxations of the initial delay (0.5 s): from the 60 ms start to a
+/// 20 ms floor within 2 s of the first packet, unless the measured jitter asks for more.
+const SETTLE_POPS: u32 = 25;
 /// Pops per depth observation window (1 s).
 const WINDOW_POPS: u32 = 50;
+/// The least time a packet must have arrived ahead of the pop that needs it, after a shrink, on
+/// top of four times the measured jitter (2 ms: the scheduling noise of a busy host).
+const LEAD_GUARD_US: i64 = 2_000;
 
 /// Configuration bounds.
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +81,7 @@ pub struct JitterConfig {
 impl Default for JitterConfig {
     fn default() -> Self {
         JitterConfig {
-            min_delay: Duration::from_millis(40),
+            min_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(200),
             initial_delay: Duration::from_millis(60),
         }
@@ -165,11 +186,24 @@ pub struct JitterBuffer {
     relax_in: u32,
     pops_since_underrun: u32,
     window_min_depth: i64,
+    /// Least lead (µs) of a packet in the window: how long before the pop that plays its last
+    /// sample it arrived. Unlike the depth in whole frames, it sees the phase of the arrivals
+    /// against the pops.
+    window_min_lead: i64,
+    /// The last pop, from which the next pops' times follow (one every 20 ms).
+    last_pop: Option<Instant>,
     window_pops: u32,
     /// Whole frames to remove, decided at the end of a too-deep window.
     shrink_frames: u32,
     /// Pops since the shrink became pending without a frame being removed.
     shrink_wait: u32,
+    /// The pending shrink may end in a forced drop: the buffer was more than a whole frame deeper
+    /// than it was placed (clock drift, a burst). A target that merely relaxed below the depth
+    /// the stream was anchored at waits for quiet frames only.
+    shrink_may_force: bool,
+    /// The depth the stream was placed at: the target when anchored, lowered by each frame
+    /// skipped since.
+    placed: i64,
     jitter: f64,
     last_arrival: Option<(Instant, u32)>,
     // concealment
@@ -226,12 +260,16 @@ impl JitterBuffer {
             target,
             settle: target,
             boost: 0,
-            relax_in: RELAX_POPS,
+            relax_in: SETTLE_POPS,
             pops_since_underrun: 0,
             window_min_depth: i64::MAX,
+            window_min_lead: i64::MAX,
+            last_pop: None,
             window_pops: 0,
             shrink_frames: 0,
             shrink_wait: 0,
+            shrink_may_force: false,
+            placed: target,
             jitter: 0.0,
             last_arrival: None,
             last_frame: [law.silence(); FRAME],
@@ -354,6 +392,18 @@ impl JitterBuffer {
             self.audio[..n - first].copy_from_slice(&payload[skip as usize + first..]);
         }
         self.highest_end = self.highest_end.max(pos + len);
+        if let Some(last_pop) = self.last_pop {
+            // The pop that plays this packet's last sample: the next one (20 ms after the last)
+            // plays [playout, playout + FRAME).
+            let ahead = (pos + len - 1 - self.playout).div_euclid(FRAME as i64);
+            let needed_at = last_pop + Duration::from_millis(20 * (1 + ahead.max(0) as u64));
+            let lead = if needed_at >= now {
+                needed_at.duration_since(now).as_micros() as i64
+            } else {
+                -(now.duration_since(needed_at).as_micros() as i64)
+            };
+            self.window_min_lead = self.window_min_lead.min(lead);
+        }
         self.waiting = false;
         self.stats.stored += 1;
 
@@ -376,6 +426,7 @@ impl JitterBuffer {
                 kind: FrameKind::Silence,
             };
         }
+        self.last_pop = Some(now);
         if let Some(at) = self.anchored_at.take() {
             self.settle_anchor(at, now);
         }
@@ -526,7 +577,7 @@ impl JitterBuffer {
         if self.settle > self.cfg_min {
             self.relax_in -= 1;
             if self.relax_in == 0 {
-                self.relax_in = RELAX_POPS;
+                self.relax_in = SETTLE_POPS;
                 self.settle = (self.settle - 80).max(self.cfg_min);
             }
         }
@@ -535,20 +586,38 @@ impl JitterBuffer {
         self.window_min_depth = self.window_min_depth.min(depth);
         self.window_pops += 1;
         if self.window_pops >= WINDOW_POPS {
-            let excess = self.window_min_depth - self.target;
-            if excess > FRAME as i64 {
-                // Consistently too deep for a second: remove the excess, in whole frames, at
-                // the next quiet frames.
+            // The depth the window's packets actually had: their least lead plus the frame
+            // played at that pop; four times the jitter is already in the target.
+            let lead_depth = if self.window_min_lead == i64::MAX {
+                i64::MIN
+            } else {
+                (self.window_min_lead - LEAD_GUARD_US) * 8 / 1000 + FRAME as i64
+            };
+            // After an underrun or a late packet (the boost has not decayed yet) the stream has
+            // shown stalls its jitter estimate does not capture: only whole frames that stayed
+            // buffered count then, as a more cautious measure.
+            let depth = if self.boost == 0 {
+                lead_depth
+            } else {
+                lead_depth.min(self.window_min_depth)
+            };
+            let excess = depth - self.target;
+            if excess >= FRAME as i64 {
+                // Consistently a frame or more too deep for a second: remove the excess, in
+                // whole frames, at the next quiet frames.
                 if self.shrink_frames == 0 {
                     self.shrink_wait = 0;
                 }
                 self.shrink_frames = (excess / FRAME as i64) as u32;
+                self.shrink_may_force =
+                    self.window_min_depth - self.target.max(self.placed) > FRAME as i64;
             } else {
                 self.shrink_frames = 0;
                 self.shrink_wait = 0;
             }
             self.window_pops = 0;
             self.window_min_depth = i64::MAX;
+            self.window_min_lead = i64::MAX;
         }
     }
 
@@ -558,10 +627,8 @@ impl JitterBuffer {
     #[inline(never)]
     fn shrink(&mut self) {
         self.shrink_wait = self.shrink_wait.saturating_add(1);
-        while self.shrink_frames > 0
-            && self.highest_end - self.playout - FRAME as i64 >= self.target
-        {
-            let forced = self.shrink_wait >= LAST_RESORT_POPS;
+        while self.shrink_frames > 0 && self.highest_end - self.playout >= 2 * FRAME as i64 {
+            let forced = self.shrink_may_force && self.shrink_wait >= LAST_RESORT_POPS;
             if !forced && !self.quiet_frame_at_playout() {
                 return;
             }
@@ -575,6 +642,10 @@ impl JitterBuffer {
             }
             self.shrink_frames -= 1;
             self.shrink_wait = 0;
+            self.placed = (self.placed - FRAME as i64).max(self.target);
+            if self.window_min_lead != i64::MAX {
+                self.window_min_lead -= 20_000;
+            }
             if self.window_min_depth != i64::MAX {
                 self.window_min_depth -= FRAME as i64;
             }
@@ -626,6 +697,7 @@ impl JitterBuffer {
 
     fn raise_target(&mut self) {
         self.pops_since_underrun = 0;
+        self.shrink_frames = 0;
         self.boost = (self.boost + FRAME as i64).min(self.cfg_max);
         self.target = (self.target + FRAME as i64).min(self.cfg_max);
     }
@@ -655,6 +727,7 @@ impl JitterBuffer {
     /// Map the current stream so that `timestamp` lands at `playout + target - len`.
     fn anchor(&mut self, timestamp: u32, len: i64, now: Instant) {
         self.anchored_at = Some(now);
+        self.placed = self.target;
         let ext = self.last_ext + timestamp.wrapping_sub(self.last_ts) as i32 as i64;
         let pos = self.playout + (self.target - len).max(0);
         self.offset = pos - ext;
