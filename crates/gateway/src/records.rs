@@ -125,9 +125,15 @@ impl RecordStore {
                 .await
                 .is_err()
         {
-            sqlx::query("ALTER TABLE calls ADD COLUMN node TEXT")
+            // Two processes opening one new file at once both see the column missing; the
+            // second ALTER then fails with a duplicate column, which means it is there.
+            if let Err(e) = sqlx::query("ALTER TABLE calls ADD COLUMN node TEXT")
                 .execute(&pool)
-                .await?;
+                .await
+                && !e.to_string().contains("duplicate column name")
+            {
+                return Err(e.into());
+            }
         }
         let node: Arc<str> = Arc::from(node);
         let (writer, rx) = mpsc::unbounded_channel();

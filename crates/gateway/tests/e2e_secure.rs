@@ -216,28 +216,12 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The phone's speech reached the agent sample-exact (µ-law passthrough) for at least 3 s.
+/// The phone's speech reached the agent sample-exact (µ-law passthrough) for at least 3 s, but
+/// for skipped quiet frames.
 async fn assert_uplink_exact(d: &Deployment) {
     let agent = d.agent_finished(1, Duration::from_secs(5)).await;
-    let heard = &agent[0].caller_audio;
-    let played: Vec<i16> = speech_samples();
-    let first_loud = played
-        .chunks(160)
-        .position(|c| c.iter().any(|s| s.abs() > 1000))
-        .expect("speech in capture");
-    let probe = &played[first_loud * 160..first_loud * 160 + 160];
-    let at = heard
-        .windows(probe.len())
-        .position(|w| w == probe)
-        .expect("the phone's speech reached the agent through SRTP");
-    let n = (heard.len() - at)
-        .min(played.len() - first_loud * 160)
-        .min(8000 * 4);
-    assert!(n >= 8000 * 3, "at least 3 s relayed, got {n} samples");
-    assert_eq!(
-        &heard[at..at + n],
-        &played[first_loud * 160..first_loud * 160 + n]
-    );
+    // But for the quiet frames the jitter buffer skips to settle at the line's delay.
+    common::assert_relayed_except_quiet_frames(&agent[0].caller_audio, &speech_samples(), 3, 4);
 }
 
 /// libsrtp2 driven by the media crate's script (one packet a line, "rtp HEX" in, "ok HEX" or
@@ -890,15 +874,14 @@ async fn outbound_required_accepts_libsrtp_protected_packets_and_drops_a_tampere
         .windows(160)
         .position(|w| w == &sent[..160])
         .expect("the libsrtp-protected speech reached the agent");
+    // Sample-exact but for quiet frames the jitter buffer may skip to settle at the line's
+    // delay: a tampered frame played would differ from its genuine twin and fail the walk.
+    let skipped = common::assert_relayed_except_quiet_frames(heard, sent, 0, 2);
     assert!(
-        heard.len() >= at + sent.len(),
-        "heard {} samples from frame 10, sent {}",
+        heard.len() + skipped >= at + sent.len(),
+        "heard {} samples from frame 10 ({skipped} quiet skipped), sent {}",
         heard.len() - at,
         sent.len()
-    );
-    assert!(
-        heard[at..at + sent.len()] == sent[..],
-        "the agent heard the libsrtp-protected frames sample-exact, the tampered one dropped"
     );
     assert!(rec.media_security.encrypted, "{:?}", rec.media_security);
     assert_eq!(

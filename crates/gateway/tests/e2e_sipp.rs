@@ -199,6 +199,9 @@ async fn start_gateway(sipp_sip: SocketAddr, agent: &AgentEmulator) -> (Arc<Gate
         .with_test_writer()
         .try_init();
     let mut cfg = Config::default();
+    // Each gateway its own records (the default file in the working directory would be shared
+    // by the tests of this file running at once).
+    cfg.records.database_url = "sqlite::memory:".into();
     cfg.sip.listen = "127.0.0.1:0".parse().expect("addr");
     cfg.sip.transports = vec![trunkline_gateway::config::SipTransport::Udp];
     cfg.trunk.termination_uri = "sip:trunkline-test.pstn.twilio.com".into();

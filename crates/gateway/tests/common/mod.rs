@@ -41,6 +41,69 @@ pub fn speech_samples() -> Vec<i16> {
         .collect()
 }
 
+/// The phone's speech as the agent (or a recording) received it, µ-law passthrough: from the
+/// first loud frame of `played` (the capture, decoded), `heard` is `played` sample for sample,
+/// except whole 20 ms frames of quiet audio (peak ≤ `QUIET_PEAK`) that the gateway's jitter
+/// buffer skips to bring its 60 ms start down to the line's delay (its call record counts them in
+/// `uplink.dropped_samples`). Compares at most `max_secs` of `heard`, requires at least
+/// `min_secs`, and returns the samples of `played` skipped.
+pub fn assert_relayed_except_quiet_frames(
+    heard: &[i16],
+    played: &[i16],
+    min_secs: usize,
+    max_secs: usize,
+) -> usize {
+    use trunkline_media::jitter::QUIET_PEAK;
+    let first_loud = played
+        .chunks(160)
+        .position(|c| c.iter().any(|s| s.abs() > 1000))
+        .expect("speech in capture")
+        * 160;
+    let probe = &played[first_loud..first_loud + 160];
+    let at = heard
+        .windows(probe.len())
+        .position(|w| w == probe)
+        .expect("the phone's speech was received");
+    let (heard, played) = (&heard[at..], &played[first_loud..]);
+    let end = heard.len().min(max_secs * 8000);
+    let quiet = |x: &[i16]| {
+        x.iter()
+            .all(|s| s.unsigned_abs() <= QUIET_PEAK.unsigned_abs())
+    };
+    let (mut h, mut p, mut skipped) = (0, 0, 0);
+    while h < end && p < played.len() {
+        if heard[h] == played[p] {
+            h += 1;
+            p += 1;
+            continue;
+        }
+        // A difference: only a skipped quiet frame (or a few) may explain it, the frame being
+        // the jitter buffer's, so at any offset from the capture's packets.
+        let next = heard.len().min(h + 160);
+        let skip = (1..=3).map(|f| f * 160).find(|&d| {
+            p + d + (next - h) <= played.len()
+                && quiet(&played[p..p + d])
+                && heard[h..next] == played[p + d..p + d + (next - h)]
+        });
+        match skip {
+            Some(d) => {
+                skipped += d;
+                p += d;
+            }
+            None => panic!(
+                "the phone's audio differs at {:.3} s of what was received ({h} samples in, \
+                 {skipped} quiet samples skipped before)",
+                h as f64 / 8000.0
+            ),
+        }
+    }
+    assert!(
+        h >= min_secs * 8000,
+        "at least {min_secs} s relayed, got {h} samples"
+    );
+    skipped
+}
+
 pub struct Deployment {
     pub gateway: Arc<Gateway>,
     pub http: SocketAddr,
