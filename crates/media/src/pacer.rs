@@ -109,7 +109,9 @@ pub struct Pacer {
     /// The last tick built silence from an empty queue (not held): it may still take audio.
     late_slot: Option<LateSlot>,
     /// What the last [`Pacer::poll_late`] took, until the next frame: for [`Pacer::late_missed`].
-    late_taken: Option<LateTaken>,
+    late_taken: Option<[u8; FRAME]>,
+    /// The segments it took them from (kept allocated from one swap to the next).
+    late_segments: Vec<Segment>,
     stats: PacerStats,
 }
 
@@ -118,12 +120,6 @@ struct LateSlot {
     tick: u64,
     due: Instant,
     timestamp: u32,
-}
-
-#[derive(Debug)]
-struct LateTaken {
-    data: [u8; FRAME],
-    segments: Vec<Segment>,
 }
 
 impl Pacer {
@@ -143,6 +139,7 @@ impl Pacer {
             hold: false,
             late_slot: None,
             late_taken: None,
+            late_segments: Vec::new(),
             stats: PacerStats::default(),
         }
     }
@@ -352,12 +349,11 @@ impl Pacer {
             return None;
         }
         self.late_slot = None;
-        let mut taken = Vec::new();
+        let mut taken = std::mem::take(&mut self.late_segments);
+        taken.clear();
         let (event_id, data) = self.take_audio(FRAME, Some(&mut taken));
-        self.late_taken = Some(LateTaken {
-            data,
-            segments: taken,
-        });
+        self.late_segments = taken;
+        self.late_taken = Some(data);
         let marker = !self.talking || std::mem::take(&mut self.force_marker);
         self.talking = true;
         self.stats.silence_frames = self.stats.silence_frames.saturating_sub(1);
@@ -377,14 +373,14 @@ impl Pacer {
     /// put its audio back at the front of the queue for the next tick, which then carries the
     /// marker. Nothing happens if a tick or a flush came in between.
     pub fn late_missed(&mut self) {
-        let Some(t) = self.late_taken.take() else {
+        let Some(data) = self.late_taken.take() else {
             return;
         };
-        let len: usize = t.segments.iter().map(|s| s.len).sum();
-        for &c in t.data[..len].iter().rev() {
+        let len: usize = self.late_segments.iter().map(|s| s.len).sum();
+        for &c in data[..len].iter().rev() {
             self.queue.push_front(c);
         }
-        for seg in t.segments.into_iter().rev() {
+        for seg in self.late_segments.drain(..).rev() {
             match self.segments.front_mut() {
                 Some(s) if s.event_id == seg.event_id => s.len += seg.len,
                 _ => self.segments.push_front(seg),

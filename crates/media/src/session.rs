@@ -27,7 +27,10 @@ use crate::dtmf::{DtmfDigit, DtmfReceiver, DtmfSender, TelephoneEvent};
 use crate::g711::G711;
 use crate::jitter::{FRAME, Frame, JitterBuffer, JitterConfig, JitterStats};
 use crate::pacer::{Pacer, PacerConfig, PacerStats, TICK};
-use crate::rtcp::{ReceiverStats, SenderInfo, WallClock, build_compound, parse_rtcp};
+use crate::rtcp::{
+    MAX_COMPOUND, ReceiverStats, RtcpItem, SenderInfo, WallClock, for_each_rtcp_item,
+    write_compound,
+};
 use crate::rtp::{RtpHeader, is_rtcp, parse_rtp, write_rtp};
 use crate::srtp::{SdesKey, SrtpError, SrtpSession};
 
@@ -614,10 +617,10 @@ impl MediaSession {
             },
             None => datagram,
         };
-        let Ok(summary) = parse_rtcp(bytes) else {
+        if for_each_rtcp_item(bytes, |_| {}).is_err() {
             self.stats.malformed += 1;
             return;
-        };
+        }
         // Symmetric RTCP: only from the latched peer's host.
         if let Some(l) = self.latched
             && l.ip() != from.ip()
@@ -630,18 +633,22 @@ impl MediaSession {
             self.remote_rtcp = Some(from);
             self.rtcp_learned = true;
         }
-        for (ssrc, ntp) in summary.sender_reports {
-            if let Some(rx) = &mut self.rx
-                && rx.ssrc == ssrc
-            {
-                rx.on_sender_report(ntp, now);
+        let (rx, events) = (&mut self.rx, &mut self.events);
+        let _ = for_each_rtcp_item(bytes, |item| match item {
+            RtcpItem::SenderReport(ssrc, ntp) => {
+                if let Some(rx) = rx.as_mut()
+                    && rx.ssrc == ssrc
+                {
+                    rx.on_sender_report(ntp, now);
+                }
             }
-        }
-        for ssrc in summary.bye {
-            if self.rx.as_ref().is_some_and(|r| r.ssrc == ssrc) || self.rx.is_none() {
-                self.events.push_back(MediaEvent::Bye(ssrc));
+            RtcpItem::Bye(ssrc) => {
+                if rx.as_ref().is_none_or(|r| r.ssrc == ssrc) {
+                    events.push_back(MediaEvent::Bye(ssrc));
+                }
             }
-        }
+            RtcpItem::ReportBlock(..) => {}
+        });
     }
 
     /// Timers: DTMF end timeout, RTP timeout. (Sending is driven by `poll_transmit`.)
@@ -966,8 +973,17 @@ impl MediaSession {
             octets: self.octets_sent,
         };
         let block = self.rx.as_mut().map(|r| r.report_block(now));
-        let raw = build_compound(me, self.stats.rtp_sent > 0, block, &self.cname, bye).ok()?;
-        let len = self.finish(&raw, buf, true)?;
+        let mut raw = [0u8; MAX_COMPOUND];
+        let n = write_compound(
+            me,
+            self.stats.rtp_sent > 0,
+            block,
+            &self.cname,
+            bye,
+            &mut raw,
+        )
+        .ok()?;
+        let len = self.finish(&raw[..n], buf, true)?;
         self.stats.rtcp_sent += 1;
         Some(Transmit {
             destination: dest,
