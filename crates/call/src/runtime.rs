@@ -18,7 +18,7 @@ use trunkline_media::g711::G711;
 use trunkline_media::session::PacketKind;
 
 pub mod pacing;
-mod rtp_socket;
+pub mod rtp_socket;
 pub mod send_thread;
 pub mod sip_task;
 
@@ -293,7 +293,7 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
                     && let Some(rtp) = rtp.as_mut()
                 {
                     rtp_poll = None;
-                    rtp.drain(&mut buf, now, |datagram, from, at| {
+                    rtp.drain(now, |datagram, from, at| {
                         call.handle_rtp(datagram, from, at);
                     });
                 }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt,
+    ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, recvmsg, setsockopt,
+    sockopt,
 };
 use nix::sys::time::TimeSpec;
 
@@ -110,6 +111,112 @@ pub fn kernel_arrival(
     now.checked_sub(age).unwrap_or(now)
 }
 
+/// Datagrams one [`RecvBatch::recv`] reads at most.
+pub const BATCH: usize = 4;
+
+/// Room for one datagram in a [`RecvBatch`] (longer ones are truncated).
+pub const BATCH_DATAGRAM: usize = 2048;
+
+/// Several waiting datagrams read with one `recvmmsg(2)`, each with its sender and kernel
+/// receive stamp: the common case of one datagram waiting costs one system call where
+/// [`recv_stamped`] needs two (the datagram, then `EAGAIN`). Allocated once and reused, so
+/// reading allocates nothing.
+///
+/// The kernel writes each header's address and control-message lengths back into it, and
+/// `nix` does not reset them between calls: use one batch per address family (an IPv6 sender's
+/// address would not fit the length an IPv4 one left). A datagram without a stamp would leave
+/// no room for the next ones' stamps, so the headers are rebuilt after one (an allocation, only
+/// then).
+pub struct RecvBatch {
+    headers: MultiHeaders<SockaddrStorage>,
+    bufs: Box<[[u8; BATCH_DATAGRAM]; BATCH]>,
+    got: [Stamped; BATCH],
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch").field("got", &self.got).finish()
+    }
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch::new()
+    }
+}
+
+const NOTHING: Stamped = Stamped {
+    len: 0,
+    from: None,
+    stamp: None,
+};
+
+impl RecvBatch {
+    /// Room for [`BATCH`] datagrams and their stamps.
+    pub fn new() -> RecvBatch {
+        RecvBatch {
+            headers: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec))),
+            bufs: Box::new([[0; BATCH_DATAGRAM]; BATCH]),
+            got: [NOTHING; BATCH],
+        }
+    }
+
+    /// Read up to `max` (at most [`BATCH`]) waiting datagrams from `sock` without blocking;
+    /// returns how many, 0 when none was waiting (or the call was interrupted). They are then
+    /// [`RecvBatch::datagram`] `0..n`. Fewer than asked means none is left waiting.
+    pub fn recv(&mut self, sock: &impl AsRawFd, max: usize) -> io::Result<usize> {
+        let want = max.min(BATCH);
+        if want == 0 {
+            return Ok(0);
+        }
+        let mut stampless = false;
+        let n = {
+            let mut iovs = self.bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
+            let res = match recvmmsg(
+                sock.as_raw_fd(),
+                &mut self.headers,
+                iovs[..want].iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            ) {
+                Ok(r) => r,
+                Err(Errno::EAGAIN | Errno::EINTR) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            };
+            let mut n = 0;
+            for (msg, got) in res.zip(self.got.iter_mut()) {
+                let mut stamp = None;
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                            stamp = SystemTime::UNIX_EPOCH.checked_add(Duration::from(ts));
+                        }
+                    }
+                }
+                stampless |= stamp.is_none();
+                *got = Stamped {
+                    len: msg.bytes.min(BATCH_DATAGRAM),
+                    from: msg.address.as_ref().and_then(to_std),
+                    stamp,
+                };
+                n += 1;
+            }
+            n
+        };
+        if stampless {
+            self.headers = MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(TimeSpec)));
+        }
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last [`RecvBatch::recv`]: its bytes and what came with them.
+    pub fn datagram(&self, i: usize) -> (&[u8], Stamped) {
+        let got = self.got.get(i).copied().unwrap_or(NOTHING);
+        let data = self.bufs.get(i).map_or(&[][..], |b| &b[..got.len]);
+        (data, got)
+    }
+}
+
 fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
         return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
@@ -181,5 +288,51 @@ mod tests {
         plain.peek_from(&mut peek).expect("datagram arrives");
         let got = recv_stamped(&plain, &mut buf, &mut space).expect("datagram");
         assert_eq!((got.len, got.stamp), (1, None));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // real sockets: let the loopback deliver
+    fn a_batch_reads_what_is_waiting_in_one_call_with_senders_and_stamps() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        enable_rx_timestamps(&rx).expect("SO_TIMESTAMPNS");
+        let to = rx.local_addr().expect("addr");
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind tx");
+        let mut batch = RecvBatch::new();
+        assert_eq!(batch.recv(&rx, BATCH).expect("nothing yet"), 0);
+        for i in 0..(BATCH as u8 + 2) {
+            tx.send_to(&[i; 3], to).expect("send");
+        }
+        rx.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut peek = [0u8; 1];
+        rx.peek_from(&mut peek).expect("datagram arrives");
+        std::thread::sleep(Duration::from_millis(20)); // the others land too (loopback)
+        assert_eq!(batch.recv(&rx, BATCH).expect("batch"), BATCH);
+        for i in 0..BATCH {
+            let (data, got) = batch.datagram(i);
+            assert_eq!(data, &[i as u8; 3]);
+            assert_eq!(got.from, Some(tx.local_addr().expect("tx addr")));
+            assert!(got.stamp.is_some(), "datagram {i} stamped");
+        }
+        // Fewer than asked: the queue is empty.
+        assert_eq!(batch.recv(&rx, BATCH).expect("rest"), 2);
+        assert_eq!(batch.datagram(1).0, &[BATCH as u8 + 1; 3]);
+        assert_eq!(batch.recv(&rx, 3).expect("none"), 0);
+        assert_eq!(batch.datagram(7).0, b"");
+
+        // A socket without stamps, then the stamped one again: stamps are still read.
+        let plain = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        tx.send_to(b"x", plain.local_addr().expect("addr"))
+            .expect("send");
+        plain
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        plain.peek_from(&mut peek).expect("datagram arrives");
+        assert_eq!(batch.recv(&plain, BATCH).expect("plain"), 1);
+        assert_eq!(batch.datagram(0).1.stamp, None);
+        tx.send_to(b"y", to).expect("send");
+        rx.peek_from(&mut peek).expect("datagram arrives");
+        assert_eq!(batch.recv(&rx, 1).expect("stamped"), 1);
+        assert!(batch.datagram(0).1.stamp.is_some());
     }
 }

@@ -15,102 +15,107 @@
 //!
 //! At most [`MAX_PER_TICK`] datagrams are read per tick: a flood is left to the kernel's receive
 //! buffer (which drops the excess) instead of starving the other calls of the worker.
+//!
+//! The datagrams are read with `recvmmsg(2)` into buffers each worker thread keeps for all its
+//! calls ([`RecvBatch`], one per address family): a tick with one datagram waiting costs one
+//! system call, not two (the datagram, then `EAGAIN`), and nothing is allocated per packet or
+//! per call.
 
 // The I/O layer owns the clock (the receive path maps kernel stamps onto it).
 #![allow(clippy::disallowed_methods)]
 
+use std::cell::RefCell;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tracing::debug;
-use trunkline_media::udp::{StampSpace, enable_rx_timestamps, kernel_arrival, recv_stamped};
+use trunkline_media::udp::{BATCH, RecvBatch, enable_rx_timestamps, kernel_arrival};
 
 /// How often the socket is read when the call has media but no tick of its own (early media).
 pub(crate) const RTP_POLL: Duration = Duration::from_millis(20);
 
 /// Datagrams read per tick at most (50 × 20 ms of audio).
-pub(crate) const MAX_PER_TICK: usize = 50;
+pub const MAX_PER_TICK: usize = 50;
+
+thread_local! {
+    /// This worker thread's receive buffers, for its IPv4 and IPv6 sockets.
+    static BATCHES: RefCell<[Option<RecvBatch>; 2]> = const { RefCell::new([None, None]) };
+}
 
 /// A non-blocking RTP socket outside the reactor, with kernel receive timestamps.
 #[derive(Debug)]
-pub(crate) struct RtpSocket {
+pub struct RtpSocket {
     sock: Arc<UdpSocket>,
-    stamp_space: StampSpace,
+    /// Which of the thread's [`BATCHES`] fits this socket's addresses.
+    family: usize,
 }
 
 impl RtpSocket {
     /// Take the socket out of tokio's reactor (it stays non-blocking) and ask for timestamps.
-    pub(crate) fn new(sock: tokio::net::UdpSocket) -> io::Result<Self> {
+    pub fn new(sock: tokio::net::UdpSocket) -> io::Result<Self> {
         let sock = sock.into_std()?;
+        let family = usize::from(sock.local_addr()?.is_ipv6());
         sock.set_nonblocking(true)?;
         if let Err(e) = enable_rx_timestamps(&sock) {
             debug!(error = %e, "SO_TIMESTAMPNS unavailable: arrival times are read times");
         }
         Ok(RtpSocket {
             sock: Arc::new(sock),
-            stamp_space: StampSpace::new(),
+            family,
         })
     }
 
     /// The socket, for the RTP send thread.
-    pub(crate) fn shared(&self) -> Arc<UdpSocket> {
+    pub fn shared(&self) -> Arc<UdpSocket> {
         self.sock.clone()
     }
 
     /// Send one datagram (never blocks: a full send buffer is `WouldBlock`).
-    pub(crate) fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+    pub fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
         self.sock.send_to(buf, to)
     }
 
-    /// Hand every waiting datagram (up to [`MAX_PER_TICK`]) to `f` with its arrival time.
-    /// `now` is the monotonic time of this read.
-    pub(crate) fn drain(
-        &mut self,
-        buf: &mut [u8],
-        now: Instant,
-        mut f: impl FnMut(&[u8], SocketAddr, Instant),
-    ) -> usize {
-        let mut wall_now: Option<SystemTime> = None;
-        for n in 0..MAX_PER_TICK {
-            match self.recv(buf) {
-                Ok(Some((len, from, stamp))) => {
-                    let at = match stamp {
+    /// Hand every waiting datagram (up to [`MAX_PER_TICK`]) to `f` with its sender and
+    /// arrival time, from an IP sender only. `now` is the monotonic time of this read. Returns
+    /// how many were read.
+    pub fn drain(&mut self, now: Instant, mut f: impl FnMut(&[u8], SocketAddr, Instant)) -> usize {
+        BATCHES.with(|b| {
+            let mut batches = b.borrow_mut();
+            let batch = batches[self.family].get_or_insert_with(RecvBatch::new);
+            let mut wall_now: Option<SystemTime> = None;
+            let mut read = 0;
+            while read < MAX_PER_TICK {
+                let want = BATCH.min(MAX_PER_TICK - read);
+                let n = match batch.recv(&*self.sock, want) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        debug!(error = %e, "rtp receive failed");
+                        break;
+                    }
+                };
+                for i in 0..n {
+                    let (data, d) = batch.datagram(i);
+                    let Some(from) = d.from else {
+                        continue; // not an IP datagram: nothing to answer
+                    };
+                    let at = match d.stamp {
                         Some(stamp) => {
                             let wall = *wall_now.get_or_insert_with(SystemTime::now);
                             arrival(now, wall, stamp)
                         }
                         None => now,
                     };
-                    f(&buf[..len], from, at);
+                    f(data, from, at);
                 }
-                Ok(None) => return n,
-                Err(e) => {
-                    debug!(error = %e, "rtp receive failed");
-                    return n;
+                read += n;
+                if n < want {
+                    break;
                 }
             }
-        }
-        MAX_PER_TICK
-    }
-
-    /// One waiting datagram (`None` when there is none), from an IP sender.
-    fn recv(
-        &mut self,
-        buf: &mut [u8],
-    ) -> io::Result<Option<(usize, SocketAddr, Option<SystemTime>)>> {
-        loop {
-            let d = match recv_stamped(&*self.sock, buf, &mut self.stamp_space) {
-                Ok(d) => d,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let Some(from) = d.from else {
-                continue; // not an IP datagram: nothing to answer, read the next one
-            };
-            return Ok(Some((d.len, from, d.stamp)));
-        }
+            read
+        })
     }
 }
 
@@ -153,14 +158,13 @@ mod tests {
     #[tokio::test]
     async fn datagrams_waiting_at_a_tick_are_read_with_their_arrival_times() {
         let (mut rx, addr, tx) = bound().await;
-        let mut buf = [0u8; 256];
-        assert_eq!(rx.drain(&mut buf, Instant::now(), |_, _, _| {}), 0);
+        assert_eq!(rx.drain(Instant::now(), |_, _, _| {}), 0);
         // The kernel turns receive stamping on for the whole system lazily (a deferred static
         // key): when no other socket had it on, the first datagrams after enabling it are
         // stamped when read. Let one go through first.
         tx.send_to(b"warm-up", addr).expect("send");
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(rx.drain(&mut buf, Instant::now(), |_, _, _| {}), 1);
+        assert_eq!(rx.drain(Instant::now(), |_, _, _| {}), 1);
 
         tx.send_to(b"first", addr).expect("send");
         std::thread::sleep(Duration::from_millis(30));
@@ -168,9 +172,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         let now = Instant::now();
         let mut got = Vec::new();
-        let n = rx.drain(&mut buf, now, |d, from, at| {
-            got.push((d.to_vec(), from, at))
-        });
+        let n = rx.drain(now, |d, from, at| got.push((d.to_vec(), from, at)));
         assert_eq!(n, 2);
         assert_eq!(got[0].0, b"first");
         assert_eq!(got[1].0, b"second");
@@ -188,11 +190,7 @@ mod tests {
         for _ in 0..(MAX_PER_TICK + 10) {
             tx.send_to(&[0u8; 172], addr).expect("send");
         }
-        let mut buf = [0u8; 256];
-        assert_eq!(
-            rx.drain(&mut buf, Instant::now(), |_, _, _| {}),
-            MAX_PER_TICK
-        );
-        assert_eq!(rx.drain(&mut buf, Instant::now(), |_, _, _| {}), 10);
+        assert_eq!(rx.drain(Instant::now(), |_, _, _| {}), MAX_PER_TICK);
+        assert_eq!(rx.drain(Instant::now(), |_, _, _| {}), 10);
     }
 }

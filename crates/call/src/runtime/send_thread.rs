@@ -61,13 +61,19 @@ struct Queue {
     /// new packet wakes it).
     sleeping_until: Option<Instant>,
     handles: usize,
+    /// Packet buffers given back by the thread once sent, reused by the next packets: no
+    /// allocation per packet once as many are in use as the busiest millisecond needed.
+    free: Vec<Vec<u8>>,
 }
+
+/// Spare packet buffers kept at most (~0.5 MB of 256-byte packets).
+const MAX_FREE: usize = 2048;
 
 #[derive(Debug)]
 struct Item {
     at: Instant,
     seq: u64,
-    packet: Box<[u8]>,
+    packet: Vec<u8>,
     to: SocketAddr,
     stream: Arc<Stream>,
 }
@@ -91,13 +97,13 @@ impl Ord for Item {
 
 /// One call's RTP stream as the thread sees it: the socket and the call's send clock.
 #[derive(Debug)]
-pub(crate) struct Stream {
+pub struct Stream {
     sock: Arc<UdpSocket>,
     clock: Mutex<SendClock>,
 }
 
 impl Stream {
-    pub(crate) fn new(sock: Arc<UdpSocket>) -> Arc<Stream> {
+    pub fn new(sock: Arc<UdpSocket>) -> Arc<Stream> {
         Arc::new(Stream {
             sock,
             clock: Mutex::new(SendClock::default()),
@@ -135,28 +141,25 @@ impl RtpSendThread {
     }
 
     /// When a packet given `at` actually becomes due (`at` rounded down to the grid).
-    pub(crate) fn slot(&self, at: Instant) -> Instant {
+    pub fn slot(&self, at: Instant) -> Instant {
         self.shared.on_grid(at)
     }
 
     /// Send `packet` to `to` on `stream` at `at` (at once if that has passed). A stream's
     /// packets leave in the order given for equal or increasing `at`. Returns the packet's id
     /// for [`RtpSendThread::replace`].
-    pub(crate) fn send_at(
-        &self,
-        at: Instant,
-        stream: &Arc<Stream>,
-        packet: &[u8],
-        to: SocketAddr,
-    ) -> u64 {
+    pub fn send_at(&self, at: Instant, stream: &Arc<Stream>, packet: &[u8], to: SocketAddr) -> u64 {
         let at = self.shared.on_grid(at);
         let mut q = lock(&self.shared.queue);
         let seq = q.next_seq;
         q.next_seq += 1;
+        let mut buf = q.free.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(packet);
         q.heap.push(Reverse(Item {
             at,
             seq,
-            packet: packet.into(),
+            packet: buf,
             to,
             stream: stream.clone(),
         }));
@@ -172,14 +175,17 @@ impl RtpSendThread {
 
     /// Replace the content of the queued packet `id` (same send time and destination). False
     /// when it is no longer queued (being sent or sent): then nothing changes.
-    pub(crate) fn replace(&self, id: u64, packet: &[u8]) -> bool {
+    pub fn replace(&self, id: u64, packet: &[u8]) -> bool {
         let mut q = lock(&self.shared.queue);
         // The send time (the heap's order) does not change: the vector stays a valid heap.
         let mut items = std::mem::take(&mut q.heap).into_vec();
         let found = items
             .iter_mut()
             .find(|Reverse(i)| i.seq == id)
-            .map(|Reverse(i)| i.packet = packet.into())
+            .map(|Reverse(i)| {
+                i.packet.clear();
+                i.packet.extend_from_slice(packet);
+            })
             .is_some();
         q.heap = BinaryHeap::from(items);
         found
@@ -217,8 +223,11 @@ impl Shared {
 
     fn run(&self) {
         let mut due: Vec<Item> = Vec::new();
+        let mut spent: Vec<Vec<u8>> = Vec::new();
         let mut q = lock(&self.queue);
         loop {
+            let room = MAX_FREE.saturating_sub(q.free.len());
+            q.free.extend(spent.drain(..).take(room));
             let now = Instant::now();
             // Take everything due.
             while q.heap.peek().is_some_and(|Reverse(i)| i.at <= now) {
@@ -229,7 +238,7 @@ impl Shared {
             if !due.is_empty() {
                 q.sleeping_until = None;
                 drop(q);
-                self.send_all(&mut due);
+                self.send_all(&mut due, &mut spent);
                 q = lock(&self.queue);
                 continue;
             }
@@ -258,7 +267,8 @@ impl Shared {
         }
     }
 
-    fn send_all(&self, due: &mut Vec<Item>) {
+    /// Send `due`, keeping each packet's buffer in `spent` for reuse.
+    fn send_all(&self, due: &mut Vec<Item>, spent: &mut Vec<Vec<u8>>) {
         for item in due.drain(..) {
             let res = item.stream.sock.send_to(&item.packet, item.to);
             if let Some(h) = self.pacing.as_deref() {
@@ -269,6 +279,7 @@ impl Shared {
             {
                 debug!(error = %e, to = %item.to, "rtp send failed");
             }
+            spent.push(item.packet);
         }
     }
 }
