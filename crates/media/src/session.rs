@@ -451,21 +451,22 @@ impl MediaSession {
             self.handle_rtcp(datagram, from, now);
             return;
         }
-        let decrypted;
-        let bytes: &[u8] = match &mut self.srtp {
-            Some(s) => match s.unprotect_rtp(datagram) {
-                Ok(b) => {
-                    decrypted = b;
-                    &decrypted
-                }
-                Err(e) => {
-                    tracing::trace!(%e, %from, "srtp: packet rejected");
-                    self.stats.srtp_failures += 1;
-                    return;
-                }
-            },
-            None => datagram,
+        let Some(s) = &mut self.srtp else {
+            self.handle_plain_rtp(datagram, from, now);
+            return;
         };
+        let mut plain = [0u8; MAX_DATAGRAM];
+        match s.unprotect_rtp_into(datagram, &mut plain) {
+            Ok(n) => self.handle_plain_rtp(&plain[..n], from, now),
+            Err(e) => {
+                tracing::trace!(%e, %from, "srtp: packet rejected");
+                self.stats.srtp_failures += 1;
+            }
+        }
+    }
+
+    /// A (decrypted) RTP packet.
+    fn handle_plain_rtp(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) {
         let Ok(pkt) = parse_rtp(bytes) else {
             self.stats.malformed += 1;
             return;
@@ -602,21 +603,22 @@ impl MediaSession {
 
     /// A datagram arrived on the RTCP port.
     pub fn handle_rtcp(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
-        let decrypted;
-        let bytes: &[u8] = match &mut self.srtp {
-            Some(s) => match s.unprotect_rtcp(datagram) {
-                Ok(b) => {
-                    decrypted = b;
-                    &decrypted
-                }
-                Err(e) => {
-                    tracing::trace!(%e, %from, "srtp: packet rejected");
-                    self.stats.srtp_failures += 1;
-                    return;
-                }
-            },
-            None => datagram,
+        let Some(s) = &mut self.srtp else {
+            self.handle_plain_rtcp(datagram, from, now);
+            return;
         };
+        let mut plain = [0u8; MAX_DATAGRAM];
+        match s.unprotect_rtcp_into(datagram, &mut plain) {
+            Ok(n) => self.handle_plain_rtcp(&plain[..n], from, now),
+            Err(e) => {
+                tracing::trace!(%e, %from, "srtp: packet rejected");
+                self.stats.srtp_failures += 1;
+            }
+        }
+    }
+
+    /// A (decrypted) RTPC packet.
+    fn handle_plain_rtcp(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) {
         if for_each_rtcp_item(bytes, |_| {}).is_err() {
             self.stats.malformed += 1;
             return;
@@ -920,17 +922,12 @@ impl MediaSession {
     /// Copy (and SRTP-protect) a packet into `buf`.
     fn finish(&mut self, pkt: &[u8], buf: &mut [u8], rtcp: bool) -> Option<usize> {
         match &mut self.srtp {
-            Some(s) => {
-                let out = if rtcp {
-                    s.protect_rtcp(pkt)
-                } else {
-                    s.protect_rtp(pkt)
-                }
-                .ok()?;
-                let dst = buf.get_mut(..out.len())?;
-                dst.copy_from_slice(&out);
-                Some(out.len())
+            Some(s) => if rtcp {
+                s.protect_rtcp_into(pkt, buf)
+            } else {
+                s.protect_rtp_into(pkt, buf)
             }
+            .ok(),
             None => {
                 let dst = buf.get_mut(..pkt.len())?;
                 dst.copy_from_slice(pkt);
@@ -993,6 +990,9 @@ impl MediaSession {
         })
     }
 }
+
+/// The largest SRTP/SRTCP datagram decrypted (a longer one is refused as malformed).
+const MAX_DATAGRAM: usize = 2048;
 
 /// Frames per second of the pacer (for callers sizing timers).
 pub const FRAMES_PER_SECOND: u32 = (1000 / TICK.as_millis()) as u32;

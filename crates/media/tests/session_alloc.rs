@@ -4,9 +4,9 @@
 //! chunks ahead of the paced output, late-audio swaps, barge-in flushes, RFC 4733 DTMF both
 //! ways, RTCP reports — and asserts zero allocations, reallocations included.
 //!
-//! What is *not* covered: SRTP (the `webrtc-srtp` crate allocates a `Bytes` per packet, see
-//! docs/PERFORMANCE.md) and the I/O around the session (sockets, the send thread, the agent
-//! WebSocket), which have their own notes.
+//! The same with SRTP (AES-CM + HMAC-SHA1 both ways, SRTCP). The I/O around the session is
+//! covered by the call crate's `media_path_alloc` test; the agent WebSocket is not (each
+//! 40 ms chunk is a JSON + base64 message).
 #![allow(clippy::disallowed_methods)] // Instant::now: a fixed origin for virtual time
 #![allow(clippy::unwrap_used)]
 
@@ -18,6 +18,7 @@ use trunkline_media::G711;
 use trunkline_media::jitter::FrameKind;
 use trunkline_media::rtcp::WallClock;
 use trunkline_media::session::{MediaConfig, MediaEvent, MediaSession, PacketKind};
+use trunkline_media::srtp::{SdesKey, SrtpSuite};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
@@ -29,7 +30,7 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn pair(start: Instant) -> (MediaSession, MediaSession) {
+fn pair(start: Instant, srtp: bool) -> (MediaSession, MediaSession) {
     let wall = WallClock {
         instant: start,
         system: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
@@ -38,6 +39,15 @@ fn pair(start: Instant) -> (MediaSession, MediaSession) {
     a.remote_rtp = Some(addr(PHONE));
     let mut b = MediaConfig::new(G711::Ulaw, 0xBBBB, wall);
     b.remote_rtp = Some(addr(GW));
+    if srtp {
+        let key = |seed: u8| SdesKey {
+            tag: 1,
+            suite: SrtpSuite::AesCm128HmacSha1_80,
+            material: std::array::from_fn(|i| seed.wrapping_mul(i as u8 + 1)),
+        };
+        a.srtp = Some((key(3), key(7)));
+        b.srtp = Some((key(7), key(3)));
+    }
     (MediaSession::new(a).unwrap(), MediaSession::new(b).unwrap())
 }
 
@@ -147,8 +157,14 @@ fn run(
 
 #[test]
 fn no_allocation_per_packet_in_a_warmed_up_session() {
+    for srtp in [false, true] {
+        sixty_seconds(srtp);
+    }
+}
+
+fn sixty_seconds(srtp: bool) {
     let start = Instant::now();
-    let (mut gw, mut phone) = pair(start);
+    let (mut gw, mut phone) = pair(start, srtp);
     gw.start(start);
     phone.start(start);
     // Warm-up: every queue reaches the size this traffic needs.
@@ -166,15 +182,17 @@ fn no_allocation_per_packet_in_a_warmed_up_session() {
     // The path was exercised: a packet every tick, reports, digits, swaps, flushes.
     assert_eq!(seen.gw_rtp, 3000 + seen.swaps, "{seen:?}");
     assert!(seen.gw_rtcp >= 5, "{seen:?}");
+    assert_eq!(gw.stats().srtp_failures + phone.stats().srtp_failures, 0);
     assert!(
         seen.phone_audio_frames > 1500 && seen.gw_audio_frames > 2500,
         "{seen:?}"
     );
     assert_eq!((seen.dtmf_at_gw, seen.dtmf_at_phone), (12, 12), "{seen:?}");
-    assert!(seen.swaps > 0 && seen.flushed > 0, "{seen:?}");
+    // (SRTP never swaps a packet: one packet index is never protected twice.)
+    assert!((seen.swaps > 0) != srtp && seen.flushed > 0, "{seen:?}");
     assert_eq!(
         (stats.allocations, stats.reallocations),
         (0, 0),
-        "allocations in 60 s of media: {stats:?}"
+        "allocations in 60 s of media (SRTP {srtp}): {stats:?}"
     );
 }

@@ -10,7 +10,7 @@ use aes::cipher::{BlockEncrypt, KeyInit, generic_array::GenericArray};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use trunkline_media::rtp::{RtpHeader, parse_rtp, write_rtp};
-use trunkline_media::srtp::{SdesKey, SrtpSession, SrtpSuite};
+use trunkline_media::srtp::{SdesKey, SrtpError, SrtpSession, SrtpSuite};
 
 fn hex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
@@ -196,4 +196,109 @@ fn round_trip_both_suites_across_sequence_wrap_and_rejects_tampering_and_replay(
                 .is_err()
         );
     }
+}
+
+/// webrtc-rs `webrtc-srtp` (the implementation this crate used before its own) as an
+/// independent peer, both ways, both suites: RTP across a sequence-number wrap (the rollover
+/// counter), with reordering inside the replay window and two sources interleaved, and SRTCP.
+#[test]
+fn interoperates_with_webrtc_srtp_both_ways() {
+    use webrtc_srtp::context::Context;
+    use webrtc_srtp::protection_profile::ProtectionProfile;
+    for (suite, profile) in [
+        (
+            SrtpSuite::AesCm128HmacSha1_80,
+            ProtectionProfile::Aes128CmHmacSha1_80,
+        ),
+        (
+            SrtpSuite::AesCm128HmacSha1_32,
+            ProtectionProfile::Aes128CmHmacSha1_32,
+        ),
+    ] {
+        let key = SdesKey {
+            tag: 1,
+            suite,
+            material: core::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x5A),
+        };
+        let context = || {
+            Context::new(
+                &key.material[..16],
+                &key.material[16..],
+                profile,
+                None,
+                None,
+            )
+            .unwrap()
+        };
+        let (mut theirs_tx, mut theirs_rx) = (context(), context());
+        let mut ours = SrtpSession::new(&key, &key).unwrap();
+        // Two sources, the second starting just below the wrap, packets 5 and 6 of each
+        // swapped (reordered within the window).
+        let mut order: Vec<(u32, u16)> = Vec::new();
+        for k in 0..200u16 {
+            order.push((0x1111_1111, 65_400u16.wrapping_add(k)));
+            order.push((0x2222_2222, 65_530u16.wrapping_add(k)));
+        }
+        order.swap(10, 12);
+        order.swap(11, 13);
+        for (ssrc, seq) in order {
+            let payload: Vec<u8> = (0..160).map(|i| (i as u16 ^ seq) as u8).collect();
+            let mut p = packet(seq, &payload);
+            p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            // Ours → theirs.
+            let wire = ours.protect_rtp(&p).unwrap();
+            assert_eq!(
+                theirs_rx.decrypt_rtp(&wire).unwrap().to_vec(),
+                p,
+                "{suite:?} ours→theirs {ssrc:x} seq {seq}"
+            );
+            // Theirs → ours.
+            let wire = theirs_tx.encrypt_rtp(&p).unwrap();
+            assert_eq!(
+                ours.unprotect_rtp(&wire).unwrap(),
+                p,
+                "{suite:?} theirs→ours {ssrc:x} seq {seq}"
+            );
+            assert_eq!(ours.unprotect_rtp(&wire), Err(SrtpError::Replayed));
+        }
+        for k in 0..5u8 {
+            let rr = hex(&format!("80c90001 1234567{k}"));
+            let wire = ours.protect_rtcp(&rr).unwrap();
+            assert_eq!(theirs_rx.decrypt_rtcp(&wire).unwrap().to_vec(), rr);
+            let wire = theirs_tx.encrypt_rtcp(&rr).unwrap();
+            assert_eq!(ours.unprotect_rtcp(&wire).unwrap(), rr);
+            assert_eq!(ours.unprotect_rtcp(&wire), Err(SrtpError::Replayed));
+            let mut bad = wire.to_vec();
+            bad[9] ^= 1;
+            assert_eq!(ours.unprotect_rtcp(&bad), Err(SrtpError::Authentication));
+        }
+    }
+}
+
+#[test]
+fn packets_older_than_the_window_and_short_ones_are_refused() {
+    let key = b3_key(SrtpSuite::AesCm128HmacSha1_80);
+    let mut tx = SrtpSession::new(&key, &key).unwrap();
+    let mut rx = SrtpSession::new(&key, &key).unwrap();
+    let wires: Vec<Vec<u8>> = (0..100u16)
+        .map(|seq| tx.protect_rtp(&packet(seq, &[7; 160])).unwrap())
+        .collect();
+    assert!(rx.unprotect_rtp(&wires[99]).is_ok());
+    // 99 − 35 = 64 behind the highest: outside the 64-packet window; 36 is inside.
+    assert_eq!(rx.unprotect_rtp(&wires[35]), Err(SrtpError::Replayed));
+    assert!(rx.unprotect_rtp(&wires[36]).is_ok());
+    assert_eq!(rx.unprotect_rtp(&wires[36]), Err(SrtpError::Replayed));
+    for len in [0, 5, 11, 21] {
+        assert_eq!(
+            rx.unprotect_rtp(&wires[50][..len]),
+            Err(SrtpError::Malformed),
+            "{len}"
+        );
+    }
+    assert_eq!(rx.unprotect_rtcp(&[0x80; 21]), Err(SrtpError::Malformed));
+    let mut out = [0u8; 100];
+    assert_eq!(
+        tx.protect_rtp_into(&packet(100, &[7; 160]), &mut out),
+        Err(SrtpError::BufferTooSmall)
+    );
 }
