@@ -118,6 +118,21 @@ async fn no_allocation_per_packet_on_a_calls_rtp_path() {
 
     let mut warm = Counts::default();
     run(&mut leg, start, 0, 250, &mut warm);
+    // The send thread's buffer pool grows to the most packets ever in flight at once (queued,
+    // or being sent while the thread is descheduled): fill it as a burst of 128 calls would,
+    // so that a stalled send thread below is not counted as an allocation per packet (a
+    // first version of this test, warmed by one call alone, failed once in CI with one).
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let burst_at = Instant::now() + Duration::from_millis(20);
+    for _ in 0..128 {
+        leg.sender.send_at(
+            burst_at,
+            &leg.stream,
+            &[0x80; 172],
+            sink.local_addr().unwrap(),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
     let mut c = Counts::default();
     let region = Region::new(GLOBAL);
     run(&mut leg, start, 250, 1250, &mut c);
