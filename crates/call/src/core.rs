@@ -885,6 +885,7 @@ impl Call {
         up.late = s.jitter_buffer.late;
         up.underruns = s.jitter_buffer.underruns;
         up.dropped_samples = s.jitter_buffer.samples_dropped;
+        up.dropped_forced_samples = s.jitter_buffer.samples_dropped_forced;
         up.audio_frames = s.jitter_buffer.frames_audio;
         let down = &mut self.record.downlink;
         down.packets = s.rtp_sent;

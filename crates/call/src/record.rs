@@ -154,6 +154,11 @@ pub struct AudioStats {
     /// Samples the jitter buffer skipped to shrink its depth (quiet frames; uplink only).
     #[serde(default)]
     pub dropped_samples: u64,
+    /// Of `dropped_samples`, those skipped without the quiet check (a burst over the jitter
+    /// buffer's maximum delay, or the last resort after 10 s too deep): audio that may have been
+    /// speech (uplink only).
+    #[serde(default)]
+    pub dropped_forced_samples: u64,
     /// 20 ms frames of audio (downlink: agent speech frames sent).
     pub audio_frames: u64,
     /// 20 ms frames of comfort silence (downlink).

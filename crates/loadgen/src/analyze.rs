@@ -131,6 +131,52 @@ pub struct Integrity {
     /// gateway's jitter buffer may skip to shrink its depth): the samples deleted in all. `None`
     /// if anything else differs, or a deleted stretch held louder audio (speech lost).
     pub deleted_only: Option<usize>,
+    /// When `deleted_only` is `None` with a difference: the first one deletions of quiet audio
+    /// do not explain.
+    pub unexplained: Option<Unexplained>,
+}
+
+/// A difference that deletions of quiet audio do not explain (`at`: samples of what the agent
+/// heard, from the alignment point, 8 kHz).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unexplained {
+    /// Less than 40 ms before the end of what the agent heard: too close to tell.
+    NearEnd { at: usize },
+    /// Phone audio missing there, but louder than quiet (peak of the missing stretch).
+    LoudDeleted {
+        at: usize,
+        samples: usize,
+        peak: i16,
+    },
+    /// Not a deletion: samples inserted (+) or replaced (0), or no realignment within 100 ms.
+    NotDeleted { at: usize, shift: Option<i64> },
+    /// More than 64 differences.
+    TooMany,
+}
+
+impl std::fmt::Display for Unexplained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |at: &usize| *at as f64 / 8000.0;
+        match self {
+            Self::NearEnd { at } => {
+                write!(f, "a difference at {:.2}s, < 40 ms before the end", s(at))
+            }
+            Self::LoudDeleted { at, samples, peak } => {
+                write!(
+                    f,
+                    "{samples} samples missing at {:.2}s, peak {peak} (not quiet)",
+                    s(at)
+                )
+            }
+            Self::NotDeleted { at, shift: Some(d) } => {
+                write!(f, "{d:+} samples at {:.2}s (not a deletion)", s(at))
+            }
+            Self::NotDeleted { at, shift: None } => {
+                write!(f, "no realignment within 100 ms after {:.2}s", s(at))
+            }
+            Self::TooMany => write!(f, "more than 64 differences"),
+        }
+    }
 }
 
 impl Integrity {
@@ -180,7 +226,13 @@ pub fn integrity(heard: &[i16], played: &[i16]) -> Integrity {
     }
     out.deleted_only = match out.first_mismatch {
         None => Some(0),
-        Some(_) => only_deletions(heard, played, a, f * 160).map(|d| d.iter().map(|x| x.1).sum()),
+        Some(_) => match only_deletions(heard, played, a, f * 160) {
+            Ok(d) => Some(d.iter().map(|x| x.1).sum()),
+            Err(why) => {
+                out.unexplained = Some(why);
+                None
+            }
+        },
     };
     out
 }
@@ -203,38 +255,54 @@ fn only_deletions(
     played: &[i16],
     mut h: usize,
     p: usize,
-) -> Option<Vec<(usize, usize)>> {
+) -> Result<Vec<(usize, usize)>, Unexplained> {
     let n = played.len();
+    let start = h;
     let mut p = p % n;
     let mut deleted = Vec::new();
     for _ in 0..64 {
-        let rest = heard.get(h..)?;
+        let rest = heard.get(h..).unwrap_or_default();
         let Some(i) = rest
             .iter()
             .enumerate()
             .position(|(k, s)| *s != played[(p + k) % n])
         else {
-            return Some(deleted);
+            return Ok(deleted);
         };
+        let at = h + i - start;
         if rest.len() - i < 320 {
-            return None; // a difference too close to the end to tell what it is
+            // A difference too close to the end to tell what it is.
+            return Err(Unexplained::NearEnd { at });
         }
-        match realign(&rest[i..], played, (p + i) % n) {
-            Some(d) if d < 0 => {
-                let d = d.unsigned_abs() as usize;
-                let quiet = (0..d)
-                    .all(|k| played[(p + i + k) % n].unsigned_abs() <= QUIET_PEAK.unsigned_abs());
-                if !quiet {
-                    return None; // speech went missing: not the jitter buffer's adaptation
+        // Only a deletion is asked for here. In quiet, self-similar audio an insertion can also
+        // realign (a load run once showed "+328 inserted" where the gateway had skipped 480
+        // quiet samples), and the generic `realign` tries insertions first at each distance.
+        // A wrong guess cannot explain the call: everything after must still match.
+        match deletion_at(&rest[i..], played, (p + i) % n) {
+            Some(d) => {
+                let peak = (0..d)
+                    .map(|k| played[(p + i + k) % n].saturating_abs())
+                    .max()
+                    .unwrap_or(0);
+                if peak > QUIET_PEAK {
+                    // Speech went missing: not the jitter buffer's adaptation.
+                    return Err(Unexplained::LoudDeleted {
+                        at,
+                        samples: d,
+                        peak,
+                    });
                 }
                 h += i;
                 deleted.push((h, d));
                 p = (p + i + d) % n;
             }
-            _ => return None,
+            None => {
+                let shift = realign(&rest[i..], played, (p + i) % n);
+                return Err(Unexplained::NotDeleted { at, shift });
+            }
         }
     }
-    None
+    Err(Unexplained::TooMany)
 }
 
 /// Gateway-added uplink latency of each caller chunk the agent received: the chunk's arrival at
@@ -430,11 +498,7 @@ pub fn downlink_latency(call: &TrunkCall, sent: &[AudioSent], audio: &[u8]) -> D
 /// The shift (−800..=800 samples) after which `heard` continues `played` from `pos` for 320
 /// samples.
 fn realign(heard: &[i16], played: &[i16], pos: usize) -> Option<i64> {
-    let n = played.len() as i64;
-    let matches = |h: usize, p: i64| {
-        heard.len() >= h + 320
-            && (0..320).all(|k| heard[h + k] == played[((p + k as i64).rem_euclid(n)) as usize])
-    };
+    let matches = |h: usize, p: i64| matches_at(heard, played, h, p);
     (1..=800i64).find_map(|d| {
         if matches(d as usize, pos as i64) {
             Some(d)
@@ -446,6 +510,18 @@ fn realign(heard: &[i16], played: &[i16], pos: usize) -> Option<i64> {
             None
         }
     })
+}
+
+/// `heard[h..h + 320]` is the looped `played` from `p`.
+fn matches_at(heard: &[i16], played: &[i16], h: usize, p: i64) -> bool {
+    let n = played.len() as i64;
+    heard.len() >= h + 320
+        && (0..320).all(|k| heard[h + k] == played[((p + k as i64).rem_euclid(n)) as usize])
+}
+
+/// The fewest samples (≤ 800) of `played` from `pos` whose deletion realigns `heard` for 320.
+fn deletion_at(heard: &[i16], played: &[i16], pos: usize) -> Option<usize> {
+    (1..=800).find(|&d| matches_at(heard, played, 0, (pos + d) as i64))
 }
 
 #[cfg(test)]
@@ -690,6 +766,13 @@ mod tests {
         assert_eq!(shifted.first_mismatch, Some(800));
         assert_eq!(shifted.shift, Some(160));
         assert_eq!(shifted.deleted_only, None, "an insertion is not a deletion");
+        assert_eq!(
+            shifted.unexplained,
+            Some(Unexplained::NotDeleted {
+                at: 800,
+                shift: Some(160)
+            })
+        );
         // Two quiet frames missing at different places: deletions of 160 + 320 explain
         // everything…
         let mut quiet_gaps = played.clone();
@@ -705,6 +788,7 @@ mod tests {
         let missing = integrity(&del, &quiet_gaps);
         assert_eq!(missing.shift, Some(-160));
         assert_eq!(missing.deleted_only, Some(480));
+        assert_eq!(missing.unexplained, None);
         assert_eq!(
             deletions(&del, &quiet_gaps, &missing),
             vec![(1280, 160), (1600, 320)],
@@ -714,7 +798,25 @@ mod tests {
         // …unless something else differs too…
         let last = del.len() - 400;
         del[last] ^= 0x55;
-        assert_eq!(integrity(&del, &quiet_gaps).deleted_only, None);
+        let also = integrity(&del, &quiet_gaps);
+        assert_eq!(also.deleted_only, None);
+        assert_eq!(
+            also.unexplained,
+            Some(Unexplained::NotDeleted {
+                at: last - 480,
+                shift: Some(0)
+            }),
+            "counted in what the agent heard, from the alignment point"
+        );
+        // A difference in the last 40 ms cannot be told apart.
+        let mut cut = vec![0i16; 480];
+        cut.extend(played.iter().chain(played.iter()));
+        let tail = cut.len() - 100;
+        cut[tail] = 9999;
+        assert!(matches!(
+            integrity(&cut, &played).unexplained,
+            Some(Unexplained::NearEnd { .. })
+        ));
         // …or a deleted frame was loud (speech lost, not the jitter buffer's adaptation).
         let mut loud_del = vec![0i16; 480];
         loud_del.extend(&played[..800]);
@@ -722,8 +824,49 @@ mod tests {
         let lost = integrity(&loud_del, &played);
         assert_eq!(lost.shift, Some(-160));
         assert_eq!(lost.deleted_only, None, "a loud frame deleted");
+        assert!(
+            matches!(
+                lost.unexplained,
+                Some(Unexplained::LoudDeleted {
+                    at: 800,
+                    samples: 160,
+                    peak
+                }) if peak > QUIET_PEAK
+            ),
+            "{:?}",
+            lost.unexplained
+        );
+        assert_eq!(
+            lost.unexplained.map(|u| u.to_string()).unwrap_or_default(),
+            format!(
+                "160 samples missing at 0.10s, peak {} (not quiet)",
+                played[800..960].iter().map(|s| s.abs()).max().unwrap_or(0)
+            )
+        );
         assert_eq!(bad.deleted_only, None, "a sample replaced in place");
         assert_eq!(ok.deleted_only, Some(0));
         assert!(!integrity(&[0; 4000], &played).aligned);
+    }
+
+    #[test]
+    fn a_deletion_in_self_similar_quiet_audio_is_not_taken_for_an_insertion() {
+        // 400 ms of quiet audio repeating every 168 samples between louder audio; 480 samples
+        // of it deleted. Realigning from the first difference, "24 inserted" matches before
+        // "144 deleted" does; only deletions of quiet audio explain the whole call (144 there,
+        // the other 336 where the quiet stretch ends).
+        let mut played: Vec<i16> = (0..1600).map(|i| ((i * 37) % 4000) as i16 - 2000).collect();
+        played.extend((0..3200).map(|i| (i % 168) as i16 + 1));
+        played.extend((0..1600).map(|i| ((i * 53) % 4000) as i16 - 2000));
+        let cut = 1600 + 800;
+        let mut heard = vec![0i16; 480];
+        heard.extend(&played[..cut]);
+        heard.extend(played[cut + 480..].iter().chain(played.iter()));
+        let integ = integrity(&heard, &played);
+        assert_eq!(integ.first_mismatch, Some(cut));
+        assert_eq!(integ.shift, Some(24), "the generic realignment is fooled");
+        assert_eq!(integ.unexplained, None);
+        assert_eq!(integ.deleted_only, Some(480));
+        let total: usize = deletions(&heard, &played, &integ).iter().map(|d| d.1).sum();
+        assert_eq!(total, 480);
     }
 }

@@ -10,6 +10,51 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
 }
 
+/// The summary's line of inexact calls: at most 8, those the gateway does not account for
+/// first (they are what a reader looks for), and how many more the JSON report holds.
+fn defects_line(p: &PhaseReport) -> Option<String> {
+    if p.integrity_defects.is_empty() {
+        return None;
+    }
+    const SHOWN: usize = 8;
+    let unaccounted = p.integrity_defects.iter().filter(|d| !d.accounted);
+    let accounted = p.integrity_defects.iter().filter(|d| d.accounted);
+    let mut d: Vec<String> = unaccounted
+        .chain(accounted)
+        .take(SHOWN)
+        .map(|d| {
+            let sh = d.shift_samples.map_or("?".into(), |v| format!("{v:+}"));
+            let int = d.since_interruption_ms.map_or(String::new(), |v| {
+                format!(" ({v:.0} ms after an interruption)")
+            });
+            let why = match (d.accounted, d.gateway_dropped_samples) {
+                (true, _) => " = jitter-buffer shrink the gateway reports".to_string(),
+                (false, Some(n)) => format!(
+                    " [call {}: {}; gateway skipped {n} samples, {} without the quiet check; \
+                     {} underruns, {} late packets]",
+                    d.call_sid.as_deref().unwrap_or("?"),
+                    d.unexplained.as_deref().unwrap_or("?"),
+                    d.gateway_forced_samples.unwrap_or(0),
+                    d.gateway_underruns.unwrap_or(0),
+                    d.gateway_late_packets.unwrap_or(0),
+                ),
+                (false, None) => String::new(),
+            };
+            format!("{:.2}s:{sh}{int}{why}", d.at_s)
+        })
+        .collect();
+    if p.integrity_defects.len() > SHOWN {
+        d.push(format!(
+            "(and {} more in the JSON report)",
+            p.integrity_defects.len() - SHOWN
+        ));
+    }
+    Some(format!(
+        "       inexact passthrough (first diff s : samples inserted) {}",
+        d.join(" ")
+    ))
+}
+
 /// The table printed at the end.
 pub fn summary_table(r: &RunReport) -> String {
     let mut s = String::new();
@@ -150,29 +195,8 @@ pub fn summary_table(r: &RunReport) -> String {
             pair(p.dtmf_agent_to_phone_sent, p.dtmf_agent_to_phone_delivered),
             p.agent_ended_calls
         );
-        if !p.integrity_defects.is_empty() {
-            let d: Vec<String> = p
-                .integrity_defects
-                .iter()
-                .take(8)
-                .map(|d| {
-                    let sh = d.shift_samples.map_or("?".into(), |v| format!("{v:+}"));
-                    let int = d.since_interruption_ms.map_or(String::new(), |v| {
-                        format!(" ({v:.0} ms after an interruption)")
-                    });
-                    let why = if d.accounted {
-                        " = jitter-buffer shrink the gateway reports"
-                    } else {
-                        ""
-                    };
-                    format!("{:.2}s:{sh}{int}{why}", d.at_s)
-                })
-                .collect();
-            let _ = writeln!(
-                s,
-                "       inexact passthrough (first diff s : samples inserted) {}",
-                d.join(" ")
-            );
+        if let Some(line) = defects_line(p) {
+            let _ = writeln!(s, "{line}");
         }
         for (why, n) in &p.failures {
             let _ = writeln!(s, "       failed ×{n}: {why}");
@@ -492,5 +516,42 @@ mod tests {
         let l = svg_lines("t", "x", "y", &[("s", vec![(1.0, 2.0), (2.0, 3.0)])]);
         assert!(l.contains("<polyline"));
         assert!(!l.contains("NaN"));
+    }
+
+    #[test]
+    fn unaccounted_defects_are_listed_first() {
+        use crate::results::Defect;
+        let shrink = Defect {
+            at_s: 1.0,
+            shift_samples: Some(-80),
+            accounted: true,
+            ..Defect::default()
+        };
+        let lost = Defect {
+            at_s: 9.5,
+            shift_samples: Some(-160),
+            gateway_dropped_samples: Some(640),
+            gateway_forced_samples: Some(480),
+            gateway_underruns: Some(2),
+            gateway_late_packets: Some(1),
+            call_sid: Some("CA1".into()),
+            unexplained: Some("160 samples missing at 9.50s, peak 3000 (not quiet)".into()),
+            ..Defect::default()
+        };
+        let mut p = PhaseReport::default();
+        assert_eq!(defects_line(&p), None);
+        p.integrity_defects = vec![shrink; 11];
+        p.integrity_defects.push(lost);
+        let line = defects_line(&p).unwrap_or_default();
+        let first = line
+            .find(
+                "9.50s:-160 [call CA1: 160 samples missing at 9.50s, peak 3000 (not quiet); \
+                 gateway skipped 640 samples, 480 without the quiet check; 2 underruns, 1 late \
+                 packets]",
+            )
+            .expect("the unaccounted one is shown");
+        assert!(first < line.find("1.00s:-80").unwrap_or(0), "{line}");
+        assert_eq!(line.matches("1.00s:-80").count(), 7, "{line}");
+        assert!(line.ends_with("(and 4 more in the JSON report)"), "{line}");
     }
 }

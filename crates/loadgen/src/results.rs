@@ -191,7 +191,7 @@ pub struct Sample {
 }
 
 /// Where one agent connection's audio stopped matching the phone's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Defect {
     /// Seconds after the alignment point.
     pub at_s: f64,
@@ -204,9 +204,20 @@ pub struct Defect {
     /// Samples the gateway reports its jitter buffer skipped on purpose in this call (quiet
     /// frames, to shrink its depth: `uplink.dropped_samples` of the call record).
     pub gateway_dropped_samples: Option<u64>,
+    /// Of those, the samples it skipped without the quiet check (a burst over its maximum
+    /// delay, or the last resort): possibly speech (`uplink.dropped_forced_samples`).
+    pub gateway_forced_samples: Option<u64>,
+    /// Frames the gateway's jitter buffer concealed for lack of audio (`uplink.underruns`).
+    pub gateway_underruns: Option<u64>,
+    /// Packets that reached the gateway too late to play (`uplink.late`).
+    pub gateway_late_packets: Option<u64>,
     /// The difference is exactly that: deletions adding up to the samples the gateway reports
     /// having skipped, everything else sample-exact. Adaptation, not loss.
     pub accounted: bool,
+    /// The gateway's call id, to look the call up (`GET /api/calls/{sid}`, its logs).
+    pub call_sid: Option<String>,
+    /// The first difference that deletions of quiet audio do not explain, in words.
+    pub unexplained: Option<String>,
 }
 
 /// The gateway's own send-pacing histogram over one level. Quantiles are bucket upper bounds

@@ -854,10 +854,13 @@ async fn run_phase(
                 });
                 // The gateway's own account of the call: did its jitter buffer skip exactly
                 // the missing samples (quiet audio, to shrink its depth)?
-                let dropped = match (&ctx.target.api, r.dynamic_variables.get("call_sid")) {
-                    (Some(api), Some(sid)) => gateway_dropped_samples(api, sid).await,
+                let sid = r.dynamic_variables.get("call_sid");
+                let up = match (&ctx.target.api, sid) {
+                    (Some(api), Some(sid)) => gateway_uplink(api, sid).await,
                     _ => None,
                 };
+                let field = |k: &str| up.as_ref().and_then(|u| u[k].as_u64());
+                let (dropped, forced) = (field("dropped_samples"), field("dropped_forced_samples"));
                 // Every stretch missing is quiet audio and the gateway reports skipping at
                 // least that much. It may report more: a frame skipped after the last chunk the
                 // agent received (a call the agent ends) never shows in what it heard.
@@ -873,7 +876,12 @@ async fn run_phase(
                     mismatched_samples: one.mismatched,
                     since_interruption_ms,
                     gateway_dropped_samples: dropped,
+                    gateway_forced_samples: forced,
+                    gateway_underruns: field("underruns"),
+                    gateway_late_packets: field("late"),
                     accounted: is_accounted,
+                    call_sid: sid.cloned(),
+                    unexplained: one.unexplained.map(|u| u.to_string()),
                 });
             }
             integ.compared += one.compared;
@@ -1233,10 +1241,11 @@ async fn node_counters(ctx: &Ctx) -> (Vec<(u64, f64)>, Option<f64>) {
     (nodes, kam)
 }
 
-/// `uplink.dropped_samples` of the gateway's record of call `sid` (`GET /api/calls/{sid}`):
-/// the samples its jitter buffer skipped on purpose.
-async fn gateway_dropped_samples(api: &GatewayApi, sid: &str) -> Option<u64> {
-    api.call_record(sid).await?["uplink"]["dropped_samples"].as_u64()
+/// The `uplink` statistics of the gateway's record of call `sid` (`GET /api/calls/{sid}`):
+/// `dropped_samples` (skipped on purpose by its jitter buffer), `dropped_forced_samples` (of
+/// those, without the quiet check), `underruns`, `late`.
+async fn gateway_uplink(api: &GatewayApi, sid: &str) -> Option<serde_json::Value> {
+    Some(api.call_record(sid).await?["uplink"].take())
 }
 
 /// The gateway's own send-pacing histogram (`trunkline_rtp_send_pacing_seconds` on

@@ -32,7 +32,7 @@ use crate::rtcp::{
     write_compound,
 };
 use crate::rtp::{RtpHeader, is_rtcp, parse_rtp, write_rtp};
-use crate::srtp::{SdesKey, SrtpError, SrtpSession};
+use crate::srtp::{SdesKey, SrtpError, SrtpSession, Transform};
 
 /// Payload types negotiated in SDP (`None` = not negotiated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,13 +451,32 @@ impl MediaSession {
             self.handle_rtcp(datagram, from, now);
             return;
         }
+        self.receive(
+            datagram,
+            from,
+            now,
+            SrtpSession::unprotect_rtp_into,
+            Self::handle_plain_rtp,
+        );
+    }
+
+    /// A datagram handed to `handle` as it is, or with SRTP once `unprotect` has decrypted and
+    /// authenticated it into a stack buffer (a rejected one is counted and dropped).
+    fn receive(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        now: Instant,
+        unprotect: Transform,
+        handle: fn(&mut Self, &[u8], SocketAddr, Instant),
+    ) {
         let Some(s) = &mut self.srtp else {
-            self.handle_plain_rtp(datagram, from, now);
+            handle(self, datagram, from, now);
             return;
         };
         let mut plain = [0u8; MAX_DATAGRAM];
-        match s.unprotect_rtp_into(datagram, &mut plain) {
-            Ok(n) => self.handle_plain_rtp(&plain[..n], from, now),
+        match unprotect(s, datagram, &mut plain) {
+            Ok(n) => handle(self, &plain[..n], from, now),
             Err(e) => {
                 tracing::trace!(%e, %from, "srtp: packet rejected");
                 self.stats.srtp_failures += 1;
@@ -603,21 +622,16 @@ impl MediaSession {
 
     /// A datagram arrived on the RTCP port.
     pub fn handle_rtcp(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
-        let Some(s) = &mut self.srtp else {
-            self.handle_plain_rtcp(datagram, from, now);
-            return;
-        };
-        let mut plain = [0u8; MAX_DATAGRAM];
-        match s.unprotect_rtcp_into(datagram, &mut plain) {
-            Ok(n) => self.handle_plain_rtcp(&plain[..n], from, now),
-            Err(e) => {
-                tracing::trace!(%e, %from, "srtp: packet rejected");
-                self.stats.srtp_failures += 1;
-            }
-        }
+        self.receive(
+            datagram,
+            from,
+            now,
+            SrtpSession::unprotect_rtcp_into,
+            Self::handle_plain_rtcp,
+        );
     }
 
-    /// A (decrypted) RTPC packet.
+    /// A (decrypted) RTCP packet.
     fn handle_plain_rtcp(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) {
         if for_each_rtcp_item(bytes, |_| {}).is_err() {
             self.stats.malformed += 1;

@@ -498,36 +498,40 @@ impl SrtpSession {
 
     /// [`SrtpSession::protect_rtp_into`] into a new vector (tests and tools).
     pub fn protect_rtp(&mut self, packet: &[u8]) -> Result<Vec<u8>, SrtpError> {
-        let mut out = vec![0; packet.len() + MAX_OVERHEAD];
-        let n = self.protect_rtp_into(packet, &mut out)?;
-        out.truncate(n);
-        Ok(out)
+        self.vec_from(packet, MAX_OVERHEAD, Self::protect_rtp_into)
     }
 
     /// [`SrtpSession::unprotect_rtp_into`] into a new vector (tests and tools).
     pub fn unprotect_rtp(&mut self, packet: &[u8]) -> Result<Vec<u8>, SrtpError> {
-        let mut out = vec![0; packet.len()];
-        let n = self.unprotect_rtp_into(packet, &mut out)?;
-        out.truncate(n);
-        Ok(out)
+        self.vec_from(packet, 0, Self::unprotect_rtp_into)
     }
 
     /// [`SrtpSession::protect_rtcp_into`] into a new vector (tests and tools).
     pub fn protect_rtcp(&mut self, packet: &[u8]) -> Result<Vec<u8>, SrtpError> {
-        let mut out = vec![0; packet.len() + MAX_OVERHEAD];
-        let n = self.protect_rtcp_into(packet, &mut out)?;
-        out.truncate(n);
-        Ok(out)
+        self.vec_from(packet, MAX_OVERHEAD, Self::protect_rtcp_into)
     }
 
     /// [`SrtpSession::unprotect_rtcp_into`] into a new vector (tests and tools).
     pub fn unprotect_rtcp(&mut self, packet: &[u8]) -> Result<Vec<u8>, SrtpError> {
-        let mut out = vec![0; packet.len()];
-        let n = self.unprotect_rtcp_into(packet, &mut out)?;
+        self.vec_from(packet, 0, Self::unprotect_rtcp_into)
+    }
+
+    /// One of the `_into` transforms into a new vector of the packet's length + `grow`.
+    fn vec_from(
+        &mut self,
+        packet: &[u8],
+        grow: usize,
+        transform: Transform,
+    ) -> Result<Vec<u8>, SrtpError> {
+        let mut out = vec![0; packet.len() + grow];
+        let n = transform(self, packet, &mut out)?;
         out.truncate(n);
         Ok(out)
     }
 }
+
+/// One of [`SrtpSession`]'s `_into` transforms: a packet in, its length written to `out`.
+pub type Transform = fn(&mut SrtpSession, &[u8], &mut [u8]) -> Result<usize, SrtpError>;
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
