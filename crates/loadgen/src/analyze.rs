@@ -150,7 +150,7 @@ pub enum Unexplained {
     },
     /// Not a deletion: samples inserted (+) or replaced (0), or no realignment within 100 ms.
     NotDeleted { at: usize, shift: Option<i64> },
-    /// More than 64 differences.
+    /// More than 64 differences, or more deletion points tried than the search allows.
     TooMany,
 }
 
@@ -174,7 +174,7 @@ impl std::fmt::Display for Unexplained {
             Self::NotDeleted { at, shift: None } => {
                 write!(f, "no realignment within 100 ms after {:.2}s", s(at))
             }
-            Self::TooMany => write!(f, "more than 64 differences"),
+            Self::TooMany => write!(f, "more than 64 differences (or too many ways to try)"),
         }
     }
 }
@@ -247,62 +247,114 @@ pub fn deletions(heard: &[i16], played: &[i16], integ: &Integrity) -> Vec<(usize
     only_deletions(heard, played, integ.aligned_at, integ.played_at).unwrap_or_default()
 }
 
+/// Fewest samples kept between two deletions the walk accepts: the jitter buffer plays at least
+/// one 20 ms frame between two skipped ones (a frame just under the quiet threshold, say), and
+/// the first samples after a deletion may equal those deleted, so the run it sees can be short.
+const MIN_KEPT: usize = 80;
+/// Deletion points the walk may try in all before it gives up ([`Unexplained::TooMany`]).
+const WALK_BUDGET: usize = 256;
+
 /// Walk `heard` from `h` against the looped `played` from `p`, realigning at each difference:
 /// each deletion (heard index after it, samples) if deletions of quiet audio alone explain every
 /// difference (the last 320 samples may be cut short by the call's end).
 fn only_deletions(
     heard: &[i16],
     played: &[i16],
-    mut h: usize,
+    h: usize,
     p: usize,
 ) -> Result<Vec<(usize, usize)>, Unexplained> {
-    let n = played.len();
-    let start = h;
-    let mut p = p % n;
-    let mut deleted = Vec::new();
-    for _ in 0..64 {
+    let mut walk = Walk {
+        heard,
+        played,
+        start: h,
+        deleted: Vec::new(),
+        budget: WALK_BUDGET,
+    };
+    walk.from(h, p % played.len())?;
+    Ok(walk.deleted)
+}
+
+/// A depth-first search for quiet deletions that turn the looped `played` into `heard`.
+struct Walk<'a> {
+    heard: &'a [i16],
+    played: &'a [i16],
+    start: usize,
+    deleted: Vec<(usize, usize)>,
+    budget: usize,
+}
+
+impl Walk<'_> {
+    /// Explain everything from `heard[h]` / `played[p]` on. Only deletions are asked for: in
+    /// quiet, self-similar audio an insertion can also realign (a load run once showed "+328
+    /// inserted" where the gateway had skipped 480 quiet samples), and a wrong guess cannot
+    /// explain the call, since everything after must still match. Candidates that realign for
+    /// 320 samples come first, fewest samples first; then those that realign only up to the
+    /// next difference, at least [`MIN_KEPT`] samples on (two frames skipped with one played
+    /// between them, which a 320-sample window cannot see). The error is the first candidate's.
+    fn from(&mut self, h: usize, p: usize) -> Result<(), Unexplained> {
+        let (heard, played) = (self.heard, self.played);
+        let n = played.len();
+        if self.budget == 0 {
+            return Err(Unexplained::TooMany);
+        }
+        self.budget -= 1;
         let rest = heard.get(h..).unwrap_or_default();
         let Some(i) = rest
             .iter()
             .enumerate()
             .position(|(k, s)| *s != played[(p + k) % n])
         else {
-            return Ok(deleted);
+            return Ok(());
         };
-        let at = h + i - start;
+        let at = h + i - self.start;
         if rest.len() - i < 320 {
             // A difference too close to the end to tell what it is.
             return Err(Unexplained::NearEnd { at });
         }
-        // Only a deletion is asked for here. In quiet, self-similar audio an insertion can also
-        // realign (a load run once showed "+328 inserted" where the gateway had skipped 480
-        // quiet samples), and the generic `realign` tries insertions first at each distance.
-        // A wrong guess cannot explain the call: everything after must still match.
-        match deletion_at(&rest[i..], played, (p + i) % n) {
-            Some(d) => {
-                let peak = (0..d)
-                    .map(|k| played[(p + i + k) % n].saturating_abs())
-                    .max()
-                    .unwrap_or(0);
-                if peak > QUIET_PEAK {
-                    // Speech went missing: not the jitter buffer's adaptation.
-                    return Err(Unexplained::LoudDeleted {
-                        at,
-                        samples: d,
-                        peak,
-                    });
+        if self.deleted.len() >= 64 {
+            return Err(Unexplained::TooMany);
+        }
+        let pos = (p + i) % n;
+        let runs: Vec<(usize, usize)> = (1..=800)
+            .map(|d| (d, run_len(&rest[i..], played, pos + d, 320)))
+            .filter(|&(_, run)| run >= MIN_KEPT)
+            .collect();
+        let full = runs.iter().filter(|r| r.1 >= 320);
+        let short = runs.iter().filter(|r| r.1 < 320);
+        let mut first_err = None;
+        for &(d, _) in full.chain(short) {
+            let peak = (0..d)
+                .map(|k| played[(pos + k) % n].saturating_abs())
+                .max()
+                .unwrap_or(0);
+            let result = if peak > QUIET_PEAK {
+                // Speech went missing: not the jitter buffer's adaptation.
+                Err(Unexplained::LoudDeleted {
+                    at,
+                    samples: d,
+                    peak,
+                })
+            } else {
+                self.deleted.push((h + i, d));
+                let r = self.from(h + i, (pos + d) % n);
+                if r.is_err() {
+                    self.deleted.pop();
                 }
-                h += i;
-                deleted.push((h, d));
-                p = (p + i + d) % n;
-            }
-            None => {
-                let shift = realign(&rest[i..], played, (p + i) % n);
-                return Err(Unexplained::NotDeleted { at, shift });
+                r
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(Unexplained::TooMany) => return Err(Unexplained::TooMany),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         }
+        Err(first_err.unwrap_or_else(|| Unexplained::NotDeleted {
+            at,
+            shift: realign(&rest[i..], played, pos),
+        }))
     }
-    Err(Unexplained::TooMany)
 }
 
 /// Gateway-added uplink latency of each caller chunk the agent received: the chunk's arrival at
@@ -519,9 +571,15 @@ fn matches_at(heard: &[i16], played: &[i16], h: usize, p: i64) -> bool {
         && (0..320).all(|k| heard[h + k] == played[((p + k as i64).rem_euclid(n)) as usize])
 }
 
-/// The fewest samples (≤ 800) of `played` from `pos` whose deletion realigns `heard` for 320.
-fn deletion_at(heard: &[i16], played: &[i16], pos: usize) -> Option<usize> {
-    (1..=800).find(|&d| matches_at(heard, played, 0, (pos + d) as i64))
+/// How many samples (up to `max`) `heard` continues the looped `played` from `p`.
+fn run_len(heard: &[i16], played: &[i16], p: usize, max: usize) -> usize {
+    let n = played.len();
+    heard
+        .iter()
+        .take(max)
+        .enumerate()
+        .take_while(|&(k, s)| *s == played[(p + k) % n])
+        .count()
 }
 
 #[cfg(test)]
@@ -868,5 +926,49 @@ mod tests {
         assert_eq!(integ.deleted_only, Some(480));
         let total: usize = deletions(&heard, &played, &integ).iter().map(|d| d.1).sum();
         assert_eq!(total, 480);
+    }
+
+    #[test]
+    fn two_quiet_frames_skipped_around_one_played_frame_are_deletions() {
+        // The jitter buffer skips quiet frames while it is too deep; a frame just over the quiet
+        // threshold is played, and the next quiet one skipped: what the agent hears keeps only
+        // 160 samples between the two deletions, too few for a 320-sample realignment (a load
+        // run showed "+174 samples at 3.26s (not a deletion)" where the gateway had skipped 480).
+        let loud =
+            |k: i32| -> Vec<i16> { (0..800).map(|i| ((i * k) % 4000) as i16 - 2000).collect() };
+        let quiet = |k: i32| -> Vec<i16> { (0..160).map(|i| ((i * k) % 200) as i16 + 1).collect() };
+        let low: Vec<i16> = (0..160).map(|i| ((i * 11) % 600) as i16 - 300).collect();
+        assert!(
+            low.iter().any(|s| s.abs() > QUIET_PEAK),
+            "played, not skipped"
+        );
+        let mut played = loud(37);
+        let q1 = played.len();
+        played.extend(quiet(7));
+        played.extend(&low);
+        let q2 = played.len();
+        played.extend(quiet(13));
+        played.extend(loud(53));
+        let mut heard = vec![0i16; 480];
+        heard.extend(&played[..q1]);
+        heard.extend(&played[q1 + 160..q2]);
+        heard.extend(played[q2 + 160..].iter().chain(played.iter()));
+        let integ = integrity(&heard, &played);
+        assert_eq!(integ.first_mismatch, Some(q1));
+        assert_eq!(integ.unexplained, None, "{:?}", integ.unexplained);
+        assert_eq!(integ.deleted_only, Some(320));
+        assert_eq!(
+            deletions(&heard, &played, &integ),
+            vec![(480 + q1, 160), (480 + q1 + 160, 160)]
+        );
+        // The played frame between them matters: had it been skipped too, speech-level audio
+        // (over the threshold) went missing.
+        let mut lost = vec![0i16; 480];
+        lost.extend(&played[..q1]);
+        lost.extend(played[q2 + 160..].iter().chain(played.iter()));
+        assert!(matches!(
+            integrity(&lost, &played).unexplained,
+            Some(Unexplained::LoudDeleted { samples: 480, .. })
+        ));
     }
 }
