@@ -134,6 +134,9 @@ pub struct Integrity {
     /// When `deleted_only` is `None` with a difference: the first one deletions of quiet audio
     /// do not explain.
     pub unexplained: Option<Unexplained>,
+    /// Samples taken as inserted (concealment and re-anchoring after a jitter-buffer underrun)
+    /// to explain the call with [`integrity_allowing`]; 0 from [`integrity`].
+    pub inserted: usize,
 }
 
 /// A difference that deletions of quiet audio do not explain (`at`: samples of what the agent
@@ -190,6 +193,15 @@ impl Integrity {
 /// `played`, looped: align on the first loud 20 ms frame of the capture, then compare every
 /// following sample.
 pub fn integrity(heard: &[i16], played: &[i16]) -> Integrity {
+    integrity_allowing(heard, played, 0)
+}
+
+/// [`integrity`], where deletions of quiet audio and up to `insertions` stretches of audio
+/// inserted (≤ 2 s each) may explain the differences: what a jitter buffer does after as many
+/// underruns (it conceals the missing frames, then re-anchors the next packet at a deeper target;
+/// nothing the phone sent is lost). `deleted_only` then counts the deletions and `inserted` the
+/// samples inserted.
+pub fn integrity_allowing(heard: &[i16], played: &[i16], insertions: usize) -> Integrity {
     let n = played.len();
     // Align on the first loud frame of the capture that the agent heard (a frame lost on the
     // way must not make the whole call uncheckable).
@@ -226,8 +238,11 @@ pub fn integrity(heard: &[i16], played: &[i16]) -> Integrity {
     }
     out.deleted_only = match out.first_mismatch {
         None => Some(0),
-        Some(_) => match only_deletions(heard, played, a, f * 160) {
-            Ok(d) => Some(d.iter().map(|x| x.1).sum()),
+        Some(_) => match walk(heard, played, a, f * 160, insertions) {
+            Ok(w) => {
+                out.inserted = w.inserted.iter().map(|x| x.1).sum();
+                Some(w.deleted.iter().map(|x| x.1).sum())
+            }
             Err(why) => {
                 out.unexplained = Some(why);
                 None
@@ -244,42 +259,59 @@ pub fn deletions(heard: &[i16], played: &[i16], integ: &Integrity) -> Vec<(usize
     if !integ.aligned || integ.first_mismatch.is_none() || integ.deleted_only.is_none() {
         return Vec::new();
     }
-    only_deletions(heard, played, integ.aligned_at, integ.played_at).unwrap_or_default()
+    walk(heard, played, integ.aligned_at, integ.played_at, 0)
+        .map(|w| w.deleted)
+        .unwrap_or_default()
 }
 
 /// Fewest samples kept between two deletions the walk accepts: the jitter buffer plays at least
 /// one 20 ms frame between two skipped ones (a frame just under the quiet threshold, say), and
 /// the first samples after a deletion may equal those deleted, so the run it sees can be short.
 const MIN_KEPT: usize = 80;
+/// The longest stretch one underrun may insert: the stall it conceals plus the deeper
+/// re-anchoring (load runs on this 2-core machine showed stalls of the phones' sender over
+/// 100 ms, every call at once).
+const MAX_INSERTED: usize = 16_000;
+/// What the gateway's jitter buffer plays for missing audio: the last frame repeated, fading,
+/// for at most 60 ms, then silence. An inserted stretch is quiet after its first 480 samples.
+const CONCEALED: usize = 480;
 /// Deletion points the walk may try in all before it gives up ([`Unexplained::TooMany`]).
 const WALK_BUDGET: usize = 256;
 
-/// Walk `heard` from `h` against the looped `played` from `p`, realigning at each difference:
-/// each deletion (heard index after it, samples) if deletions of quiet audio alone explain every
-/// difference (the last 320 samples may be cut short by the call's end).
-fn only_deletions(
-    heard: &[i16],
-    played: &[i16],
+/// Walk `heard` from `h` against the looped `played` from `p`, realigning at each difference,
+/// if deletions of quiet audio and up to `insertions` insertions explain every difference (the
+/// last 320 samples may be cut short by the call's end): each deletion and insertion (heard
+/// index after it, samples).
+fn walk<'a>(
+    heard: &'a [i16],
+    played: &'a [i16],
     h: usize,
     p: usize,
-) -> Result<Vec<(usize, usize)>, Unexplained> {
+    insertions: usize,
+) -> Result<Walk<'a>, Unexplained> {
     let mut walk = Walk {
         heard,
         played,
         start: h,
         deleted: Vec::new(),
+        inserted: Vec::new(),
+        insertions,
         budget: WALK_BUDGET,
     };
     walk.from(h, p % played.len())?;
-    Ok(walk.deleted)
+    Ok(walk)
 }
 
-/// A depth-first search for quiet deletions that turn the looped `played` into `heard`.
+/// A depth-first search for quiet deletions (and allowed insertions) that turn the looped
+/// `played` into `heard`.
 struct Walk<'a> {
     heard: &'a [i16],
     played: &'a [i16],
     start: usize,
     deleted: Vec<(usize, usize)>,
+    /// (index in `heard` of the first inserted sample, samples inserted).
+    inserted: Vec<(usize, usize)>,
+    insertions: usize,
     budget: usize,
 }
 
@@ -311,7 +343,7 @@ impl Walk<'_> {
             // A difference too close to the end to tell what it is.
             return Err(Unexplained::NearEnd { at });
         }
-        if self.deleted.len() >= 64 {
+        if self.deleted.len() + self.inserted.len() >= 64 {
             return Err(Unexplained::TooMany);
         }
         let pos = (p + i) % n;
@@ -347,6 +379,33 @@ impl Walk<'_> {
                 Err(Unexplained::TooMany) => return Err(Unexplained::TooMany),
                 Err(e) => {
                     first_err.get_or_insert(e);
+                }
+            }
+        }
+        if self.inserted.len() < self.insertions {
+            // Audio the phone never sent (concealment, then silence), then the phone's audio
+            // again with nothing missing.
+            let loud_at = rest
+                .iter()
+                .enumerate()
+                .skip(i + CONCEALED)
+                .find(|(_, s)| s.saturating_abs() > QUIET_PEAK)
+                .map_or(rest.len(), |(k, _)| k);
+            for d in 1..=MAX_INSERTED {
+                if i + d + 320 > rest.len() || i + d > loud_at {
+                    break;
+                }
+                if run_len(&rest[i + d..], played, pos, 320) < 320 {
+                    continue;
+                }
+                self.inserted.push((h + i, d));
+                match self.from(h + i + d, pos) {
+                    Ok(()) => return Ok(()),
+                    Err(Unexplained::TooMany) => return Err(Unexplained::TooMany),
+                    Err(e) => {
+                        self.inserted.pop();
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
         }
@@ -970,5 +1029,68 @@ mod tests {
             integrity(&lost, &played).unexplained,
             Some(Unexplained::LoudDeleted { samples: 480, .. })
         ));
+    }
+
+    #[test]
+    fn an_underrun_inserts_audio_and_later_quiet_skips_take_it_back() {
+        // After an underrun the jitter buffer repeats the last frame fading out, then plays the
+        // next packet re-anchored deeper (silence before it): audio inserted, nothing the phone
+        // sent lost. It later skips quiet frames to shrink back. Load runs at 250 calls showed
+        // such calls as "+338 samples at 3.26s (not a deletion)", the gateway reporting one
+        // underrun and 640 samples skipped.
+        let loud = |k: i32, n: i32| -> Vec<i16> {
+            (0..n).map(|i| ((i * k) % 4000) as i16 - 2000).collect()
+        };
+        let quiet = |k: i32| -> Vec<i16> { (0..320).map(|i| ((i * k) % 200) as i16 + 1).collect() };
+        let mut played = loud(37, 1600);
+        let q = played.len();
+        played.extend(quiet(7));
+        played.extend(loud(53, 1600));
+        let u = 800;
+        let concealment: Vec<i16> = played[u - 160..u]
+            .iter()
+            .map(|s| s / 2)
+            .chain(std::iter::repeat_n(0, 178))
+            .collect();
+        let mut heard = vec![0i16; 480];
+        heard.extend(&played[..u]);
+        heard.extend(&concealment);
+        heard.extend(&played[u..q]);
+        heard.extend(played[q + 320..].iter().chain(played.iter()));
+        let strict = integrity(&heard, &played);
+        assert_eq!(strict.first_mismatch, Some(u));
+        assert_eq!(strict.deleted_only, None);
+        assert!(
+            matches!(
+                strict.unexplained,
+                Some(Unexplained::NotDeleted { at: 800, .. })
+            ),
+            "{:?}",
+            strict.unexplained
+        );
+        assert_eq!(integrity_allowing(&heard, &played, 0), strict);
+        let one = integrity_allowing(&heard, &played, 1);
+        assert_eq!(one.unexplained, None, "{:?}", one.unexplained);
+        assert_eq!((one.deleted_only, one.inserted), (Some(320), 338));
+        assert!(
+            deletions(&heard, &played, &one).is_empty(),
+            "deletions only, not these"
+        );
+        // Two insertions need two underruns; one may be longer than 100 ms (a stall of every
+        // phone at once, concealed, then the backlog played from a deeper anchor).
+        let mut twice = heard.clone();
+        let at = 480 + 2400;
+        twice.splice(at..at, std::iter::repeat_n(0, 1400));
+        assert!(
+            integrity_allowing(&twice, &played, 1)
+                .deleted_only
+                .is_none()
+        );
+        let two = integrity_allowing(&twice, &played, 2);
+        assert_eq!((two.deleted_only, two.inserted), (Some(320), 1738));
+        // Insertions never excuse speech lost: a loud frame missing stays unexplained.
+        let mut lost = heard.clone();
+        lost.drain(480 + 1200..480 + 1360);
+        assert!(integrity_allowing(&lost, &played, 4).deleted_only.is_none());
     }
 }

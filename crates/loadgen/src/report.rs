@@ -28,6 +28,11 @@ fn defects_line(p: &PhaseReport) -> Option<String> {
                 format!(" ({v:.0} ms after an interruption)")
             });
             let why = match (d.accounted, d.gateway_dropped_samples) {
+                (true, _) if d.inserted_samples > 0 => format!(
+                    " = {} underrun(s) ({} samples concealed) and jitter-buffer shrink the gateway reports",
+                    d.gateway_underruns.unwrap_or(0),
+                    d.inserted_samples
+                ),
                 (true, _) => " = jitter-buffer shrink the gateway reports".to_string(),
                 (false, Some(n)) => format!(
                     " [call {}: {}; gateway skipped {n} samples, {} without the quiet check; \

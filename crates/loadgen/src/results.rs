@@ -211,13 +211,18 @@ pub struct Defect {
     pub gateway_underruns: Option<u64>,
     /// Packets that reached the gateway too late to play (`uplink.late`).
     pub gateway_late_packets: Option<u64>,
-    /// The difference is exactly that: deletions adding up to the samples the gateway reports
-    /// having skipped, everything else sample-exact. Adaptation, not loss.
+    /// The difference is exactly that: deletions adding up to at most the samples the gateway
+    /// reports having skipped, at most one insertion per underrun it reports, everything else
+    /// sample-exact. Adaptation, not loss.
     pub accounted: bool,
     /// The gateway's call id, to look the call up (`GET /api/calls/{sid}`, its logs).
     pub call_sid: Option<String>,
-    /// The first difference that deletions of quiet audio do not explain, in words.
+    /// The first difference that deletions of quiet audio (and, after underruns the gateway
+    /// reports, as many insertions) do not explain, in words.
     pub unexplained: Option<String>,
+    /// Samples inserted where the gateway reports underruns (concealment, then re-anchoring
+    /// deeper), when that explains the call.
+    pub inserted_samples: usize,
 }
 
 /// The gateway's own send-pacing histogram over one level. Quantiles are bucket upper bounds
@@ -315,8 +320,9 @@ pub struct PhaseReport {
     pub integrity_checked: Option<usize>,
     /// Of which exact.
     pub integrity_exact: Option<usize>,
-    /// Of the others, those whose only difference is quiet audio the gateway's jitter buffer
-    /// reports having skipped to shrink its depth (see [`Defect::accounted`]).
+    /// Of the others, those whose only differences are quiet audio the gateway's jitter buffer
+    /// reports having skipped to shrink its depth and concealment after the underruns it
+    /// reports (see [`Defect::accounted`]).
     pub integrity_accounted: Option<usize>,
     /// Samples compared in all.
     pub integrity_compared_samples: Option<usize>,

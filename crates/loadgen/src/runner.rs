@@ -861,13 +861,26 @@ async fn run_phase(
                 };
                 let field = |k: &str| up.as_ref().and_then(|u| u[k].as_u64());
                 let (dropped, forced) = (field("dropped_samples"), field("dropped_forced_samples"));
+                let underruns = field("underruns");
+                // After an underrun the jitter buffer conceals, then re-anchors deeper (audio
+                // inserted, nothing lost) and later skips quiet frames to shrink back: allow as
+                // many insertions as the gateway reports underruns.
+                let explained = match underruns {
+                    Some(u) if u > 0 && one.deleted_only.is_none() => analyze::integrity_allowing(
+                        &r.caller_audio,
+                        &ctx.expected,
+                        usize::try_from(u).unwrap_or(usize::MAX),
+                    ),
+                    _ => one,
+                };
                 // Every stretch missing is quiet audio and the gateway reports skipping at
                 // least that much. It may report more: a frame skipped after the last chunk the
                 // agent received (a call the agent ends) never shows in what it heard.
                 let is_accounted = dropped.is_some_and(|d| {
-                    one.deleted_only
+                    explained
+                        .deleted_only
                         .and_then(|x| u64::try_from(x).ok())
-                        .is_some_and(|x| x > 0 && x <= d)
+                        .is_some_and(|x| (x > 0 || explained.inserted > 0) && x <= d)
                 });
                 accounted += usize::from(is_accounted);
                 report.integrity_defects.push(Defect {
@@ -877,11 +890,12 @@ async fn run_phase(
                     since_interruption_ms,
                     gateway_dropped_samples: dropped,
                     gateway_forced_samples: forced,
-                    gateway_underruns: field("underruns"),
+                    gateway_underruns: underruns,
                     gateway_late_packets: field("late"),
                     accounted: is_accounted,
                     call_sid: sid.cloned(),
-                    unexplained: one.unexplained.map(|u| u.to_string()),
+                    unexplained: explained.unexplained.map(|u| u.to_string()),
+                    inserted_samples: explained.inserted,
                 });
             }
             integ.compared += one.compared;
