@@ -36,12 +36,13 @@ fn defects_line(p: &PhaseReport) -> Option<String> {
                 (true, _) => " = jitter-buffer shrink the gateway reports".to_string(),
                 (false, Some(n)) => format!(
                     " [call {}: {}; gateway skipped {n} samples, {} without the quiet check; \
-                     {} underruns, {} late packets]",
+                     {} underruns, {} late packets, {} lost]",
                     d.call_sid.as_deref().unwrap_or("?"),
                     d.unexplained.as_deref().unwrap_or("?"),
                     d.gateway_forced_samples.unwrap_or(0),
                     d.gateway_underruns.unwrap_or(0),
                     d.gateway_late_packets.unwrap_or(0),
+                    d.gateway_lost_packets.unwrap_or(0),
                 ),
                 (false, None) => String::new(),
             };
@@ -539,6 +540,7 @@ mod tests {
             gateway_forced_samples: Some(480),
             gateway_underruns: Some(2),
             gateway_late_packets: Some(1),
+            gateway_lost_packets: Some(3),
             call_sid: Some("CA1".into()),
             unexplained: Some("160 samples missing at 9.50s, peak 3000 (not quiet)".into()),
             ..Defect::default()
@@ -552,7 +554,7 @@ mod tests {
             .find(
                 "9.50s:-160 [call CA1: 160 samples missing at 9.50s, peak 3000 (not quiet); \
                  gateway skipped 640 samples, 480 without the quiet check; 2 underruns, 1 late \
-                 packets]",
+                 packets, 3 lost]",
             )
             .expect("the unaccounted one is shown");
         assert!(first < line.find("1.00s:-80").unwrap_or(0), "{line}");

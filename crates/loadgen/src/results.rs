@@ -211,6 +211,8 @@ pub struct Defect {
     pub gateway_underruns: Option<u64>,
     /// Packets that reached the gateway too late to play (`uplink.late`).
     pub gateway_late_packets: Option<u64>,
+    /// Packets the gateway never received (RFC 3550 cumulative loss, `uplink.lost`).
+    pub gateway_lost_packets: Option<i64>,
     /// The difference is exactly that: deletions adding up to at most the samples the gateway
     /// reports having skipped, at most one insertion per underrun it reports, everything else
     /// sample-exact. Adaptation, not loss.

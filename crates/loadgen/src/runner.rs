@@ -892,6 +892,7 @@ async fn run_phase(
                     gateway_forced_samples: forced,
                     gateway_underruns: underruns,
                     gateway_late_packets: field("late"),
+                    gateway_lost_packets: up.as_ref().and_then(|u| u["lost"].as_i64()),
                     accounted: is_accounted,
                     call_sid: sid.cloned(),
                     unexplained: explained.unexplained.map(|u| u.to_string()),

@@ -350,9 +350,12 @@ impl JitterBuffer {
                 }
                 pos = ext + self.offset;
                 outcome = PushOutcome::Resynced;
-            } else if self.waiting && pos >= self.playout {
+            } else if self.waiting && pos + len > self.playout {
                 // After an underrun (or at a talkspurt start after DTX): re-anchor at the target
-                // depth, which drops a silent gap and rebuilds the cushion.
+                // depth, which drops a silent gap and rebuilds the cushion. Also when the packet
+                // starts behind the playout point (packets off the 20 ms grid: the frame before
+                // the underrun played silence where it belongs): stored from the playout point
+                // on, its head would be discarded without being counted anywhere.
                 self.last_ts = timestamp;
                 self.last_ext = ext;
                 self.anchor(timestamp, len, now);

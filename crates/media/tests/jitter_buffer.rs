@@ -285,6 +285,41 @@ fn too_deep_buffer_is_trimmed_to_the_maximum() {
     assert!(st.depth_samples <= 1600 + 160);
 }
 
+/// 30 ms packets do not end on the 20 ms frame grid: when the sender stalls, the buffer plays
+/// the received part of a frame, then runs dry. The next packet starts behind the playout point
+/// (it belongs where the silence was played); it used to be stored from the playout point on,
+/// its first 80 samples discarded without being counted anywhere (not late, not dropped). It is
+/// re-anchored like any packet after an underrun now: the stall is concealed, nothing is lost.
+#[test]
+fn a_stall_that_ends_mid_frame_loses_no_audio() {
+    let mut pkts = stream(100, 30, 7, 1000);
+    for p in &mut pkts {
+        if p.arrival >= ms(600) && p.arrival < ms(700) {
+            p.arrival = ms(700);
+        }
+    }
+    let r = run(pkts, JitterConfig::default(), ms(4000));
+    let heard: Vec<u8> = r
+        .out
+        .iter()
+        .filter(|(kind, _)| *kind == FrameKind::Audio)
+        .flat_map(|(_, d)| d.iter().copied().filter(|&c| c != 0xFF))
+        .collect();
+    let sent: Vec<u8> = (0..100 * 240).map(code).collect();
+    let first_difference = heard.iter().zip(&sent).position(|(h, s)| h != s);
+    assert_eq!(
+        first_difference,
+        None,
+        "heard {} of {} samples",
+        heard.len(),
+        sent.len()
+    );
+    assert_eq!(heard.len(), sent.len());
+    let s = r.jb.stats();
+    assert_eq!((s.late, s.samples_dropped, s.samples_lost), (0, 0, 0));
+    assert!(s.underruns >= 1, "the stall is an underrun");
+}
+
 #[test]
 fn late_and_duplicate_outcomes_are_reported() {
     let start: Instant = t0();
