@@ -253,8 +253,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 }
                 AgentEvent::UserTranscript { text, .. } => println!("caller: {text}"),
                 AgentEvent::AgentResponse { text, .. } => println!("agent:  {text}"),
-                AgentEvent::AgentResponseCorrection { corrected, .. } => {
-                    println!("agent (as heard): {corrected}")
+                AgentEvent::AgentResponseCorrection(c) => {
+                    println!("agent (as heard): {}", c.corrected)
                 }
                 AgentEvent::ToolCall { call, .. } => {
                     println!("[client tool call {} {}]", call.tool_name, call.parameters);

@@ -41,7 +41,7 @@ use crate::protocol::{
     ConversationInitiationMetadataEvent, ErrorEvent, InterruptionFilter, ServerEvent,
     UnsupportedFormat, encode_pong, encode_user_audio_chunk,
 };
-use crate::session::{AgentEvent, AgentHandle, AgentSession, ToolRegistry};
+use crate::session::{AgentEvent, AgentHandle, AgentSession, ResponseCorrection, ToolRegistry};
 
 /// The production base URL.
 pub const DEFAULT_BASE_URL: &str = "wss://api.elevenlabs.io";
@@ -80,6 +80,10 @@ pub struct AgentConfig {
     /// the config) and saves building a root store per call; `None`: one is built per connect
     /// from `tls_roots`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The HTTP client of the signed-URL requests ([`AgentConfig::http_client`]), built once and
+    /// shared by every call: its pool keeps the connection to the API alive, so a call does not
+    /// pay a TCP and TLS handshake before it can connect. `None`: one is built per request.
+    pub http: Option<reqwest::Client>,
     /// Audio chunks held while the socket stalls; the oldest is dropped past this.
     pub audio_queue_chunks: usize,
     /// tungstenite read buffer (keep 4–8 KiB: the default 128 KiB is zeroed on every read).
@@ -128,6 +132,7 @@ impl AgentConfig {
             initiation: ConversationInitiationClientData::default(),
             tls_roots: None,
             tls: None,
+            http: None,
             audio_queue_chunks: 50,
             read_buffer_size: 8 * 1024,
             connect_timeout: Duration::from_secs(10),
@@ -209,6 +214,17 @@ impl AgentConfig {
         }
     }
 
+    /// An HTTP client for [`fetch_signed_url`] with this config's TLS roots and connect timeout
+    /// (the request's own timeout is set per request): build it once, share it through
+    /// [`AgentConfig::http`].
+    pub fn http_client(&self) -> Result<reqwest::Client, ConnectError> {
+        Ok(reqwest::Client::builder()
+            .tls_backend_preconfigured((*self.tls_config()?).clone())
+            .connect_timeout(self.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?)
+    }
+
     /// The rustls client config: `ring` provider set explicitly (so a second provider elsewhere
     /// in the binary cannot make TLS set-up panic), webpki roots unless `tls_roots` is set.
     pub fn rustls_config(&self) -> Result<rustls::ClientConfig, ConnectError> {
@@ -276,13 +292,13 @@ pub async fn fetch_signed_url(config: &AgentConfig, api_key: &str) -> Result<Str
         signed_url: String,
     }
     let endpoint = config.signed_url_endpoint()?;
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured((*config.tls_config()?).clone())
-        .connect_timeout(config.connect_timeout)
-        .timeout(config.connect_timeout)
-        .build()?;
+    let client = match &config.http {
+        Some(c) => c.clone(),
+        None => config.http_client()?,
+    };
     let resp = client
         .get(endpoint)
+        .timeout(config.connect_timeout)
         .header("xi-api-key", api_key)
         .send()
         .await?;
@@ -630,13 +646,13 @@ impl Reader {
                 text: r.agent_response,
                 event_id: r.event_id,
             }),
-            ServerEvent::AgentResponseCorrection(c) => {
-                self.emit(AgentEvent::AgentResponseCorrection {
+            ServerEvent::AgentResponseCorrection(c) => self.emit(
+                AgentEvent::AgentResponseCorrection(Box::new(ResponseCorrection {
                     original: c.original_agent_response,
                     corrected: c.corrected_agent_response,
                     event_id: c.event_id,
-                })
-            }
+                })),
+            ),
             ServerEvent::UserTranscript(t) => self.emit(AgentEvent::UserTranscript {
                 text: t.user_transcript,
                 event_id: t.event_id,

@@ -34,4 +34,7 @@ pub mod session;
 pub use client::{AgentConfig, ConnectError, connect, fetch_signed_url};
 pub use close::{CloseReason, Closed};
 pub use protocol::{AudioFormat, ClientMessage, InterruptionFilter, ServerEvent};
-pub use session::{AgentEvent, AgentHandle, AgentSession, AgentStats, SessionClosed, ToolRegistry};
+pub use session::{
+    AgentEvent, AgentHandle, AgentSession, AgentStats, ResponseCorrection, SessionClosed,
+    ToolRegistry,
+};

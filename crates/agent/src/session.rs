@@ -52,15 +52,9 @@ pub enum AgentEvent {
         /// The turn.
         event_id: Option<i64>,
     },
-    /// What was actually heard after an interruption.
-    AgentResponseCorrection {
-        /// Intended text.
-        original: String,
-        /// Heard text.
-        corrected: String,
-        /// The turn.
-        event_id: Option<i64>,
-    },
+    /// What was actually heard after an interruption (boxed: rare, and the largest payload,
+    /// which would set the size of every event queued to the call).
+    AgentResponseCorrection(Box<ResponseCorrection>),
     /// Final user transcript.
     UserTranscript {
         /// Text.
@@ -101,6 +95,17 @@ pub enum AgentEvent {
 }
 
 /// A snapshot of one connection's counters.
+/// [`AgentEvent::AgentResponseCorrection`]: what the agent said after an interruption.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseCorrection {
+    /// Intended text.
+    pub original: String,
+    /// Heard text.
+    pub corrected: String,
+    /// The turn.
+    pub event_id: Option<i64>,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AgentStats {
     /// `user_audio_chunk` messages written.
@@ -378,5 +383,19 @@ impl ToolRegistry {
             let _ = ctrl.send(Control::Text(msg.to_json()));
         });
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every event waiting for the call's task takes a slot of this size in its channel, which
+    /// allocates 32 slots at a time (two blocks per call in steady state): rare, large payloads
+    /// are boxed so that the common ones (audio, transcripts) set the size.
+    #[test]
+    fn agent_events_stay_small() {
+        let size = std::mem::size_of::<AgentEvent>();
+        assert!(size <= 48, "AgentEvent is {size} bytes");
     }
 }

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use trunkline_agent::protocol::ClientToolCall;
-use trunkline_agent::{AgentEvent, AudioFormat, CloseReason, Closed};
+use trunkline_agent::{AgentEvent, AudioFormat, CloseReason, Closed, ResponseCorrection};
 use trunkline_media::g711::G711;
 use trunkline_media::jitter::{FRAME, FrameKind};
 use trunkline_media::rtcp::WallClock;
@@ -651,11 +651,12 @@ impl Call {
             AgentEvent::AgentResponse { text, event_id } => {
                 self.transcript("agent", text, event_id, now);
             }
-            AgentEvent::AgentResponseCorrection {
-                corrected,
-                event_id,
-                ..
-            } => {
+            AgentEvent::AgentResponseCorrection(c) => {
+                let ResponseCorrection {
+                    corrected,
+                    event_id,
+                    ..
+                } = *c;
                 let entry = self
                     .record
                     .transcript

@@ -292,7 +292,9 @@ struct Attempts {
 #[derive(Debug)]
 pub struct Legs {
     cfg: LegsConfig,
-    legs: HashMap<LegId, Leg>,
+    /// Boxed: a table keeps up to twice as many slots as entries, and a `Leg` (SDP, media
+    /// parameters, attempts) is ~700 bytes.
+    legs: HashMap<LegId, Box<Leg>>,
     by_tx: HashMap<TxId, LegId>,
     by_dialog: HashMap<DialogId, LegId>,
     events: VecDeque<(LegId, LegEvent)>,
@@ -376,7 +378,7 @@ impl Legs {
         }
         self.legs.insert(
             leg,
-            Leg {
+            Box::new(Leg {
                 role: Role::Outbound {
                     to: to.to_owned(),
                     destination,
@@ -398,7 +400,7 @@ impl Legs {
                     silent_deadline: None,
                     deadline: None,
                 }),
-            },
+            }),
         );
     }
 
@@ -647,11 +649,13 @@ impl Legs {
                 self.stats.outbound_invites += 1;
                 self.by_tx.insert(tx, leg);
                 let failover = self.cfg.failover;
-                let sent = ua.sent_request(tx).cloned();
                 if let Some(l) = self.legs.get_mut(&leg) {
                     l.invite_tx = Some(tx);
                     if let Some(a) = l.attempts.as_mut() {
-                        a.invite = sent;
+                        // Kept only for a failover (a copy of the INVITE with its SDP: ~3 KiB).
+                        a.invite = (a.targets.len() > 1)
+                            .then(|| ua.sent_request(tx).cloned())
+                            .flatten();
                         a.heard = false;
                         // The first INVITE starts the bound of all attempts (a plain-RTP
                         // retry after 488 does not extend it).
@@ -957,7 +961,7 @@ impl Legs {
         let has_offer = offer.is_some();
         self.legs.insert(
             leg,
-            Leg {
+            Box::new(Leg {
                 role: Role::Inbound { offer },
                 media: None,
                 local_sdp: None,
@@ -968,7 +972,7 @@ impl Legs {
                 plain_retried: false,
                 keyless: false,
                 attempts: None,
-            },
+            }),
         );
         self.by_tx.insert(tx, leg);
         self.events.push_back((
@@ -1015,6 +1019,8 @@ impl Legs {
                 let media = negotiate_answer(l, &response.body, self.cfg.trunk.encryption);
                 self.emit(leg, SipEvent::Progress { status, media });
             } else if status < 300 {
+                // Answered: no other target will be tried; the INVITE copy kept for that goes.
+                l.attempts = None;
                 if let Some(d) = dialog {
                     l.dialog = Some(d.clone());
                     self.by_dialog.insert(d, leg);

@@ -47,12 +47,13 @@ pub struct CallIo {
     pub rtp: UdpSocket,
     /// The RTCP socket (RTP port + 1), unless RTCP is multiplexed or disabled.
     pub rtcp: Option<UdpSocket>,
-    /// SIP outcomes for this call.
-    pub sip_events: mpsc::UnboundedReceiver<SipEvent>,
+    /// SIP outcomes for this call (boxed, like the commands below: a tokio channel allocates 32
+    /// slots at a time, so the slot size is memory held by every call).
+    pub sip_events: mpsc::UnboundedReceiver<Box<SipEvent>>,
     /// SIP commands from this call.
     pub sip: SipLink,
     /// Service commands.
-    pub commands: mpsc::UnboundedReceiver<CallCommand>,
+    pub commands: mpsc::UnboundedReceiver<Box<CallCommand>>,
     /// How to reach the agent (URL, credentials, `conversation_initiation_client_data`).
     pub agent: AgentConfig,
     /// Where record snapshots go at every state change (persisted by the service). Called on
@@ -305,10 +306,10 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
                 }
             }
             ev = sip_events.recv(), if sip_open => match ev {
-                Some(ev) => call.handle_sip(ev, std::time::Instant::now()),
+                Some(ev) => call.handle_sip(*ev, std::time::Instant::now()),
                 None => sip_open = false,
             },
-            cmd = commands.recv(), if cmd_open => match cmd {
+            cmd = commands.recv(), if cmd_open => match cmd.map(|c| *c) {
                 Some(CallCommand::Hangup(cause)) => call.hangup(cause, std::time::Instant::now()),
                 None => cmd_open = false,
             },

@@ -290,7 +290,7 @@ async fn interruption_drops_audio_at_and_below_the_event_id() {
         }
     }
     assert!(evs[pos..].iter().any(|e| matches!(e,
-        AgentEvent::AgentResponseCorrection { event_id: Some(id), .. } if *id == first_id)));
+        AgentEvent::AgentResponseCorrection(c) if c.event_id == Some(first_id))));
     assert!(evs[pos..].iter().any(|e| matches!(e,
         AgentEvent::UserTranscript { text, .. } if text.starts_with("(speech "))));
     assert!(matches!(evs.last(), Some(AgentEvent::Audio { event_id, .. }) if *event_id > first_id));

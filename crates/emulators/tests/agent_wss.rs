@@ -79,20 +79,12 @@ async fn a_shared_tls_config_keeps_the_session_for_the_next_connection() {
     use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
     use std::sync::Arc;
 
-    let id = TestIdentity::localhost().unwrap();
-    let emu = AgentEmulator::start_tls(
-        "127.0.0.1:0".parse().unwrap(),
-        AgentEmulatorConfig {
-            speed: 50.0,
-            ..Default::default()
-        },
-        &id,
-    )
-    .await
-    .unwrap();
-    let mut cfg = AgentConfig::new("agent_tls").with_base_url(emu.ws_base_url());
-    cfg.tls_roots = Some(id.root_store().unwrap());
-    cfg.connect_timeout = Duration::from_secs(5);
+    // The emulator lives to the end of the test.
+    let (_emu, mut cfg) = tls_emulator(AgentEmulatorConfig {
+        speed: 50.0,
+        ..Default::default()
+    })
+    .await;
     let cache = Arc::new(ClientSessionMemoryCache::new(16));
     let mut tls = cfg.rustls_config().unwrap();
     tls.resumption = Resumption::store(cache.clone());
@@ -116,4 +108,66 @@ async fn a_shared_tls_config_keeps_the_session_for_the_next_connection() {
             "call {call}: no TLS 1.3 ticket kept in the shared configuration"
         );
     }
+}
+
+/// The gateway shares one HTTP client for the signed-URL requests (`AgentConfig::http`): its
+/// pool keeps the `https://` connection to the API alive, so the second call's request reuses
+/// it (no TCP or TLS handshake before the WebSocket); a client per request opens one each. The
+/// URLs fetched either way connect.
+#[tokio::test]
+async fn a_shared_http_client_fetches_signed_urls_over_one_connection() {
+    let (emu, mut cfg) = tls_emulator(AgentEmulatorConfig {
+        api_key: Some("sk_tls".into()),
+        require_signed_url: true,
+        ..Default::default()
+    })
+    .await;
+
+    let mut urls = Vec::new();
+    for _ in 0..2 {
+        urls.push(
+            trunkline_agent::fetch_signed_url(&cfg, "sk_tls")
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(emu.signed_url_connections(), 2, "a client per request");
+
+    cfg.http = Some(cfg.http_client().unwrap());
+    for _ in 0..3 {
+        urls.push(
+            trunkline_agent::fetch_signed_url(&cfg, "sk_tls")
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        emu.signed_url_connections(),
+        3,
+        "one kept-alive connection for three"
+    );
+
+    let mut distinct = urls.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 5, "{urls:?}");
+    for url in [&urls[1], &urls[4]] {
+        let mut once = cfg.clone();
+        once.signed_url = Some(url.clone());
+        let s = connect(once, ToolRegistry::new()).await.unwrap();
+        s.close();
+    }
+}
+
+/// An emulator serving `wss://` and `https://` with a fresh test certificate, and a client
+/// config that trusts it.
+async fn tls_emulator(config: AgentEmulatorConfig) -> (AgentEmulator, AgentConfig) {
+    let id = TestIdentity::localhost().unwrap();
+    let emu = AgentEmulator::start_tls("127.0.0.1:0".parse().unwrap(), config, &id)
+        .await
+        .unwrap();
+    let mut cfg = AgentConfig::new("agent_tls").with_base_url(emu.ws_base_url());
+    cfg.tls_roots = Some(id.root_store().unwrap());
+    cfg.connect_timeout = Duration::from_secs(5);
+    (emu, cfg)
 }

@@ -55,7 +55,7 @@ pub enum StartError {
 }
 
 struct Active {
-    commands: mpsc::UnboundedSender<CallCommand>,
+    commands: mpsc::UnboundedSender<Box<CallCommand>>,
 }
 
 /// The running gateway.
@@ -313,7 +313,9 @@ impl Gateway {
     pub fn hangup_all(&self, cause: EndCause) {
         if let Ok(active) = self.active.lock() {
             for a in active.values() {
-                let _ = a.commands.send(CallCommand::Hangup(cause.clone()));
+                let _ = a
+                    .commands
+                    .send(Box::new(CallCommand::Hangup(cause.clone())));
             }
         }
     }
@@ -487,6 +489,7 @@ impl Gateway {
         c.connect_timeout = Duration::from_secs(a.connect_timeout_secs);
         c.stall_timeout = self.setup.agent_stall_timeout;
         c.tls = Some(self.setup.agent_tls.clone());
+        c.http = Some(self.setup.agent_http.clone());
         c.initiation.dynamic_variables = merge_variables(request, &a.dynamic_variables, own);
         // Recording consent said by the agent: its first words, before any requested greeting.
         let consent = &self.cfg.recording.consent_message;
@@ -592,7 +595,7 @@ impl Gateway {
                     let cause = EndCause::AgentConnectFailed {
                         detail: "timed out".into(),
                     };
-                    let _ = c.commands.send(CallCommand::Hangup(cause));
+                    let _ = c.commands.send(Box::new(CallCommand::Hangup(cause)));
                 }
                 return Err(PlaceError::AgentUnavailable);
             }
@@ -636,7 +639,7 @@ impl Gateway {
         call: Call,
         rtp: UdpSocket,
         rtcp: UdpSocket,
-        events: mpsc::UnboundedReceiver<SipEvent>,
+        events: mpsc::UnboundedReceiver<Box<SipEvent>>,
         link: SipLink,
         agent: AgentConfig,
         lease: Option<String>,
@@ -931,7 +934,7 @@ impl CallService for Arc<Gateway> {
             self.active.lock().is_ok_and(|a| {
                 a.get(&call_sid).is_some_and(|c| {
                     c.commands
-                        .send(CallCommand::Hangup(EndCause::ApiHangup))
+                        .send(Box::new(CallCommand::Hangup(EndCause::ApiHangup)))
                         .is_ok()
                 })
             })

@@ -67,6 +67,9 @@ pub struct Setup {
     /// The agent connections' TLS client configuration, built once and shared by every call
     /// (its session cache lets later calls resume; `agent.tls_ca_file` or the webpki roots).
     pub agent_tls: Arc<rustls::ClientConfig>,
+    /// The HTTP client of the signed-URL requests (private agents), shared by every call so
+    /// that its connection to the API is kept alive and reused.
+    pub agent_http: reqwest::Client,
 }
 
 impl Setup {
@@ -238,6 +241,13 @@ impl Setup {
             consent_prompt: consent_prompt(&cfg.recording)?,
             ..CallConfig::default()
         };
+        let agent_tls = agent_tls_config(cfg.agent.tls_ca_file.as_deref())?;
+        let mut http = AgentConfig::new("");
+        http.tls = Some(agent_tls.clone());
+        http.connect_timeout = Duration::from_secs(cfg.agent.connect_timeout_secs);
+        let agent_http = http
+            .http_client()
+            .map_err(|e| SetupError(format!("agent HTTP client: {e}")))?;
         Ok(Setup {
             stack,
             call,
@@ -257,7 +267,8 @@ impl Setup {
                 .then(|| Duration::from_millis(cfg.rtp.send_delay_ms)),
             agent_stall_timeout: (cfg.agent.stall_timeout_secs > 0)
                 .then(|| Duration::from_secs(cfg.agent.stall_timeout_secs)),
-            agent_tls: agent_tls_config(cfg.agent.tls_ca_file.as_deref())?,
+            agent_tls,
+            agent_http,
         })
     }
 

@@ -237,10 +237,12 @@ struct ServerTx {
     to_tag: Option<String>,
 }
 
+/// Boxed: the table of transactions keeps up to twice as many slots as entries, and a slot
+/// holds the largest variant (a request and its state, ~1 KB), so most of that would be slack.
 #[derive(Debug)]
 enum Tx {
-    Client(ClientTx),
-    Server(ServerTx),
+    Client(Box<ClientTx>),
+    Server(Box<ServerTx>),
 }
 
 impl Tx {
@@ -504,7 +506,7 @@ impl Endpoint {
             cancel_pending: false,
             cancel_sent: false,
         };
-        self.txs.insert(id, Tx::Client(tx));
+        self.txs.insert(id, Tx::Client(Box::new(tx)));
         self.apply(id, &mut out, None);
         self.actions = out;
         id
@@ -803,7 +805,7 @@ impl Endpoint {
         let to_tag = request.to_tag();
         self.txs.insert(
             id,
-            Tx::Server(ServerTx {
+            Tx::Server(Box::new(ServerTx {
                 key,
                 merge,
                 fsm,
@@ -811,7 +813,7 @@ impl Endpoint {
                 destination,
                 transport,
                 to_tag,
-            }),
+            })),
         );
         self.reschedule(id);
         id

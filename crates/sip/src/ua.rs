@@ -295,9 +295,11 @@ pub struct Ua {
     endpoint: Endpoint,
     config: UaConfig,
     stats: UaStats,
-    dialogs: HashMap<DialogId, DialogEntry>,
+    // Boxed values: a table keeps up to twice as many slots as entries, and these hold a
+    // request each (~1 KB), so inline most of it would be slack.
+    dialogs: HashMap<DialogId, Box<DialogEntry>>,
     timed_dialogs: HashSet<DialogId>,
-    clients: HashMap<TxId, ClientReq>,
+    clients: HashMap<TxId, Box<ClientReq>>,
     current: HashMap<TxId, TxId>,
     server_invites: HashMap<TxId, ServerInvite>,
     ack_wait: HashMap<TxId, DialogId>,
@@ -475,7 +477,7 @@ impl Ua {
                     let id = d.id.clone();
                     self.dialogs.insert(
                         id.clone(),
-                        DialogEntry {
+                        Box::new(DialogEntry {
                             dialog: d,
                             peer: source,
                             transport,
@@ -484,7 +486,7 @@ impl Ua {
                             awaiting_ack: None,
                             bye_sent: false,
                             credentials: None,
-                        },
+                        }),
                     );
                 }
                 if let Some(id) = existing {
@@ -604,7 +606,7 @@ impl Ua {
         self.current.insert(orig, id);
         self.clients.insert(
             id,
-            ClientReq {
+            Box::new(ClientReq {
                 original: orig,
                 request,
                 destination,
@@ -613,7 +615,7 @@ impl Ua {
                 credentials,
                 auth_attempts,
                 retries_422,
-            },
+            }),
         );
         self.flush_endpoint(now);
         Ok(orig)
@@ -1328,7 +1330,7 @@ impl Ua {
             let d = Dialog::new_uac(&invite, response, contact).ok()?;
             self.dialogs.insert(
                 did.clone(),
-                DialogEntry {
+                Box::new(DialogEntry {
                     dialog: d,
                     peer: destination,
                     transport,
@@ -1337,7 +1339,7 @@ impl Ua {
                     awaiting_ack: None,
                     bye_sent: false,
                     credentials: credentials.clone(),
-                },
+                }),
             );
         }
         let e = self.dialogs.get_mut(&did)?;
@@ -1412,7 +1414,7 @@ impl Ua {
             let d = Dialog::new_uac(&client.request, response, self.contact(transport)).ok()?;
             self.dialogs.insert(
                 did.clone(),
-                DialogEntry {
+                Box::new(DialogEntry {
                     dialog: d,
                     peer,
                     transport,
@@ -1421,7 +1423,7 @@ impl Ua {
                     awaiting_ack: None,
                     bye_sent: false,
                     credentials,
-                },
+                }),
             );
         } else if let Some(e) = self.dialogs.get_mut(&did)
             && let Ok(Some(c)) = response.contact()

@@ -42,7 +42,7 @@ pub struct IncomingLeg {
     /// Who, from where.
     pub call: IncomingCall,
     /// SIP outcomes for this leg.
-    pub events: mpsc::UnboundedReceiver<SipEvent>,
+    pub events: mpsc::UnboundedReceiver<Box<SipEvent>>,
     /// Commands for this leg.
     pub link: SipLink,
 }
@@ -77,7 +77,7 @@ pub struct OutboundLeg {
     /// The leg.
     pub leg: LegId,
     /// SIP outcomes.
-    pub events: mpsc::UnboundedReceiver<SipEvent>,
+    pub events: mpsc::UnboundedReceiver<Box<SipEvent>>,
     /// Commands.
     pub link: SipLink,
 }
@@ -112,7 +112,7 @@ enum Command {
         to: String,
         targets: Vec<SocketAddr>,
         media: Box<MediaParams>,
-        events: mpsc::UnboundedSender<SipEvent>,
+        events: mpsc::UnboundedSender<Box<SipEvent>>,
     },
     Answer {
         leg: LegId,
@@ -259,7 +259,7 @@ struct StackTask {
     cmd_tx: mpsc::UnboundedSender<Command>,
     incoming: mpsc::UnboundedSender<IncomingLeg>,
     /// Where each leg's events go.
-    routes: HashMap<LegId, mpsc::UnboundedSender<SipEvent>>,
+    routes: HashMap<LegId, mpsc::UnboundedSender<Box<SipEvent>>>,
     stats: Arc<SipStackStats>,
 }
 
@@ -339,7 +339,10 @@ impl StackTask {
                     }
                 }
                 LegEvent::Call(ev) => {
-                    let delivered = self.routes.get(&leg).is_some_and(|r| r.send(ev).is_ok());
+                    let delivered = self
+                        .routes
+                        .get(&leg)
+                        .is_some_and(|r| r.send(Box::new(ev)).is_ok());
                     if !delivered {
                         // The call is gone: nothing will act on this leg any more.
                         self.routes.remove(&leg);

@@ -72,15 +72,28 @@ pub(crate) async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let head = http::read_head(&mut stream).await?;
-    let path = head.path().to_owned();
-    if head.method == "GET"
-        && (path == SIGNED_URL_PATH || path == "/v1/convai/conversation/get_signed_url")
-    {
-        let resp = signed_url_response(&head, &st);
-        stream.write_all(&resp).await?;
-        return stream.shutdown().await;
+    let mut head = http::read_head(&mut stream).await?;
+    // Signed-URL requests on a kept-alive connection, like the real API (HTTP/1.1): a client
+    // that shares its connection pool sets up TCP and TLS once for many calls.
+    if is_signed_url_request(&head) {
+        st.signed_url_connections.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let close = head
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            let resp = signed_url_response(&head, &st, !close);
+            stream.write_all(&resp).await?;
+            if close {
+                return stream.shutdown().await;
+            }
+            head = match tokio::time::timeout(KEEP_ALIVE_IDLE, http::read_head(&mut stream)).await {
+                Ok(Ok(h)) if is_signed_url_request(&h) => h,
+                // Idle, closed by the client, or anything else on a kept-alive connection.
+                _ => return stream.shutdown().await,
+            };
+        }
     }
+    let path = head.path().to_owned();
     if path != CONVERSATION_PATH {
         stream
             .write_all(&http::response(404, "Not Found", "text/plain", "not found"))
@@ -183,7 +196,16 @@ where
     result
 }
 
-fn signed_url_response(head: &RequestHead, st: &EmuState) -> Vec<u8> {
+/// How long a kept-alive signed-URL connection may stay idle.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(30);
+
+fn is_signed_url_request(head: &RequestHead) -> bool {
+    let path = head.path();
+    head.method == "GET"
+        && (path == SIGNED_URL_PATH || path == "/v1/convai/conversation/get_signed_url")
+}
+
+fn signed_url_response(head: &RequestHead, st: &EmuState, keep_alive: bool) -> Vec<u8> {
     let key_ok = st
         .config
         .api_key
@@ -191,14 +213,15 @@ fn signed_url_response(head: &RequestHead, st: &EmuState) -> Vec<u8> {
         .is_some_and(|k| head.header("xi-api-key") == Some(k));
     if !key_ok {
         let body = r#"{"detail":{"status":"invalid_api_key","message":"Invalid API key"}}"#;
-        return http::response(401, "Unauthorized", "application/json", body);
+        return http::response_with(401, "Unauthorized", "application/json", body, keep_alive);
     }
     let Some(agent_id) = head.query("agent_id") else {
-        return http::response(
+        return http::response_with(
             422,
             "Unprocessable Entity",
             "application/json",
             r#"{"detail":"agent_id required"}"#,
+            keep_alive,
         );
     };
     let sig = format!("emu_sig_{}", st.next_id());
@@ -216,7 +239,7 @@ fn signed_url_response(head: &RequestHead, st: &EmuState) -> Vec<u8> {
         encode_query(&agent_id)
     );
     let body = serde_json::json!({ "signed_url": url }).to_string();
-    http::response(200, "OK", "application/json", &body)
+    http::response_with(200, "OK", "application/json", &body, keep_alive)
 }
 
 fn encode_query(s: &str) -> String {

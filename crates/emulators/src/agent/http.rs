@@ -112,8 +112,21 @@ pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<RequestHea
 
 /// A complete small HTTP response (`Connection: close`).
 pub fn response(status: u16, reason: &str, content_type: &str, body: &str) -> Vec<u8> {
+    response_with(status, reason, content_type, body, false)
+}
+
+/// A complete small HTTP response; with `keep_alive` the connection stays open for the next
+/// request (HTTP/1.1's default, RFC 9112 §9.3), else `Connection: close`.
+pub fn response_with(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    body: &str,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let connection = if keep_alive { "keep-alive" } else { "close" };
     format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()

@@ -332,6 +332,8 @@ pub(crate) struct EmuState {
     pub next_id: AtomicU64,
     /// Conversations started (for [`Script::end_call_percent`]).
     pub conversations: AtomicU64,
+    /// TCP (or TLS) connections that carried signed-URL requests.
+    pub signed_url_connections: AtomicU64,
     pub changed: Notify,
     /// The phrase in the configured output format, encoded once.
     pub phrase_out: Arc<Vec<u8>>,
@@ -396,6 +398,7 @@ impl AgentEmulator {
             signatures: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(0),
             conversations: AtomicU64::new(0),
+            signed_url_connections: AtomicU64::new(0),
             changed: Notify::new(),
         });
         let st = state.clone();
@@ -442,6 +445,12 @@ impl AgentEmulator {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// TCP (or TLS) connections that carried signed-URL requests: one for many requests when
+    /// the client keeps its connection alive.
+    pub fn signed_url_connections(&self) -> u64 {
+        self.state.signed_url_connections.load(Ordering::Relaxed)
     }
 
     /// The audio of every agent response (the embedded phrase in the output format): an
