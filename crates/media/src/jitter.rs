@@ -396,9 +396,13 @@ impl JitterBuffer {
         }
         self.highest_end = self.highest_end.max(pos + len);
         if let Some(last_pop) = self.last_pop {
-            // The pop that plays this packet's last sample: the next one (20 ms after the last)
-            // plays [playout, playout + FRAME).
-            let ahead = (pos + len - 1 - self.playout).div_euclid(FRAME as i64);
+            // The pop that plays this packet's first sample: the next one (20 ms after the last)
+            // plays [playout, playout + FRAME). The first sample, not the last: with packets
+            // off the 20 ms grid (30 ms) a frame is completed by the next packet's head, and a
+            // margin measured on the last sample let the buffer shrink below a packet's
+            // length; the frames then played silence for the head still in flight, and the
+            // head, behind the playout point when it came, was discarded without being counted.
+            let ahead = (pos.max(self.playout) - self.playout).div_euclid(FRAME as i64);
             let needed_at = last_pop + Duration::from_millis(20 * (1 + ahead.max(0) as u64));
             let lead = if needed_at >= now {
                 needed_at.duration_since(now).as_micros() as i64
@@ -476,6 +480,7 @@ impl JitterBuffer {
         let mut state = [0u8; FRAME];
         let mut missing = 0usize;
         let mut silent = 0usize;
+        let ran_dry = self.highest_end < self.playout + FRAME as i64;
         for (i, out) in frame.iter_mut().enumerate() {
             let p = self.playout + i as i64;
             let slot = (p & MASK) as usize;
@@ -492,6 +497,15 @@ impl JitterBuffer {
             }
         }
         self.playout += FRAME as i64;
+        if ran_dry && !self.waiting {
+            // Ran dry inside this frame (the next packet, off the 20 ms grid or late, had not
+            // come): an underrun like a frame with nothing at all, so that the next packet is
+            // re-anchored rather than stored from the playout point on, which would discard
+            // its head without counting it.
+            self.waiting = true;
+            self.stats.underruns += 1;
+            self.raise_target();
+        }
         self.stats.samples_lost += missing as u64;
         if missing == 0 && silent == 0 {
             return self.finish_audio(frame);

@@ -900,3 +900,78 @@ mod captures {
         assert!(bad.is_empty(), "{}", bad.join("\n"));
     }
 }
+
+/// A sender that stalls and then sends its backlog in a burst (the load tester's phones do this
+/// when the machine is busy) must not cost loud audio that the buffer does not report: at any
+/// stall length, position and consumer phase, with 20 and 30 ms packets, every loud sample is
+/// played in order unless the buffer counts a forced drop (the maximum-delay bound), a late
+/// packet or a loss. Quiet stretches alternate with loud ones so that the buffer can shrink.
+#[test]
+fn a_sender_stall_loses_no_loud_audio_without_counting_it() {
+    const QUIET: [u8; 2] = [0xFE, 0x7E]; // µ-law ±small: below QUIET_PEAK
+    // 500 ms loud (µ-law 0x00..0x3F: magnitude above 1,000), 500 ms quiet.
+    let sample = |i: u64| -> u8 {
+        if (i / 4000).is_multiple_of(2) {
+            (i % 251) as u8 % 0x40
+        } else {
+            QUIET[(i % 2) as usize]
+        }
+    };
+    let loud = |c: &u8| *c != 0xFF && !QUIET.contains(c);
+    let seconds = 6;
+    let mut uncounted = Vec::new();
+    for ptime in [20u64, 30] {
+        let n = seconds * 1000 / ptime;
+        let len = ptime * 8;
+        let sent: Vec<u8> = (0..n * len).map(sample).filter(loud).collect();
+        for stall_ms in [40u64, 80, 120, 200, 300] {
+            for stall_at in (300..2300).step_by(190) {
+                for phase_ms in [0u64, 7, 13, 19] {
+                    let start = t0();
+                    let mut jb = JitterBuffer::new(G711::Ulaw, JitterConfig::default());
+                    // (arrival µs, packet): held packets arrive together at the stall's end.
+                    let mut arrivals: Vec<(u64, u64)> = (0..n)
+                        .map(|k| {
+                            let send = k * ptime;
+                            let held = send >= stall_at && send < stall_at + stall_ms;
+                            let at = if held { stall_at + stall_ms } else { send };
+                            (at * 1000 + 1, k)
+                        })
+                        .collect();
+                    arrivals.sort();
+                    let mut next = 0;
+                    let mut heard = Vec::new();
+                    let mut tick_us = phase_ms * 1000;
+                    while tick_us <= (seconds * 1000 + 500) * 1000 {
+                        while next < arrivals.len() && arrivals[next].0 <= tick_us {
+                            let (at, k) = arrivals[next];
+                            let payload: Vec<u8> = (0..len).map(|j| sample(k * len + j)).collect();
+                            let ts = (k * len) as u32;
+                            jb.push(9, ts, k == 0, &payload, start + Duration::from_micros(at));
+                            next += 1;
+                        }
+                        let f = jb.pop(start + Duration::from_micros(tick_us));
+                        if f.kind == FrameKind::Audio {
+                            heard.extend(f.data.iter().copied().filter(loud));
+                        }
+                        tick_us += 20_000;
+                    }
+                    let s = jb.stats();
+                    let counted = s.samples_dropped_forced > 0 || s.late > 0 || s.samples_lost > 0;
+                    if heard != sent && !counted {
+                        let at = heard.iter().zip(&sent).position(|(h, s)| h != s);
+                        uncounted.push(format!(
+                            "{ptime} ms packets, {stall_ms} ms stall at {stall_at} ms, phase \
+                             {phase_ms} ms: heard {} of {} loud samples, first difference at \
+                             {at:?}, {} underrun(s)",
+                            heard.len(),
+                            sent.len(),
+                            s.underruns
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(uncounted.is_empty(), "{uncounted:#?}");
+}
