@@ -124,7 +124,7 @@ pub struct Integrity {
     pub first_mismatch: Option<usize>,
     /// At the first difference: samples the agent heard that the phone never sent (positive:
     /// inserted, e.g. concealment of a late packet), phone audio missing (negative) or replaced
-    /// in place (zero), when the stream realigns within 100 ms.
+    /// in place (zero), when the stream realigns within 400 ms ([`MAX_SHIFT`]).
     pub shift: Option<i64>,
     /// When what the agent heard is the phone's audio with some stretches deleted and nothing
     /// else changed, every deleted stretch being quiet (peak ≤ [`QUIET_PEAK`], what the
@@ -151,7 +151,7 @@ pub enum Unexplained {
         samples: usize,
         peak: i16,
     },
-    /// Not a deletion: samples inserted (+) or replaced (0), or no realignment within 100 ms.
+    /// Not a deletion: samples inserted (+) or replaced (0), or no realignment within 400 ms.
     NotDeleted { at: usize, shift: Option<i64> },
     /// More than 64 differences, or more deletion points tried than the search allows.
     TooMany,
@@ -175,7 +175,7 @@ impl std::fmt::Display for Unexplained {
                 write!(f, "{d:+} samples at {:.2}s (not a deletion)", s(at))
             }
             Self::NotDeleted { at, shift: None } => {
-                write!(f, "no realignment within 100 ms after {:.2}s", s(at))
+                write!(f, "no realignment within 400 ms after {:.2}s", s(at))
             }
             Self::TooMany => write!(f, "more than 64 differences (or too many ways to try)"),
         }
@@ -275,6 +275,12 @@ const MAX_INSERTED: usize = 16_000;
 /// What the gateway's jitter buffer plays for missing audio: the last frame repeated, fading,
 /// for at most 60 ms, then silence. An inserted stretch is quiet after its first 480 samples.
 const CONCEALED: usize = 480;
+/// The longest deletion the walk tries, and the widest shift [`realign`] looks for: 400 ms, the
+/// deepest the gateway's jitter buffer can be (`JitterConfig::max_delay`). Shrinking, it skips
+/// quiet frames at the playout point while it is too deep, several in one pop when they are all
+/// quiet (after an underrun raised its depth, 960 samples at once were seen; 100 ms, the limit
+/// before, left such calls unexplained).
+pub const MAX_SHIFT: usize = 3200;
 /// Deletion points the walk may try in all before it gives up ([`Unexplained::TooMany`]).
 const WALK_BUDGET: usize = 256;
 
@@ -282,6 +288,12 @@ const WALK_BUDGET: usize = 256;
 /// if deletions of quiet audio and up to `insertions` insertions explain every difference (the
 /// last 320 samples may be cut short by the call's end): each deletion and insertion (heard
 /// index after it, samples).
+///
+/// In quiet audio (digital silence above all) an insertion and a deletion can trade places: a
+/// stall concealed in silence is explained as well by 400 samples inserted as by 597 inserted
+/// and 197 deleted. With insertions allowed, the search runs twice, deletions tried first at
+/// each difference and insertions tried first, and the explanation that deletes less is kept:
+/// the gateway's count of skipped samples is then compared with the least the audio needs.
 fn walk<'a>(
     heard: &'a [i16],
     played: &'a [i16],
@@ -289,17 +301,32 @@ fn walk<'a>(
     p: usize,
     insertions: usize,
 ) -> Result<Walk<'a>, Unexplained> {
-    let mut walk = Walk {
-        heard,
-        played,
-        start: h,
-        deleted: Vec::new(),
-        inserted: Vec::new(),
-        insertions,
-        budget: WALK_BUDGET,
+    let run = |insert_first: bool| {
+        let mut walk = Walk {
+            heard,
+            played,
+            start: h,
+            deleted: Vec::new(),
+            inserted: Vec::new(),
+            insertions,
+            insert_first,
+            budget: WALK_BUDGET,
+        };
+        walk.from(h, p % played.len()).map(|()| walk)
     };
-    walk.from(h, p % played.len())?;
-    Ok(walk)
+    let first = run(false);
+    if insertions == 0 {
+        return first;
+    }
+    match (first, run(true)) {
+        (Ok(a), Ok(b)) => Ok(if b.deleted_samples() < a.deleted_samples() {
+            b
+        } else {
+            a
+        }),
+        (Ok(w), Err(_)) | (Err(_), Ok(w)) => Ok(w),
+        (Err(e), Err(_)) => Err(e),
+    }
 }
 
 /// A depth-first search for quiet deletions (and allowed insertions) that turn the looped
@@ -312,17 +339,24 @@ struct Walk<'a> {
     /// (index in `heard` of the first inserted sample, samples inserted).
     inserted: Vec<(usize, usize)>,
     insertions: usize,
+    /// Try insertions before deletions at each difference.
+    insert_first: bool,
     budget: usize,
 }
 
 impl Walk<'_> {
+    fn deleted_samples(&self) -> usize {
+        self.deleted.iter().map(|x| x.1).sum()
+    }
+
     /// Explain everything from `heard[h]` / `played[p]` on. Only deletions are asked for: in
     /// quiet, self-similar audio an insertion can also realign (a load run once showed "+328
     /// inserted" where the gateway had skipped 480 quiet samples), and a wrong guess cannot
     /// explain the call, since everything after must still match. Candidates that realign for
     /// 320 samples come first, fewest samples first; then those that realign only up to the
     /// next difference, at least [`MIN_KEPT`] samples on (two frames skipped with one played
-    /// between them, which a 320-sample window cannot see). The error is the first candidate's.
+    /// between them, which a 320-sample window cannot see). Insertions, while allowed, are tried
+    /// after the deletions (before them with `insert_first`). The error is the first candidate's.
     fn from(&mut self, h: usize, p: usize) -> Result<(), Unexplained> {
         let (heard, played) = (self.heard, self.played);
         let n = played.len();
@@ -347,13 +381,40 @@ impl Walk<'_> {
             return Err(Unexplained::TooMany);
         }
         let pos = (p + i) % n;
-        let runs: Vec<(usize, usize)> = (1..=800)
-            .map(|d| (d, run_len(&rest[i..], played, pos + d, 320)))
+        let mut first_err = None;
+        for insert in [self.insert_first, !self.insert_first] {
+            let r = if insert {
+                self.insertions_at(h + i, pos, &mut first_err)
+            } else {
+                self.deletions_at(h + i, pos, at, &mut first_err)
+            };
+            if let Some(r) = r {
+                return r;
+            }
+        }
+        Err(first_err.unwrap_or_else(|| Unexplained::NotDeleted {
+            at,
+            shift: realign(&rest[i..], played, pos),
+        }))
+    }
+
+    /// Try each quiet deletion at the difference `heard[h]` / `played[pos]`: `Some` when one
+    /// explains the rest of the call or the search must stop, `None` when none did.
+    fn deletions_at(
+        &mut self,
+        h: usize,
+        pos: usize,
+        at: usize,
+        first_err: &mut Option<Unexplained>,
+    ) -> Option<Result<(), Unexplained>> {
+        let (heard, played) = (self.heard, self.played);
+        let n = played.len();
+        let runs: Vec<(usize, usize)> = (1..=MAX_SHIFT)
+            .map(|d| (d, run_len(&heard[h..], played, pos + d, 320)))
             .filter(|&(_, run)| run >= MIN_KEPT)
             .collect();
         let full = runs.iter().filter(|r| r.1 >= 320);
         let short = runs.iter().filter(|r| r.1 < 320);
-        let mut first_err = None;
         for &(d, _) in full.chain(short) {
             let peak = (0..d)
                 .map(|k| played[(pos + k) % n].saturating_abs())
@@ -367,52 +428,62 @@ impl Walk<'_> {
                     peak,
                 })
             } else {
-                self.deleted.push((h + i, d));
-                let r = self.from(h + i, (pos + d) % n);
+                self.deleted.push((h, d));
+                let r = self.from(h, (pos + d) % n);
                 if r.is_err() {
                     self.deleted.pop();
                 }
                 r
             };
             match result {
-                Ok(()) => return Ok(()),
-                Err(Unexplained::TooMany) => return Err(Unexplained::TooMany),
+                Ok(()) => return Some(Ok(())),
+                Err(Unexplained::TooMany) => return Some(Err(Unexplained::TooMany)),
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
             }
         }
-        if self.inserted.len() < self.insertions {
-            // Audio the phone never sent (concealment, then silence), then the phone's audio
-            // again with nothing missing.
-            let loud_at = rest
-                .iter()
-                .enumerate()
-                .skip(i + CONCEALED)
-                .find(|(_, s)| s.saturating_abs() > QUIET_PEAK)
-                .map_or(rest.len(), |(k, _)| k);
-            for d in 1..=MAX_INSERTED {
-                if i + d + 320 > rest.len() || i + d > loud_at {
-                    break;
-                }
-                if run_len(&rest[i + d..], played, pos, 320) < 320 {
-                    continue;
-                }
-                self.inserted.push((h + i, d));
-                match self.from(h + i + d, pos) {
-                    Ok(()) => return Ok(()),
-                    Err(Unexplained::TooMany) => return Err(Unexplained::TooMany),
-                    Err(e) => {
-                        self.inserted.pop();
-                        first_err.get_or_insert(e);
-                    }
+        None
+    }
+
+    /// Try each insertion at the difference `heard[h]` / `played[pos]` while insertions are
+    /// allowed: audio the phone never sent (concealment, then silence), then the phone's audio
+    /// again with nothing missing. Shortest first.
+    fn insertions_at(
+        &mut self,
+        h: usize,
+        pos: usize,
+        first_err: &mut Option<Unexplained>,
+    ) -> Option<Result<(), Unexplained>> {
+        if self.inserted.len() >= self.insertions {
+            return None;
+        }
+        let (heard, played) = (self.heard, self.played);
+        let rest = &heard[h..];
+        let loud_at = rest
+            .iter()
+            .enumerate()
+            .skip(CONCEALED)
+            .find(|(_, s)| s.saturating_abs() > QUIET_PEAK)
+            .map_or(rest.len(), |(k, _)| k);
+        for d in 1..=MAX_INSERTED {
+            if d + 320 > rest.len() || d > loud_at {
+                break;
+            }
+            if run_len(&rest[d..], played, pos, 320) < 320 {
+                continue;
+            }
+            self.inserted.push((h, d));
+            match self.from(h + d, pos) {
+                Ok(()) => return Some(Ok(())),
+                Err(Unexplained::TooMany) => return Some(Err(Unexplained::TooMany)),
+                Err(e) => {
+                    self.inserted.pop();
+                    first_err.get_or_insert(e);
                 }
             }
         }
-        Err(first_err.unwrap_or_else(|| Unexplained::NotDeleted {
-            at,
-            shift: realign(&rest[i..], played, pos),
-        }))
+        None
     }
 }
 
@@ -606,11 +677,11 @@ pub fn downlink_latency(call: &TrunkCall, sent: &[AudioSent], audio: &[u8]) -> D
     out
 }
 
-/// The shift (−800..=800 samples) after which `heard` continues `played` from `pos` for 320
+/// The shift (±[`MAX_SHIFT`] samples) after which `heard` continues `played` from `pos` for 320
 /// samples.
 fn realign(heard: &[i16], played: &[i16], pos: usize) -> Option<i64> {
     let matches = |h: usize, p: i64| matches_at(heard, played, h, p);
-    (1..=800i64).find_map(|d| {
+    (1..=MAX_SHIFT as i64).find_map(|d| {
         if matches(d as usize, pos as i64) {
             Some(d)
         } else if matches(0, pos as i64 + d) {
