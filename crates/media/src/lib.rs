@@ -20,6 +20,7 @@
 
 pub mod agent_audio;
 pub mod amd;
+pub mod byteq;
 pub mod capture;
 pub mod dtmf;
 #[doc(hidden)]

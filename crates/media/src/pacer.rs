@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::byteq::ByteQueue;
 use crate::g711::G711;
 use crate::jitter::FRAME;
 
@@ -96,7 +97,7 @@ pub struct PacerStats {
 #[derive(Debug)]
 pub struct Pacer {
     cfg: PacerConfig,
-    queue: VecDeque<u8>,
+    queue: ByteQueue,
     segments: VecDeque<Segment>,
     drop_up_to: Option<u64>,
     start: Option<Instant>,
@@ -127,7 +128,7 @@ impl Pacer {
     pub fn new(cfg: PacerConfig) -> Self {
         Pacer {
             cfg,
-            queue: VecDeque::new(),
+            queue: ByteQueue::new(),
             segments: VecDeque::new(),
             drop_up_to: None,
             start: None,
@@ -207,9 +208,7 @@ impl Pacer {
         if n == 0 {
             return 0;
         }
-        for &c in codes[..n].iter().rev() {
-            self.queue.push_front(c);
-        }
+        self.queue.push_front(&codes[..n]);
         self.segments.push_front(Segment { event_id, len: n });
         n
     }
@@ -235,7 +234,7 @@ impl Pacer {
         while i < self.segments.len() {
             let seg = self.segments[i];
             if seg.event_id <= up_to {
-                self.queue.drain(offset..offset + seg.len);
+                self.queue.remove(offset, offset + seg.len);
                 self.segments.remove(i);
                 dropped += seg.len;
             } else {
@@ -377,9 +376,7 @@ impl Pacer {
             return;
         };
         let len: usize = self.late_segments.iter().map(|s| s.len).sum();
-        for &c in data[..len].iter().rev() {
-            self.queue.push_front(c);
-        }
+        self.queue.push_front(&data[..len]);
         for seg in self.late_segments.drain(..).rev() {
             match self.segments.front_mut() {
                 Some(s) if s.event_id == seg.event_id => s.len += seg.len,
@@ -400,11 +397,8 @@ impl Pacer {
     ) -> (Option<u64>, [u8; FRAME]) {
         let mut data = [self.cfg.law.silence(); FRAME];
         let event_id = self.segments.front().map(|s| s.event_id);
-        let (a, b) = self.queue.as_slices();
-        let from_a = take.min(a.len());
-        data[..from_a].copy_from_slice(&a[..from_a]);
-        data[from_a..take].copy_from_slice(&b[..take - from_a]);
-        self.queue.drain(..take);
+        self.queue.copy_front(&mut data[..take]);
+        self.queue.drain_front(take);
         let mut left = take;
         while left > 0 {
             let Some(seg) = self.segments.front_mut() else {

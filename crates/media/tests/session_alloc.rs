@@ -175,7 +175,7 @@ fn sixty_seconds(srtp: bool) {
     // Warm-up: every queue reaches the size this traffic needs.
     let mut warm = Seen::default();
     run(&mut gw, &mut phone, start, 0, 20, &mut warm);
-    // The agent's largest burst: 4 s queued at once (the queue keeps its capacity).
+    // The agent's largest burst: 4 s queued at once (its blocks then wait in the pool).
     gw.push_agent_audio(0, &[0x55; 32_000]);
     gw.flush_agent_audio();
 
