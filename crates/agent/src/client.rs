@@ -28,9 +28,10 @@ use rustls::RootCertStore;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn};
 use url::Url;
 
@@ -41,6 +42,7 @@ use crate::protocol::{
     ConversationInitiationMetadataEvent, ErrorEvent, InterruptionFilter, ServerEvent,
     UnsupportedFormat, encode_pong, encode_user_audio_chunk,
 };
+use crate::read_cap::ReadCap;
 use crate::session::{AgentEvent, AgentHandle, AgentSession, ResponseCorrection, ToolRegistry};
 
 /// The production base URL.
@@ -308,7 +310,7 @@ pub async fn fetch_signed_url(config: &AgentConfig, api_key: &str) -> Result<Str
     Ok(resp.json::<SignedUrl>().await?.signed_url)
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<ReadCap<MaybeTlsStream<TcpStream>>>;
 
 /// Connects, sends `conversation_initiation_client_data`, waits for the metadata, and starts the
 /// connection tasks. Must be called inside a tokio runtime.
@@ -331,11 +333,12 @@ async fn connect_inner(
         (None, None) => config.public_url()?.to_string(),
     };
     let tls = config.tls_config()?;
-    let (mut ws, _resp) = tokio_tungstenite::connect_async_tls_with_config(
-        url.as_str(),
+    let stream = open_transport(&url, tls).await?;
+    let request = url.as_str().into_client_request()?;
+    let (mut ws, _resp) = tokio_tungstenite::client_async_with_config(
+        request,
+        ReadCap(stream),
         Some(config.websocket_config()),
-        true,
-        Some(Connector::Rustls(tls)),
     )
     .await?;
 
@@ -402,6 +405,46 @@ async fn connect_inner(
         early,
         last_error,
     ))
+}
+
+/// TCP to the URL's host (Nagle off), then TLS for `wss://` (SNI and certificate checked
+/// against the host): what `connect_async_tls_with_config` does, done here so the WebSocket
+/// reads through [`ReadCap`] above TLS.
+async fn open_transport(
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<MaybeTlsStream<TcpStream>, ConnectError> {
+    let parsed = Url::parse(url).map_err(|e| ConnectError::Url(format!("{url}: {e}")))?;
+    let secure = match parsed.scheme() {
+        "wss" => true,
+        "ws" => false,
+        other => return Err(ConnectError::Url(format!("{url}: scheme {other}"))),
+    };
+    let host = match parsed.host() {
+        Some(url::Host::Domain(d)) => d.to_owned(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err(ConnectError::Url(format!("{url}: no host"))),
+    };
+    let port = parsed
+        .port_or_known_default()
+        .unwrap_or(if secure { 443 } else { 80 });
+    let io = |e: std::io::Error| ConnectError::from(WsError::Io(e));
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(io)?;
+    tcp.set_nodelay(true).map_err(io)?;
+    if !secure {
+        return Ok(MaybeTlsStream::Plain(tcp));
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.as_str())
+        .map_err(|e| ConnectError::Url(format!("{url}: {e}")))?
+        .to_owned();
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(io)?;
+    Ok(MaybeTlsStream::Rustls(tls))
 }
 
 fn lost(detail: &str, error: Option<ErrorEvent>) -> Closed {

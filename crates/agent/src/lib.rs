@@ -29,6 +29,7 @@ pub mod close;
 mod conn;
 pub mod fuzzing;
 pub mod protocol;
+mod read_cap;
 pub mod session;
 
 pub use client::{AgentConfig, ConnectError, connect, fetch_signed_url};
