@@ -88,7 +88,8 @@ pub struct AgentConfig {
     pub http: Option<reqwest::Client>,
     /// Audio chunks held while the socket stalls; the oldest is dropped past this.
     pub audio_queue_chunks: usize,
-    /// tungstenite read buffer (keep 4–8 KiB: the default 128 KiB is zeroed on every read).
+    /// tungstenite read buffer, 4 KiB by default: a µ-law chunk's frame fits it with the 1 KiB
+    /// reads of the client's `ReadCap` (tungstenite's default 128 KiB is zeroed on every read).
     pub read_buffer_size: usize,
     /// Time allowed for TCP + TLS + WebSocket handshake + the metadata event.
     pub connect_timeout: Duration,
@@ -136,7 +137,7 @@ impl AgentConfig {
             tls: None,
             http: None,
             audio_queue_chunks: 50,
-            read_buffer_size: 8 * 1024,
+            read_buffer_size: 4 * 1024,
             connect_timeout: Duration::from_secs(10),
             stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
         }

@@ -4,11 +4,12 @@
 //! the frame's header, on top of the bytes already buffered (which usually hold most of that
 //! frame). After a read that filled the 8 KiB buffer with several agent frames, that reserve
 //! exceeds the capacity and `BytesMut` doubles the buffer (8 → 16 → 32 KiB), which it then keeps
-//! for the whole call: 19.7 KiB per call in the heap profiles. With reads of at most 2 KiB, at
-//! most 2 KiB is buffered beyond the frame being parsed, so a frame of up to 4 KiB (a 250 ms
-//! µ-law chunk is 2.8 KB of JSON) never grows the 8 KiB buffer. Above TLS the smaller reads cost
-//! copies from rustls' plaintext buffer, not system calls; over plain `ws://` (loopback tests) a
-//! frame costs one or two more `recv`.
+//! for the whole call: 19.7 KiB per call in the heap profiles. With reads of at most 1 KiB, at
+//! most 1 KiB is buffered beyond the frame being parsed, so a frame of up to 3 KiB (a 250 ms
+//! µ-law chunk is 2.8 KB of JSON) fits the 4 KiB buffer the client asks for
+//! ([`crate::AgentConfig::read_buffer_size`]); a larger frame (PCM chunks) grows it once, as it
+//! must. Above TLS the smaller reads cost copies from rustls' plaintext buffer, not system calls;
+//! over plain `ws://` (loopback tests) a frame costs two or three `recv`.
 
 use std::io;
 use std::pin::Pin;
@@ -17,7 +18,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest read handed to the WebSocket reader.
-pub const READ_CAP: usize = 2048;
+pub const READ_CAP: usize = 1024;
 
 /// `S` with reads of at most [`READ_CAP`] bytes; writes pass through.
 #[derive(Debug)]

@@ -97,18 +97,23 @@ type Connecting = JoinHandle<Result<trunkline_agent::AgentSession, ConnectError>
 /// (the hand-over itself takes microseconds; a miss only delays the audio by one tick).
 const LATE_AUDIO_MARGIN: Duration = Duration::from_micros(500);
 
+/// The largest datagram built or read (RTP and RTCP stay well below a 1,500-byte MTU).
+const DATAGRAM_MAX: usize = 2048;
+/// RTCP datagrams read per wake-up at most (a compound report arrives every ~5 s).
+const RTCP_READS: usize = 8;
+
 /// Run the call to its end and return the final record.
 ///
 /// The call is kept boxed: an async state machine stores its arguments and locals inline, so a
 /// `Call` (about 4 KB) passed by value through the task's layers would be copied into each of
 /// them (this alone was ~16 KB of every call's task).
-pub async fn run(call: Box<Call>, io: CallIo) -> CallRecord {
+pub async fn run(call: Box<Call>, io: Box<CallIo>) -> CallRecord {
     let span = tracing::info_span!("call", call_sid = %call.record().call_sid);
     run_inner(call, io).instrument(span).await
 }
 
 #[allow(clippy::disallowed_methods)] // the I/O layer owns the clock
-async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
+async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
     let CallIo {
         rtp,
         rtcp,
@@ -120,7 +125,7 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
         pacing,
         send_thread,
         recording,
-    } = io;
+    } = *io;
     let mut recorder: Option<Recorder> = None;
     let mut send_clock = SendClock::default();
     let mut rtp = match RtpSocket::new(rtp) {
@@ -147,8 +152,6 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
     let mut connecting: Option<Connecting> = None;
     let mut sip_open = true;
     let mut cmd_open = true;
-    // One buffer for everything: datagrams are written and read one at a time.
-    let mut buf = vec![0u8; 2048];
     // When the RTP socket is read next if the call has media but no tick of its own (early
     // media before the answer): see `RtpSocket`.
     let mut rtp_poll: Option<std::time::Instant> = None;
@@ -161,6 +164,9 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
         let now = std::time::Instant::now();
         // Outputs first: the datagrams due (the paced RTP frame goes out before anything
         // else is done at this tick), then the actions.
+        // The datagram buffer lives on the stack, only while datagrams are built (never across
+        // an await): kept in the call's state it would be 2 KiB held by every call.
+        let mut buf = [0u8; DATAGRAM_MAX];
         loop {
             while let Some(t) = call.poll_transmit(now, &mut buf) {
                 let res = match (t.kind, rtcp.as_ref(), paced.as_ref()) {
@@ -300,9 +306,16 @@ async fn run_inner(mut call: Box<Call>, io: CallIo) -> CallRecord {
                 }
                 call.handle_timeout(now);
             }
-            r = recv_opt(rtcp.as_ref(), &mut buf) => {
-                if let Ok((n, from)) = r {
-                    call.handle_rtcp(&buf[..n], from, std::time::Instant::now());
+            r = readable_opt(rtcp.as_ref()) => {
+                if r.is_ok()
+                    && let Some(s) = rtcp.as_ref()
+                {
+                    let mut buf = [0u8; DATAGRAM_MAX];
+                    // A few per wake-up: a flood on the port cannot hold the call's task.
+                    for _ in 0..RTCP_READS {
+                        let Ok((n, from)) = s.try_recv_from(&mut buf) else { break };
+                        call.handle_rtcp(&buf[..n], from, std::time::Instant::now());
+                    }
                 }
             }
             ev = sip_events.recv(), if sip_open => match ev {
@@ -436,12 +449,10 @@ fn with_overrides(cfg: &AgentConfig, o: crate::amd::AgentOverrides) -> AgentConf
     cfg
 }
 
-async fn recv_opt(
-    sock: Option<&UdpSocket>,
-    buf: &mut [u8],
-) -> io::Result<(usize, std::net::SocketAddr)> {
+/// Wait until `sock` has a datagram to read (never, without a socket).
+async fn readable_opt(sock: Option<&UdpSocket>) -> io::Result<()> {
     match sock {
-        Some(s) => s.recv_from(buf).await,
+        Some(s) => s.readable().await,
         None => std::future::pending().await,
     }
 }

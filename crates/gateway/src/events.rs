@@ -66,7 +66,9 @@ pub struct StatusEvent {
 
 struct Entry {
     last: StatusEvent,
-    tx: broadcast::Sender<StatusEvent>,
+    /// Made by the first subscriber: a channel holds its 16 slots (~2 KiB) from the start, and
+    /// most calls are never watched.
+    tx: Option<broadcast::Sender<StatusEvent>>,
     ended: Option<Instant>,
 }
 
@@ -224,7 +226,9 @@ impl CallEvents {
                             if update.sip_call_id.is_none() {
                                 update.sip_call_id = event.sip_call_id.clone();
                             }
-                            let _ = e.tx.send(update);
+                            if let Some(tx) = &e.tx {
+                                let _ = tx.send(update);
+                            }
                         }
                     }
                     if e.last.sip_call_id.is_none() {
@@ -234,15 +238,16 @@ impl CallEvents {
                 }
                 e.last = event.clone();
                 e.ended = ended;
-                let _ = e.tx.send(event);
+                if let Some(tx) = &e.tx {
+                    let _ = tx.send(event);
+                }
             }
             None => {
-                let (tx, _) = broadcast::channel(16);
                 calls.insert(
                     r.call_sid.clone(),
                     Entry {
                         last: event,
-                        tx,
+                        tx: None,
                         ended,
                     },
                 );
@@ -252,13 +257,16 @@ impl CallEvents {
 
     /// The current status of `call_sid` and a receiver of the changes to come.
     pub fn subscribe(&self, call_sid: &str) -> Subscription {
-        let Ok(calls) = self.calls.lock() else {
+        let Ok(mut calls) = self.calls.lock() else {
             return Subscription::Gone;
         };
-        match calls.get(call_sid) {
+        match calls.get_mut(call_sid) {
             Some(e) if e.ended.is_some_and(|t| t.elapsed() > self.grace) => Subscription::Gone,
             Some(e) => {
-                let rx = e.ended.is_none().then(|| e.tx.subscribe());
+                let rx = e.ended.is_none().then(|| {
+                    e.tx.get_or_insert_with(|| broadcast::channel(16).0)
+                        .subscribe()
+                });
                 Subscription::Live(e.last.clone(), rx)
             }
             None => Subscription::Gone,
@@ -296,6 +304,26 @@ mod tests {
         // Another key, another token.
         let other = CallEvents::new(None, Duration::from_secs(60), Duration::from_secs(60));
         assert!(!other.verify("CA1", &t));
+    }
+
+    #[test]
+    fn a_call_nobody_watches_holds_no_channel() {
+        let h = hub();
+        let mut r = CallRecord::new("CA3".into(), "outbound", "+1".into(), "+2".into());
+        for status in ["initiated", "ringing", "in-progress"] {
+            r.status = status.into();
+            h.publish(&r);
+        }
+        let has_channel = |h: &CallEvents| h.calls.lock().expect("lock")["CA3"].tx.is_some();
+        assert!(!has_channel(&h));
+        let Subscription::Live(now, Some(mut rx)) = h.subscribe("CA3") else {
+            panic!("live");
+        };
+        assert_eq!(now.status, "in-progress");
+        assert!(has_channel(&h));
+        r.status = "completed".into();
+        h.publish(&r);
+        assert_eq!(rx.try_recv().expect("event").status, "completed");
     }
 
     #[test]

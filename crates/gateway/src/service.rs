@@ -660,19 +660,21 @@ impl Gateway {
         let gw = self.clone();
         let direction = call.direction().as_str();
         let call = Box::new(call);
-        tokio::spawn(async move {
-            let io = CallIo {
-                rtp,
-                rtcp: Some(rtcp),
-                sip_events: events,
-                sip: link,
-                commands: cmd_rx,
-                agent,
-                records: Some(sink),
-                pacing: Some(gw.metrics.pacing().clone()),
-                send_thread: gw.send_thread.clone(),
-                recording: gw.recording_setup(&sid),
-            };
+        // Boxed, like the call: moved through the task's futures by value, its fields would be
+        // stored in each of them (the agent config alone is ~750 bytes).
+        let io = Box::new(CallIo {
+            rtp,
+            rtcp: Some(rtcp),
+            sip_events: events,
+            sip: link,
+            commands: cmd_rx,
+            agent,
+            records: Some(sink),
+            pacing: Some(gw.metrics.pacing().clone()),
+            send_thread: gw.send_thread.clone(),
+            recording: gw.recording_setup(&sid),
+        });
+        let fut = async move {
             let record = run(call, io).await;
             gw.metrics.call_ended(direction, &record);
             gw.store(record);
@@ -680,11 +682,14 @@ impl Gateway {
                 a.remove(&sid);
             }
             if let (Some(c), Some(lease)) = (&gw.cluster, &lease) {
-                c.release(lease).await;
+                // Boxed: the database future is larger than the rest of the task, which would
+                // hold room for it for the whole call.
+                Box::pin(c.release(lease)).await;
             }
             gw.update_available();
             gw.call_ended.notify_waiters();
-        });
+        };
+        tokio::spawn(fut);
     }
 
     async fn place_outbound(self: Arc<Self>, req: OutboundRequest) -> Result<Placed, PlaceError> {

@@ -768,3 +768,66 @@ async fn hung_agent_ends_the_call_as_agent_timeout_with_bye_and_its_socket_close
         "{metrics}"
     );
 }
+
+/// Symmetric RTCP through the call's own RTCP socket: an RTCP report reaching the gateway's
+/// RTCP port (its RTP port + 1) from another port of the phone's host makes the gateway send
+/// its reports there (RFC 3550 §6 with symmetric RTP/RTCP for NAT), instead of to the port
+/// the phone's SDP implies. Fails if the call's task does not read its RTCP socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtcp_from_the_phone_is_read_and_answered_where_it_came_from() {
+    use trunkline_media::rtcp::{SenderInfo, parse_rtcp, write_compound};
+    let d = deploy(
+        trunk(|t| t.hangup_after = Some(Duration::from_secs(20))),
+        agent(|_| {}),
+        |_| {},
+    )
+    .await;
+    let _sid = d.call("+33612345678").await;
+    let calls = d
+        .trunk
+        .wait_for(Duration::from_secs(10), |c| {
+            c.first().is_some_and(|c| c.final_status == Some(200))
+        })
+        .await;
+    let invite = d
+        .trunk
+        .received_sip(&calls[0])
+        .into_iter()
+        .find(|m| m.start_line.starts_with("INVITE ") && !m.body.is_empty())
+        .expect("the gateway's INVITE with its offer");
+    let port: u16 = invite
+        .body
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .expect("m=audio port");
+    let gw_rtcp = std::net::SocketAddr::from(([127, 0, 0, 1], port + 1));
+
+    let phone = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut rr = [0u8; 512];
+    let me = SenderInfo {
+        ssrc: 0x5eed_0001,
+        ntp: 0,
+        rtp_time: 0,
+        packets: 0,
+        octets: 0,
+    };
+    let n = write_compound(me, false, None, "phone@nat", false, &mut rr).expect("rr");
+    phone.send_to(&rr[..n], gw_rtcp).await.expect("send rr");
+
+    // The gateway reports every 5 s on average (randomised 0.5–1.5×).
+    let mut buf = [0u8; 1500];
+    let (len, from) = tokio::time::timeout(Duration::from_secs(12), phone.recv_from(&mut buf))
+        .await
+        .expect("the gateway's next RTCP report came to the port our report came from")
+        .expect("recv");
+    assert_eq!(from, gw_rtcp, "sent from the gateway's RTCP port");
+    let report = parse_rtcp(&buf[..len]).expect("a valid compound RTCP packet");
+    assert!(
+        !report.sender_reports.is_empty(),
+        "the gateway sends audio, so it sends sender reports: {report:?}"
+    );
+}

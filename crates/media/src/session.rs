@@ -295,7 +295,8 @@ pub struct MediaSession {
     dtmf_tx: Option<DtmfSender>,
     dtmf_queue: VecDeque<(char, u16)>,
     rx: Option<ReceiverStats>,
-    srtp: Option<SrtpSession>,
+    /// Boxed: the two crypto contexts are ~1.2 KB, held by every plain-RTP call if inline.
+    srtp: Option<Box<SrtpSession>>,
 
     remote_rtp: Option<SocketAddr>,
     remote_rtcp: Option<SocketAddr>,
@@ -330,7 +331,7 @@ impl MediaSession {
     /// Create a session (not yet started).
     pub fn new(cfg: MediaConfig) -> Result<Self, MediaError> {
         let srtp = match &cfg.srtp {
-            Some((local, remote)) => Some(SrtpSession::new(local, remote)?),
+            Some((local, remote)) => Some(Box::new(SrtpSession::new(local, remote)?)),
             None => None,
         };
         let mut pc = PacerConfig::new(cfg.law);
@@ -416,7 +417,7 @@ impl MediaSession {
     /// crypto contexts start afresh (rollover counters and replay windows at zero).
     pub fn set_srtp(&mut self, keys: Option<(&SdesKey, &SdesKey)>) -> Result<(), MediaError> {
         self.srtp = match keys {
-            Some((local, remote)) => Some(SrtpSession::new(local, remote)?),
+            Some((local, remote)) => Some(Box::new(SrtpSession::new(local, remote)?)),
             None => None,
         };
         Ok(())
