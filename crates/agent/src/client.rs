@@ -476,11 +476,11 @@ fn start_tasks(
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let handle = AgentHandle::new(shared.clone(), ctrl_tx.clone());
 
-    let _ = event_tx.send(AgentEvent::Metadata {
+    let _ = event_tx.send(Box::new(AgentEvent::Metadata {
         conversation_id: metadata.conversation_id.clone(),
         input_format,
         output_format,
-    });
+    }));
     let mut reader = Reader {
         shared: shared.clone(),
         ctrl: ctrl_tx,
@@ -502,7 +502,7 @@ fn start_tasks(
 struct Reader {
     shared: Arc<Shared>,
     ctrl: mpsc::UnboundedSender<Control>,
-    events: mpsc::UnboundedSender<AgentEvent>,
+    events: mpsc::UnboundedSender<Box<AgentEvent>>,
     tools: ToolRegistry,
     filter: InterruptionFilter,
     last_error: Option<ErrorEvent>,
@@ -635,11 +635,13 @@ impl Reader {
         let _ = self.ctrl.send(Control::Close);
         // The writer may be blocked on a peer that stopped reading.
         self.shared.request_shutdown();
-        let _ = self.events.send(AgentEvent::Closed(Box::new(closed)));
+        let _ = self
+            .events
+            .send(Box::new(AgentEvent::Closed(Box::new(closed))));
     }
 
     fn emit(&self, ev: AgentEvent) {
-        let _ = self.events.send(ev);
+        let _ = self.events.send(Box::new(ev));
     }
 
     fn handle_event(&mut self, event: ServerEvent) {

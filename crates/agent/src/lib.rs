@@ -36,6 +36,6 @@ pub use client::{AgentConfig, ConnectError, connect, fetch_signed_url};
 pub use close::{CloseReason, Closed};
 pub use protocol::{AudioFormat, ClientMessage, InterruptionFilter, ServerEvent};
 pub use session::{
-    AgentEvent, AgentHandle, AgentSession, AgentStats, ResponseCorrection, SessionClosed,
-    ToolRegistry,
+    AgentEvent, AgentEvents, AgentHandle, AgentSession, AgentStats, ResponseCorrection,
+    SessionClosed, ToolRegistry,
 };

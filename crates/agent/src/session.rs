@@ -252,11 +252,31 @@ impl AgentHandle {
     }
 }
 
+/// A conversation's events, in wire order.
+///
+/// Each event travels boxed: tokio's unbounded channels allocate their slots 32 at a time, so
+/// the slot size is memory every call holds (32 inline events were ~2 KiB per call; 32 boxes
+/// are 256 bytes), for one small allocation per event (a few per second).
+#[derive(Debug)]
+pub struct AgentEvents(mpsc::UnboundedReceiver<Box<AgentEvent>>);
+
+impl AgentEvents {
+    /// The next event; `None` after `Closed` has been delivered (and the reader has ended).
+    pub async fn recv(&mut self) -> Option<AgentEvent> {
+        self.0.recv().await.map(|e| *e)
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<AgentEvent, mpsc::error::TryRecvError> {
+        self.0.try_recv().map(|e| *e)
+    }
+}
+
 /// One conversation: a handle for sending plus the ordered event stream.
 #[derive(Debug)]
 pub struct AgentSession {
     handle: AgentHandle,
-    events: mpsc::UnboundedReceiver<AgentEvent>,
+    events: AgentEvents,
     metadata: ConversationInitiationMetadataEvent,
     input_format: AudioFormat,
     output_format: AudioFormat,
@@ -265,14 +285,14 @@ pub struct AgentSession {
 impl AgentSession {
     pub(crate) fn new(
         handle: AgentHandle,
-        events: mpsc::UnboundedReceiver<AgentEvent>,
+        events: mpsc::UnboundedReceiver<Box<AgentEvent>>,
         metadata: ConversationInitiationMetadataEvent,
         input_format: AudioFormat,
         output_format: AudioFormat,
     ) -> Self {
         AgentSession {
             handle,
-            events,
+            events: AgentEvents(events),
             metadata,
             input_format,
             output_format,
@@ -310,7 +330,7 @@ impl AgentSession {
     }
 
     /// Splits into the handle and the raw event receiver (for a `select!` loop).
-    pub fn into_parts(self) -> (AgentHandle, mpsc::UnboundedReceiver<AgentEvent>) {
+    pub fn into_parts(self) -> (AgentHandle, AgentEvents) {
         (self.handle, self.events)
     }
 }

@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
 use tracing::{Instrument, debug, info, trace, warn};
-use trunkline_agent::{AgentConfig, AgentEvent, AgentHandle, ConnectError, ToolRegistry};
+use trunkline_agent::{
+    AgentConfig, AgentEvent, AgentEvents, AgentHandle, ConnectError, ToolRegistry,
+};
 use trunkline_media::g711::G711;
 use trunkline_media::session::PacketKind;
 
@@ -148,7 +150,7 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
     // The send thread's id of the last RTP packet handed over (for late audio).
     let mut last_sent_id: Option<u64> = None;
     let mut agent: Option<AgentHandle> = None;
-    let mut agent_events: Option<mpsc::UnboundedReceiver<AgentEvent>> = None;
+    let mut agent_events: Option<AgentEvents> = None;
     let mut connecting: Option<Connecting> = None;
     let mut sip_open = true;
     let mut cmd_open = true;
@@ -466,7 +468,7 @@ async fn join_opt(
     }
 }
 
-async fn recv_events(rx: &mut Option<mpsc::UnboundedReceiver<AgentEvent>>) -> Option<AgentEvent> {
+async fn recv_events(rx: &mut Option<AgentEvents>) -> Option<AgentEvent> {
     match rx.as_mut() {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
