@@ -166,109 +166,116 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
         let now = std::time::Instant::now();
         // Outputs first: the datagrams due (the paced RTP frame goes out before anything
         // else is done at this tick), then the actions.
-        // The datagram buffer lives on the stack, only while datagrams are built (never across
-        // an await): kept in the call's state it would be 2 KiB held by every call.
-        let mut buf = [0u8; DATAGRAM_MAX];
-        loop {
-            while let Some(t) = call.poll_transmit(now, &mut buf) {
-                let res = match (t.kind, rtcp.as_ref(), paced.as_ref()) {
-                    (PacketKind::Rtcp, Some(s), _) => s.try_send_to(&buf[..t.len], t.destination),
-                    (PacketKind::Rtp, _, Some((th, _))) if t.replaces_previous => {
-                        // Late agent audio for the packet still waiting for its send time.
-                        let replaced = last_sent_id.is_some_and(|id| th.replace(id, &buf[..t.len]));
-                        if !replaced {
-                            call.late_audio_missed();
+        {
+            // The datagram buffer lives on the stack, in a block of its own: only while
+            // datagrams are built, never across an await (kept in the call's state, it would
+            // be 2 KiB per call).
+            let mut buf = [0u8; DATAGRAM_MAX];
+            loop {
+                while let Some(t) = call.poll_transmit(now, &mut buf) {
+                    let res = match (t.kind, rtcp.as_ref(), paced.as_ref()) {
+                        (PacketKind::Rtcp, Some(s), _) => {
+                            s.try_send_to(&buf[..t.len], t.destination)
                         }
-                        trace!(replaced, "late agent audio swapped in");
-                        Ok(t.len)
-                    }
-                    (PacketKind::Rtp, _, Some((th, stream))) => {
-                        let at = tick_at.unwrap_or(now) + th.delay();
-                        let at = last_send_at.map_or(at, |last| at.max(last));
-                        last_send_at = Some(at);
-                        last_sent_id = Some(th.send_at(at, stream, &buf[..t.len], t.destination));
-                        // Until shortly before the slot, late audio may still replace it.
-                        if let Some(until) = th.slot(at).checked_sub(LATE_AUDIO_MARGIN) {
-                            call.allow_late_audio_until(until);
-                        }
-                        Ok(t.len)
-                    }
-                    _ => match rtp.as_ref() {
-                        Some(s) => {
-                            let res = s.send_to(&buf[..t.len], t.destination);
-                            if t.kind == PacketKind::Rtp
-                                && let Some(h) = pacing.as_deref()
-                            {
-                                send_clock.sent(std::time::Instant::now(), h);
+                        (PacketKind::Rtp, _, Some((th, _))) if t.replaces_previous => {
+                            // Late agent audio for the packet still waiting for its send time.
+                            let replaced =
+                                last_sent_id.is_some_and(|id| th.replace(id, &buf[..t.len]));
+                            if !replaced {
+                                call.late_audio_missed();
                             }
-                            res
+                            trace!(replaced, "late agent audio swapped in");
+                            Ok(t.len)
                         }
-                        None => Ok(0),
-                    },
-                };
-                if let Err(e) = res
-                    && e.kind() != io::ErrorKind::WouldBlock
-                {
-                    debug!(error = %e, "rtp send failed");
-                }
-            }
-            while let Some(f) = call.poll_recording() {
-                if recorder.is_none()
-                    && let (Some(setup), Some(law)) = (recording.as_ref(), call.law())
-                {
-                    recorder = start_recorder(setup, law, &mut call);
-                }
-                if let Some(r) = recorder.as_ref() {
-                    r.push(&f);
-                }
-            }
-            if !call.has_pending_actions() {
-                break;
-            }
-            while let Some(action) = call.poll_action() {
-                match action {
-                    CallAction::Sip(a) => {
-                        debug!(?a, "sip action");
-                        if !sip.send(a) {
-                            warn!("sip stack gone");
+                        (PacketKind::Rtp, _, Some((th, stream))) => {
+                            let at = tick_at.unwrap_or(now) + th.delay();
+                            let at = last_send_at.map_or(at, |last| at.max(last));
+                            last_send_at = Some(at);
+                            last_sent_id =
+                                Some(th.send_at(at, stream, &buf[..t.len], t.destination));
+                            // Until shortly before the slot, late audio may still replace it.
+                            if let Some(until) = th.slot(at).checked_sub(LATE_AUDIO_MARGIN) {
+                                call.allow_late_audio_until(until);
+                            }
+                            Ok(t.len)
                         }
-                    }
-                    CallAction::Agent(AgentAction::Connect) => {
-                        let cfg = agent_cfg.clone();
-                        connecting = Some(tokio::spawn(trunkline_agent::connect(
-                            cfg,
-                            ToolRegistry::new(),
-                        )));
-                    }
-                    CallAction::Agent(AgentAction::ConnectWith(overrides)) => {
-                        let cfg = with_overrides(&agent_cfg, overrides);
-                        connecting = Some(tokio::spawn(trunkline_agent::connect(
-                            cfg,
-                            ToolRegistry::new(),
-                        )));
-                    }
-                    CallAction::Agent(AgentAction::Close) => {
-                        if let Some(c) = connecting.take() {
-                            c.abort();
-                        }
-                        if let Some(h) = agent.take() {
-                            h.close();
-                        }
-                    }
-                    CallAction::Agent(a) => {
-                        if let Some(h) = agent.as_ref() {
-                            send_to_agent(h, a);
-                        }
-                    }
-                    CallAction::RecordChanged => {
-                        if let Some(sink) = records.as_ref() {
-                            call.refresh_stats();
-                            sink(call.record().clone());
-                        }
+                        _ => match rtp.as_ref() {
+                            Some(s) => {
+                                let res = s.send_to(&buf[..t.len], t.destination);
+                                if t.kind == PacketKind::Rtp
+                                    && let Some(h) = pacing.as_deref()
+                                {
+                                    send_clock.sent(std::time::Instant::now(), h);
+                                }
+                                res
+                            }
+                            None => Ok(0),
+                        },
+                    };
+                    if let Err(e) = res
+                        && e.kind() != io::ErrorKind::WouldBlock
+                    {
+                        debug!(error = %e, "rtp send failed");
                     }
                 }
+                while let Some(f) = call.poll_recording() {
+                    if recorder.is_none()
+                        && let (Some(setup), Some(law)) = (recording.as_ref(), call.law())
+                    {
+                        recorder = start_recorder(setup, law, &mut call);
+                    }
+                    if let Some(r) = recorder.as_ref() {
+                        r.push(&f);
+                    }
+                }
+                if !call.has_pending_actions() {
+                    break;
+                }
+                while let Some(action) = call.poll_action() {
+                    match action {
+                        CallAction::Sip(a) => {
+                            debug!(?a, "sip action");
+                            if !sip.send(a) {
+                                warn!("sip stack gone");
+                            }
+                        }
+                        CallAction::Agent(AgentAction::Connect) => {
+                            let cfg = agent_cfg.clone();
+                            connecting = Some(tokio::spawn(trunkline_agent::connect(
+                                cfg,
+                                ToolRegistry::new(),
+                            )));
+                        }
+                        CallAction::Agent(AgentAction::ConnectWith(overrides)) => {
+                            let cfg = with_overrides(&agent_cfg, overrides);
+                            connecting = Some(tokio::spawn(trunkline_agent::connect(
+                                cfg,
+                                ToolRegistry::new(),
+                            )));
+                        }
+                        CallAction::Agent(AgentAction::Close) => {
+                            if let Some(c) = connecting.take() {
+                                c.abort();
+                            }
+                            if let Some(h) = agent.take() {
+                                h.close();
+                            }
+                        }
+                        CallAction::Agent(a) => {
+                            if let Some(h) = agent.as_ref() {
+                                send_to_agent(h, a);
+                            }
+                        }
+                        CallAction::RecordChanged => {
+                            if let Some(sink) = records.as_ref() {
+                                call.refresh_stats();
+                                sink(call.record().clone());
+                            }
+                        }
+                    }
+                }
+                // Acting may have finished a drain (agent ended → BYE): transmit and act again.
             }
-            // Acting may have finished a drain (agent ended → BYE): transmit and act again.
         }
         tick_at = None;
         if call.is_done() {
