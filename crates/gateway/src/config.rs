@@ -355,7 +355,7 @@ pub struct RtpSection {
     /// Jitter buffer minimum depth, ms (20–400). A new stream starts at 60 ms and relaxes to
     /// this within 2 s unless the measured jitter asks for more.
     pub jitter_min_ms: u32,
-    /// Jitter buffer maximum depth, ms (at most 400: the buffer's ring holds 512 ms).
+    /// Jitter buffer maximum depth, ms (at most 400; the ring is sized to it: 512 ms at most).
     pub jitter_max_ms: u32,
     /// RTP leaves from one dedicated thread this many ms after the 20 ms tick that built it,
     /// so late scheduling of a call's task does not jitter the packet intervals. Agent audio

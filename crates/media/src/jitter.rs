@@ -1,7 +1,8 @@
 //! Pull-based adaptive jitter buffer for 8 kHz G.711 audio.
 //!
-//! Packets are written by RTP timestamp into a 512 ms ring of codes, so any packetisation (10, 20,
-//! 30 ms …) is accepted, reordered packets fall into place and duplicates are recognised. The
+//! Packets are written by RTP timestamp into a ring of codes sized to the maximum delay (256 ms
+//! at the default 200 ms maximum, 512 ms at 400), so any packetisation (10, 20, 30 ms …) is
+//! accepted, reordered packets fall into place and duplicates are recognised. The
 //! consumer calls [`JitterBuffer::pop`] once per 20 ms tick and always gets a frame: audio,
 //! concealment (repeat of the last frame, fading out over 60 ms) or silence.
 //!
@@ -46,8 +47,11 @@ use crate::g711::{G711, scale_code};
 
 /// Samples per 20 ms frame at 8 kHz.
 pub const FRAME: usize = 160;
-const RING: usize = 4096;
-const MASK: i64 = RING as i64 - 1;
+/// The largest ring, in samples (512 ms): room for the largest maximum delay (400 ms) and more
+/// than a frame on top.
+const RING_MAX: usize = 4096;
+/// The smallest ring (256 ms), enough for the default 200 ms maximum delay.
+const RING_MIN: usize = 2048;
 /// A frame may be skipped to shrink the buffer only if every sample's magnitude (16-bit linear)
 /// is at most this: about −42 dBFS peak, i.e. silence or low-level background noise.
 pub const QUIET_PEAK: i16 = 256;
@@ -157,14 +161,20 @@ pub struct JitterStats {
     pub target_samples: u32,
 }
 
-/// The jitter buffer. About 5 KiB.
+/// The jitter buffer: about 1 KiB, plus its ring (2.3 KiB at the default 200 ms maximum delay,
+/// 4.5 KiB at 400 ms).
 #[derive(Debug)]
 pub struct JitterBuffer {
     cfg_min: i64,
     cfg_max: i64,
     law: G711,
-    audio: Box<[u8; RING]>,
-    present: [u64; RING / 64],
+    /// Ring of codes, indexed by position & `mask`; its length is a power of two, at least the
+    /// maximum delay plus two frames.
+    audio: Box<[u8]>,
+    /// Which ring slots hold received audio, one bit per slot.
+    present: Box<[u64]>,
+    /// Ring length - 1.
+    mask: i64,
     started: bool,
     waiting: bool,
     playout: i64,
@@ -214,9 +224,10 @@ pub struct JitterBuffer {
 
 /// Call `f(word, mask)` for each bitmap word covering ring slots `[start, start + len)`.
 #[inline]
-fn for_each_word(start: i64, len: usize, mut f: impl FnMut(usize, u64)) {
-    let mut slot = (start & MASK) as usize;
-    let mut left = len.min(RING);
+fn for_each_word(start: i64, len: usize, mask: i64, mut f: impl FnMut(usize, u64)) {
+    let ring = mask as usize + 1;
+    let mut slot = (start & mask) as usize;
+    let mut left = len.min(ring);
     while left > 0 {
         let b = slot % 64;
         let n = (64 - b).min(left);
@@ -227,12 +238,12 @@ fn for_each_word(start: i64, len: usize, mut f: impl FnMut(usize, u64)) {
         };
         f(slot / 64, mask);
         left -= n;
-        slot = (slot + n) & (RING - 1);
+        slot = (slot + n) & (ring - 1);
     }
 }
 
 fn samples(d: Duration) -> i64 {
-    (d.as_micros() as i64 * 8 / 1000).clamp(0, RING as i64 - 2 * FRAME as i64)
+    (d.as_micros() as i64 * 8 / 1000).clamp(0, RING_MAX as i64 - 2 * FRAME as i64)
 }
 
 impl JitterBuffer {
@@ -241,12 +252,18 @@ impl JitterBuffer {
         let cfg_min = samples(cfg.min_delay).max(FRAME as i64);
         let cfg_max = samples(cfg.max_delay).max(cfg_min);
         let target = samples(cfg.initial_delay).clamp(cfg_min, cfg_max);
+        // Room for the deepest buffer (the maximum delay, trimmed beyond one frame more) and a
+        // frame arriving ahead of it; a packet further ahead than the ring is a timestamp jump.
+        let ring = (cfg_max as usize + 2 * FRAME)
+            .next_power_of_two()
+            .clamp(RING_MIN, RING_MAX);
         JitterBuffer {
             cfg_min,
             cfg_max,
             law,
-            audio: Box::new([law.silence(); RING]),
-            present: [0; RING / 64],
+            audio: vec![law.silence(); ring].into_boxed_slice(),
+            present: vec![0; ring / 64].into_boxed_slice(),
+            mask: ring as i64 - 1,
             started: false,
             waiting: false,
             playout: 0,
@@ -307,7 +324,7 @@ impl JitterBuffer {
         now: Instant,
     ) -> PushOutcome {
         let _ = marker; // talkspurt starts are recognised from the underrun itself
-        let len = payload.len().min(RING / 2) as i64;
+        let len = payload.len().min(self.audio.len() / 2) as i64;
         if len == 0 {
             return PushOutcome::Late;
         }
@@ -335,7 +352,7 @@ impl JitterBuffer {
 
         let ext = self.last_ext + timestamp.wrapping_sub(self.last_ts) as i32 as i64;
         let mut pos = ext + self.offset;
-        let ahead_limit = self.playout + RING as i64 - len;
+        let ahead_limit = self.playout + self.audio.len() as i64 - len;
         if outcome == PushOutcome::Stored {
             if pos > ahead_limit || pos + len <= self.playout - 16_000 {
                 // Timestamp jump (or a DTX gap longer than the ring).
@@ -376,7 +393,7 @@ impl JitterBuffer {
         let skip = (self.playout - pos).max(0);
         let mut all_present = true;
         let present = &mut self.present;
-        for_each_word(pos + skip, (len - skip) as usize, |w, m| {
+        for_each_word(pos + skip, (len - skip) as usize, self.mask, |w, m| {
             if present[w] & m != m {
                 all_present = false;
             }
@@ -388,8 +405,8 @@ impl JitterBuffer {
         }
         let start = pos + skip;
         let n = (len - skip) as usize;
-        let s0 = (start & MASK) as usize;
-        let first = n.min(RING - s0);
+        let s0 = (start & self.mask) as usize;
+        let first = n.min(self.audio.len() - s0);
         self.audio[s0..s0 + first].copy_from_slice(&payload[skip as usize..skip as usize + first]);
         if first < n {
             self.audio[..n - first].copy_from_slice(&payload[skip as usize + first..]);
@@ -457,16 +474,16 @@ impl JitterBuffer {
         // Fast path: the whole frame is there.
         let mut all = true;
         let present = &mut self.present;
-        for_each_word(self.playout, FRAME, |w, m| {
+        for_each_word(self.playout, FRAME, self.mask, |w, m| {
             if present[w] & m != m {
                 all = false;
             }
         });
         if all {
-            for_each_word(self.playout, FRAME, |w, m| present[w] &= !m);
+            for_each_word(self.playout, FRAME, self.mask, |w, m| present[w] &= !m);
             let mut frame = [0u8; FRAME];
-            let s0 = (self.playout & MASK) as usize;
-            let first = FRAME.min(RING - s0);
+            let s0 = (self.playout & self.mask) as usize;
+            let first = FRAME.min(self.audio.len() - s0);
             frame[..first].copy_from_slice(&self.audio[s0..s0 + first]);
             if first < FRAME {
                 frame[first..].copy_from_slice(&self.audio[..FRAME - first]);
@@ -483,7 +500,7 @@ impl JitterBuffer {
         let ran_dry = self.highest_end < self.playout + FRAME as i64;
         for (i, out) in frame.iter_mut().enumerate() {
             let p = self.playout + i as i64;
-            let slot = (p & MASK) as usize;
+            let slot = (p & self.mask) as usize;
             let (w, b) = (slot / 64, slot % 64);
             if self.present[w] & (1 << b) != 0 {
                 *out = self.audio[slot];
@@ -672,7 +689,7 @@ impl JitterBuffer {
     /// The frame at the playout point was received in full and every sample is quiet.
     fn quiet_frame_at_playout(&self) -> bool {
         let mut all = true;
-        for_each_word(self.playout, FRAME, |w, m| {
+        for_each_word(self.playout, FRAME, self.mask, |w, m| {
             if self.present[w] & m != m {
                 all = false;
             }
@@ -681,7 +698,7 @@ impl JitterBuffer {
             return false;
         }
         (0..FRAME as i64).all(|i| {
-            let c = self.audio[((self.playout + i) & MASK) as usize];
+            let c = self.audio[((self.playout + i) & self.mask) as usize];
             self.law.decode(c).unsigned_abs() <= QUIET_PEAK as u16
         })
     }
@@ -699,7 +716,7 @@ impl JitterBuffer {
         let mut shift = (frames * FRAME as i64).min(self.silence_until - self.playout);
         while shift >= FRAME as i64 {
             let mut free = true;
-            for_each_word(self.playout, FRAME, |w, m| {
+            for_each_word(self.playout, FRAME, self.mask, |w, m| {
                 if self.present[w] & m != 0 {
                     free = false;
                 }
@@ -723,7 +740,7 @@ impl JitterBuffer {
     fn drop_until(&mut self, new_playout: i64) -> u64 {
         let mut dropped = 0;
         while self.playout < new_playout {
-            let slot = (self.playout & MASK) as usize;
+            let slot = (self.playout & self.mask) as usize;
             let (w, b) = (slot / 64, slot % 64);
             if self.present[w] & (1 << b) != 0 {
                 self.present[w] &= !(1 << b);
@@ -766,5 +783,31 @@ impl JitterBuffer {
             self.jitter += (d.abs() - self.jitter) / 16.0;
         }
         self.last_arrival = Some((now, timestamp));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ring holds the maximum delay and two frames, in a power of two of samples: 2 KiB of
+    /// codes (and 256 bytes of bitmap) at the default 200 ms, 4 KiB at the largest maximum.
+    #[test]
+    fn the_ring_is_sized_to_the_maximum_delay() {
+        let ring = |max_ms| {
+            let cfg = JitterConfig {
+                max_delay: Duration::from_millis(max_ms),
+                ..JitterConfig::default()
+            };
+            let jb = JitterBuffer::new(G711::Ulaw, cfg);
+            assert_eq!(jb.present.len() * 64, jb.audio.len());
+            jb.audio.len()
+        };
+        assert_eq!(ring(200), 2048);
+        assert_eq!(ring(40), 2048);
+        assert_eq!(ring(216), 2048);
+        assert_eq!(ring(217), 4096);
+        assert_eq!(ring(400), 4096);
+        assert_eq!(ring(10_000), 4096);
     }
 }

@@ -272,6 +272,26 @@ fn bursty_arrivals_are_smoothed() {
     assert!(st.target_samples >= 800);
 }
 
+/// The ring is sized to the maximum delay (256 ms at the default 200 ms, 512 ms at the largest,
+/// 400 ms): at 400 ms, bursts of 300 ms of audio every 300 ms are held and played in full.
+#[test]
+fn the_largest_maximum_delay_holds_300_ms_bursts() {
+    let mut pkts = stream(600, 20, 1, 0);
+    for (k, p) in pkts.iter_mut().enumerate() {
+        p.arrival = ms((k as u64 / 15 + 1) * 300);
+    }
+    let cfg = JitterConfig {
+        max_delay: ms(400),
+        ..JitterConfig::default()
+    };
+    let r = run(pkts, cfg, ms(12_800));
+    let st = r.jb.stats();
+    assert_eq!(st.samples_lost, 0, "{st:?}");
+    assert_eq!(st.samples_dropped, 0, "{st:?}");
+    assert_eq!(st.resyncs, 0, "{st:?}");
+    assert_continuous(&played(&r), 0, 600 * 160);
+}
+
 #[test]
 fn too_deep_buffer_is_trimmed_to_the_maximum() {
     // 1 s of audio arrives at once after a stall.
