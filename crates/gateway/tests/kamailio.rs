@@ -20,6 +20,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -90,14 +91,21 @@ impl Drop for TempDir {
     }
 }
 
-/// A child process, SIGKILLed and reaped on drop.
+/// A child process, SIGKILLed and reaped on drop (with its whole process group when it leads
+/// one: Kamailio's workers would otherwise outlive the test, orphaned, on their ports).
 struct Proc {
     child: Child,
     log: PathBuf,
+    group: bool,
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.group {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -113,7 +121,19 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        Proc { child, log }
+        Proc {
+            child,
+            log,
+            group: false,
+        }
+    }
+
+    /// Spawn `cmd` as the leader of a new process group, which is killed as a whole on drop.
+    fn spawn_group(mut cmd: Command, log: PathBuf) -> Proc {
+        cmd.process_group(0);
+        let mut p = Proc::spawn(cmd, log);
+        p.group = true;
+        p
     }
 
     fn log(&self) -> String {
@@ -302,7 +322,7 @@ fn spawn_kamailio(dir: &Path, port: u16, nodes: &[u16]) -> (Proc, String) {
     {
         cmd.args(["-u", "nobody", "-g", "nogroup"]);
     }
-    (Proc::spawn(cmd, dir.join("kamailio.log")), ctl)
+    (Proc::spawn_group(cmd, dir.join("kamailio.log")), ctl)
 }
 
 /// `kamcmd dispatcher.list`: each destination's port and flags (`AP` active, `IP` inactive, …).
@@ -643,4 +663,33 @@ async fn kamailio_dispatches_over_three_nodes_fails_over_and_drains() {
         "the draining node's calls finished normally: {theirs:?}"
     );
     drop(kam);
+    // Kamailio's workers go with it: none is left running on the run's config (an orphaned
+    // worker keeps its loopback ports and its CPU figures out of later runs).
+    let cfg = dir.0.join("kamailio.cfg").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = running_with_arg(&cfg);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kamailio processes left running after the test: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The pids of live processes (not zombies) whose command line has `arg`.
+fn running_with_arg(arg: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // A zombie's command line is empty.
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == arg.as_bytes()))
+        })
+        .collect()
 }

@@ -52,14 +52,16 @@ pub fn dispatcher_list(nodes: &[SocketAddr]) -> String {
     nodes.iter().map(|n| format!("1 sip:{n} 0 0\n")).collect()
 }
 
-/// A running Kamailio (its main process killed when dropped: call [`Kamailio::stop`] to stop
-/// its workers too).
+/// A running Kamailio, in a process group of its own: [`Kamailio::stop`] stops it cleanly, and
+/// dropping it SIGKILLs the whole group (the main process and its workers).
 #[derive(Debug)]
 pub struct Kamailio {
     child: Child,
     pid: u32,
     addr: SocketAddr,
     dir: PathBuf,
+    /// Stopped and reaped: its pid (the group id) may be reused, so it is not signalled again.
+    stopped: bool,
 }
 
 impl Kamailio {
@@ -96,6 +98,7 @@ impl Kamailio {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            .process_group(0)
             .kill_on_drop(true);
         if std::process::Command::new("id")
             .arg("-u")
@@ -138,6 +141,7 @@ impl Kamailio {
             pid,
             addr,
             dir,
+            stopped: false,
         })
     }
 
@@ -164,7 +168,8 @@ impl Kamailio {
         out
     }
 
-    /// Stop it: SIGTERM (the main process then stops its workers), SIGKILL after 5 s.
+    /// Stop it: SIGTERM (the main process then stops its workers), SIGKILL to the whole group
+    /// after 5 s.
     pub async fn stop(&mut self) {
         if let Ok(pid) = i32::try_from(self.pid) {
             let _ = nix::sys::signal::kill(
@@ -176,9 +181,29 @@ impl Kamailio {
             .await
             .is_err()
         {
+            self.kill_group();
             let _ = self.child.kill().await;
         }
+        self.stopped = true;
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// SIGKILL to its process group: workers left by a main process that died are reached too.
+    fn kill_group(&self) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.kill_group();
+        }
     }
 }
 
