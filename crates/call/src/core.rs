@@ -43,7 +43,9 @@ use trunkline_media::srtp::SdesKey;
 
 use crate::amd::{AgentOverrides, AmdRecord, AmdRun, AmdSettings, OnMachine};
 use crate::convert::{Downlink, Uplink};
-use crate::record::{CallRecord, DtmfRecord, EndCause, ToolCallRecord, TranscriptEntry};
+use crate::record::{
+    CallRecord, DtmfRecord, EndCause, ToolCallRecord, TranscriptEntry, TranscriptLine,
+};
 use crate::recording::RecFrame;
 
 /// One frame of audio time.
@@ -351,6 +353,24 @@ pub enum CallAction {
     Agent(AgentAction),
     /// The record changed in a way worth persisting (state, milestone, end).
     RecordChanged,
+    /// A line of the conversation to persist now (only after [`Call::spill_transcript`]).
+    Transcript(Box<TranscriptLine>),
+}
+
+/// The agent's most recent lines, remembered (turn id, `seq`, time) when the transcript is
+/// handed out, so that a correction after a barge-in replaces its line: corrections come within
+/// a turn or two of the response.
+const RECENT_AGENT_LINES: usize = 4;
+
+/// Where the call's transcript goes.
+#[derive(Debug, Default)]
+struct TranscriptOut {
+    /// Handed out as [`CallAction::Transcript`] instead of kept in the record.
+    spill: bool,
+    /// Lines handed out so far (the next `seq`).
+    lines: u32,
+    /// The last agent lines: (turn id, `seq`, `at_ms`), oldest first.
+    recent_agent: [Option<(Option<i64>, u32, u64)>; RECENT_AGENT_LINES],
 }
 
 /// Where the call is.
@@ -411,6 +431,7 @@ pub struct Call {
     consent_until_frames: Option<u64>,
     consent_played: bool,
     last_agent_audio_at: Option<Instant>,
+    transcript_out: TranscriptOut,
     actions: VecDeque<CallAction>,
     record: CallRecord,
 }
@@ -503,6 +524,7 @@ impl Call {
             consent_until_frames: None,
             consent_played: false,
             last_agent_audio_at: None,
+            transcript_out: TranscriptOut::default(),
             actions: VecDeque::new(),
             record,
         };
@@ -530,6 +552,14 @@ impl Call {
     /// The media session, once SDP has been negotiated.
     pub fn media(&self) -> Option<&MediaSession> {
         self.media.as_ref()
+    }
+
+    /// Hand the transcript out line by line as [`CallAction::Transcript`] instead of keeping it
+    /// in the record: a long conversation then costs the call no memory (the I/O layer persists
+    /// each line, and the final record is filled from where they went). Call before any agent
+    /// event.
+    pub fn spill_transcript(&mut self) {
+        self.transcript_out.spill = true;
     }
 
     /// True while [`Call::poll_action`] has something to return.
@@ -657,15 +687,19 @@ impl Call {
                     event_id,
                     ..
                 } = *c;
-                let entry = self
-                    .record
-                    .transcript
-                    .iter_mut()
-                    .rev()
-                    .find(|e| e.role == "agent" && e.event_id == event_id);
-                match entry {
-                    Some(e) => e.text = corrected,
-                    None => self.transcript("agent", corrected, event_id, now),
+                if self.transcript_out.spill {
+                    self.correct_spilled(corrected, event_id, now);
+                } else {
+                    let entry = self
+                        .record
+                        .transcript
+                        .iter_mut()
+                        .rev()
+                        .find(|e| e.role == "agent" && e.event_id == event_id);
+                    match entry {
+                        Some(e) => e.text = corrected,
+                        None => self.transcript("agent", corrected, event_id, now),
+                    }
                 }
             }
             AgentEvent::UserTranscript { text, event_id } => {
@@ -924,12 +958,58 @@ impl Call {
 
     fn transcript(&mut self, role: &str, text: String, event_id: Option<i64>, now: Instant) {
         let at_ms = self.wall_ms(now);
-        self.record.transcript.push(TranscriptEntry {
+        let entry = TranscriptEntry {
             role: role.to_owned(),
             text,
             event_id,
             at_ms,
-        });
+        };
+        let out = &mut self.transcript_out;
+        if !out.spill {
+            self.record.transcript.push(entry);
+            return;
+        }
+        let seq = out.lines;
+        out.lines = out.lines.saturating_add(1);
+        if role == "agent" {
+            out.recent_agent.rotate_left(1);
+            out.recent_agent[RECENT_AGENT_LINES - 1] = Some((event_id, seq, at_ms));
+        }
+        self.actions
+            .push_back(CallAction::Transcript(Box::new(TranscriptLine {
+                seq,
+                entry,
+            })));
+    }
+
+    /// A correction of an agent line already handed out: the line again, same `seq` and time,
+    /// with the corrected text (a new line when it is no longer remembered, as when it is not
+    /// found in a kept transcript).
+    fn correct_spilled(&mut self, corrected: String, event_id: Option<i64>, now: Instant) {
+        let found = self
+            .transcript_out
+            .recent_agent
+            .iter()
+            .rev()
+            .flatten()
+            .find(|(id, _, _)| *id == event_id)
+            .copied();
+        match found {
+            Some((_, seq, at_ms)) => {
+                let entry = TranscriptEntry {
+                    role: "agent".to_owned(),
+                    text: corrected,
+                    event_id,
+                    at_ms,
+                };
+                self.actions
+                    .push_back(CallAction::Transcript(Box::new(TranscriptLine {
+                        seq,
+                        entry,
+                    })));
+            }
+            None => self.transcript("agent", corrected, event_id, now),
+        }
     }
 
     fn connect_agent(&mut self, now: Instant) {

@@ -194,6 +194,17 @@ pub struct TranscriptEntry {
     pub at_ms: u64,
 }
 
+/// A line of the conversation handed out as it comes ([`crate::core::Call::spill_transcript`]):
+/// its place in the conversation and the entry. A later line with the same `seq` replaces it
+/// (the agent's response corrected to what was heard before a barge-in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranscriptLine {
+    /// 0 for the first line of the call, then 1, 2, …
+    pub seq: u32,
+    /// The line.
+    pub entry: TranscriptEntry,
+}
+
 /// What a call leaves behind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
@@ -231,7 +242,9 @@ pub struct CallRecord {
     pub interruptions: u64,
     /// DTMF both ways.
     pub dtmf: Vec<DtmfRecord>,
-    /// The conversation.
+    /// The conversation. A call that hands its lines out as they come
+    /// ([`crate::core::Call::spill_transcript`]) keeps none here: the store that took them fills
+    /// the final record.
     pub transcript: Vec<TranscriptEntry>,
     /// Client tool calls handled by the gateway (name → outcome).
     pub tool_calls: Vec<ToolCallRecord>,

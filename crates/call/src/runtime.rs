@@ -29,7 +29,7 @@ use self::rtp_socket::{RTP_POLL, RtpSocket};
 use self::send_thread::{RtpSendThread, Stream};
 use self::sip_task::SipLink;
 use crate::core::{AgentAction, Call, CallAction, SipEvent};
-use crate::record::{CallRecord, EndCause};
+use crate::record::{CallRecord, EndCause, TranscriptLine};
 use crate::recording::Recorder;
 use crate::recording::{RecordingFormat, RecordingRecord, RecordingWriter};
 
@@ -42,6 +42,10 @@ pub enum CallCommand {
 
 /// Receives a call's record snapshots (one sink for all calls: no channel or task per call).
 pub type RecordSink = std::sync::Arc<dyn Fn(CallRecord) + Send + Sync>;
+
+/// Receives the calls' transcript lines as they come (the call's sid, the line); one sink for all
+/// calls, called on the call's task: it must not block.
+pub type TranscriptSink = std::sync::Arc<dyn Fn(&str, TranscriptLine) + Send + Sync>;
 
 /// Everything a running call talks to.
 pub struct CallIo {
@@ -61,6 +65,9 @@ pub struct CallIo {
     /// Where record snapshots go at every state change (persisted by the service). Called on
     /// the call's task: it must not block (the service takes a short lock and queues the write).
     pub records: Option<RecordSink>,
+    /// Where the transcript goes line by line ([`Call::spill_transcript`]); `None` keeps it in
+    /// the record.
+    pub transcripts: Option<TranscriptSink>,
     /// Where the intervals between this call's RTP sends are counted (shared by all calls).
     pub pacing: Option<std::sync::Arc<PacingHistogram>>,
     /// Where RTP is sent from at its exact time (see [`send_thread`]); `None` sends it from
@@ -89,6 +96,7 @@ impl std::fmt::Debug for CallIo {
             .field("rtp", &self.rtp)
             .field("agent", &self.agent)
             .field("records", &self.records.is_some())
+            .field("transcripts", &self.transcripts.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -124,10 +132,14 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
         mut commands,
         agent: agent_cfg,
         records,
+        transcripts,
         pacing,
         send_thread,
         recording,
     } = *io;
+    if transcripts.is_some() {
+        call.spill_transcript();
+    }
     let mut recorder: Option<Recorder> = None;
     let mut send_clock = SendClock::default();
     let mut rtp = match RtpSocket::new(rtp) {
@@ -270,6 +282,11 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
                             if let Some(sink) = records.as_ref() {
                                 call.refresh_stats();
                                 sink(call.record().clone());
+                            }
+                        }
+                        CallAction::Transcript(line) => {
+                            if let Some(sink) = transcripts.as_ref() {
+                                sink(&call.record().call_sid, *line);
                             }
                         }
                     }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use trunkline_agent::protocol::{AgentToolResponse, ClientToolCall};
-use trunkline_agent::{AgentEvent, AudioFormat, CloseReason, Closed};
-use trunkline_call::record::EndCause;
+use trunkline_agent::{AgentEvent, AudioFormat, CloseReason, Closed, ResponseCorrection};
+use trunkline_call::record::{EndCause, TranscriptLine};
 use trunkline_call::{
     AgentAction, Call, CallAction, CallConfig, CallState, NegotiatedMedia, SipAction, SipEvent,
 };
@@ -1126,4 +1126,92 @@ fn late_agent_audio_replaces_the_queued_silence_and_the_recording_follows() {
     let agent_frames = rec.iter().filter(|f| f.agent == [0x33; 160]).count();
     assert_eq!(agent_frames, 4, "100 ms of agent audio: 5 frames in all");
     assert_eq!(audio_packets(&h, 0x33).len(), 5);
+}
+
+/// The transcript lines the call handed out, in order.
+fn transcript_lines(actions: &[CallAction]) -> Vec<TranscriptLine> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            CallAction::Transcript(l) => Some((**l).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_spilled_transcript_is_handed_out_line_by_line_and_corrections_replace_their_line() {
+    let agent_says = |text: &str, id: i64| AgentEvent::AgentResponse {
+        text: text.into(),
+        event_id: Some(id),
+    };
+    let user_says = |text: &str, id: i64| AgentEvent::UserTranscript {
+        text: text.into(),
+        event_id: Some(id),
+    };
+    let correction = |text: &str, id: i64| {
+        AgentEvent::AgentResponseCorrection(Box::new(ResponseCorrection {
+            original: String::new(),
+            corrected: text.into(),
+            event_id: Some(id),
+        }))
+    };
+
+    // Kept (the default): the record holds the conversation, nothing is handed out.
+    let mut kept = Harness::outbound(CallConfig::default());
+    kept.connect(AudioFormat::Ulaw8000);
+    kept.take_actions();
+    kept.agent(agent_says("Hello, how can I help?", 1));
+    kept.agent(correction("Hello, how", 1));
+    assert!(transcript_lines(&kept.take_actions()).is_empty());
+    let texts: Vec<&str> = kept
+        .call
+        .record()
+        .transcript
+        .iter()
+        .map(|e| e.text.as_str())
+        .collect();
+    assert_eq!(texts, ["Hello, how"]);
+
+    let mut h = Harness::outbound(CallConfig::default());
+    h.call.spill_transcript();
+    h.connect(AudioFormat::Ulaw8000);
+    h.take_actions();
+    h.agent(agent_says("Hello, how can I help?", 1));
+    h.run_for(Duration::from_millis(100), true);
+    h.agent(user_says("I would like to book a table", 2));
+    h.agent(agent_says("For how many people?", 3));
+    for id in 4..7 {
+        h.agent(agent_says("Anything else?", id));
+    }
+    // The turn-3 response is four agent lines back: still remembered.
+    h.agent(correction("Anything", 6));
+    h.agent(correction("For how", 3));
+    // Turn 1 is five agent lines back, forgotten: its correction is a line of its own.
+    h.agent(correction("Hello", 1));
+    let lines = transcript_lines(&h.take_actions());
+    let seqs: Vec<u32> = lines.iter().map(|l| l.seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 3, 4, 5, 5, 2, 6]);
+    assert_eq!(lines[0].entry.role, "agent");
+    assert_eq!(lines[0].entry.text, "Hello, how can I help?");
+    assert_eq!(lines[1].entry.role, "user");
+    assert_eq!(lines[1].entry.event_id, Some(2));
+    assert!(
+        lines[1].entry.at_ms > lines[0].entry.at_ms,
+        "each line carries the time it arrived"
+    );
+    // A correction is its line again: same place, same time, the text heard.
+    assert_eq!(lines[6].entry.text, "Anything");
+    assert_eq!(lines[6].entry.event_id, Some(6));
+    assert_eq!(lines[7].entry.text, "For how");
+    assert_eq!(lines[7].entry.event_id, Some(3));
+    assert_eq!(lines[7].entry.at_ms, lines[2].entry.at_ms);
+    assert_eq!(lines[8].entry.text, "Hello");
+    assert_eq!(lines[8].entry.role, "agent");
+    assert_eq!(lines[8].entry.event_id, Some(1));
+    // The call keeps none of it.
+    assert!(h.call.record().transcript.is_empty());
+    h.sip(SipEvent::RemoteBye);
+    assert!(h.call.record().is_final());
+    assert!(h.call.record().transcript.is_empty());
 }

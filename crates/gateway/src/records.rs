@@ -7,6 +7,11 @@
 //! start of the same node ([`RecordStore::recover_interrupted`]) marks it `failed` with cause
 //! `gateway_restart` and no end time.
 //!
+//! A call's transcript is written line by line as the conversation goes (table `transcript`), so
+//! a long call holds none of it in memory; its final record carries the whole transcript and
+//! the lines are then deleted. A record read while its call runs (or one left by a crash) gets
+//! its transcript from those lines.
+//!
 //! The per-destination daily call counts (`policy.per_destination_per_day`) are kept here too, so
 //! a restart does not reset them.
 
@@ -18,7 +23,7 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::mpsc;
 use tracing::warn;
 use trunkline_call::CallRecord;
-use trunkline_call::record::EndCause;
+use trunkline_call::record::{EndCause, TranscriptEntry, TranscriptLine};
 
 use crate::api::ListQuery;
 
@@ -46,6 +51,15 @@ const SCHEMA: &[&str] = &[
     )",
     "CREATE INDEX IF NOT EXISTS calls_created ON calls (created_ms)",
     "CREATE INDEX IF NOT EXISTS calls_status ON calls (status)",
+    "CREATE TABLE IF NOT EXISTS transcript (
+        call_sid TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        role TEXT NOT NULL,
+        text TEXT NOT NULL,
+        event_id BIGINT,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (call_sid, seq)
+    )",
     "CREATE TABLE IF NOT EXISTS destination_daily (
         day BIGINT NOT NULL,
         number TEXT NOT NULL,
@@ -161,7 +175,11 @@ impl RecordStore {
             r.status = "failed".into();
             r.end_cause = Some(EndCause::GatewayRestart);
             r.timestamps.ended_ms = None;
+            if r.transcript.is_empty() {
+                r.transcript = read_transcript(&self.pool, &r.call_sid).await?;
+            }
             upsert(&self.pool, &self.node, &r).await?;
+            delete_transcript(&self.pool, &r.call_sid).await?;
             out.push(r);
         }
         Ok(out)
@@ -207,6 +225,29 @@ impl RecordStore {
         }
     }
 
+    /// Queue a transcript line of a running call (never blocks the call; written in order with
+    /// the snapshots).
+    pub fn transcript_line(&self, call_sid: &str, line: TranscriptLine) {
+        let msg = Msg::Line(Box::new((call_sid.to_owned(), line)));
+        if self.writer.send(msg).is_err() {
+            warn!("records writer gone");
+        }
+    }
+
+    /// The transcript lines written for `call_sid`, in order, once every line queued before
+    /// this call is written (empty when there are none or the database fails).
+    pub async fn transcript(&self, call_sid: &str) -> Vec<TranscriptEntry> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = Msg::ReadTranscript(call_sid.to_owned(), tx);
+        if self.writer.send(msg).is_err() {
+            return Vec::new();
+        }
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(lines)) => lines,
+            _ => Vec::new(),
+        }
+    }
+
     /// Write a snapshot now and wait for it (shutdown, tests).
     pub async fn save_now(&self, record: &CallRecord) -> Result<(), RecordsError> {
         upsert(&self.pool, &self.node, record).await
@@ -228,7 +269,14 @@ impl RecordStore {
             .await
             .ok()??;
         let text: String = row.try_get("record").ok()?;
-        serde_json::from_str(&text).ok()
+        let mut r: CallRecord = serde_json::from_str(&text).ok()?;
+        if r.transcript.is_empty() {
+            // A call still running (on any node), or left by a crash: its lines so far.
+            r.transcript = read_transcript(&self.pool, call_sid)
+                .await
+                .unwrap_or_default();
+        }
+        Some(r)
     }
 
     /// A page of records, newest first.
@@ -269,8 +317,14 @@ impl RecordStore {
 
 enum Msg {
     Save(Box<CallRecord>),
-    Count { day: i64, number: String },
+    /// A transcript line: the call's sid and the line (boxed: it sets the channel's slot size).
+    Line(Box<(String, TranscriptLine)>),
+    Count {
+        day: i64,
+        number: String,
+    },
     Flush(tokio::sync::oneshot::Sender<()>),
+    ReadTranscript(String, tokio::sync::oneshot::Sender<Vec<TranscriptEntry>>),
 }
 
 async fn write_loop(pool: AnyPool, node: Arc<str>, mut rx: mpsc::UnboundedReceiver<Msg>) {
@@ -278,7 +332,9 @@ async fn write_loop(pool: AnyPool, node: Arc<str>, mut rx: mpsc::UnboundedReceiv
         // Coalesce what is queued: only the newest snapshot of each call needs writing.
         let mut batch: Vec<Box<CallRecord>> = Vec::new();
         let mut counts: Vec<(i64, String)> = Vec::new();
+        let mut lines: Vec<Box<(String, TranscriptLine)>> = Vec::new();
         let mut acks = Vec::new();
+        let mut read = None;
         let mut next = Some(first);
         while let Some(m) = next.take().or_else(|| rx.try_recv().ok()) {
             match m {
@@ -286,9 +342,14 @@ async fn write_loop(pool: AnyPool, node: Arc<str>, mut rx: mpsc::UnboundedReceiv
                     Some(slot) => *slot = r,
                     None => batch.push(r),
                 },
+                Msg::Line(l) => lines.push(l),
                 Msg::Count { day, number } => counts.push((day, number)),
                 Msg::Flush(ack) => {
                     acks.push(ack);
+                    break;
+                }
+                Msg::ReadTranscript(sid, reply) => {
+                    read = Some((sid, reply));
                     break;
                 }
             }
@@ -298,11 +359,25 @@ async fn write_loop(pool: AnyPool, node: Arc<str>, mut rx: mpsc::UnboundedReceiv
                 warn!(error = %e, "daily count write failed");
             }
         }
+        // Lines before snapshots: a final record's transcript was read after its lines.
+        write_lines(&pool, &lines).await;
         for r in &batch {
-            write(&pool, &node, r).await;
+            if write(&pool, &node, r).await && r.is_final() && !r.transcript.is_empty() {
+                // The final record carries the transcript: its lines are no longer needed.
+                if let Err(e) = delete_transcript(&pool, &r.call_sid).await {
+                    warn!(error = %e, call_sid = %r.call_sid, "transcript lines not deleted");
+                }
+            }
         }
         for ack in acks {
             let _ = ack.send(());
+        }
+        if let Some((sid, reply)) = read {
+            let got = read_transcript(&pool, &sid).await.unwrap_or_else(|e| {
+                warn!(error = %e, call_sid = %sid, "transcript read failed");
+                Vec::new()
+            });
+            let _ = reply.send(got);
         }
     }
 }
@@ -319,16 +394,91 @@ async fn count(pool: &AnyPool, day: i64, number: &str) -> Result<(), RecordsErro
     Ok(())
 }
 
-async fn write(pool: &AnyPool, node: &str, r: &CallRecord) {
+/// Write a snapshot (3 attempts); true when it is written.
+async fn write(pool: &AnyPool, node: &str, r: &CallRecord) -> bool {
     for attempt in 0..3 {
         match upsert(pool, node, r).await {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(e) => {
                 warn!(error = %e, attempt, call_sid = %r.call_sid, "record write failed");
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
         }
     }
+    false
+}
+
+/// Write transcript lines in one transaction (a line with a `seq` already written replaces it),
+/// retried like snapshots.
+async fn write_lines(pool: &AnyPool, lines: &[Box<(String, TranscriptLine)>]) {
+    if lines.is_empty() {
+        return;
+    }
+    for attempt in 0..3 {
+        match upsert_lines(pool, lines).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(error = %e, attempt, lines = lines.len(), "transcript write failed");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
+    }
+}
+
+async fn upsert_lines(
+    pool: &AnyPool,
+    lines: &[Box<(String, TranscriptLine)>],
+) -> Result<(), RecordsError> {
+    let mut tx = pool.begin().await?;
+    for l in lines {
+        let (sid, TranscriptLine { seq, entry }) = &**l;
+        sqlx::query(
+            "INSERT INTO transcript (call_sid, seq, role, text, event_id, at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (call_sid, seq) DO UPDATE SET text = excluded.text",
+        )
+        .bind(sid)
+        .bind(i64::from(*seq))
+        .bind(&entry.role)
+        .bind(&entry.text)
+        .bind(entry.event_id)
+        .bind(i64::try_from(entry.at_ms).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn read_transcript(
+    pool: &AnyPool,
+    call_sid: &str,
+) -> Result<Vec<TranscriptEntry>, RecordsError> {
+    let rows = sqlx::query(
+        "SELECT role, text, event_id, at_ms FROM transcript WHERE call_sid = $1 ORDER BY seq",
+    )
+    .bind(call_sid)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let at: i64 = r.try_get("at_ms")?;
+        out.push(TranscriptEntry {
+            role: r.try_get("role")?,
+            text: r.try_get("text")?,
+            event_id: r.try_get("event_id")?,
+            at_ms: u64::try_from(at).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+async fn delete_transcript(pool: &AnyPool, call_sid: &str) -> Result<(), RecordsError> {
+    sqlx::query("DELETE FROM transcript WHERE call_sid = $1")
+        .bind(call_sid)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 async fn upsert(pool: &AnyPool, node: &str, r: &CallRecord) -> Result<(), RecordsError> {

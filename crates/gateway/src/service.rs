@@ -20,7 +20,9 @@ use trunkline_call::record::EndCause;
 use trunkline_call::recording::{RecordingFormat, RecordingWriter, SHARED_QUEUE_FRAMES};
 use trunkline_call::runtime::send_thread::RtpSendThread;
 use trunkline_call::runtime::sip_task::{IncomingLeg, SipLink, SipStack};
-use trunkline_call::runtime::{CallCommand, CallIo, RecordSink, RecordingSetup, run};
+use trunkline_call::runtime::{
+    CallCommand, CallIo, RecordSink, RecordingSetup, TranscriptSink, run,
+};
 use trunkline_call::sip::{MediaParams, TransportKind};
 use trunkline_call::{Call, CallRecord, SipAction, SipEvent};
 
@@ -653,10 +655,19 @@ impl Gateway {
         self.store(call.record().clone());
         let weak = Arc::downgrade(self);
         let sink: RecordSink = Arc::new(move |r| {
+            // The final snapshot is stored when the call's task returns it, with the transcript
+            // read back from the lines written as they came: stored here, it would be seen
+            // (and announced) without them first.
+            if r.is_final() {
+                return;
+            }
             if let Some(gw) = weak.upgrade() {
                 gw.store(r);
             }
         });
+        let lines = self.store.clone();
+        let transcripts: TranscriptSink =
+            Arc::new(move |sid, line| lines.transcript_line(sid, line));
         let gw = self.clone();
         let direction = call.direction().as_str();
         let call = Box::new(call);
@@ -670,12 +681,15 @@ impl Gateway {
             commands: cmd_rx,
             agent,
             records: Some(sink),
+            transcripts: Some(transcripts),
             pacing: Some(gw.metrics.pacing().clone()),
             send_thread: gw.send_thread.clone(),
             recording: gw.recording_setup(&sid),
         });
         let fut = async move {
-            let record = run(call, io).await;
+            let mut record = run(call, io).await;
+            // Boxed, like the release below: kept out of the task's size for the whole call.
+            record.transcript = Box::pin(gw.store.transcript(&sid)).await;
             gw.metrics.call_ended(direction, &record);
             gw.store(record);
             if let Ok(mut a) = gw.active.lock() {
@@ -923,6 +937,11 @@ impl CallService for Arc<Gateway> {
     fn get(&self, call_sid: String) -> BoxFuture<'_, Option<CallRecord>> {
         Box::pin(async move {
             match self.record(&call_sid) {
+                Some(mut r) if !r.is_final() => {
+                    // Running: its transcript so far is in the lines written as they came.
+                    r.transcript = self.store.transcript(&call_sid).await;
+                    Some(r)
+                }
                 Some(r) => Some(r),
                 None => self.store.get(&call_sid).await,
             }

@@ -11,7 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{TOKEN, base_config, pg};
+use common::{TOKEN, api, base_config, pg};
 use serde_json::Value;
 use sqlx::Connection;
 use tokio::net::{TcpListener, UdpSocket};
@@ -67,25 +67,6 @@ async fn trigger(http: SocketAddr, number: &str) -> (u16, Value) {
         &format!(r#"{{"phoneNumber": "{number}"}}"#),
     )
     .await
-}
-
-async fn api(method: &str, http: SocketAddr, path: &str) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(http).await.expect("connect");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 async fn sql_i64(db: &str, q: &'static str) -> i64 {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TOKEN, deploy, pcap, post, speech};
+use common::{TOKEN, api, deploy, pcap, post, speech};
 use trunkline_agent::AudioFormat;
 use trunkline_call::record::EndCause;
 use trunkline_emulators::agent::{AbortKind, AgentEmulatorConfig, Script, ToolCallSpec};
@@ -174,11 +174,37 @@ async fn caller_bye_closes_the_agent_socket_with_1000_and_writes_the_record() {
     )
     .await;
     let sid = d.call("+33612345678").await;
+    // While the call runs, its record has the transcript so far (the greeting), though the call
+    // hands its lines to the database as they come and keeps none.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, j) = api("GET", d.http, &format!("/api/calls/{sid}")).await;
+        assert_eq!(status, 200, "{j}");
+        let j = &j["call"];
+        if j["status"] == "in-progress" && j["transcript"].as_array().is_some_and(|t| !t.is_empty())
+        {
+            assert_eq!(j["transcript"][0]["role"], "agent", "{j}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && j["end_cause"].is_null(),
+            "no transcript while the call ran: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let rec = d.finished(&sid, 20).await;
     assert_eq!(rec.end_cause, Some(EndCause::RemoteHangup));
     let agent = d.agent_finished(1, Duration::from_secs(5)).await;
     assert_eq!(agent[0].client_close_code, Some(1000));
     assert!(!rec.transcript.is_empty(), "transcript kept: {rec:?}");
+    // The API serves the final record with it.
+    let (status, j) = api("GET", d.http, &format!("/api/calls/{sid}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        j["call"]["transcript"].as_array().map(Vec::len),
+        Some(rec.transcript.len()),
+        "{j}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,26 @@ pub async fn post(
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
+/// A bodyless API request with the token (`GET`, `POST …/hangup`): the status and the JSON.
+pub async fn api(method: &str, http: SocketAddr, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(http).await.expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
 impl Deployment {
     /// Place a call through the widget endpoint with the token; returns the call sid.
     pub async fn call(&self, number: &str) -> String {
