@@ -359,18 +359,31 @@ impl Gateway {
             .cloned()
     }
 
-    /// Wait for a call to end and return its final record.
+    /// A record kept in memory, with its transcript: a running call's lines so far, a finished
+    /// call's from the database (the finished records kept in memory carry none: a long call's
+    /// transcript would be held a thousand times over).
+    pub async fn record_with_transcript(&self, sid: &str) -> Option<CallRecord> {
+        let mut r = self.record(sid)?;
+        if !r.is_final() {
+            r.transcript = self.store.transcript(sid).await;
+            return Some(r);
+        }
+        self.store.flush().await;
+        Some(self.store.get(sid).await.unwrap_or(r))
+    }
+
+    /// Wait for a call to end and return its final record (with its transcript).
     pub async fn wait_call(&self, sid: &str, timeout: Duration) -> Option<CallRecord> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.call_ended.notified();
-            if let Some(r) = self.record(sid).filter(|r| r.is_final())
+            if self.record(sid).is_some_and(|r| r.is_final())
                 && !self.active.lock().is_ok_and(|a| a.contains_key(sid))
             {
-                return Some(r);
+                return self.record_with_transcript(sid).await;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.record(sid);
+                return self.record_with_transcript(sid).await;
             }
         }
     }
@@ -552,6 +565,9 @@ impl Gateway {
             book.by_sid.remove(&r.call_sid);
             book.order.retain(|s| s != &r.call_sid);
             book.recent.retain(|f| f.call_sid != r.call_sid);
+            // Without its transcript, which is in the database (`record_with_transcript`).
+            let mut r = r;
+            r.transcript = Vec::new();
             book.recent.push_back(r);
             if book.recent.len() > 1000 {
                 book.recent.pop_front();
@@ -936,12 +952,7 @@ impl CallService for Arc<Gateway> {
     }
     fn get(&self, call_sid: String) -> BoxFuture<'_, Option<CallRecord>> {
         Box::pin(async move {
-            match self.record(&call_sid) {
-                Some(mut r) if !r.is_final() => {
-                    // Running: its transcript so far is in the lines written as they came.
-                    r.transcript = self.store.transcript(&call_sid).await;
-                    Some(r)
-                }
+            match self.record_with_transcript(&call_sid).await {
                 Some(r) => Some(r),
                 None => self.store.get(&call_sid).await,
             }
