@@ -327,12 +327,33 @@ enum Msg {
     ReadTranscript(String, tokio::sync::oneshot::Sender<Vec<TranscriptEntry>>),
 }
 
+/// Transcript lines are written at most this often (one statement for all calls' lines), or at
+/// once when a snapshot, flush or read follows them: a line per statement, as they came, cost
+/// ~0.02 % of a core per call at 250 calls. A crash loses at most this much of a transcript.
+const LINES_EVERY: Duration = Duration::from_secs(1);
+
 async fn write_loop(pool: AnyPool, node: Arc<str>, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    while let Some(first) = rx.recv().await {
+    let mut lines: Vec<(String, TranscriptLine)> = Vec::new();
+    let mut lines_due: Option<tokio::time::Instant> = None;
+    loop {
+        let first = match lines_due {
+            Some(due) => match tokio::time::timeout_at(due, rx.recv()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    write_lines(&pool, &mut lines).await;
+                    lines_due = None;
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(first) = first else {
+            write_lines(&pool, &mut lines).await;
+            return;
+        };
         // Coalesce what is queued: only the newest snapshot of each call needs writing.
         let mut batch: Vec<Box<CallRecord>> = Vec::new();
         let mut counts: Vec<(i64, String)> = Vec::new();
-        let mut lines: Vec<Box<(String, TranscriptLine)>> = Vec::new();
         let mut acks = Vec::new();
         let mut read = None;
         let mut next = Some(first);
@@ -342,7 +363,10 @@ async fn write_loop(pool: AnyPool, node: Arc<str>, mut rx: mpsc::UnboundedReceiv
                     Some(slot) => *slot = r,
                     None => batch.push(r),
                 },
-                Msg::Line(l) => lines.push(l),
+                Msg::Line(l) => {
+                    lines.push(*l);
+                    lines_due.get_or_insert_with(|| tokio::time::Instant::now() + LINES_EVERY);
+                }
                 Msg::Count { day, number } => counts.push((day, number)),
                 Msg::Flush(ack) => {
                     acks.push(ack);
@@ -360,7 +384,10 @@ async fn write_loop(pool: AnyPool, node: Arc<str>, mut rx: mpsc::UnboundedReceiv
             }
         }
         // Lines before snapshots: a final record's transcript was read after its lines.
-        write_lines(&pool, &lines).await;
+        if !batch.is_empty() || !acks.is_empty() || read.is_some() {
+            write_lines(&pool, &mut lines).await;
+            lines_due = None;
+        }
         for r in &batch {
             if write(&pool, &node, r).await && r.is_final() && !r.transcript.is_empty() {
                 // The final record carries the transcript: its lines are no longer needed.
@@ -408,45 +435,79 @@ async fn write(pool: &AnyPool, node: &str, r: &CallRecord) -> bool {
     false
 }
 
-/// Write transcript lines in one transaction (a line with a `seq` already written replaces it),
-/// retried like snapshots.
-async fn write_lines(pool: &AnyPool, lines: &[Box<(String, TranscriptLine)>]) {
+/// Rows per statement (6 parameters each; SQLite allows 32,766, PostgreSQL 65,535).
+const LINES_PER_STATEMENT: usize = 500;
+
+/// Write the queued transcript lines (a line with a `seq` already written replaces it) in
+/// multi-row statements, retried like snapshots; `lines` is left empty.
+async fn write_lines(pool: &AnyPool, lines: &mut Vec<(String, TranscriptLine)>) {
     if lines.is_empty() {
         return;
     }
-    for attempt in 0..3 {
-        match upsert_lines(pool, lines).await {
-            Ok(()) => return,
-            Err(e) => {
-                warn!(error = %e, attempt, lines = lines.len(), "transcript write failed");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+    // A correction queued with its line: the later one wins (one statement may not touch a
+    // row twice).
+    let mut i = 0;
+    while i < lines.len() {
+        let (sid, l) = &lines[i];
+        let later = lines[i + 1..]
+            .iter()
+            .any(|o| o.1.seq == l.seq && o.0 == *sid);
+        if later {
+            lines.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    for chunk in lines.chunks(LINES_PER_STATEMENT) {
+        for attempt in 0..3 {
+            match upsert_lines(pool, chunk).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, attempt, lines = chunk.len(), "transcript write failed");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
             }
         }
     }
+    lines.clear();
 }
 
 async fn upsert_lines(
     pool: &AnyPool,
-    lines: &[Box<(String, TranscriptLine)>],
+    lines: &[(String, TranscriptLine)],
 ) -> Result<(), RecordsError> {
-    let mut tx = pool.begin().await?;
-    for l in lines {
-        let (sid, TranscriptLine { seq, entry }) = &**l;
-        sqlx::query(
-            "INSERT INTO transcript (call_sid, seq, role, text, event_id, at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (call_sid, seq) DO UPDATE SET text = excluded.text",
-        )
-        .bind(sid)
-        .bind(i64::from(*seq))
-        .bind(&entry.role)
-        .bind(&entry.text)
-        .bind(entry.event_id)
-        .bind(i64::try_from(entry.at_ms).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
+    let mut sql =
+        String::from("INSERT INTO transcript (call_sid, seq, role, text, event_id, at_ms) VALUES ");
+    for i in 0..lines.len() {
+        let p = i * 6;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6
+        ));
     }
-    tx.commit().await?;
+    sql.push_str(" ON CONFLICT (call_sid, seq) DO UPDATE SET text = excluded.text");
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for l in lines {
+        let (sid, TranscriptLine { seq, entry }) = l;
+        q = q
+            .bind(sid.clone())
+            .bind(i64::from(*seq))
+            .bind(entry.role.clone())
+            .bind(entry.text.clone())
+            .bind(entry.event_id)
+            .bind(i64::try_from(entry.at_ms).unwrap_or(i64::MAX));
+    }
+    // Not kept prepared: the statement differs with the number of rows, and a cache of up to 100
+    // of them held ~2 MB at 250 calls.
+    q.persistent(false).execute(pool).await?;
     Ok(())
 }
 

@@ -70,6 +70,14 @@ async fn transcript_lines_round_trip(url: &str) {
     assert_eq!(rec.status, "in-progress");
     assert_eq!(rec.transcript, got);
 
+    // Lines queued alone are written within a second, with no read or snapshot after them.
+    store.save(running("CAtimer"));
+    store.flush().await;
+    store.transcript_line("CAtimer", line(0, "agent", "Hello", Some(1)));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let rec = store.get("CAtimer").await.expect("record");
+    assert_eq!(texts(&rec.transcript), ["Hello"]);
+
     // Ordered by number, not as text (10 after 9), and many lines at once.
     for seq in 0..1200u32 {
         store.transcript_line("CAmany", line(seq, "user", &seq.to_string(), Some(1)));
