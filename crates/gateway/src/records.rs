@@ -423,11 +423,27 @@ async fn count(pool: &AnyPool, day: i64, number: &str) -> Result<(), RecordsErro
 
 /// Write a snapshot (3 attempts); true when it is written.
 async fn write(pool: &AnyPool, node: &str, r: &CallRecord) -> bool {
+    retry(
+        || upsert(pool, node, r),
+        |e, attempt| {
+            warn!(error = %e, attempt, call_sid = %r.call_sid, "record write failed");
+        },
+    )
+    .await
+}
+
+/// Run `op` up to 3 times, 100, 200 then 400 ms apart, reporting each failure; true when it
+/// succeeded.
+async fn retry<F, Fut>(mut op: F, mut failed: impl FnMut(&RecordsError, u32)) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), RecordsError>>,
+{
     for attempt in 0..3 {
-        match upsert(pool, node, r).await {
+        match op().await {
             Ok(()) => return true,
             Err(e) => {
-                warn!(error = %e, attempt, call_sid = %r.call_sid, "record write failed");
+                failed(&e, attempt);
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
         }
@@ -446,28 +462,27 @@ async fn write_lines(pool: &AnyPool, lines: &mut Vec<(String, TranscriptLine)>) 
     }
     // A correction queued with its line: the later one wins (one statement may not touch a
     // row twice).
-    let mut i = 0;
-    while i < lines.len() {
-        let (sid, l) = &lines[i];
-        let later = lines[i + 1..]
+    let keep: Vec<bool> = {
+        let mut last = std::collections::HashMap::with_capacity(lines.len());
+        for (i, (sid, l)) in lines.iter().enumerate() {
+            last.insert((sid.as_str(), l.seq), i);
+        }
+        lines
             .iter()
-            .any(|o| o.1.seq == l.seq && o.0 == *sid);
-        if later {
-            lines.remove(i);
-        } else {
-            i += 1;
-        }
-    }
+            .enumerate()
+            .map(|(i, (sid, l))| last.get(&(sid.as_str(), l.seq)) == Some(&i))
+            .collect()
+    };
+    let mut keep = keep.into_iter();
+    lines.retain(|_| keep.next().unwrap_or(true));
     for chunk in lines.chunks(LINES_PER_STATEMENT) {
-        for attempt in 0..3 {
-            match upsert_lines(pool, chunk).await {
-                Ok(()) => break,
-                Err(e) => {
-                    warn!(error = %e, attempt, lines = chunk.len(), "transcript write failed");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
-            }
-        }
+        retry(
+            || upsert_lines(pool, chunk),
+            |e, attempt| {
+                warn!(error = %e, attempt, lines = chunk.len(), "transcript write failed");
+            },
+        )
+        .await;
     }
     lines.clear();
 }

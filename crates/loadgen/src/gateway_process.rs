@@ -1,6 +1,8 @@
 //! The gateway under test as a child process: the `trunkline` binary run as
 //! `trunkline serve --config FILE`, with a configuration written for the run (loopback, wired to
-//! this tool's emulators, policy limits out of the way, call records in memory).
+//! this tool's emulators, policy limits out of the way, call records in a SQLite file in the run's
+//! directory as in production: an in-memory database would hold every record and transcript line
+//! in the gateway's own memory and count them in its RSS).
 //!
 //! The child inherits this process's environment, so `TRUNKLINE__SECTION__KEY` overrides apply
 //! to it exactly as to any `trunkline serve` (e.g. `TRUNKLINE__AGENT__UPLINK_CHUNK_MS=100`); its
@@ -101,11 +103,9 @@ fn toml_str(s: &str) -> String {
 pub fn config_toml(
     sip: SocketAddr,
     http: SocketAddr,
-    trunk: SocketAddr,
-    agent_ws: &str,
+    spec: &GatewaySpec,
     agent_ca: Option<&Path>,
-    srtp: bool,
-    rtp_ports: (u16, u16),
+    records: &Path,
 ) -> String {
     let agent_ca = agent_ca.map_or(String::new(), |p| {
         format!("tls_ca_file = {}\n", toml_str(&p.display().to_string()))
@@ -146,19 +146,20 @@ per_destination_per_day = 1000000
 denied_prefixes = []
 
 [records]
-database_url = "sqlite::memory:"
+database_url = {records}
 
 [log]
 level = "error"
 "#,
         sip = toml_str(&sip.to_string()),
-        trunk = toml_str(&trunk.to_string()),
+        trunk = toml_str(&spec.trunk.to_string()),
         user = toml_str(TRUNK_USER),
-        agent = toml_str(agent_ws),
+        agent = toml_str(&spec.agent_ws),
         http = toml_str(&http.to_string()),
-        enc = toml_str(if srtp { "required" } else { "disabled" }),
-        port_min = rtp_ports.0,
-        port_max = rtp_ports.1,
+        enc = toml_str(if spec.srtp { "required" } else { "disabled" }),
+        port_min = spec.rtp_ports.0,
+        port_max = spec.rtp_ports.1,
+        records = toml_str(&format!("sqlite://{}", records.display())),
     )
 }
 
@@ -282,11 +283,9 @@ impl GatewayProcess {
             config_toml(
                 sip,
                 http,
-                spec.trunk,
-                &spec.agent_ws,
+                spec,
                 agent_ca.as_deref(),
-                spec.srtp,
-                spec.rtp_ports,
+                &dir.0.join("records.db"),
             ),
         )
         .with_context(|| format!("writing {}", config.display()))
@@ -422,14 +421,22 @@ mod tests {
 
     #[test]
     fn the_configuration_is_toml_with_the_wiring() {
+        let spec = GatewaySpec {
+            bin: PathBuf::from("trunkline"),
+            trunk: "127.0.0.1:5070".parse().expect("addr"),
+            agent_ws: "wss://localhost:9000".into(),
+            token: "t".into(),
+            worker_threads: 2,
+            srtp: true,
+            agent_ca_pem: None,
+            rtp_ports: node_rtp_ports(1, 3),
+        };
         let text = config_toml(
             "127.0.0.1:5062".parse().expect("addr"),
             "127.0.0.1:8089".parse().expect("addr"),
-            "127.0.0.1:5070".parse().expect("addr"),
-            "wss://localhost:9000",
+            &spec,
             Some(Path::new("/tmp/run/agent-ca.pem")),
-            true,
-            node_rtp_ports(1, 3),
+            Path::new("/tmp/run/records.db"),
         );
         assert_eq!(
             text.parse::<toml::Table>().expect("TOML")["trunk"]["media_encryption"].as_str(),
@@ -454,7 +461,7 @@ mod tests {
         );
         assert_eq!(
             t["records"]["database_url"].as_str(),
-            Some("sqlite::memory:")
+            Some("sqlite:///tmp/run/records.db")
         );
         assert_eq!(
             t["policy"]["denied_prefixes"].as_array().map(Vec::len),
