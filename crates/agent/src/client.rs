@@ -27,11 +27,11 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::RootCertStore;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, warn};
 use url::Url;
 
@@ -44,6 +44,7 @@ use crate::protocol::{
 };
 use crate::read_cap::ReadCap;
 use crate::session::{AgentEvent, AgentHandle, AgentSession, ResponseCorrection, ToolRegistry};
+use crate::tls::{TlsStream, Transport};
 
 /// The production base URL.
 pub const DEFAULT_BASE_URL: &str = "wss://api.elevenlabs.io";
@@ -311,7 +312,7 @@ pub async fn fetch_signed_url(config: &AgentConfig, api_key: &str) -> Result<Str
     Ok(resp.json::<SignedUrl>().await?.signed_url)
 }
 
-type Ws = WebSocketStream<ReadCap<MaybeTlsStream<TcpStream>>>;
+type Ws = WebSocketStream<ReadCap<Transport>>;
 
 /// Connects, sends `conversation_initiation_client_data`, waits for the metadata, and starts the
 /// connection tasks. Must be called inside a tokio runtime.
@@ -409,12 +410,13 @@ async fn connect_inner(
 }
 
 /// TCP to the URL's host (Nagle off), then TLS for `wss://` (SNI and certificate checked
-/// against the host): what `connect_async_tls_with_config` does, done here so the WebSocket
-/// reads through [`ReadCap`] above TLS.
+/// against the host; [`TlsStream`], holding no buffer between messages): what
+/// `connect_async_tls_with_config` does, done here so the WebSocket reads through [`ReadCap`]
+/// above TLS.
 async fn open_transport(
     url: &str,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<MaybeTlsStream<TcpStream>, ConnectError> {
+) -> Result<Transport, ConnectError> {
     let parsed = Url::parse(url).map_err(|e| ConnectError::Url(format!("{url}: {e}")))?;
     let secure = match parsed.scheme() {
         "wss" => true,
@@ -436,16 +438,13 @@ async fn open_transport(
         .map_err(io)?;
     tcp.set_nodelay(true).map_err(io)?;
     if !secure {
-        return Ok(MaybeTlsStream::Plain(tcp));
+        return Ok(Transport::Plain(tcp));
     }
     let name = rustls::pki_types::ServerName::try_from(host.as_str())
         .map_err(|e| ConnectError::Url(format!("{url}: {e}")))?
         .to_owned();
-    let tls = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .map_err(io)?;
-    Ok(MaybeTlsStream::Rustls(tls))
+    let tls = TlsStream::connect(tls, name, tcp).await.map_err(io)?;
+    Ok(Transport::Tls(Box::new(tls)))
 }
 
 fn lost(detail: &str, error: Option<ErrorEvent>) -> Closed {

@@ -31,6 +31,7 @@ pub mod fuzzing;
 pub mod protocol;
 mod read_cap;
 pub mod session;
+pub mod tls;
 
 pub use client::{AgentConfig, ConnectError, connect, fetch_signed_url};
 pub use close::{CloseReason, Closed};
