@@ -53,6 +53,10 @@ pub const TICK: Duration = Duration::from_millis(20);
 
 /// Longest caller audio kept while the agent connects (frames of 20 ms).
 const PREROLL_FRAMES: usize = 50;
+
+/// Agent audio is converted and queued this many payload bytes at a time (40 ms of µ-law,
+/// 20 ms of 8 kHz PCM): `Call::on_agent_audio`.
+const DOWNLINK_PIECE: usize = 2 * FRAME;
 /// Longest agent audio kept before the media session exists (bytes of G.711, 30 s).
 const MAX_PENDING_DOWNLINK: usize = 30 * 8000;
 /// Longest `send_dtmf` request.
@@ -1210,15 +1214,28 @@ impl Call {
             return;
         };
         let id = event_id.max(0) as u64;
-        self.downlink_scratch.clear();
-        down.convert(audio, &mut self.downlink_scratch);
-        if let Some(m) = self.media.as_mut() {
-            m.push_agent_audio(id, &self.downlink_scratch);
-        } else if self.pending_downlink_bytes + self.downlink_scratch.len() <= MAX_PENDING_DOWNLINK
-        {
-            self.pending_downlink_bytes += self.downlink_scratch.len();
-            self.pending_downlink
-                .push((id, self.downlink_scratch.clone()));
+        // A piece at a time: the conversion's buffers (this scratch, the converter's samples,
+        // the resampler's input) then stay at a piece's size for the whole call instead of the
+        // largest chunk the agent ever sent (a 250 ms chunk: 2 KB of µ-law, 16 KB of f32
+        // samples at 16 kHz). The converter and the pacer are streams: the split is not heard.
+        for piece in audio.chunks(DOWNLINK_PIECE) {
+            self.downlink_scratch.clear();
+            down.convert(piece, &mut self.downlink_scratch);
+            if let Some(m) = self.media.as_mut() {
+                m.push_agent_audio(id, &self.downlink_scratch);
+            } else if self.pending_downlink_bytes + self.downlink_scratch.len()
+                <= MAX_PENDING_DOWNLINK
+            {
+                self.pending_downlink_bytes += self.downlink_scratch.len();
+                match self.pending_downlink.last_mut() {
+                    Some((last, codes)) if *last == id => {
+                        codes.extend_from_slice(&self.downlink_scratch);
+                    }
+                    _ => self
+                        .pending_downlink
+                        .push((id, self.downlink_scratch.clone())),
+                }
+            }
         }
         self.check_drained(now);
     }

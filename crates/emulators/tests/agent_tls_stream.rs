@@ -175,7 +175,10 @@ async fn an_untrusted_certificate_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
-    assert!(err.to_string().contains("invalid peer certificate"), "{err}");
+    assert!(
+        err.to_string().contains("invalid peer certificate"),
+        "{err}"
+    );
     // The server learns why: our alert, not a bare TCP end.
     let server_err = server.await.unwrap();
     assert!(server_err.contains("received fatal alert"), "{server_err}");
