@@ -48,15 +48,12 @@ pub struct TlsStream {
     conn: UnbufferedClientConnection,
     /// TLS bytes received but not processed: the start of a record cut by a read.
     incoming: Vec<u8>,
-    /// Decrypted bytes not yet read; the first `plain_pos` of them were read.
-    plain: Vec<u8>,
+    /// What processing records produced.
+    out: Processed,
+    /// Decrypted bytes already read from `out.plain`.
     plain_pos: usize,
-    /// TLS bytes encrypted but not yet written; the first `out_pos` of them were written.
-    outgoing: Vec<u8>,
+    /// TLS bytes already written from `out.outgoing`.
     out_pos: usize,
-    handshaken: bool,
-    /// The peer's `close_notify` arrived: no more data after `plain`.
-    peer_closed: bool,
     /// The socket reached end of file.
     eof: bool,
     close_sent: bool,
@@ -69,19 +66,22 @@ impl std::fmt::Debug for TlsStream {
         f.debug_struct("TlsStream")
             .field("tcp", &self.tcp)
             .field("buffered", &self.buffered())
-            .field("peer_closed", &self.peer_closed)
+            .field("peer_closed", &self.out.peer_closed)
             .finish_non_exhaustive()
     }
 }
 
-/// What processing the received records left the connection waiting for.
-enum Next<'c> {
-    /// More bytes from the peer.
-    Data,
-    /// Application data may be encrypted.
-    Write(WriteTraffic<'c, ClientConnectionData>),
-    /// Both sides sent `close_notify`.
-    Closed,
+/// What [`process`] produces besides consuming records.
+#[derive(Default)]
+struct Processed {
+    /// Decrypted bytes not yet read.
+    plain: Vec<u8>,
+    /// TLS bytes encrypted or encoded but not yet written.
+    outgoing: Vec<u8>,
+    /// Application data may be sent (the handshake is complete).
+    handshaken: bool,
+    /// The peer's `close_notify` arrived: no more data after `plain`.
+    peer_closed: bool,
 }
 
 fn tls_error(e: rustls::Error) -> io::Error {
@@ -114,15 +114,14 @@ fn encode(
 }
 
 /// Runs rustls over the records in `buf` until it needs more bytes (or may encrypt):
-/// plaintext goes to `plain`, handshake records to `outgoing`. Returns how many bytes of
-/// `buf` were consumed.
+/// plaintext goes to `out.plain`, handshake records to `out.outgoing`, and the handshake's
+/// end and the peer's `close_notify` to its flags. Returns how many bytes of `buf` were
+/// consumed, and rustls' handle for encrypting once application data may be sent.
 fn process<'c>(
     conn: &'c mut UnbufferedClientConnection,
     buf: &mut [u8],
-    plain: &mut Vec<u8>,
-    outgoing: &mut Vec<u8>,
-    peer_closed: &mut bool,
-) -> io::Result<(usize, Next<'c>)> {
+    out: &mut Processed,
+) -> io::Result<(usize, Option<WriteTraffic<'c, ClientConnectionData>>)> {
     let mut consumed = 0;
     // rustls hands out a `WriteTraffic` borrowing the connection; a loop re-borrowing it
     // cannot return that borrow (NLL), so the loop stops *before* the final state and the
@@ -135,13 +134,13 @@ fn process<'c>(
                 while let Some(record) = r.next_record() {
                     let record = record.map_err(tls_error)?;
                     discard += record.discard;
-                    plain.extend_from_slice(record.payload);
+                    out.plain.extend_from_slice(record.payload);
                 }
             }
-            ConnectionState::EncodeTlsData(mut e) => encode(&mut e, outgoing)?,
+            ConnectionState::EncodeTlsData(mut e) => encode(&mut e, &mut out.outgoing)?,
             // What was encoded is queued in `outgoing`, written before anything else.
             ConnectionState::TransmitTlsData(t) => t.done(),
-            ConnectionState::PeerClosed => *peer_closed = true,
+            ConnectionState::PeerClosed => out.peer_closed = true,
             ConnectionState::BlockedHandshake
             | ConnectionState::WriteTraffic(_)
             | ConnectionState::Closed => {
@@ -154,12 +153,18 @@ fn process<'c>(
     }
     let status = conn.process_tls_records(&mut buf[consumed..]);
     consumed += status.discard;
-    let next = match status.state.map_err(tls_error)? {
-        ConnectionState::WriteTraffic(w) => Next::Write(w),
-        ConnectionState::Closed => Next::Closed,
-        _ => Next::Data,
+    let write = match status.state.map_err(tls_error)? {
+        ConnectionState::WriteTraffic(w) => {
+            out.handshaken = true;
+            Some(w)
+        }
+        ConnectionState::Closed => {
+            out.peer_closed = true;
+            None
+        }
+        _ => None,
     };
-    Ok((consumed, next))
+    Ok((consumed, write))
 }
 
 impl TlsStream {
@@ -174,12 +179,9 @@ impl TlsStream {
             tcp,
             conn,
             incoming: Vec::new(),
-            plain: Vec::new(),
+            out: Processed::default(),
             plain_pos: 0,
-            outgoing: Vec::new(),
             out_pos: 0,
-            handshaken: false,
-            peer_closed: false,
             eof: false,
             close_sent: false,
             read_waker: None,
@@ -190,7 +192,7 @@ impl TlsStream {
 
     /// Bytes held in the stream's buffers (received, decrypted or to send): 0 between messages.
     pub fn buffered(&self) -> usize {
-        self.incoming.capacity() + self.plain.capacity() + self.outgoing.capacity()
+        self.incoming.capacity() + self.out.plain.capacity() + self.out.outgoing.capacity()
     }
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -200,10 +202,10 @@ impl TlsStream {
                 return Poll::Ready(Err(e));
             }
             ready!(self.poll_flush_out(cx))?;
-            if self.handshaken {
+            if self.out.handshaken {
                 return Poll::Ready(Ok(()));
             }
-            if self.eof || self.peer_closed {
+            if self.eof || self.out.peer_closed {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "connection closed during the TLS handshake",
@@ -216,25 +218,19 @@ impl TlsStream {
         }
     }
 
-    /// Processes the records kept in `incoming`; frees it once empty.
+    /// Processes the records kept in `incoming`.
     fn process_incoming(&mut self) -> io::Result<()> {
-        let (consumed, next) = process(
-            &mut self.conn,
-            &mut self.incoming,
-            &mut self.plain,
-            &mut self.outgoing,
-            &mut self.peer_closed,
-        )?;
-        match next {
-            Next::Write(_) => self.handshaken = true,
-            Next::Closed => self.peer_closed = true,
-            Next::Data => {}
-        }
+        let (consumed, _) = process(&mut self.conn, &mut self.incoming, &mut self.out)?;
+        self.discard_incoming(consumed);
+        Ok(())
+    }
+
+    /// Drops the first `consumed` bytes of `incoming`; frees it once empty.
+    fn discard_incoming(&mut self, consumed: usize) {
         self.incoming.drain(..consumed);
         if self.incoming.is_empty() {
             self.incoming = Vec::new();
         }
-        Ok(())
     }
 
     /// One read from the socket, its records processed. Whole records are decrypted in a buffer
@@ -262,32 +258,22 @@ impl TlsStream {
             self.eof = true;
             return Poll::Ready(Ok(()));
         }
-        let (consumed, next) = process(
-            &mut self.conn,
-            filled,
-            &mut self.plain,
-            &mut self.outgoing,
-            &mut self.peer_closed,
-        )?;
-        match next {
-            Next::Write(_) => self.handshaken = true,
-            Next::Closed => self.peer_closed = true,
-            Next::Data => {}
-        }
+        let (consumed, _) = process(&mut self.conn, filled, &mut self.out)?;
         self.incoming.extend_from_slice(&filled[consumed..]);
         Poll::Ready(Ok(()))
     }
 
     /// Writes `outgoing` to the socket; frees it once written.
     fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_pos < self.outgoing.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.out_pos..]))?;
+        while self.out_pos < self.out.outgoing.len() {
+            let n =
+                ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out.outgoing[self.out_pos..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.out_pos += n;
         }
-        self.outgoing = Vec::new();
+        self.out.outgoing = Vec::new();
         self.out_pos = 0;
         Poll::Ready(Ok(()))
     }
@@ -296,29 +282,23 @@ impl TlsStream {
     fn send_alert(&mut self) {
         let status = self.conn.process_tls_records(&mut []);
         if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state
-            && encode(&mut e, &mut self.outgoing).is_ok()
+            && encode(&mut e, &mut self.out.outgoing).is_ok()
         {
-            let _ = self.tcp.try_write(&self.outgoing[self.out_pos..]);
+            let _ = self.tcp.try_write(&self.out.outgoing[self.out_pos..]);
         }
     }
 
     /// Encrypts `data` and writes it, keeping on the heap only what the socket did not take.
     fn encrypt_and_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> io::Result<()> {
-        let (consumed, next) = process(
-            &mut self.conn,
-            &mut self.incoming,
-            &mut self.plain,
-            &mut self.outgoing,
-            &mut self.peer_closed,
-        )?;
-        let Next::Write(mut w) = next else {
+        let (consumed, write) = process(&mut self.conn, &mut self.incoming, &mut self.out)?;
+        let Some(mut w) = write else {
             return Err(io::ErrorKind::BrokenPipe.into());
         };
         let mut stack = [0u8; WRITE_STACK + 256];
         match w.encrypt(data, &mut stack) {
             Ok(n) => {
                 let mut sent = 0;
-                if self.outgoing.len() == self.out_pos {
+                if self.out.outgoing.len() == self.out_pos {
                     while sent < n {
                         match Pin::new(&mut self.tcp).poll_write(cx, &stack[sent..n]) {
                             Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
@@ -328,24 +308,22 @@ impl TlsStream {
                         }
                     }
                 }
-                self.outgoing.extend_from_slice(&stack[sent..n]);
+                self.out.outgoing.extend_from_slice(&stack[sent..n]);
             }
             Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                let start = self.outgoing.len();
-                self.outgoing.resize(start + required_size, 0);
+                let outgoing = &mut self.out.outgoing;
+                let start = outgoing.len();
+                outgoing.resize(start + required_size, 0);
                 let n = w
-                    .encrypt(data, &mut self.outgoing[start..])
+                    .encrypt(data, &mut outgoing[start..])
                     .map_err(io::Error::other)?;
-                self.outgoing.truncate(start + n);
+                outgoing.truncate(start + n);
             }
             Err(e) => return Err(io::Error::other(e)),
         }
-        self.incoming.drain(..consumed);
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
-        }
+        self.discard_incoming(consumed);
         // Records processed on the way (a reader's data, a close_notify) wake the reader.
-        if (self.plain.len() > self.plain_pos || self.peer_closed)
+        if (self.out.plain.len() > self.plain_pos || self.out.peer_closed)
             && let Some(waker) = self.read_waker.take()
         {
             waker.wake();
@@ -362,17 +340,18 @@ impl AsyncRead for TlsStream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.plain_pos < this.plain.len() {
-                let n = buf.remaining().min(this.plain.len() - this.plain_pos);
-                buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
+            let plain = &mut this.out.plain;
+            if this.plain_pos < plain.len() {
+                let n = buf.remaining().min(plain.len() - this.plain_pos);
+                buf.put_slice(&plain[this.plain_pos..this.plain_pos + n]);
                 this.plain_pos += n;
-                if this.plain_pos == this.plain.len() {
-                    this.plain = Vec::new();
+                if this.plain_pos == plain.len() {
+                    *plain = Vec::new();
                     this.plain_pos = 0;
                 }
                 return Poll::Ready(Ok(()));
             }
-            if this.peer_closed {
+            if this.out.peer_closed {
                 return Poll::Ready(Ok(()));
             }
             if this.eof {
@@ -426,22 +405,17 @@ impl AsyncWrite for TlsStream {
         ready!(this.poll_flush_out(cx))?;
         if !this.close_sent {
             this.close_sent = true;
-            let (consumed, next) = process(
-                &mut this.conn,
-                &mut this.incoming,
-                &mut this.plain,
-                &mut this.outgoing,
-                &mut this.peer_closed,
-            )?;
-            if let Next::Write(mut w) = next {
-                let start = this.outgoing.len();
-                this.outgoing.resize(start + 64, 0);
+            let (consumed, write) = process(&mut this.conn, &mut this.incoming, &mut this.out)?;
+            if let Some(mut w) = write {
+                let outgoing = &mut this.out.outgoing;
+                let start = outgoing.len();
+                outgoing.resize(start + 64, 0);
                 let n = w
-                    .queue_close_notify(&mut this.outgoing[start..])
+                    .queue_close_notify(&mut outgoing[start..])
                     .map_err(io::Error::other)?;
-                this.outgoing.truncate(start + n);
+                outgoing.truncate(start + n);
             }
-            this.incoming.drain(..consumed);
+            this.discard_incoming(consumed);
             ready!(this.poll_flush_out(cx))?;
         }
         Pin::new(&mut this.tcp).poll_shutdown(cx)
