@@ -24,7 +24,7 @@ pub mod rtp_socket;
 pub mod send_thread;
 pub mod sip_task;
 
-use self::pacing::{PacingHistogram, SendClock};
+use self::pacing::{PacingHistogram, SendClock, TickStats};
 use self::rtp_socket::{RTP_POLL, RtpSocket};
 use self::send_thread::{RtpSendThread, Stream};
 use self::sip_task::SipLink;
@@ -70,6 +70,9 @@ pub struct CallIo {
     pub transcripts: Option<TranscriptSink>,
     /// Where the intervals between this call's RTP sends are counted (shared by all calls).
     pub pacing: Option<std::sync::Arc<PacingHistogram>>,
+    /// Where the lateness of this call's media ticks, and the send slots it missed, are
+    /// counted (shared by all calls).
+    pub ticks: Option<std::sync::Arc<TickStats>>,
     /// Where RTP is sent from at its exact time (see [`send_thread`]); `None` sends it from
     /// this task as soon as it is built.
     pub send_thread: Option<RtpSendThread>,
@@ -134,6 +137,7 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
         records,
         transcripts,
         pacing,
+        ticks,
         send_thread,
         recording,
     } = *io;
@@ -205,6 +209,12 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
                             last_send_at = Some(at);
                             last_sent_id =
                                 Some(th.send_at(at, stream, &buf[..t.len], t.destination));
+                            if th.slot(at) < now
+                                && let Some(s) = ticks.as_deref()
+                            {
+                                // Built after its send time: it leaves at once, late.
+                                s.missed_slot();
+                            }
                             // Until shortly before the slot, late audio may still replace it.
                             if let Some(until) = th.slot(at).checked_sub(LATE_AUDIO_MARGIN) {
                                 call.allow_late_audio_until(until);
@@ -322,6 +332,11 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
                 let now = std::time::Instant::now();
                 // The scheduled time of this tick (the wake-up itself may be late).
                 tick_at = Some(sleep.deadline().into_std());
+                if call.media().is_some()
+                    && let (Some(s), Some(at)) = (ticks.as_deref(), tick_at)
+                {
+                    s.tick(at, now);
+                }
                 if call.media().is_some()
                     && let Some(rtp) = rtp.as_mut()
                 {

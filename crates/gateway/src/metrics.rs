@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::sync::Arc;
 
 use trunkline_call::CallRecord;
-use trunkline_call::runtime::pacing::{PACING_BUCKETS_US, PacingHistogram};
+use trunkline_call::runtime::pacing::{
+    PACING_BUCKETS_US, PacingHistogram, PacingSnapshot, TickStats,
+};
 use trunkline_call::sip::TransportStats;
 
 /// Setup-latency histogram buckets, seconds.
@@ -69,6 +71,7 @@ struct Inner {
 pub struct Metrics {
     inner: Mutex<Inner>,
     pacing: Arc<PacingHistogram>,
+    ticks: Arc<TickStats>,
     /// Counters of the connection and slow-client defences.
     pub defences: Defences,
     /// Counters of every call recording.
@@ -79,6 +82,11 @@ impl Metrics {
     /// The RTP send-pacing histogram every call feeds.
     pub fn pacing(&self) -> &Arc<PacingHistogram> {
         &self.pacing
+    }
+
+    /// The media-tick lateness histogram and missed-slot counter every call feeds.
+    pub fn ticks(&self) -> &Arc<TickStats> {
+        &self.ticks
     }
 
     /// A call started.
@@ -299,23 +307,23 @@ impl Metrics {
             m.srtp_auth_failures
         );
         let p = self.pacing.snapshot();
-        let name = "trunkline_rtp_send_pacing_seconds";
+        render_us_histogram(
+            &mut out,
+            "trunkline_rtp_send_pacing_seconds",
+            "|interval between two RTP packets sent to the same phone - 20 ms|, measured at the gateway's send.",
+            &p,
+        );
+        render_us_histogram(
+            &mut out,
+            "trunkline_media_tick_lateness_seconds",
+            "How late each call's 20 ms media tick ran after its scheduled time (the call task's wake-up on the runtime's timer).",
+            &self.ticks.lateness.snapshot(),
+        );
         let _ = writeln!(
             out,
-            "# HELP {name} |interval between two RTP packets sent to the same phone - 20 ms|, measured at the gateway's send.\n# TYPE {name} histogram"
+            "# HELP trunkline_rtp_send_slot_missed_total RTP packets built after their send time (media tick later than rtp.send_delay_ms): sent at once, late.\n# TYPE trunkline_rtp_send_slot_missed_total counter\ntrunkline_rtp_send_slot_missed_total {}",
+            self.ticks.missed()
         );
-        let mut cumulative = 0;
-        for (b, c) in PACING_BUCKETS_US.iter().zip(&p.counts) {
-            cumulative += c;
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{}\"}} {cumulative}",
-                *b as f64 / 1e6
-            );
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", p.count());
-        let _ = writeln!(out, "{name}_sum {}", p.sum_us as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {}", p.count());
         let _ = writeln!(
             out,
             "# HELP trunkline_rtp_send_pacing_max_seconds The largest send-interval deviation since start.\n# TYPE trunkline_rtp_send_pacing_max_seconds gauge\ntrunkline_rtp_send_pacing_max_seconds {}",
@@ -338,6 +346,23 @@ pub struct Defences {
     pub http_request_timeouts: std::sync::atomic::AtomicU64,
     /// HTTP accept failures (out of file descriptors) after which the listener paused.
     pub http_accept_backoffs: std::sync::atomic::AtomicU64,
+}
+
+/// A histogram of µs deviations ([`PacingHistogram`]) in seconds.
+fn render_us_histogram(out: &mut String, name: &str, help: &str, p: &PacingSnapshot) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (b, c) in PACING_BUCKETS_US.iter().zip(&p.counts) {
+        cumulative += c;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *b as f64 / 1e6
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", p.count());
+    let _ = writeln!(out, "{name}_sum {}", p.sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {}", p.count());
 }
 
 /// The recording counters in the text exposition.

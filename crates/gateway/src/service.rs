@@ -699,6 +699,7 @@ impl Gateway {
             records: Some(sink),
             transcripts: Some(transcripts),
             pacing: Some(gw.metrics.pacing().clone()),
+            ticks: Some(gw.metrics.ticks().clone()),
             send_thread: gw.send_thread.clone(),
             recording: gw.recording_setup(&sid),
         });

@@ -369,3 +369,75 @@ async fn inbound_call_echoes_record_route_and_routes_its_bye_through_it() {
     assert_eq!(bye.request_uri(), Some(t.contact.as_str()));
     assert_eq!(bye.to_tag(), t.local_tag);
 }
+
+/// `/metrics` as text.
+async fn metrics_text(http: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(http).await.expect("connect");
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+        common::TOKEN
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+/// The value of the sample `series` (name and labels, exactly as exported).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+}
+
+/// A runtime that stalls for longer than `rtp.send_delay_ms` (a blocking call on the only
+/// runtime thread here) makes the call's media tick late, and the packet it then builds misses
+/// its send slot: both are counted on `/metrics` (`trunkline_media_tick_lateness_seconds`,
+/// `trunkline_rtp_send_slot_missed_total`), so an operator can tell the gateway's own
+/// scheduling from the network's jitter.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_runtime_shows_as_late_media_ticks_and_missed_send_slots() {
+    let d = deploy(
+        trunk(|t| t.hangup_after = Some(Duration::from_secs(3))),
+        AgentEmulatorConfig::default(),
+        |_| {},
+    )
+    .await;
+    let sid = d.call("+33612345678").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while d
+        .gateway
+        .record(&sid)
+        .is_none_or(|r| r.status != "in-progress")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The media ticks run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ticks = "trunkline_media_tick_lateness_seconds";
+    let late = |t: &str| {
+        sample(t, &format!("{ticks}_count")) - sample(t, &format!("{ticks}_bucket{{le=\"0.04\"}}"))
+    };
+    let missed = "trunkline_rtp_send_slot_missed_total";
+    let m0 = metrics_text(d.http).await;
+    assert!(sample(&m0, &format!("{ticks}_count")) >= 10.0, "{m0}");
+
+    // The only runtime thread blocks for 80 ms: the tick due in its first 20 ms runs ≥ 60 ms late.
+    std::thread::sleep(Duration::from_millis(80));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m1 = metrics_text(d.http).await;
+    assert!(
+        late(&m1) > late(&m0),
+        "a tick > 40 ms late is counted\n{m1}"
+    );
+    assert!(
+        sample(&m1, missed) > sample(&m0, missed),
+        "its packet missed its send slot\n{m1}"
+    );
+    let rec = d.finished(&sid, 20).await;
+    assert_eq!(rec.status, "completed", "{rec:?}");
+}

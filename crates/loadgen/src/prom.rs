@@ -9,6 +9,10 @@ use crate::results::SendPacing;
 
 /// The gateway's send-pacing histogram.
 pub const SEND_PACING: &str = "trunkline_rtp_send_pacing_seconds";
+/// The gateway's media-tick lateness histogram (how late each call's 20 ms tick ran).
+pub const TICK_LATENESS: &str = "trunkline_media_tick_lateness_seconds";
+/// The gateway's count of RTP packets built after their send slot (sent late).
+pub const MISSED_SLOTS: &str = "trunkline_rtp_send_slot_missed_total";
 
 /// One histogram as scraped: per bucket (not cumulative), in ascending order of bound.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

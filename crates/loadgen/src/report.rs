@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::results::{Bucket, Mode, Percentiles, PhaseReport, RunReport};
+use crate::results::{Bucket, Mode, Percentiles, PhaseReport, RunReport, SendPacing};
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
@@ -154,17 +154,35 @@ pub fn summary_table(r: &RunReport) -> String {
         } else if let Some(k) = p.kamailio_cpu_pct {
             let _ = writeln!(s, "       Kamailio {k:.1} % of a core over the level");
         }
-        if let Some(g) = &p.gateway_send_pacing {
+        // A scraped histogram's quantiles, as bucket bounds.
+        let bounds = |g: &SendPacing| {
             let b = |v: Option<u64>| v.map_or("> 100000".to_owned(), |v| format!("≤ {v}"));
-            let _ = writeln!(
-                s,
-                "       pacing at the gateway's own sends (µs, bucket bounds) p50 {} p99 {} p99.9 {} max {}; {} of {} intervals > 2 ms",
+            format!(
+                "(µs, bucket bounds) p50 {} p99 {} p99.9 {} max {}",
                 b(g.p50_le_us),
                 b(g.p99_le_us),
                 b(g.p999_le_us),
-                b(g.max_le_us),
+                b(g.max_le_us)
+            )
+        };
+        if let Some(g) = &p.gateway_send_pacing {
+            let _ = writeln!(
+                s,
+                "       pacing at the gateway's own sends {}; {} of {} intervals > 2 ms",
+                bounds(g),
                 g.over_2ms,
                 g.intervals
+            );
+        }
+        if let Some(t) = &p.gateway_tick_lateness {
+            let _ = writeln!(
+                s,
+                "       media ticks late at the gateway {}; {} of {} ticks > 2 ms late; RTP packets that missed their send slot: {}",
+                bounds(t),
+                t.over_2ms,
+                t.intervals,
+                p.gateway_missed_send_slots
+                    .map_or("n/a".to_owned(), |n| n.to_string())
             );
         }
         let lat = |x: &Option<Percentiles>| {

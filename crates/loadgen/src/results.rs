@@ -277,6 +277,12 @@ pub struct PhaseReport {
     /// Pacing as the gateway measured it at its own sends (`trunkline_rtp_send_pacing_seconds`
     /// scraped from `/metrics` before and after the level); `None` if not exported.
     pub gateway_send_pacing: Option<SendPacing>,
+    /// How late the gateway's media ticks ran (`trunkline_media_tick_lateness_seconds`
+    /// between the same scrapes; the fields count ticks, not intervals); `None` if not exported.
+    pub gateway_tick_lateness: Option<SendPacing>,
+    /// RTP packets the gateway built after their send slot, so sent late
+    /// (`trunkline_rtp_send_slot_missed_total` between the same scrapes).
+    pub gateway_missed_send_slots: Option<u64>,
     /// Gateway-added uplink latency (phone RTP sent → the same audio's chunk received by the
     /// agent), per chunk, ms; `None` without the integrity check (µ-law, recording).
     pub uplink_latency_ms: Option<Percentiles>,

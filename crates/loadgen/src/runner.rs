@@ -633,7 +633,7 @@ async fn run_phase(
     play_bytes: u64,
 ) -> PhaseReport {
     let cfg = &ctx.cfg;
-    let pacing_before = scrape_send_pacing(ctx).await;
+    let metrics_before = scrape_metrics(ctx).await;
     let sem = Arc::new(Semaphore::new(level.concurrency.max(1)));
     let per_call = cfg.ring_time + hold + Duration::from_millis(1500);
     if let Ok(mut t) = ctx.triggers.lock() {
@@ -806,13 +806,25 @@ async fn run_phase(
         .filter_map(|c| key_of(cfg.mode, c).map(|k| (k, c)))
         .collect();
 
-    let pacing_after = scrape_send_pacing(ctx).await;
+    let metrics_after = scrape_metrics(ctx).await;
+    let between = |name: &str| {
+        let b = prom::histogram(metrics_before.as_deref()?, name)?;
+        let a = prom::histogram(metrics_after.as_deref()?, name)?;
+        prom::send_pacing_between(&b, &a)
+    };
     let mut report = PhaseReport {
         concurrency: level.concurrency,
         placed: placed.len(),
-        gateway_send_pacing: pacing_before
-            .zip(pacing_after)
-            .and_then(|(b, a)| prom::send_pacing_between(&b, &a)),
+        gateway_send_pacing: between(prom::SEND_PACING),
+        gateway_tick_lateness: between(prom::TICK_LATENESS),
+        gateway_missed_send_slots: metrics_before
+            .as_deref()
+            .zip(metrics_after.as_deref())
+            .filter(|(_, a)| a.contains(prom::MISSED_SLOTS))
+            .map(|(b, a)| {
+                prom::counter_sum(a, prom::MISSED_SLOTS)
+                    .saturating_sub(prom::counter_sum(b, prom::MISSED_SLOTS))
+            }),
         nodes: nodes_share,
         kamailio_cpu_pct,
         ..PhaseReport::default()
@@ -1263,8 +1275,8 @@ async fn gateway_uplink(api: &GatewayApi, sid: &str) -> Option<serde_json::Value
     Some(api.call_record(sid).await?["uplink"].take())
 }
 
-/// The gateway's own send-pacing histogram (`trunkline_rtp_send_pacing_seconds` on
-/// `/metrics`), per bucket; `None` if it does not export it.
-async fn scrape_send_pacing(ctx: &Ctx) -> Option<prom::Buckets> {
-    prom::send_pacing(&ctx.target.api.as_ref()?.metrics_text().await?)
+/// The gateway's `/metrics` text (its send-pacing and media-tick histograms are read from it);
+/// `None` without an API to scrape.
+async fn scrape_metrics(ctx: &Ctx) -> Option<String> {
+    ctx.target.api.as_ref()?.metrics_text().await
 }

@@ -149,6 +149,15 @@ fn twenty_outbound_calls_pass_without_failure_loss_or_altered_audio() {
             .is_some_and(|n| n >= 20 * 150),
         "{table}"
     );
+    // And its media ticks' lateness (one per call and 20 ms tick), with the missed send slots.
+    assert!(
+        p["gateway_tick_lateness"]["intervals"]
+            .as_u64()
+            .is_some_and(|n| n >= 20 * 150),
+        "{table}"
+    );
+    assert!(p["gateway_missed_send_slots"].is_u64(), "{table}");
+    assert!(table.contains("media ticks late at the gateway"), "{table}");
     // The page: the summary and inline SVG plots, nothing fetched from elsewhere.
     assert!(page.starts_with("<!DOCTYPE html>"));
     assert!(page.matches("<svg").count() >= 11, "plots in the page");

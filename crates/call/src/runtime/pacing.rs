@@ -87,6 +87,40 @@ impl PacingHistogram {
     }
 }
 
+/// How the calls' media ticks kept time, shared by all calls (exported on `/metrics`).
+///
+/// A call's task builds its RTP packet at its 20 ms tick, woken by tokio's timer; the send
+/// thread sends it at the tick's scheduled time + `rtp.send_delay_ms`. A task woken later than
+/// that misses its packet's send slot, and the packet leaves late: these two counters say how
+/// often, and by how much, so that an operator (and the load tester) can tell the gateway's own
+/// scheduling from the network's jitter.
+#[derive(Debug, Default)]
+pub struct TickStats {
+    /// How late each media tick ran after its scheduled time (the task's wake-up delay).
+    pub lateness: PacingHistogram,
+    /// RTP packets handed to the send thread after their send slot had passed (sent at once,
+    /// late by the difference).
+    pub missed_slots: AtomicU64,
+}
+
+impl TickStats {
+    /// A tick scheduled for `scheduled` ran at `ran`.
+    pub fn tick(&self, scheduled: Instant, ran: Instant) {
+        self.lateness
+            .record(ran.saturating_duration_since(scheduled));
+    }
+
+    /// A packet missed its send slot.
+    pub fn missed_slot(&self) {
+        self.missed_slots.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Packets that missed their send slot so far.
+    pub fn missed(&self) -> u64 {
+        self.missed_slots.load(Ordering::Relaxed)
+    }
+}
+
 /// One call's send clock: feeds the shared histogram with the interval since its last send.
 #[derive(Debug, Default)]
 pub(crate) struct SendClock {
