@@ -209,14 +209,15 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
                             last_send_at = Some(at);
                             last_sent_id =
                                 Some(th.send_at(at, stream, &buf[..t.len], t.destination));
-                            if th.slot(at) < now
+                            let slot = th.slot(at);
+                            if slot < now
                                 && let Some(s) = ticks.as_deref()
                             {
                                 // Built after its send time: it leaves at once, late.
                                 s.missed_slot();
                             }
                             // Until shortly before the slot, late audio may still replace it.
-                            if let Some(until) = th.slot(at).checked_sub(LATE_AUDIO_MARGIN) {
+                            if let Some(until) = slot.checked_sub(LATE_AUDIO_MARGIN) {
                                 call.allow_late_audio_until(until);
                             }
                             Ok(t.len)
