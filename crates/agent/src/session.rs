@@ -266,6 +266,14 @@ impl AgentEvents {
         self.0.recv().await.map(|e| *e)
     }
 
+    /// Poll for the next event (as [`recv`](Self::recv)); `cx`'s waker is kept until one comes.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<AgentEvent>> {
+        self.0.poll_recv(cx).map(|e| e.map(|e| *e))
+    }
+
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Result<AgentEvent, mpsc::error::TryRecvError> {
         self.0.try_recv().map(|e| *e)

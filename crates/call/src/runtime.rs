@@ -5,7 +5,11 @@
 //! [`CallIo::sip_events`] and receives commands on [`CallIo::sip_actions`], so one stack serves
 //! every call and this task never blocks on signalling.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -19,11 +23,13 @@ use trunkline_agent::{
 use trunkline_media::g711::G711;
 use trunkline_media::session::PacketKind;
 
+pub mod event_wake;
 pub mod pacing;
 pub mod rtp_socket;
 pub mod send_thread;
 pub mod sip_task;
 
+use self::event_wake::EventWake;
 use self::pacing::{PacingHistogram, SendClock, TickStats};
 use self::rtp_socket::{RTP_POLL, RtpSocket};
 use self::send_thread::{RtpSendThread, Stream};
@@ -106,6 +112,16 @@ impl std::fmt::Debug for CallIo {
 
 type Connecting = JoinHandle<Result<trunkline_agent::AgentSession, ConnectError>>;
 
+/// What woke the call's task: its media tick, or one of its event sources.
+enum Woke {
+    Tick,
+    Rtcp(io::Result<()>),
+    Sip(Option<Box<SipEvent>>),
+    Command(Option<Box<CallCommand>>),
+    Connected(Result<Result<trunkline_agent::AgentSession, ConnectError>, tokio::task::JoinError>),
+    Agent(Option<AgentEvent>),
+}
+
 /// Late agent audio may replace a queued silence packet until this long before its send slot
 /// (the hand-over itself takes microseconds; a miss only delays the audio by one tick).
 const LATE_AUDIO_MARGIN: Duration = Duration::from_micros(500);
@@ -176,6 +192,9 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
     let far = TokioInstant::now() + Duration::from_secs(3600);
     let sleep = tokio::time::sleep_until(far);
     tokio::pin!(sleep);
+    // Every source but the tick is polled with this waker, and only after it fired.
+    let events = EventWake::new();
+    let events_waker = Waker::from(Arc::clone(&events));
     info!(direction = call.direction().as_str(), "call started");
 
     loop {
@@ -268,6 +287,8 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
                                 cfg,
                                 ToolRegistry::new(),
                             )));
+                            // A new source: poll it.
+                            events.fire();
                         }
                         CallAction::Agent(AgentAction::ConnectWith(overrides)) => {
                             let cfg = with_overrides(&agent_cfg, overrides);
@@ -275,6 +296,7 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
                                 cfg,
                                 ToolRegistry::new(),
                             )));
+                            events.fire();
                         }
                         CallAction::Agent(AgentAction::Close) => {
                             if let Some(c) = connecting.take() {
@@ -327,9 +349,34 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
             sleep.as_mut().reset(deadline);
         }
 
-        tokio::select! {
-            biased;
-            () = &mut sleep => {
+        // The tick first (its packet is due), then the event sources, in this order, polled
+        // only when one of them woke the task (`EventWake`).
+        let woke = std::future::poll_fn(|cx| {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Tick);
+            }
+            if !events.take_fired() {
+                return Poll::Pending;
+            }
+            events.register(cx.waker());
+            let ecx = &mut Context::from_waker(&events_waker);
+            let woke = poll_sources(
+                ecx,
+                rtcp.as_ref(),
+                sip_open.then_some(&mut sip_events),
+                cmd_open.then_some(&mut commands),
+                connecting.as_mut(),
+                agent_events.as_mut(),
+            );
+            if woke.is_ready() {
+                // Another source may be ready too: poll them all again next time.
+                events.fire();
+            }
+            woke
+        })
+        .await;
+        match woke {
+            Woke::Tick => {
                 let now = std::time::Instant::now();
                 // The scheduled time of this tick (the wake-up itself may be late).
                 tick_at = Some(sleep.deadline().into_std());
@@ -348,27 +395,29 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
                 }
                 call.handle_timeout(now);
             }
-            r = readable_opt(rtcp.as_ref()) => {
+            Woke::Rtcp(r) => {
                 if r.is_ok()
                     && let Some(s) = rtcp.as_ref()
                 {
                     let mut buf = [0u8; DATAGRAM_MAX];
                     // A few per wake-up: a flood on the port cannot hold the call's task.
                     for _ in 0..RTCP_READS {
-                        let Ok((n, from)) = s.try_recv_from(&mut buf) else { break };
+                        let Ok((n, from)) = s.try_recv_from(&mut buf) else {
+                            break;
+                        };
                         call.handle_rtcp(&buf[..n], from, std::time::Instant::now());
                     }
                 }
             }
-            ev = sip_events.recv(), if sip_open => match ev {
+            Woke::Sip(ev) => match ev {
                 Some(ev) => call.handle_sip(*ev, std::time::Instant::now()),
                 None => sip_open = false,
             },
-            cmd = commands.recv(), if cmd_open => match cmd.map(|c| *c) {
+            Woke::Command(cmd) => match cmd.map(|c| *c) {
                 Some(CallCommand::Hangup(cause)) => call.hangup(cause, std::time::Instant::now()),
                 None => cmd_open = false,
             },
-            res = join_opt(&mut connecting), if connecting.is_some() => {
+            Woke::Connected(res) => {
                 connecting = None;
                 let now = std::time::Instant::now();
                 match res {
@@ -387,7 +436,7 @@ async fn run_inner(mut call: Box<Call>, io: Box<CallIo>) -> CallRecord {
                     Err(e) => call.handle_agent_connect_failed(e.to_string(), now),
                 }
             }
-            ev = recv_events(&mut agent_events), if agent_events.is_some() => match ev {
+            Woke::Agent(ev) => match ev {
                 Some(ev) => call.handle_agent(ev, std::time::Instant::now()),
                 None => agent_events = None,
             },
@@ -491,26 +540,30 @@ fn with_overrides(cfg: &AgentConfig, o: crate::amd::AgentOverrides) -> AgentConf
     cfg
 }
 
-/// Wait until `sock` has a datagram to read (never, without a socket).
-async fn readable_opt(sock: Option<&UdpSocket>) -> io::Result<()> {
-    match sock {
-        Some(s) => s.readable().await,
-        None => std::future::pending().await,
+/// Poll the call's event sources (those it has: `None` for one it has not, or no longer), in
+/// order; the first one ready wins.
+fn poll_sources(
+    cx: &mut Context<'_>,
+    rtcp: Option<&UdpSocket>,
+    sip_events: Option<&mut mpsc::UnboundedReceiver<Box<SipEvent>>>,
+    commands: Option<&mut mpsc::UnboundedReceiver<Box<CallCommand>>>,
+    connecting: Option<&mut Connecting>,
+    agent_events: Option<&mut AgentEvents>,
+) -> Poll<Woke> {
+    if let Some(Poll::Ready(r)) = rtcp.map(|s| s.poll_recv_ready(cx)) {
+        return Poll::Ready(Woke::Rtcp(r));
     }
-}
-
-async fn join_opt(
-    c: &mut Option<Connecting>,
-) -> Result<Result<trunkline_agent::AgentSession, ConnectError>, tokio::task::JoinError> {
-    match c.as_mut() {
-        Some(h) => h.await,
-        None => std::future::pending().await,
+    if let Some(Poll::Ready(ev)) = sip_events.map(|r| r.poll_recv(cx)) {
+        return Poll::Ready(Woke::Sip(ev));
     }
-}
-
-async fn recv_events(rx: &mut Option<AgentEvents>) -> Option<AgentEvent> {
-    match rx.as_mut() {
-        Some(r) => r.recv().await,
-        None => std::future::pending().await,
+    if let Some(Poll::Ready(cmd)) = commands.map(|r| r.poll_recv(cx)) {
+        return Poll::Ready(Woke::Command(cmd));
     }
+    if let Some(Poll::Ready(res)) = connecting.map(|c| Pin::new(c).poll(cx)) {
+        return Poll::Ready(Woke::Connected(res));
+    }
+    if let Some(Poll::Ready(ev)) = agent_events.map(|r| r.poll_recv(cx)) {
+        return Poll::Ready(Woke::Agent(ev));
+    }
+    Poll::Pending
 }

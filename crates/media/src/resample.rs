@@ -167,16 +167,21 @@ impl Resampler {
         let t = &*self.table;
         self.buf.extend(input.iter().map(|&s| s as f32));
         let taps = t.taps;
+        // Going up by a whole factor (8 → 16, 24, 48 kHz), every input sample yields one output
+        // per phase, and a call ends with the phase back at 0.
+        if t.m == 1 && self.phase == 0 {
+            self.next = interpolate(t, &self.buf, self.next, out);
+            let keep_from = self.buf.len() - (taps - 1);
+            self.buf.drain(..keep_from);
+            self.next -= keep_from;
+            return;
+        }
         out.reserve((input.len() * t.l).div_ceil(t.m) + 1);
         while self.next < self.buf.len() {
             let start = self.next + 1 - taps;
             let x = &self.buf[start..start + taps];
             let c = &t.coefs[self.phase * taps..(self.phase + 1) * taps];
-            let y = dot(x, c);
-            // Round half away from zero without libm (`f32::round` is a call on baseline x86-64);
-            // `as` saturates, so no clamp is needed.
-            let r = if y >= 0.0 { y + 0.5 } else { y - 0.5 };
-            out.push(r as i16);
+            out.push(round(dot(x, c)));
             self.next += t.step_int;
             self.phase += t.step_frac;
             if self.phase >= t.l {
@@ -189,6 +194,55 @@ impl Resampler {
         self.buf.drain(..keep_from);
         self.next -= keep_from;
     }
+}
+
+/// Upsampling by `t.l` (`t.m == 1`), the outputs of the inputs from `next` on, appended to `out`
+/// in time order; returns the new `next` (`buf.len()`).
+///
+/// Each phase is an ordinary FIR over the input, computed for 8 consecutive inputs at once
+/// (one coefficient times 8 neighbouring windows): no horizontal sum and no per-output
+/// bookkeeping, about half the time of one dot product per output. Every output is the same
+/// left-to-right sum whether it falls in a block of 8 or in the remainder, so how the input is
+/// cut into chunks changes no output.
+#[inline(never)]
+fn interpolate(t: &Table, buf: &[f32], next: usize, out: &mut Vec<i16>) -> usize {
+    let (taps, l) = (t.taps, t.l);
+    let count = buf.len().saturating_sub(next);
+    let base = out.len();
+    out.resize(base + count * l, 0);
+    let dst = &mut out[base..];
+    // The window of input `next + i` starts at `buf[first + i]`.
+    let first = next + 1 - taps;
+    let blocks = count - count % 8;
+    for (p, c) in t.coefs.chunks_exact(taps).enumerate() {
+        for i in (0..blocks).step_by(8) {
+            let w = &buf[first + i..first + i + taps + 7];
+            let mut acc = f32x8::ZERO;
+            for (j, &cj) in c.iter().enumerate() {
+                let x: [f32; 8] = w[j..j + 8].try_into().unwrap_or_default();
+                acc += f32x8::splat(cj) * f32x8::from(x);
+            }
+            for (k, y) in acc.to_array().into_iter().enumerate() {
+                dst[(i + k) * l + p] = round(y);
+            }
+        }
+        for i in blocks..count {
+            let x = &buf[first + i..first + i + taps];
+            let mut y = 0f32;
+            for (a, b) in c.iter().zip(x) {
+                y += a * b;
+            }
+            dst[i * l + p] = round(y);
+        }
+    }
+    next + count
+}
+
+/// Round half away from zero without libm (`f32::round` is a call on baseline x86-64); `as`
+/// saturates, so no clamp is needed.
+#[inline]
+fn round(y: f32) -> i16 {
+    (if y >= 0.0 { y + 0.5 } else { y - 0.5 }) as i16
 }
 
 #[inline]
@@ -231,5 +285,42 @@ mod tests {
         }
         assert!(Resampler::new(8000, 8000).is_none());
         assert!(Resampler::new(11025, 8000).is_none());
+    }
+
+    /// Going up by a whole factor takes the blocked path; each output must still be the
+    /// polyphase sum at its place, whatever the chunk sizes (37 leaves a remainder every time).
+    #[test]
+    fn upsampling_matches_the_direct_polyphase_sum() {
+        for to in [16000, 24000, 48000] {
+            let mut r = Resampler::new(8000, to).unwrap();
+            let t = Arc::clone(&r.table);
+            assert_eq!(t.m, 1);
+            let input: Vec<i16> = (0..1000)
+                .map(|i| (12000.0 * (i as f64 * i as f64 * 0.0007).sin()) as i16)
+                .collect();
+            let mut out = Vec::new();
+            for chunk in input.chunks(37) {
+                r.process(chunk, &mut out);
+            }
+            assert_eq!(out.len(), input.len() * t.l);
+            for (n, outs) in out.chunks(t.l).enumerate() {
+                for (p, &got) in outs.iter().enumerate() {
+                    let c = &t.coefs[p * t.taps..(p + 1) * t.taps];
+                    // Window of input n: x[n + 1 − taps ..= n], zeros before the start.
+                    let want: f64 = c
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &cj)| {
+                            let k = (n + 1 + j).checked_sub(t.taps);
+                            cj as f64 * k.map_or(0.0, |k| input[k] as f64)
+                        })
+                        .sum();
+                    assert!(
+                        (got as f64 - want).abs() <= 1.0,
+                        "8000->{to}: output {n}.{p} is {got}, the sum is {want:.2}"
+                    );
+                }
+            }
+        }
     }
 }
