@@ -171,22 +171,19 @@ impl Resampler {
         // per phase, and a call ends with the phase back at 0.
         if t.m == 1 && self.phase == 0 {
             self.next = interpolate(t, &self.buf, self.next, out);
-            let keep_from = self.buf.len() - (taps - 1);
-            self.buf.drain(..keep_from);
-            self.next -= keep_from;
-            return;
-        }
-        out.reserve((input.len() * t.l).div_ceil(t.m) + 1);
-        while self.next < self.buf.len() {
-            let start = self.next + 1 - taps;
-            let x = &self.buf[start..start + taps];
-            let c = &t.coefs[self.phase * taps..(self.phase + 1) * taps];
-            out.push(round(dot(x, c)));
-            self.next += t.step_int;
-            self.phase += t.step_frac;
-            if self.phase >= t.l {
-                self.phase -= t.l;
-                self.next += 1;
+        } else {
+            out.reserve((input.len() * t.l).div_ceil(t.m) + 1);
+            while self.next < self.buf.len() {
+                let start = self.next + 1 - taps;
+                let x = &self.buf[start..start + taps];
+                let c = &t.coefs[self.phase * taps..(self.phase + 1) * taps];
+                out.push(round(dot(x, c)));
+                self.next += t.step_int;
+                self.phase += t.step_frac;
+                if self.phase >= t.l {
+                    self.phase -= t.l;
+                    self.next += 1;
+                }
             }
         }
         // Keep the last taps − 1 samples as history.
