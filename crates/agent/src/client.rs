@@ -28,10 +28,10 @@ use rustls::RootCertStore;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, warn};
 use url::Url;
 
@@ -40,7 +40,7 @@ use crate::conn::{Control, Shared};
 use crate::protocol::{
     AudioFormat, ClientMessage, ConversationInitiationClientData,
     ConversationInitiationMetadataEvent, ErrorEvent, InterruptionFilter, ServerEvent,
-    UnsupportedFormat, encode_pong, encode_user_audio_chunk,
+    UnsupportedFormat, encode_pong, encode_user_audio_chunk_into,
 };
 use crate::read_cap::ReadCap;
 use crate::session::{AgentEvent, AgentHandle, AgentSession, ResponseCorrection, ToolRegistry};
@@ -769,6 +769,9 @@ async fn writer_task(
 ) {
     let mut audio = Vec::new();
     let mut batch: Vec<Message> = Vec::new();
+    // Where audio messages are encoded: each message's bytes are split off it and come back to
+    // it once written, so the audio path allocates nothing per chunk.
+    let mut encoded = bytes::BytesMut::new();
     let mut pings = ping_every.map(|p| {
         let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -806,7 +809,13 @@ async fn writer_task(
             shared.take_audio(&mut audio);
             let n_audio = audio.len() as u64;
             for chunk in audio.drain(..) {
-                batch.push(Message::text(encode_user_audio_chunk(&chunk)));
+                let bytes = encode_user_audio_chunk_into(&chunk, &mut encoded);
+                drop(chunk); // the caller's buffer takes its storage back
+                match Utf8Bytes::try_from(bytes) {
+                    Ok(text) => batch.push(Message::Text(text)),
+                    // Cannot happen: JSON punctuation and base64 are ASCII.
+                    Err(e) => warn!(error = %e, "audio chunk not encoded"),
+                }
             }
             if batch.is_empty() {
                 continue;

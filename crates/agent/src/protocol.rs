@@ -592,6 +592,24 @@ pub fn encode_user_audio_chunk(audio: &[u8]) -> String {
     out
 }
 
+/// Like [`encode_user_audio_chunk`], written at the end of `buf` and split off as the message's
+/// bytes. The writer keeps `buf` for the whole connection: once the previous message has been
+/// written and dropped, `buf` takes its storage back, so a chunk costs no allocation.
+pub fn encode_user_audio_chunk_into(audio: &[u8], buf: &mut bytes::BytesMut) -> bytes::Bytes {
+    const HEAD: &[u8] = b"{\"user_audio_chunk\":\"";
+    const TAIL: &[u8] = b"\"}";
+    let b64 = base64::encoded_len(audio.len(), true).unwrap_or(0);
+    buf.clear();
+    buf.reserve(HEAD.len() + b64 + TAIL.len());
+    buf.extend_from_slice(HEAD);
+    let start = buf.len();
+    buf.resize(start + b64, 0);
+    let written = BASE64.encode_slice(audio, &mut buf[start..]).unwrap_or(0);
+    buf.truncate(start + written);
+    buf.extend_from_slice(TAIL);
+    buf.split().freeze()
+}
+
 /// Encodes a `pong` for the given ping event id.
 pub fn encode_pong(event_id: i64) -> String {
     format!("{{\"type\":\"pong\",\"event_id\":{event_id}}}")
@@ -1191,6 +1209,14 @@ mod tests {
         assert_eq!(c.decode_audio().unwrap(), audio);
         assert_eq!(serde_json::to_string(&msg).unwrap(), fast);
         assert!(!fast.contains("\"type\""));
+        let mut buf = bytes::BytesMut::new();
+        for len in [160, 0, 1, 2, 159] {
+            let into = encode_user_audio_chunk_into(&audio[..len], &mut buf);
+            assert_eq!(into, encode_user_audio_chunk(&audio[..len]).as_bytes());
+        }
+        let big: Vec<u8> = (0..=255u8).cycle().take(640).collect();
+        let into = encode_user_audio_chunk_into(&big, &mut buf);
+        assert_eq!(into, encode_user_audio_chunk(&big).as_bytes());
     }
 
     #[test]

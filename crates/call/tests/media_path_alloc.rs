@@ -4,7 +4,8 @@
 //! recycled buffers) and sent at their slot. A counting global allocator (`stats_alloc`, which
 //! counts every thread, the send thread included) watches 20 s of such a call.
 //!
-//! Outside this test: the agent leg (each 40 ms chunk is a JSON + base64 WebSocket message).
+//! Outside this test: the agent leg (each 40 ms chunk is a JSON + base64 WebSocket message;
+//! its uplink is counted by the emulators crate's `uplink_alloc`).
 //! SRTP's transforms are covered by the media crate's `session_alloc`.
 //!
 //! No libtest harness (`harness = false`): the counter is process-wide, and libtest's main
