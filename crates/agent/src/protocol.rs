@@ -582,13 +582,19 @@ impl Serialize for ClientMessage {
     }
 }
 
-/// Encodes raw audio bytes as a `user_audio_chunk` message (the hot path: one allocation,
-/// base64 written straight into the output).
+/// What a `user_audio_chunk` message holds before its base64 text …
+const USER_AUDIO_HEAD: &str = "{\"user_audio_chunk\":\"";
+/// … and after it.
+const USER_AUDIO_TAIL: &str = "\"}";
+
+/// Encodes raw audio bytes as a `user_audio_chunk` message (one allocation, base64 written
+/// straight into the output).
 pub fn encode_user_audio_chunk(audio: &[u8]) -> String {
-    let mut out = String::with_capacity(base64::encoded_len(audio.len(), true).unwrap_or(0) + 24);
-    out.push_str("{\"user_audio_chunk\":\"");
+    let b64 = base64::encoded_len(audio.len(), true).unwrap_or(0);
+    let mut out = String::with_capacity(USER_AUDIO_HEAD.len() + b64 + USER_AUDIO_TAIL.len());
+    out.push_str(USER_AUDIO_HEAD);
     BASE64.encode_string(audio, &mut out);
-    out.push_str("\"}");
+    out.push_str(USER_AUDIO_TAIL);
     out
 }
 
@@ -596,17 +602,15 @@ pub fn encode_user_audio_chunk(audio: &[u8]) -> String {
 /// bytes. The writer keeps `buf` for the whole connection: once the previous message has been
 /// written and dropped, `buf` takes its storage back, so a chunk costs no allocation.
 pub fn encode_user_audio_chunk_into(audio: &[u8], buf: &mut bytes::BytesMut) -> bytes::Bytes {
-    const HEAD: &[u8] = b"{\"user_audio_chunk\":\"";
-    const TAIL: &[u8] = b"\"}";
     let b64 = base64::encoded_len(audio.len(), true).unwrap_or(0);
     buf.clear();
-    buf.reserve(HEAD.len() + b64 + TAIL.len());
-    buf.extend_from_slice(HEAD);
+    buf.reserve(USER_AUDIO_HEAD.len() + b64 + USER_AUDIO_TAIL.len());
+    buf.extend_from_slice(USER_AUDIO_HEAD.as_bytes());
     let start = buf.len();
     buf.resize(start + b64, 0);
     let written = BASE64.encode_slice(audio, &mut buf[start..]).unwrap_or(0);
     buf.truncate(start + written);
-    buf.extend_from_slice(TAIL);
+    buf.extend_from_slice(USER_AUDIO_TAIL.as_bytes());
     buf.split().freeze()
 }
 
