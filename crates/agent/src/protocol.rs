@@ -47,6 +47,25 @@ pub enum DecodeError {
     /// Bad base64 in an audio payload.
     #[error("invalid base64 audio: {0}")]
     Base64(#[from] base64::DecodeError),
+    /// An object key that serde_json reserves for its raw values (`raw_value` feature): as the
+    /// first key of an object it makes serde_json read the value as JSON text, so the message
+    /// could not be re-encoded as it was read.
+    #[error("object key {RAW_VALUE_TOKEN:?} is reserved")]
+    ReservedKey,
+}
+
+/// The key serde_json's `raw_value` feature gives a meaning of its own (it serialises a
+/// `RawValue` as a one-key object and reads such an object back as raw JSON text).
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// Whether `v` holds an object with the key [`RAW_VALUE_TOKEN`] at any depth (serde_json limits
+/// nesting to 128 levels, so the recursion is bounded).
+fn has_raw_value_token(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.contains_key(RAW_VALUE_TOKEN) || m.values().any(has_raw_value_token),
+        Value::Array(a) => a.iter().any(has_raw_value_token),
+        _ => false,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -461,6 +480,11 @@ impl ClientMessage {
         let Value::Object(obj) = &value else {
             return Err(DecodeError::MissingType);
         };
+        // Read as an ordinary key here, it would be re-encoded first (a `Map` sorts its keys)
+        // and so change the message's meaning: refuse it.
+        if has_raw_value_token(&value) {
+            return Err(DecodeError::ReservedKey);
+        }
         let Some(ty) = obj.get("type") else {
             if obj.contains_key("user_audio_chunk") {
                 return Ok(ClientMessage::UserAudioChunk(serde_json::from_value(
@@ -1200,6 +1224,41 @@ mod tests {
         f.interrupt(3); // stale: must not re-admit 4..=7
         assert!(!f.admits(5));
         assert_eq!(f.last_interrupt(), Some(7));
+    }
+
+    /// Found by the `agent_client_message` fuzzer: read as an ordinary key, serde_json's raw
+    /// value token came back first on re-encoding (keys sorted) and was then read as raw JSON
+    /// text, so the message did not survive its own round trip.
+    #[test]
+    fn client_message_with_serde_json_raw_value_key_is_refused() {
+        for text in [
+            r#"{ "type": "r%s","$serde_json::private::RawValue": "" }"#,
+            r#"{"type":"user_message","text":"hi","$serde_json::private::RawValue":"1"}"#,
+            r#"{"type":"x","a":[{"b":1,"$serde_json::private::RawValue":"{}"}]}"#,
+            r#"{"user_audio_chunk":"","z":{"y":2,"$serde_json::private::RawValue":"1"}}"#,
+        ] {
+            assert!(
+                matches!(ClientMessage::decode(text), Err(DecodeError::ReservedKey)),
+                "{text}: {:?}",
+                ClientMessage::decode(text)
+            );
+            crate::fuzzing::client_message(text.as_bytes());
+        }
+        // The same key as an object's *first* key is serde_json's business: it reads the value
+        // as JSON text, and what it reads round-trips.
+        let first = r#"{"$serde_json::private::RawValue":"{\"type\":\"user_activity\"}"}"#;
+        assert_eq!(
+            ClientMessage::decode(first).ok(),
+            Some(ClientMessage::UserActivity)
+        );
+        crate::fuzzing::client_message(first.as_bytes());
+        // An ordinary unknown message still decodes and round-trips.
+        let unknown = r#"{"type":"r%s","$other":""}"#;
+        assert!(matches!(
+            ClientMessage::decode(unknown),
+            Ok(ClientMessage::Unknown { .. })
+        ));
+        crate::fuzzing::client_message(unknown.as_bytes());
     }
 
     #[test]
